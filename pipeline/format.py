@@ -1,0 +1,289 @@
+"""The one contract between the pipeline stages and the trainer.
+
+Everything that is written by one stage and read by another is defined here: manifest records
+(tracks.jsonl, failures.jsonl), the audio/STFT constants, sample keys, the sample payload
+(`spec.npy` + `json`), shard names and the shard index schema. Writers and readers both import
+this module; nothing else may hard-code these names or layouts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import os
+import re
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import numpy as np
+
+FORMAT_VERSION = 1
+
+# --- manifests/ ---------------------------------------------------------------------------
+
+TRACKS_FILE = "tracks.jsonl"
+FAILURES_FILE = "failures.jsonl"
+SPLITS = ("train", "val")
+
+
+@dataclass
+class TrackRecord:
+    """One line of tracks.jsonl. `id` is derived from content, never from the path."""
+
+    id: str
+    path: str  # absolute
+    root: str  # the ingest root (drive) it was found under
+    size: int
+    mtime: float
+    duration: float  # seconds
+    sample_rate: int
+    channels: int
+    codec: str
+    artist: str
+    album: str
+    title: str
+    album_key: str  # what the train/val split is decided on
+    split: str  # "train" or "val"
+    duplicate_of: str | None = None  # id of the track this file duplicates, else None
+
+
+@dataclass
+class FailureRecord:
+    """One line of failures.jsonl: a file that could not be used, and why."""
+
+    path: str
+    stage: str  # "scan", "probe", "decode", ...
+    reason: str  # one line
+
+
+def record_to_json(record) -> str:
+    return json.dumps(asdict(record), ensure_ascii=False, sort_keys=False)
+
+
+def record_from_dict(cls, data: dict):
+    known = {f.name for f in fields(cls)}
+    return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def write_jsonl_atomic(path: str | os.PathLike, records: Iterable) -> None:
+    """Write records to `path` via a temporary file + fsync + rename: readers never see a partial file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        for record in records:
+            fh.write(record_to_json(record))
+            fh.write("\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+def read_jsonl(path: str | os.PathLike, cls) -> Iterator:
+    """Yield `cls` records from a jsonl file; a missing file yields nothing."""
+    path = Path(path)
+    if not path.exists():
+        return
+    with open(path, encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                yield record_from_dict(cls, json.loads(line))
+            except (json.JSONDecodeError, TypeError) as exc:
+                raise ValueError(f"{path}:{lineno}: not a valid {cls.__name__} line ({exc})") from exc
+
+
+def read_tracks(manifests_dir: str | os.PathLike) -> list[TrackRecord]:
+    return list(read_jsonl(Path(manifests_dir) / TRACKS_FILE, TrackRecord))
+
+
+def read_failures(manifests_dir: str | os.PathLike) -> list[FailureRecord]:
+    return list(read_jsonl(Path(manifests_dir) / FAILURES_FILE, FailureRecord))
+
+
+def fsync_dir(path: str | os.PathLike) -> None:
+    """Make a rename inside `path` durable."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+# --- audio and STFT -----------------------------------------------------------------------
+
+SAMPLE_RATE = 44100
+CHANNELS = 2
+SPEC_DTYPE = np.float16
+
+
+@dataclass(frozen=True)
+class STFTParams:
+    """STFT of the 44.1 kHz stereo signal. The Nyquist bin is dropped: bins = n_fft // 2."""
+
+    n_fft: int = 2048
+    hop: int = 1024
+    window: str = "hann"
+    sample_rate: int = SAMPLE_RATE
+
+    @property
+    def bins(self) -> int:
+        return self.n_fft // 2
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "bins": self.bins}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "STFTParams":
+        return cls(**{k: data[k] for k in ("n_fft", "hop", "window", "sample_rate") if k in data})
+
+
+DEFAULT_CLIP_FRAMES = 1024
+
+
+def min_valid_frames(clip_frames: int) -> int:
+    """A tail (or a whole short track) becomes a zero-padded clip when it fills at least half a clip."""
+    return (clip_frames + 1) // 2
+
+
+# --- samples ------------------------------------------------------------------------------
+
+SPEC_KEY = "spec.npy"
+META_KEY = "json"
+_KEY_RE = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
+def sample_key(track_id: str, clip: int) -> str:
+    """webdataset `__key__`: no dots (webdataset splits extensions at the first dot)."""
+    key = f"{track_id}_{clip:05d}"
+    if not _KEY_RE.match(key):
+        raise ValueError(f"track id {track_id!r} cannot form a sample key")
+    return key
+
+
+@dataclass
+class SampleMeta:
+    """The `json` member of a sample."""
+
+    track_id: str
+    clip: int
+    start_frame: int  # first STFT frame of this clip within the track
+    valid_frames: int  # frames [0, valid_frames) are audio; the rest is zero padding
+    album_key: str
+    stft: dict = field(default_factory=lambda: STFTParams().to_dict())
+    format_version: int = FORMAT_VERSION
+
+
+def encode_spec(spec: np.ndarray) -> bytes:
+    """[2, bins, frames] float16 -> .npy bytes (no pickle)."""
+    if spec.ndim != 3 or spec.shape[0] != CHANNELS or spec.dtype != SPEC_DTYPE:
+        raise ValueError(f"spec must be [{CHANNELS}, bins, frames] {np.dtype(SPEC_DTYPE)}, got {spec.shape} {spec.dtype}")
+    buf = io.BytesIO()
+    np.save(buf, np.ascontiguousarray(spec), allow_pickle=False)
+    return buf.getvalue()
+
+
+def decode_spec(data: bytes) -> np.ndarray:
+    return np.load(io.BytesIO(data), allow_pickle=False)
+
+
+def encode_meta(meta: SampleMeta) -> bytes:
+    return json.dumps(asdict(meta), sort_keys=True, separators=(",", ":")).encode("utf-8")
+
+
+def decode_meta(data: bytes | str | dict) -> SampleMeta:
+    if isinstance(data, (bytes, str)):
+        data = json.loads(data)
+    return record_from_dict(SampleMeta, data)
+
+
+# --- shards and index ---------------------------------------------------------------------
+
+INDEX_KIND = "wids-shard-index-v1"
+DEFAULT_SHARD_BYTES = 1_000_000_000
+
+
+def shard_name(split: str, index: int) -> str:
+    return f"{split}-{index:06d}.tar"
+
+
+def index_name(split: str) -> str:
+    return f"{split}.json"
+
+
+@dataclass
+class ShardEntry:
+    url: str  # relative to the index file's directory
+    nsamples: int
+    filesize: int
+
+
+@dataclass
+class ShardIndex:
+    """`{split}.json`: a wids shard index (`wids-shard-index-v1`) plus STFT parameters and totals."""
+
+    split: str
+    shardlist: list[ShardEntry]
+    stft: dict
+    clip_frames: int
+    totals: dict  # {"samples", "tracks", "seconds", "bytes"}
+    format_version: int = FORMAT_VERSION
+
+    def to_json(self) -> str:
+        data = {
+            "__kind__": INDEX_KIND,
+            "wids_version": 1,
+            "name": self.split,
+            "split": self.split,
+            "format_version": self.format_version,
+            "shardlist": [asdict(s) for s in self.shardlist],
+            "stft": self.stft,
+            "clip_frames": self.clip_frames,
+            "totals": self.totals,
+        }
+        return json.dumps(data, indent=1, sort_keys=False) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str) -> "ShardIndex":
+        data = json.loads(text)
+        if data.get("__kind__") != INDEX_KIND:
+            raise ValueError(f"not a {INDEX_KIND} file (kind={data.get('__kind__')!r})")
+        return cls(
+            split=data.get("split", data.get("name", "")),
+            shardlist=[record_from_dict(ShardEntry, s) for s in data["shardlist"]],
+            stft=data.get("stft", STFTParams().to_dict()),
+            clip_frames=int(data.get("clip_frames", DEFAULT_CLIP_FRAMES)),
+            totals=data.get("totals", {}),
+            format_version=int(data.get("format_version", FORMAT_VERSION)),
+        )
+
+
+def read_index(path: str | os.PathLike) -> ShardIndex:
+    path = Path(path)
+    try:
+        return ShardIndex.from_json(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, KeyError) as exc:
+        raise ValueError(f"{path}: unreadable shard index ({exc})") from exc
+
+
+def write_index_atomic(path: str | os.PathLike, index: ShardIndex) -> None:
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        fh.write(index.to_json())
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+__all__ = [n for n in dir() if not n.startswith("_") and n not in {"annotations", "dataclasses"}]

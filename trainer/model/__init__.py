@@ -1,0 +1,1 @@
+"""Model: U-Net frame transformer (see SPEC section 4)."""

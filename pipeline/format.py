@@ -128,7 +128,12 @@ SPEC_DTYPE = np.float16
 
 @dataclass(frozen=True)
 class STFTParams:
-    """STFT of the 44.1 kHz stereo signal. The Nyquist bin is dropped: bins = n_fft // 2."""
+    """STFT magnitude of the 44.1 kHz stereo signal, |X| unnormalised, periodic Hann window.
+
+    Framing is "centred with zero padding" (torch.stft(center=True, pad_mode="constant")): frame f
+    covers samples [f*hop - n_fft/2, f*hop + n_fft/2), zeros outside the track, so a track of N
+    samples has 1 + N // hop frames. The Nyquist bin is dropped: bins = n_fft // 2.
+    """
 
     n_fft: int = 2048
     hop: int = 1024

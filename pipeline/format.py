@@ -211,6 +211,19 @@ def decode_meta(data: bytes | str | dict) -> SampleMeta:
     return record_from_dict(SampleMeta, data)
 
 
+def sample_bytes(stft: STFTParams, clip_frames: int) -> int:
+    """Bytes one sample occupies in a tar: two members (512-byte header each, data padded to 512)."""
+    npy = 128 + CHANNELS * stft.bins * clip_frames * np.dtype(SPEC_DTYPE).itemsize
+    meta = 512  # the json member is ~250 bytes, padded to one block
+    return 512 + -(-npy // 512) * 512 + 512 + meta
+
+
+def estimated_shard_bytes(seconds: float, stft: STFTParams, clip_frames: int) -> int:
+    """Shard bytes for `seconds` of audio (float16 magnitude is ~4x a 320 kbps MP3)."""
+    clips = seconds * stft.sample_rate / stft.hop / clip_frames
+    return int(clips * sample_bytes(stft, clip_frames))
+
+
 # --- shards and index ---------------------------------------------------------------------
 
 INDEX_KIND = "wids-shard-index-v1"

@@ -20,3 +20,35 @@ def main() -> None:
 
 
 # Commands are added below, one block per command.
+
+
+@main.command()
+@click.option("--manifests", type=click.Path(file_okay=False), default="manifests", show_default=True,
+              help="Folder holding tracks.jsonl and failures.jsonl.")
+@click.option("--out", "shards", type=click.Path(file_okay=False), default="shards", show_default=True,
+              help="Shard folder holding train.json / val.json.")
+def status(manifests: str, shards: str) -> None:
+    """What is ingested (per root, duplicates, failures by reason), what is sharded, what is left."""
+    from pipeline.status import collect_status, format_status
+
+    try:
+        click.echo(format_status(collect_status(manifests, shards)))
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+@main.command()
+@click.argument("source", type=click.Path(exists=True))
+@click.option("--out", type=click.Path(dir_okay=False), default="preview.png", show_default=True,
+              help="PNG file to write.")
+@click.option("--n", "count", type=click.IntRange(1, 64), default=4, show_default=True,
+              help="Number of samples to show.")
+def preview(source: str, out: str, count: int) -> None:
+    """Log-magnitude spectrograms of the first samples of SOURCE (a shard .tar or a shard folder)."""
+    from pipeline.preview import run_preview
+
+    try:
+        path = run_preview(source, out, count)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"wrote {path}")

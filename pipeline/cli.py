@@ -52,3 +52,27 @@ def preview(source: str, out: str, count: int) -> None:
     except ValueError as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(f"wrote {path}")
+
+
+# --- make-demo -----------------------------------------------------------------------------
+@main.command("make-demo")
+@click.argument("out_dir", type=click.Path(file_okay=False), default="demo/collection")
+@click.option("--artists", default=3, show_default=True, help="Artists (each gets its own folder).")
+@click.option("--albums", "albums_per_artist", default=2, show_default=True, help="Albums per artist.")
+@click.option("--tracks", "tracks_per_album", default=4, show_default=True, help="Tracks per album.")
+@click.option("--min-seconds", default=30.0, show_default=True, help="Shortest track.")
+@click.option("--max-seconds", default=60.0, show_default=True, help="Longest track.")
+@click.option("--seed", default=0, show_default=True, help="Seed of the synthetic music.")
+def make_demo(out_dir, artists, albums_per_artist, tracks_per_album, min_seconds, max_seconds, seed) -> None:
+    """Make a synthetic demo collection (two "drives" of albums in six formats) under OUT_DIR.
+
+    Existing files are kept, so re-running only fills in what is missing. Prints the roots to
+    pass to `pipeline ingest`, one per line.
+    """
+    from pipeline.demo import make_demo_collection
+
+    roots = make_demo_collection(out_dir, artists=artists, albums_per_artist=albums_per_artist,
+                                 tracks_per_album=tracks_per_album, min_seconds=min_seconds,
+                                 max_seconds=max_seconds, seed=seed)
+    for root in roots:
+        click.echo(root)

@@ -1,0 +1,87 @@
+"""A small demo collection made with `pipeline.synth`: two "drives" of synthetic albums.
+
+It is built to show every kind of record `pipeline ingest` writes: tracks in six formats, albums
+that are tagged and albums known only by their folder names, a symlinked duplicate and a
+byte-identical copy on the other drive (both become `duplicate_of` sightings), and a text file
+named `.mp3` (a failure with its reason). Total audio is kept near 20 minutes so the whole demo
+chain (ingest, shard, pretrain, evaluate) runs in minutes on two cores.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.synth import write_track
+
+DEMO_FORMATS = (".mp3", ".flac", ".ogg", ".m4a", ".opus", ".wav")
+DRIVES = ("drive1", "drive2")
+NOT_AUDIO_NAME = "liner notes.mp3"
+NOT_AUDIO_TEXT = "These are the liner notes, not audio. pipeline ingest reports this file as a failure.\n"
+
+
+def _write_atomically(path: Path, **track_args) -> None:
+    """Encode under a hidden name with the same extension, then rename: an interrupted run never
+    leaves a truncated file that a re-run would mistake for a finished one."""
+    tmp = path.with_name(f".tmp-{path.name}")
+    write_track(tmp, **track_args)
+    os.replace(tmp, path)
+
+
+def make_demo_collection(out_dir: str | os.PathLike, artists: int = 3, albums_per_artist: int = 2,
+                         tracks_per_album: int = 4, min_seconds: float = 30.0, max_seconds: float = 60.0,
+                         seed: int = 0) -> list[Path]:
+    """Create (or complete) the demo collection under `out_dir`; return its roots, one per drive.
+
+    Layout: `{drive}/{Artist}/{Album}/{NN} {Title}{ext}`, albums alternating between the drives,
+    one format per album. Artists with an even index are tagged (artist, album, title, track);
+    the others carry no tags, so their names come from the folders. Existing files are kept, so
+    re-running is cheap.
+    """
+    out = Path(out_dir)
+    roots = [out / drive for drive in DRIVES]
+    for root in roots:
+        root.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    first_track: Path | None = None
+    album_index = 0
+    for a in range(artists):
+        artist = f"Demo Artist {chr(ord('A') + a)}"
+        tagged = a % 2 == 0
+        for b in range(albums_per_artist):
+            album = f"Album {b + 1} ({2000 + 3 * a + b})"
+            ext = DEMO_FORMATS[album_index % len(DEMO_FORMATS)]
+            root = roots[album_index % len(roots)]
+            album_index += 1
+            for t in range(tracks_per_album):
+                title = f"Song {a + 1}.{b + 1}.{t + 1}"
+                seconds = float(rng.uniform(min_seconds, max_seconds))
+                track_seed = int(rng.integers(0, 2**31))
+                path = root / artist / album / f"{t + 1:02d} {title}{ext}"
+                first_track = first_track or path
+                if path.exists():
+                    continue
+                tags = {"artist": artist, "album": album, "title": title, "track": str(t + 1)} if tagged else None
+                _write_atomically(path, seconds=seconds, seed=track_seed, tags=tags)
+    if first_track is not None:
+        _add_duplicates(first_track, roots)
+    (roots[0] / NOT_AUDIO_NAME).write_text(NOT_AUDIO_TEXT, encoding="utf-8")
+    return roots
+
+
+def _add_duplicates(track: Path, roots: list[Path]) -> None:
+    """A symlink to `track` on its own drive and a byte-identical copy on the other drive."""
+    favourites = roots[0] / "Favourites"
+    favourites.mkdir(exist_ok=True)
+    link = favourites / track.name
+    if not link.is_symlink():
+        link.symlink_to(os.path.relpath(track, favourites))
+    backup = roots[-1] / "Backup" / track.name
+    if not backup.exists():
+        backup.parent.mkdir(parents=True, exist_ok=True)
+        tmp = backup.with_name(f".tmp-{backup.name}")
+        shutil.copyfile(track, tmp)
+        os.replace(tmp, backup)

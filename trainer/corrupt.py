@@ -1,0 +1,179 @@
+"""BERT-style corruptions of a batch of clean spectrogram crops, as batched tensor ops on its device.
+
+Pure functions of (clean batch, track groups, config, generator): no Python loop over samples, no
+host round-trips, so they run on the training device and are reproducible from the generator state
+(validation seeds a fresh generator and gets the same corruptions every time).
+
+Layout of one crop of T frames (SPEC section 3):
+
+    tokens   |t0|t1|t2| ... |  separator  | ... |tN|    token = `token_frames` frames from the crop start
+    halves   [---- first half ----][---- second half ----]   join at T // 2
+    NSP      second half kept (label 1) or taken from another group's sample (label 0)
+
+The separator (bins alternating 1, 0 along frequency) overwrites `token_frames // 2` frames on each
+side of the join in input and target whenever NSP is on, whatever the label, so it carries no hint.
+Tokens overlapping it are never selected. Of the selected tokens, `mask_prob` are set to
+`mask_value` over all channels and bins, `noise_prob` become max(uniform noise, original), and the
+rest stay unchanged (the model must still reconstruct them: they are in `selected`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+
+@dataclass
+class CorruptConfig:
+    token_frames: int = 16
+    select_rate: float = 0.15
+    mask_prob: float = 0.8
+    noise_prob: float = 0.1  # the remaining 1 - mask_prob - noise_prob of selected tokens are kept
+    mask_value: float = 1.0
+    nsp_prob: float = 0.5  # probability that the second half is replaced (label 0)
+    nsp: bool = True
+
+    def __post_init__(self) -> None:
+        if self.token_frames < 1:
+            raise ValueError(f"token_frames must be >= 1, got {self.token_frames}")
+        if not 0.0 <= self.select_rate <= 1.0:
+            raise ValueError(f"select_rate must be in [0, 1], got {self.select_rate}")
+        if self.mask_prob < 0 or self.noise_prob < 0 or self.mask_prob + self.noise_prob > 1.0 + 1e-9:
+            raise ValueError(
+                f"mask_prob ({self.mask_prob}) and noise_prob ({self.noise_prob}) must be >= 0 and sum to <= 1"
+            )
+        if not 0.0 <= self.nsp_prob <= 1.0:
+            raise ValueError(f"nsp_prob must be in [0, 1], got {self.nsp_prob}")
+
+
+@dataclass
+class Corrupted:
+    input: Tensor  # [B, 2, F, T] what the model sees
+    target: Tensor  # [B, 2, F, T] clean crop (partner's second half if replaced) + separator
+    selected: Tensor  # [B, T] bool: frames of selected tokens, where the masked-token loss counts
+    separator: Tensor  # [B, T] bool: frames overwritten by the separator
+    nsp_label: Tensor  # [B] float: 1.0 = second half is the continuation, 0.0 = from another track
+
+
+def separator_frames(frames: int, token_frames: int, device: torch.device | str | None = None) -> Tensor:
+    """[T] bool: `token_frames // 2` frames on each side of the join at T // 2, clipped to the crop."""
+    half_width = token_frames // 2
+    join = frames // 2
+    t = torch.arange(frames, device=device)
+    return (t >= join - half_width) & (t < join + half_width)
+
+
+def separator_pattern(bins: int, device: torch.device | str | None = None, dtype: torch.dtype = torch.float32) -> Tensor:
+    """[F] the separator's spectrum: 1, 0, 1, 0, ... along frequency (bin 0 is 1)."""
+    return (torch.arange(bins, device=device) % 2 == 0).to(dtype)
+
+
+def eligible_tokens(frames: int, token_frames: int, separator: Tensor) -> Tensor:
+    """[n_tokens] bool: tokens (the last one may be partial) that overlap no separator frame."""
+    n_tokens = -(-frames // token_frames)
+    padded = torch.zeros(n_tokens * token_frames, dtype=torch.bool, device=separator.device)
+    padded[:frames] = separator
+    return ~padded.view(n_tokens, token_frames).any(dim=1)
+
+
+def _tokens_to_frames(token_mask: Tensor, token_frames: int, frames: int) -> Tensor:
+    """[B, n_tokens] -> [B, T] by repeating each token over its frames."""
+    return token_mask.repeat_interleave(token_frames, dim=1)[:, :frames]
+
+
+def _pick_partners(group: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+    """For each sample a uniformly random batch index of another group, and whether one exists."""
+    batch = group.shape[0]
+    other_group = group[:, None] != group[None, :]
+    scores = torch.rand(batch, batch, generator=generator, device=group.device)
+    scores = torch.where(other_group, scores, torch.full_like(scores, -1.0))
+    return scores.argmax(dim=1), other_group.any(dim=1)
+
+
+def _apply_nsp(clean: Tensor, group: Tensor, cfg: CorruptConfig, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+    """Replace second halves with another group's (label 0) with probability nsp_prob; returns (target, label)."""
+    batch, frames = clean.shape[0], clean.shape[-1]
+    partner, has_partner = _pick_partners(group, generator)
+    replace = (torch.rand(batch, generator=generator, device=clean.device) < cfg.nsp_prob) & has_partner
+    join = frames // 2
+    target = clean.clone()
+    swapped_second_half = clean[partner, :, :, join:]
+    target[:, :, :, join:] = torch.where(replace[:, None, None, None], swapped_second_half, clean[:, :, :, join:])
+    return target, (~replace).to(clean.dtype)
+
+
+def _select_tokens(eligible: Tensor, batch: int, cfg: CorruptConfig, generator: torch.Generator) -> Tensor:
+    """[B, n_tokens] bool: select_rate of the eligible tokens of each sample, at least one.
+
+    The count is stochastically rounded (floor(rate * n + u)) so the expected share is exactly
+    select_rate even for short crops, then raised to 1; the tokens are a uniform random subset.
+    """
+    n_tokens = eligible.shape[0]
+    device = eligible.device
+    n_eligible = eligible.sum()
+    rounding = torch.rand(batch, generator=generator, device=device)
+    count = torch.floor(cfg.select_rate * n_eligible + rounding).clamp(min=1, max=n_eligible)
+    scores = torch.rand(batch, n_tokens, generator=generator, device=device)
+    scores = torch.where(eligible[None, :], scores, torch.full_like(scores, 2.0))  # ineligible sort last
+    rank = scores.argsort(dim=1).argsort(dim=1)
+    return rank < count[:, None]
+
+
+def corrupt_batch(clean: Tensor, group: Tensor, cfg: CorruptConfig, generator: torch.Generator) -> Corrupted:
+    """Corrupt a batch of clean crops `[B, 2, F, T]` in [0, 1] for masked-token + NSP pretraining.
+
+    `group` (`[B]` long) is the track identity: an NSP partner always comes from a different group.
+    When the whole batch is one group no partner exists: nothing is replaced and every NSP label is
+    1.0 (in general, a sample with no other-group sample in the batch keeps its second half and
+    label 1.0, so labels are only balanced when batches mix tracks). With `cfg.nsp` off there is no
+    separator and every label is 1.0.
+
+    Random draws come only from `generator` (which must live on `clean.device`), in a fixed order,
+    so the same generator state gives the same corruption. Raises ValueError when the crop has no
+    token outside the separator.
+    """
+    if clean.ndim != 4:
+        raise ValueError(f"clean must be [B, 2, F, T], got shape {tuple(clean.shape)}")
+    batch, _, bins, frames = clean.shape
+    device = clean.device
+    tf = cfg.token_frames
+
+    if cfg.nsp:
+        target, nsp_label = _apply_nsp(clean, group.to(device), cfg, generator)
+        sep_frames = separator_frames(frames, tf, device)
+        sep_value = separator_pattern(bins, device, clean.dtype)[:, None]  # [F, 1] broadcast over frames
+        target[..., sep_frames] = sep_value.expand(bins, int(sep_frames.sum())).to(clean.dtype)
+    else:
+        target = clean.clone()
+        nsp_label = torch.ones(batch, dtype=clean.dtype, device=device)
+        sep_frames = torch.zeros(frames, dtype=torch.bool, device=device)
+
+    eligible = eligible_tokens(frames, tf, sep_frames)
+    if not bool(eligible.any()):
+        raise ValueError(
+            f"a crop of {frames} frames has no token of {tf} frames outside the NSP separator; use a longer crop"
+        )
+    selected_tokens = _select_tokens(eligible, batch, cfg, generator)
+
+    action = torch.rand(selected_tokens.shape, generator=generator, device=device)
+    masked_tokens = selected_tokens & (action < cfg.mask_prob)
+    noised_tokens = selected_tokens & (action >= cfg.mask_prob) & (action < cfg.mask_prob + cfg.noise_prob)
+    masked = _tokens_to_frames(masked_tokens, tf, frames)[:, None, None, :]
+    noised = _tokens_to_frames(noised_tokens, tf, frames)[:, None, None, :]
+
+    noise = torch.rand(target.shape, generator=generator, device=device, dtype=target.dtype)
+    corrupted = torch.where(noised, torch.maximum(noise, target), target)
+    corrupted = torch.where(masked, torch.full_like(corrupted, cfg.mask_value), corrupted)
+
+    return Corrupted(
+        input=corrupted,
+        target=target,
+        selected=_tokens_to_frames(selected_tokens, tf, frames),
+        separator=sep_frames[None, :].expand(batch, frames).clone(),
+        nsp_label=nsp_label,
+    )
+
+
+__all__ = ["CorruptConfig", "Corrupted", "corrupt_batch", "separator_frames", "separator_pattern", "eligible_tokens"]

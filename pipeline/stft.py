@@ -1,0 +1,158 @@
+"""Chunked STFT magnitude of a streamed track, cut into fixed-size float16 clips.
+
+The framing is the one pinned in `format.STFTParams` (centred, zero padded, 1 + N // hop frames,
+periodic Hann, Nyquist dropped, |X| unnormalised). The streaming version keeps the last
+`n_fft - hop` (or fewer) samples of each chunk to finish the frames that straddle the boundary,
+so its frames are exactly the frames of the whole-track STFT, and memory is one chunk plus one
+clip whatever the track length.
+
+FFT backend: torch (`unfold` + `torch.fft.rfft`) on one thread. On the 2-core dev VM it does a
+3 s stereo chunk in ~1.3 ms against ~3.2 ms for `numpy.fft.rfft` on the same frames (pocketfft in
+numpy 2.4 is not vectorised across frames the way torch's is); run
+`python benchmarks/shard_memory.py --fft-only` to re-check. One thread because a shard job already
+runs one worker per core, and ffmpeg decodes in its own process next to it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass
+from typing import Iterable, Iterator
+
+import numpy as np
+import torch
+
+from pipeline import format as fmt
+from pipeline.decode import DEFAULT_CHUNK_SAMPLES, decode_chunks
+
+FLOAT16_MAX = float(np.finfo(np.float16).max)
+
+
+@dataclass
+class Clip:
+    """One sample's worth of spectrogram: frames [start_frame, start_frame + valid_frames) of the track."""
+
+    clip: int  # index of the clip within the track, from 0
+    start_frame: int
+    valid_frames: int  # the rest, up to clip_frames, is zero padding
+    spec: np.ndarray  # float16 [2, bins, clip_frames]
+
+
+def track_clips(path: str | os.PathLike, stft: fmt.STFTParams = fmt.STFTParams(),
+                clip_frames: int = fmt.DEFAULT_CLIP_FRAMES, *,
+                chunk_samples: int = DEFAULT_CHUNK_SAMPLES) -> Iterator[Clip]:
+    """Decode `path` in chunks and yield its clips in order; raises decode.DecodeError on bad files.
+
+    A track shorter than `format.min_valid_frames(clip_frames)` frames yields nothing.
+    """
+    chunks = decode_chunks(path, sample_rate=stft.sample_rate, chunk_samples=chunk_samples)
+    try:
+        yield from clips_from_chunks(chunks, stft, clip_frames)
+    finally:
+        chunks.close()  # a consumer that stops early must not leave ffmpeg running
+
+
+def clips_from_chunks(chunks: Iterable[np.ndarray], stft: fmt.STFTParams,
+                      clip_frames: int) -> Iterator[Clip]:
+    """Clips of the signal given as consecutive float32 `[n, 2]` chunks of any sizes."""
+    return cut_clips(stft_frame_blocks(chunks, stft), clip_frames)
+
+
+def stft_magnitude(signal: np.ndarray, stft: fmt.STFTParams = fmt.STFTParams()) -> np.ndarray:
+    """Whole-signal reference: float32 `[2, bins, 1 + n // hop]` magnitude of a `[n, 2]` signal."""
+    half = stft.n_fft // 2
+    channels_first = np.asarray(signal, dtype=np.float32).T
+    padded = np.pad(channels_first, ((0, 0), (half, half)))
+    return _magnitude(padded, stft, _window(stft))
+
+
+def to_spec_dtype(magnitude: np.ndarray) -> np.ndarray:
+    """float32 magnitude -> the stored float16 (values are already finite and within float16 range)."""
+    return magnitude.astype(fmt.SPEC_DTYPE)
+
+
+def stft_frame_blocks(chunks: Iterable[np.ndarray], stft: fmt.STFTParams) -> Iterator[np.ndarray]:
+    """Consecutive float32 `[2, bins, k]` blocks of STFT frames, k >= 0, as each chunk completes them."""
+    window = _window(stft)
+    half = stft.n_fft // 2
+    # Samples not yet covered by a finished frame, starting with the left "centre" padding.
+    pending = np.zeros((fmt.CHANNELS, half), dtype=np.float32)
+    for chunk in chunks:
+        if chunk.ndim != 2 or chunk.shape[1] != fmt.CHANNELS:
+            raise ValueError(f"chunks must be [n, {fmt.CHANNELS}], got {chunk.shape}")
+        pending = np.concatenate([pending, chunk.T.astype(np.float32, copy=False)], axis=1)
+        frames = _frames_in(pending.shape[1], stft)
+        if frames:
+            yield _magnitude(pending, stft, window, frames)
+            pending = pending[:, frames * stft.hop:].copy()  # drop the chunk-sized buffer
+    tail = np.concatenate([pending, np.zeros((fmt.CHANNELS, half), dtype=np.float32)], axis=1)
+    frames = _frames_in(tail.shape[1], stft)
+    if frames:
+        yield _magnitude(tail, stft, window, frames)
+
+
+def cut_clips(frame_blocks: Iterable[np.ndarray], clip_frames: int) -> Iterator[Clip]:
+    """Regroup `[2, bins, k]` frame blocks into float16 clips of `clip_frames` frames.
+
+    The tail becomes a zero-padded clip when it has at least `format.min_valid_frames(clip_frames)`
+    frames, else it is dropped.
+    """
+    if clip_frames < 1:
+        raise ValueError(f"clip_frames must be positive, got {clip_frames}")
+    spec = None
+    filled = 0
+    clip_index = 0
+    for block in frame_blocks:
+        used = 0
+        while used < block.shape[2]:
+            if spec is None:
+                spec = np.zeros((block.shape[0], block.shape[1], clip_frames), dtype=fmt.SPEC_DTYPE)
+            take = min(clip_frames - filled, block.shape[2] - used)
+            spec[:, :, filled:filled + take] = block[:, :, used:used + take]
+            filled += take
+            used += take
+            if filled == clip_frames:
+                yield Clip(clip_index, clip_index * clip_frames, clip_frames, spec)
+                spec, filled, clip_index = None, 0, clip_index + 1
+    if spec is not None and filled >= fmt.min_valid_frames(clip_frames):
+        yield Clip(clip_index, clip_index * clip_frames, filled, spec)
+
+
+def _frames_in(padded_samples: int, stft: fmt.STFTParams) -> int:
+    """How many whole frames fit in a buffer whose first sample starts a frame."""
+    if padded_samples < stft.n_fft:
+        return 0
+    return (padded_samples - stft.n_fft) // stft.hop + 1
+
+
+def _window(stft: fmt.STFTParams) -> torch.Tensor:
+    if stft.window != "hann":
+        raise ValueError(f"unsupported STFT window {stft.window!r} (only 'hann')")
+    if stft.n_fft % 2 or not 0 < stft.hop <= stft.n_fft:
+        raise ValueError(f"need an even n_fft and 0 < hop <= n_fft, got n_fft={stft.n_fft} hop={stft.hop}")
+    return torch.hann_window(stft.n_fft, periodic=True, dtype=torch.float32)
+
+
+def _magnitude(padded: np.ndarray, stft: fmt.STFTParams, window: torch.Tensor,
+               frames: int | None = None) -> np.ndarray:
+    """`[2, bins, frames]` magnitude of the frames starting every hop from `padded[:, 0]`."""
+    if frames is None:
+        frames = _frames_in(padded.shape[1], stft)
+    with _one_torch_thread():
+        signal = torch.from_numpy(padded)[:, :(frames - 1) * stft.hop + stft.n_fft]
+        spectrum = torch.fft.rfft(signal.unfold(-1, stft.n_fft, stft.hop) * window, dim=-1)
+        magnitude = spectrum[..., :stft.bins].abs()
+        # Decoded float WAVs can hold NaN/inf or huge values; float16 would store them as inf/NaN.
+        magnitude = torch.nan_to_num(magnitude, nan=0.0, posinf=FLOAT16_MAX).clamp_(max=FLOAT16_MAX)
+        return magnitude.transpose(1, 2).numpy()
+
+
+@contextlib.contextmanager
+def _one_torch_thread():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)

@@ -76,3 +76,64 @@ def make_demo(out_dir, artists, albums_per_artist, tracks_per_album, min_seconds
                                  max_seconds=max_seconds, seed=seed)
     for root in roots:
         click.echo(root)
+
+
+# --- shard / verify ------------------------------------------------------------------------
+@main.command()
+@click.option("--manifests", type=click.Path(file_okay=False), default="manifests", show_default=True,
+              help="Folder holding tracks.jsonl (failures.jsonl gets the decode failures).")
+@click.option("--out", type=click.Path(file_okay=False), default="shards", show_default=True,
+              help="Folder for {split}-NNNNNN.tar and {split}.json.")
+@click.option("--workers", type=click.IntRange(1), default=None,
+              help="Local worker processes  [default: all cores].")
+@click.option("--scheduler", metavar="ADDR", default=None,
+              help="Run on a Dask cluster, e.g. tcp://host:8786 (workers must see the same paths).")
+@click.option("--clip-frames", type=click.IntRange(1), default=1024, show_default=True,
+              help="STFT frames per sample.")
+@click.option("--shard-size", default="1GB", show_default=True, help="Target shard size (1GB, 500MB, 64MiB).")
+@click.option("--n-fft", type=click.IntRange(2), default=2048, show_default=True, help="FFT size (bins = n_fft/2).")
+@click.option("--hop", type=click.IntRange(1), default=1024, show_default=True, help="STFT hop in samples.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the track interleaving.")
+@click.option("--force", is_flag=True, help="Rebuild when the manifest or options changed since the last run.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def shard(manifests, out, workers, scheduler, clip_frames, shard_size, n_fft, hop, seed, force, quiet) -> None:
+    """Decode every track of the manifest into STFT shards: exact, resumable, parallel."""
+    from pipeline import format as fmt
+    from pipeline.execute import ShardError, run_shard
+    from pipeline.plan import ShardOptions, parse_size
+
+    try:
+        options = ShardOptions(stft=fmt.STFTParams(n_fft=n_fft, hop=hop), clip_frames=clip_frames,
+                               shard_bytes=parse_size(shard_size), seed=seed)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from exc
+    try:
+        summary = run_shard(manifests, out, options, workers=workers, scheduler=scheduler, force=force,
+                            progress=not quiet)
+    except ShardError as exc:
+        raise click.ClickException(str(exc)) from exc
+    except OSError as exc:
+        where = exc.filename or out
+        raise click.ClickException(
+            f"{where}: {exc.strerror or exc}; finished shards are kept, fix this and rerun to resume") from exc
+    splits = ", ".join(f"{split} {count}" for split, count in summary.splits.items())
+    message = (f"{summary.shards} shards ({splits}) in {out}: {summary.written} written, {summary.reused} kept; "
+               f"{summary.samples} samples, {summary.seconds / 3600:.2f} h audio")
+    if summary.failures:
+        message += f"; {summary.failures} tracks failed (see {manifests}/failures.jsonl)"
+    click.echo(message)
+
+
+@main.command()
+@click.option("--out", type=click.Path(file_okay=False), default="shards", show_default=True,
+              help="Shard folder to check.")
+def verify(out) -> None:
+    """Re-read every shard against its index; exit 1 on any problem."""
+    from pipeline.verify import verify_shards
+
+    report = verify_shards(out)
+    for problem in report.problems:
+        click.echo(problem, err=True)
+    click.echo(report.summary())
+    if report.problems:
+        raise SystemExit(1)

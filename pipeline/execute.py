@@ -1,0 +1,264 @@
+"""Run a shard plan: resume bookkeeping, disk preflight, joblib or Dask execution, failures, index.
+
+State lives in `OUT/.state/`: `plan.json` (the plan the folder is being built from), one
+`{shard}.json` per finished unit (written by the unit just before its tar is renamed into place),
+and `lock`. A unit is finished when its state matches the plan and its tar has the recorded size;
+everything else is redone from scratch, which is exact because units are deterministic. The index
+`{split}.json` is written last, so its presence means the whole split is complete.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import re
+import shutil
+import time
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pipeline import format as fmt
+from pipeline.plan import Plan, ShardOptions, Unit, describe_changes, make_plan, plan_record
+from pipeline.write import STATE_DIR, UnitResult, fault_point, is_temp_name, read_state, write_unit
+
+PLAN_FILE = "plan.json"
+_SHARD_RE = re.compile(r"^(?P<split>[A-Za-z0-9_]+)-\d{6}\.tar$")
+
+
+class ShardError(Exception):
+    """A refusal or a bad input, with a one-line message for the user."""
+
+
+@dataclass
+class ShardSummary:
+    shards: int = 0
+    reused: int = 0  # finished units found on disk and kept
+    written: int = 0
+    samples: int = 0
+    failures: int = 0
+    seconds: float = 0.0
+    wall_seconds: float = 0.0
+    splits: dict[str, int] = field(default_factory=dict)  # split -> shard count
+
+
+def run_shard(manifests: str | os.PathLike, out: str | os.PathLike, options: ShardOptions,
+              workers: int | None = None, scheduler: str | None = None, force: bool = False,
+              progress: bool = True) -> ShardSummary:
+    """Build (or finish building) the shard set of `manifests` in `out`."""
+    started = time.monotonic()
+    manifests, out = Path(manifests), Path(out)
+    tracks_file = manifests / fmt.TRACKS_FILE
+    if not tracks_file.is_file():
+        raise ShardError(f"{tracks_file}: no manifest (run `pipeline ingest ROOT...` first)")
+    try:
+        plan = make_plan(fmt.read_tracks(manifests), options)
+    except ValueError as exc:
+        raise ShardError(str(exc)) from exc
+    out.mkdir(parents=True, exist_ok=True)
+    (out / STATE_DIR).mkdir(exist_ok=True)
+    with _exclusive(out):
+        _check_plan(out, plan, force)
+        _clean_temporaries(out)
+        done, pending = _split_done(out, plan, options)
+        _remove_stale(out, plan, done)
+        preflight(out, pending)
+        _write_json_atomic(out / STATE_DIR / PLAN_FILE, plan_record(plan))
+        results = dict(done)
+        for result in _execute(pending, out, options, workers, scheduler, plan, done, progress):
+            results[result.name] = result
+            if result.failures:
+                _merge_failures(manifests, plan, results.values())
+        _merge_failures(manifests, plan, results.values())
+        fault_point("index")
+        _write_indexes(out, plan, results)
+    summary = ShardSummary(shards=len(plan.units), reused=len(done), written=len(pending),
+                           wall_seconds=time.monotonic() - started)
+    for unit in plan.units:
+        result = results[unit.name]
+        summary.samples += result.nsamples
+        summary.failures += len(result.failures)
+        summary.seconds += result.seconds
+        summary.splits[unit.split] = summary.splits.get(unit.split, 0) + 1
+    return summary
+
+
+def preflight(out: Path, pending: list[Unit]) -> None:
+    """Refuse before writing anything when the estimated output does not fit on the destination."""
+    needed = sum(u.est_bytes for u in pending)
+    free = shutil.disk_usage(out).free
+    if needed > free:
+        raise ShardError(
+            f"{out}: not enough space for {len(pending)} shards: needs about {needed / 1e9:.2f} GB "
+            f"({needed} bytes), {free / 1e9:.2f} GB ({free} bytes) free; free space or choose another --out"
+        )
+
+
+@contextmanager
+def _exclusive(out: Path):
+    with open(out / STATE_DIR / "lock", "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            raise ShardError(f"{out}: another `pipeline shard` is writing here") from exc
+        yield
+
+
+def _check_plan(out: Path, plan: Plan, force: bool) -> None:
+    path = out / STATE_DIR / PLAN_FILE
+    if not path.exists():
+        stray = sorted(p.name for p in out.iterdir() if _SHARD_RE.match(p.name))
+        if stray and not force:
+            raise ShardError(f"{out}: holds shards ({stray[0]}, ...) of unknown origin; "
+                             "use --force to replace them or choose another --out")
+        return
+    try:
+        old = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ShardError(f"{path}: unreadable plan state ({exc}); use --force to rebuild") from exc
+    if old.get("fingerprint") != plan.fingerprint and not force:
+        raise ShardError(f"{out} was built from a different plan ({describe_changes(old, plan)}); "
+                         "rerun with --force to rebuild (shards that still match are kept)")
+
+
+def _clean_temporaries(out: Path) -> None:
+    """Leftovers of killed runs: nobody else writes here (we hold the lock)."""
+    for folder in (out, out / STATE_DIR):
+        for path in folder.iterdir():
+            if is_temp_name(path.name):
+                path.unlink(missing_ok=True)
+
+
+def _split_done(out: Path, plan: Plan, options: ShardOptions) -> tuple[dict[str, UnitResult], list[Unit]]:
+    done: dict[str, UnitResult] = {}
+    pending: list[Unit] = []
+    for unit in plan.units:
+        state = read_state(out, unit.name)
+        shard = out / unit.name
+        if (state is not None and state.fingerprint == unit.fingerprint(options)
+                and shard.is_file() and shard.stat().st_size == state.filesize):
+            done[unit.name] = state
+        else:
+            pending.append(unit)
+    return done, pending
+
+
+def _remove_stale(out: Path, plan: Plan, done: dict[str, UnitResult]) -> None:
+    """Shards, states and indexes not proven to belong to this plan's finished units go, so a
+    killed run never leaves an old file that could pass for a new one."""
+    if len(done) < len(plan.units):
+        for split in fmt.SPLITS + tuple(plan.splits()):
+            (out / fmt.index_name(split)).unlink(missing_ok=True)
+    for path in out.iterdir():
+        if _SHARD_RE.match(path.name) and path.name not in done:
+            path.unlink()
+    for path in (out / STATE_DIR).iterdir():
+        if path.name.endswith(".tar.json") and path.name[: -len(".json")] not in done:
+            path.unlink()
+    wanted = set(plan.splits())
+    for split in fmt.SPLITS:
+        if split not in wanted:
+            (out / fmt.index_name(split)).unlink(missing_ok=True)
+    fmt.fsync_dir(out)
+
+
+def _execute(pending: list[Unit], out: Path, options: ShardOptions, workers: int | None,
+             scheduler: str | None, plan: Plan, done: dict[str, UnitResult], progress: bool):
+    """Yield unit results as units finish, locally with joblib or on a Dask cluster."""
+    if not pending:
+        return
+    from joblib import Parallel, delayed, parallel_config
+
+    bar = _AudioProgress(total_seconds=plan.seconds, done_seconds=sum(r.seconds for r in done.values()),
+                        enabled=progress)
+    if scheduler:
+        from distributed import Client
+
+        try:
+            client = Client(scheduler, timeout="20s")
+        except (OSError, TimeoutError) as exc:
+            raise ShardError(f"cannot reach the Dask scheduler at {scheduler} ({exc})") from exc
+        backend, n_jobs = parallel_config(backend="dask"), -1
+    else:
+        client = None
+        backend, n_jobs = nullcontext(), (workers or -1)
+    try:
+        with backend:
+            # Largest units first keeps the slowest shard from starting last.
+            order = sorted(pending, key=lambda u: -u.est_bytes)
+            seconds = {u.name: u.seconds for u in order}
+            jobs = (delayed(write_unit)(unit, out, options) for unit in order)
+            for result in Parallel(n_jobs=n_jobs, return_as="generator_unordered")(jobs):
+                bar.advance(seconds[result.name])
+                yield result
+    finally:
+        bar.close()
+        if client is not None:
+            client.close()
+
+
+class _AudioProgress:
+    """tqdm in hours of audio, with the speed as a multiple of realtime (of this run's work)."""
+
+    def __init__(self, total_seconds: float, done_seconds: float, enabled: bool):
+        from tqdm import tqdm
+
+        self._bar = tqdm(total=total_seconds / 3600, initial=done_seconds / 3600,
+                         unit="h", disable=not enabled, desc="shard",
+                         bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.3f}/{total:.3f} h audio "
+                                    "[{elapsed}<{remaining}{postfix}]")
+        self._started = time.monotonic()
+        self._seconds = 0.0
+
+    def advance(self, seconds: float) -> None:
+        self._seconds += seconds
+        self._bar.set_postfix_str(f"{self._seconds / max(1e-9, time.monotonic() - self._started):.1f}x realtime",
+                                  refresh=False)
+        self._bar.update(seconds / 3600)
+
+    def close(self) -> None:
+        self._bar.close()
+
+
+def _merge_failures(manifests: Path, plan: Plan, results) -> None:
+    """failures.jsonl = other stages' records + this plan's decode failures (old ones for the plan's
+    tracks are replaced, since a fixed file must stop being reported)."""
+    planned = {t.path for u in plan.units for t in u.tracks}
+    ours = {(f["path"], f["stage"]): fmt.record_from_dict(fmt.FailureRecord, f)
+            for r in results for f in r.failures}
+    existing = fmt.read_failures(manifests)
+    kept = [f for f in existing
+            if not (f.stage in ("decode", "shard") and f.path in planned) and (f.path, f.stage) not in ours]
+    merged = kept + sorted(ours.values(), key=lambda f: (f.path, f.stage))
+    if merged != existing:
+        fmt.write_jsonl_atomic(manifests / fmt.FAILURES_FILE, merged)
+
+
+def _write_indexes(out: Path, plan: Plan, results: dict[str, UnitResult]) -> None:
+    for split in plan.splits():
+        units = [u for u in plan.units if u.split == split]
+        states = [results[u.name] for u in units]
+        index = fmt.ShardIndex(
+            split=split,
+            shardlist=[fmt.ShardEntry(s.name, s.nsamples, s.filesize) for s in states],
+            stft=plan.options.stft.to_dict(),
+            clip_frames=plan.options.clip_frames,
+            totals={"samples": sum(s.nsamples for s in states), "tracks": sum(s.tracks for s in states),
+                    "seconds": round(sum(s.seconds for s in states), 3),
+                    "bytes": sum(s.filesize for s in states)},
+        )
+        fmt.write_index_atomic(out / fmt.index_name(split), index)
+
+
+def _write_json_atomic(path: Path, data: dict) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        json.dump(data, fh, sort_keys=True)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    fmt.fsync_dir(path.parent)
+
+
+__all__ = ["run_shard", "preflight", "ShardError", "ShardSummary", "PLAN_FILE"]

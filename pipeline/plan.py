@@ -1,0 +1,224 @@
+"""Manifest + options -> deterministic units of work, one unit per shard file.
+
+A unit is an ordered list of tracks that becomes exactly one `{split}-NNNNNN.tar`. The plan depends
+only on the manifest's content and the options (never on worker count, scheduler or manifest line
+order), which is what makes shards byte-identical across runs and resumable unit by unit.
+
+Interleaving: every album's tracks are spread evenly over its split with a seeded random phase, so
+consecutive tracks come from different albums and, since albums live on drives, from all drives in
+proportion. No shard is one album unless the split is.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import zlib
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from pipeline import format as fmt
+
+
+@dataclass(frozen=True)
+class ShardOptions:
+    """Everything besides the manifest that decides the shard bytes."""
+
+    stft: fmt.STFTParams = field(default_factory=fmt.STFTParams)
+    clip_frames: int = fmt.DEFAULT_CLIP_FRAMES
+    shard_bytes: int = fmt.DEFAULT_SHARD_BYTES
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.clip_frames < 1:
+            raise ValueError(f"clip_frames must be >= 1, got {self.clip_frames}")
+        if self.shard_bytes < 1:
+            raise ValueError(f"shard size must be >= 1 byte, got {self.shard_bytes}")
+        if self.stft.n_fft < 2 or self.stft.n_fft % 2 or self.stft.hop < 1:
+            raise ValueError(f"need an even n_fft >= 2 and hop >= 1, got n_fft={self.stft.n_fft} hop={self.stft.hop}")
+
+    def to_dict(self) -> dict:
+        return {"stft": self.stft.to_dict(), "clip_frames": self.clip_frames,
+                "shard_bytes": self.shard_bytes, "seed": self.seed, "format_version": fmt.FORMAT_VERSION}
+
+
+# The manifest fields that decide what a track contributes to a shard; tags and drive names do not.
+_TRACK_FIELDS = ("id", "path", "size", "mtime", "duration", "album_key", "split")
+
+
+def track_signature(track: fmt.TrackRecord) -> str:
+    """Short hash of the fields that decide a track's samples and place in the plan."""
+    data = json.dumps([getattr(track, name) for name in _TRACK_FIELDS], ensure_ascii=False)
+    return hashlib.sha256(data.encode("utf-8")).hexdigest()[:16]
+
+
+def expected_clips(duration: float, stft: fmt.STFTParams, clip_frames: int) -> int:
+    """Clips a track of `duration` seconds yields (format.STFTParams framing, half-full tail kept)."""
+    frames = 1 + int(duration * stft.sample_rate) // stft.hop
+    full, tail = divmod(frames, clip_frames)
+    return full + (1 if tail >= fmt.min_valid_frames(clip_frames) else 0)
+
+
+@dataclass(frozen=True)
+class Unit:
+    split: str
+    index: int
+    tracks: tuple[fmt.TrackRecord, ...]
+    est_bytes: int  # tar bytes expected from the manifest durations
+
+    @property
+    def name(self) -> str:
+        return fmt.shard_name(self.split, self.index)
+
+    @property
+    def seconds(self) -> float:
+        return sum(t.duration for t in self.tracks)
+
+    def fingerprint(self, options: ShardOptions) -> str:
+        """Identifies the bytes of this unit's shard: same fingerprint, same file."""
+        data = {"name": self.name, "stft": options.stft.to_dict(), "clip_frames": options.clip_frames,
+                "format_version": fmt.FORMAT_VERSION,
+                "tracks": [[t.id, t.path, t.size, t.mtime, t.album_key] for t in self.tracks]}
+        return _sha256(data)
+
+
+@dataclass
+class Plan:
+    options: ShardOptions
+    units: list[Unit]
+    tracks: dict[str, str]  # track id -> track_signature, for explaining manifest changes
+    skipped_duplicates: int = 0
+
+    @property
+    def fingerprint(self) -> str:
+        return _sha256({"options": self.options.to_dict(), "tracks": sorted(self.tracks.items())})
+
+    @property
+    def seconds(self) -> float:
+        return sum(u.seconds for u in self.units)
+
+    def splits(self) -> list[str]:
+        return sorted({u.split for u in self.units}, key=_split_order)
+
+
+def make_plan(tracks: list[fmt.TrackRecord], options: ShardOptions) -> Plan:
+    """Group the manifest's unique tracks into shard-sized units, split by split."""
+    unique: dict[str, fmt.TrackRecord] = {}
+    duplicates = 0
+    # Sorting first makes the plan independent of manifest line order; if one id shows up twice
+    # without duplicate_of (a manifest glitch), the first path wins and the rest count as duplicates.
+    for track in sorted(tracks, key=lambda t: (t.id, t.path)):
+        if track.duplicate_of or track.id in unique:
+            duplicates += 1
+            continue
+        unique[track.id] = track
+    by_split: dict[str, list[fmt.TrackRecord]] = defaultdict(list)
+    for track in unique.values():
+        by_split[track.split].append(track)
+    per_clip = fmt.sample_bytes(options.stft, options.clip_frames)
+    units: list[Unit] = []
+    for split in sorted(by_split, key=_split_order):
+        ordered = interleave(by_split[split], np.random.default_rng([options.seed, zlib.crc32(split.encode())]))
+        sizes = [expected_clips(t.duration, options.stft, options.clip_frames) * per_clip for t in ordered]
+        units.extend(_pack(split, ordered, sizes, options.shard_bytes))
+    return Plan(options, units, {t.id: track_signature(t) for t in unique.values()}, duplicates)
+
+
+def interleave(tracks: list[fmt.TrackRecord], rng: np.random.Generator) -> list[fmt.TrackRecord]:
+    """Seeded order in which each album's tracks sit at evenly spaced positions with a random phase."""
+    albums: dict[str, list[fmt.TrackRecord]] = defaultdict(list)
+    for track in sorted(tracks, key=lambda t: (t.album_key, t.root, t.id)):
+        albums[track.album_key].append(track)
+    keyed = []
+    for album_key in sorted(albums):
+        members = albums[album_key]
+        order = rng.permutation(len(members))
+        phase = rng.random()
+        jitter = rng.random(len(members))
+        for slot, member in enumerate(order):
+            keyed.append(((slot + phase) / len(members), jitter[slot], members[member].id, members[member]))
+    keyed.sort(key=lambda item: item[:3])
+    return [item[3] for item in keyed]
+
+
+def _pack(split: str, tracks: list[fmt.TrackRecord], sizes: list[int], shard_bytes: int) -> list[Unit]:
+    """Consecutive tracks into units of about `shard_bytes`; a track larger than that is a unit alone."""
+    units: list[Unit] = []
+    current: list[fmt.TrackRecord] = []
+    current_bytes = 0
+    for track, size in zip(tracks, sizes):
+        if current and current_bytes + size > shard_bytes:
+            units.append(Unit(split, len(units), tuple(current), current_bytes))
+            current, current_bytes = [], 0
+        current.append(track)
+        current_bytes += size
+    if current:
+        units.append(Unit(split, len(units), tuple(current), current_bytes))
+    return units
+
+
+def _split_order(split: str) -> tuple[int, str]:
+    return (fmt.SPLITS.index(split) if split in fmt.SPLITS else len(fmt.SPLITS), split)
+
+
+def _sha256(data) -> str:
+    return hashlib.sha256(json.dumps(data, sort_keys=True, ensure_ascii=False).encode("utf-8")).hexdigest()
+
+
+def describe_changes(old: dict, new: Plan) -> str:
+    """Why a stored plan (`plan_record` output) differs from `new`, in one line."""
+    reasons = []
+    old_options, new_options = _flatten(old.get("options", {})), _flatten(new.options.to_dict())
+    for key in sorted(set(old_options) | set(new_options)):
+        if old_options.get(key) != new_options.get(key):
+            reasons.append(f"{key} {old_options.get(key)!r} -> {new_options.get(key)!r}")
+    old_tracks: dict = old.get("tracks", {})
+    added = sum(1 for t in new.tracks if t not in old_tracks)
+    removed = sum(1 for t in old_tracks if t not in new.tracks)
+    changed = sum(1 for t, sig in new.tracks.items() if t in old_tracks and old_tracks[t] != sig)
+    if added or removed or changed:
+        reasons.append(f"manifest: {added} tracks added, {removed} removed, {changed} changed")
+    return "; ".join(reasons) or "plan fingerprint differs"
+
+
+def plan_record(plan: Plan) -> dict:
+    """What the executor stores to recognise (and explain) a changed plan on the next run."""
+    return {"fingerprint": plan.fingerprint, "options": plan.options.to_dict(), "tracks": plan.tracks,
+            "units": [u.name for u in plan.units]}
+
+
+def _flatten(options: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in options.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+
+
+_SIZE_UNITS = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12,
+               "ki": 2**10, "mi": 2**20, "gi": 2**30, "ti": 2**40}
+
+
+def parse_size(text: str) -> int:
+    """'1GB', '500M', '64MiB', '2e9' -> bytes (K/M/G/T are powers of 10, Ki/Mi/Gi/Ti of 2)."""
+    cleaned = text.strip().lower().replace(" ", "")
+    cleaned = cleaned[:-1] if cleaned.endswith("b") else cleaned
+    number = cleaned.rstrip("kmgti")
+    unit = cleaned[len(number):]
+    try:
+        value = float(number) * _SIZE_UNITS[unit]
+    except (ValueError, KeyError) as exc:
+        raise ValueError(f"not a size: {text!r} (try 1GB, 500MB, 64MiB)") from exc
+    if value < 1:
+        raise ValueError(f"size must be at least 1 byte, got {text!r}")
+    return int(value)
+
+
+__all__ = ["ShardOptions", "Unit", "Plan", "make_plan", "interleave", "expected_clips", "track_signature",
+           "describe_changes", "plan_record", "parse_size"]

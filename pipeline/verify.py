@@ -1,0 +1,159 @@
+"""`pipeline verify`: re-read every shard against its index, the way a trainer would.
+
+Reading goes through plain `webdataset.WebDataset` (no decoders) and `numpy.load(allow_pickle=False)`,
+so a shard that passes here loads in the trainer. Every problem is one line naming the file; a bad
+shard does not stop the check of the others.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from pipeline import format as fmt
+
+_SHARD_RE = re.compile(r"^(?P<split>[A-Za-z0-9_]+)-\d{6}\.tar$")
+
+
+@dataclass
+class VerifyReport:
+    problems: list[str] = field(default_factory=list)
+    shards: int = 0
+    samples: int = 0
+    bytes: int = 0
+    splits: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        verdict = f"{len(self.problems)} problems" if self.problems else "ok"
+        return (f"{verdict}: {self.shards} shards ({', '.join(self.splits) or 'no index'}), "
+                f"{self.samples} samples, {self.bytes / 1e9:.2f} GB checked")
+
+
+def verify_shards(out: str | os.PathLike) -> VerifyReport:
+    out = Path(out)
+    report = VerifyReport()
+    if not out.is_dir():
+        report.problems.append(f"{out}: no such folder")
+        return report
+    listed: set[str] = set()
+    for index_path in sorted(out.glob("*.json")):
+        try:
+            index = fmt.read_index(index_path)
+        except ValueError as exc:
+            report.problems.append(str(exc))
+            continue
+        report.splits.append(index.split)
+        _verify_index(out, index_path, index, report)
+        listed.update(entry.url for entry in index.shardlist)
+    for path in sorted(out.iterdir()):
+        if _SHARD_RE.match(path.name) and path.name not in listed:
+            report.problems.append(f"{path}: shard not listed in any index (unfinished or stale run?)")
+    if not report.splits and not report.problems:
+        report.problems.append(f"{out}: no shard index ({fmt.index_name('train')}, ...) found")
+    return report
+
+
+def _verify_index(out: Path, index_path: Path, index: fmt.ShardIndex, report: VerifyReport) -> None:
+    try:
+        stft = fmt.STFTParams.from_dict(index.stft)
+    except TypeError as exc:
+        report.problems.append(f"{index_path}: bad stft parameters ({exc})")
+        return
+    expected_shape = (fmt.CHANNELS, stft.bins, index.clip_frames)
+    total_samples = total_bytes = 0
+    for entry in index.shardlist:
+        path = out / entry.url
+        report.shards += 1
+        if not path.is_file():
+            report.problems.append(f"{path}: listed in {index_path.name} but missing")
+            continue
+        size = path.stat().st_size
+        if size != entry.filesize:
+            report.problems.append(f"{path}: {size} bytes, index says {entry.filesize}")
+        count = _verify_shard(path, index, expected_shape, report.problems)
+        if count is not None and count != entry.nsamples:
+            report.problems.append(f"{path}: {count} samples, index says {entry.nsamples}")
+        report.samples += count or 0
+        report.bytes += size
+        total_samples += entry.nsamples
+        total_bytes += entry.filesize
+    totals = index.totals
+    if "samples" in totals and totals["samples"] != total_samples:
+        report.problems.append(f"{index_path}: totals.samples {totals['samples']} != {total_samples} in shardlist")
+    if "bytes" in totals and totals["bytes"] != total_bytes:
+        report.problems.append(f"{index_path}: totals.bytes {totals['bytes']} != {total_bytes} in shardlist")
+
+
+def _verify_shard(path: Path, index: fmt.ShardIndex, shape: tuple, problems: list[str]) -> int | None:
+    """Samples in the shard, each checked; None when the tar cannot be read to its end."""
+    import webdataset as wds
+
+    count = 0
+    before = len(problems)
+    try:
+        dataset = wds.WebDataset(str(path), shardshuffle=False, empty_check=False)
+        for sample in dataset:
+            count += 1
+            _verify_sample(path, sample, index, shape, problems)
+            if len(problems) - before >= 10:
+                problems.append(f"{path}: stopping after 10 problems in this shard")
+                return None
+    except Exception as exc:  # webdataset/tarfile raise many types for a damaged tar; all mean the same
+        problems.append(f"{path}: unreadable after {count} samples ({type(exc).__name__}: {_one_line(exc)})")
+        return None
+    return count
+
+
+def _verify_sample(path: Path, sample: dict, index: fmt.ShardIndex, shape: tuple, problems: list[str]) -> None:
+    key = sample.get("__key__", "?")
+    where = f"{path}: sample {key}"
+    missing = [k for k in (fmt.SPEC_KEY, fmt.META_KEY) if k not in sample]
+    extra = sorted(k for k in sample if not k.startswith("__") and k not in (fmt.SPEC_KEY, fmt.META_KEY))
+    if missing or extra:
+        problems.append(f"{where}: members missing {missing} extra {extra}")
+        return
+    try:
+        spec = np.load(io.BytesIO(sample[fmt.SPEC_KEY]), allow_pickle=False)
+    except ValueError as exc:
+        problems.append(f"{where}: spec.npy unreadable ({_one_line(exc)})")
+        return
+    if spec.dtype != fmt.SPEC_DTYPE or spec.shape != shape:
+        problems.append(f"{where}: spec is {spec.shape} {spec.dtype}, expected {shape} {np.dtype(fmt.SPEC_DTYPE)}")
+        return
+    try:
+        meta = fmt.decode_meta(sample[fmt.META_KEY])
+    except (ValueError, TypeError) as exc:
+        problems.append(f"{where}: json unreadable ({_one_line(exc)})")
+        return
+    if not _valid_id(meta.track_id) or key != fmt.sample_key(meta.track_id, meta.clip):
+        problems.append(f"{where}: json names track {meta.track_id!r} clip {meta.clip}")
+    if meta.stft != index.stft:
+        problems.append(f"{where}: stft {json.dumps(meta.stft)} differs from the index's")
+    if not fmt.min_valid_frames(index.clip_frames) <= meta.valid_frames <= index.clip_frames:
+        problems.append(f"{where}: valid_frames {meta.valid_frames} outside "
+                        f"[{fmt.min_valid_frames(index.clip_frames)}, {index.clip_frames}]")
+    elif np.any(spec[:, :, meta.valid_frames:]):
+        problems.append(f"{where}: non-zero frames after valid_frames {meta.valid_frames}")
+    if not np.all(np.isfinite(spec)):
+        problems.append(f"{where}: spec holds inf or NaN")
+
+
+def _valid_id(track_id) -> bool:
+    try:
+        fmt.sample_key(str(track_id), 0)
+    except ValueError:
+        return False
+    return True
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())
+
+
+__all__ = ["verify_shards", "VerifyReport"]

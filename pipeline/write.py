@@ -1,0 +1,240 @@
+"""One unit -> one shard tar, reproducible to the byte and never visible half-written.
+
+The tar is written by hand from `tarfile.TarInfo` headers with fixed fields (mtime 0, uid/gid 0,
+empty user/group names, mode 0o644, ustar) in the plan's order, so the same unit always gives the
+same bytes. It goes to a hidden temporary name in the output folder, is fsynced, its state record
+(`.state/{shard}.json`) is written, and only then is it renamed to its final name.
+
+A track that fails to decode is cut out of the tar again (truncate back to where it started) and
+reported; the unit still completes with the other tracks.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import signal
+import tarfile
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from pipeline import format as fmt
+from pipeline.plan import ShardOptions, Unit
+
+STATE_DIR = ".state"
+FAULT_ENV = "PIPELINE_SHARD_FAULT"
+_BLOCK = tarfile.BLOCKSIZE
+_RECORD = tarfile.RECORDSIZE
+
+
+@dataclass
+class UnitResult:
+    """What a unit sends back to the parent (small: no audio) and stores in its state file."""
+
+    name: str
+    split: str
+    fingerprint: str
+    nsamples: int
+    filesize: int
+    tracks: int  # tracks decoded (with or without clips)
+    seconds: float  # manifest duration of those tracks
+    failures: list[dict] = field(default_factory=list)  # format.FailureRecord as dicts
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "UnitResult":
+        return fmt.record_from_dict(cls, data)
+
+
+def temp_name(final_name: str) -> str:
+    """Hidden and pid-tagged: never matches a shard name, and a rerun can tell it is stale."""
+    return f".{final_name}.tmp-{os.getpid()}"
+
+
+def is_temp_name(name: str) -> bool:
+    return name.startswith(".") and ".tmp-" in name
+
+
+def state_path(out_dir: Path, shard: str) -> Path:
+    return out_dir / STATE_DIR / f"{shard}.json"
+
+
+def read_state(out_dir: Path, shard: str) -> UnitResult | None:
+    """The state record of a shard, or None when missing or unreadable (then the unit is redone)."""
+    try:
+        return UnitResult.from_dict(json.loads(state_path(out_dir, shard).read_text(encoding="utf-8")))
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def write_state(out_dir: Path, result: UnitResult) -> None:
+    path = state_path(out_dir, result.name)
+    tmp = path.with_name(temp_name(path.name))
+    with open(tmp, "w", encoding="utf-8") as fh:
+        json.dump(asdict(result), fh, sort_keys=True)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    fmt.fsync_dir(path.parent)
+
+
+class ReproducibleTar:
+    """Append-only ustar writer with fixed header fields and the ability to cut back to a mark."""
+
+    def __init__(self, fileobj):
+        self._fh = fileobj
+        self.offset = fileobj.tell()
+
+    def add(self, name: str, data: bytes) -> None:
+        info = tarfile.TarInfo(name)
+        info.size = len(data)
+        info.mtime = 0
+        info.mode = 0o644
+        info.uid = info.gid = 0
+        info.uname = info.gname = ""
+        info.type = tarfile.REGTYPE
+        header = info.tobuf(tarfile.USTAR_FORMAT, "utf-8", "strict")
+        padding = -len(data) % _BLOCK
+        _inject_enospc(self.offset + len(header) + len(data) + padding)
+        self._fh.write(header)
+        self._fh.write(data)
+        self._fh.write(b"\0" * padding)
+        self.offset += len(header) + len(data) + padding
+
+    def rollback(self, mark: int) -> None:
+        self._fh.seek(mark)
+        self._fh.truncate()
+        self.offset = mark
+
+    def finish(self) -> None:
+        """End-of-archive blocks, padded to a full record like GNU tar and Python's tarfile."""
+        end = self.offset + 2 * _BLOCK
+        end += -end % _RECORD
+        _inject_enospc(end)
+        self._fh.write(b"\0" * (end - self.offset))
+        self.offset = end
+
+
+def write_unit(unit: Unit, out_dir: str | os.PathLike, options: ShardOptions) -> UnitResult:
+    """Decode, cut and write every track of `unit` into its shard; returns counts and failures."""
+    from pipeline.decode import DecodeError
+    from pipeline.stft import track_clips
+
+    out_dir = Path(out_dir)
+    final = out_dir / unit.name
+    tmp = out_dir / temp_name(unit.name)
+    nsamples = tracks_done = 0
+    seconds = 0.0
+    failures: list[dict] = []
+    try:
+        with open(tmp, "wb") as fh:
+            tar = ReproducibleTar(fh)
+            for track in unit.tracks:
+                mark, written = tar.offset, 0
+                try:
+                    for clip in _clips_of(track, options, track_clips, DecodeError):
+                        fault_point("decode")
+                        key = fmt.sample_key(track.id, clip.clip)
+                        meta = fmt.SampleMeta(track_id=track.id, clip=clip.clip, start_frame=clip.start_frame,
+                                              valid_frames=clip.valid_frames, album_key=track.album_key,
+                                              stft=options.stft.to_dict())
+                        tar.add(f"{key}.{fmt.SPEC_KEY}", fmt.encode_spec(clip.spec))
+                        fault_point("tar-member")
+                        tar.add(f"{key}.{fmt.META_KEY}", fmt.encode_meta(meta))
+                        written += 1
+                except _TrackFailed as exc:
+                    tar.rollback(mark)
+                    failures.append(asdict(fmt.FailureRecord(track.path, exc.stage, exc.reason)))
+                    continue
+                nsamples += written
+                tracks_done += 1
+                seconds += track.duration
+            tar.finish()
+            fh.flush()
+            os.fsync(fh.fileno())
+        result = UnitResult(unit.name, unit.split, unit.fingerprint(options), nsamples, tmp.stat().st_size,
+                            tracks_done, seconds, failures)
+        write_state(out_dir, result)
+        fault_point("state")
+        os.replace(tmp, final)
+        fmt.fsync_dir(out_dir)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fault_point("renamed")
+    return result
+
+
+class _TrackFailed(Exception):
+    def __init__(self, stage: str, reason: str):
+        super().__init__(reason)
+        self.stage, self.reason = stage, reason
+
+
+def _clips_of(track: fmt.TrackRecord, options: ShardOptions, track_clips, decode_error: type):
+    """The decoder's clips for one track. Its failures become _TrackFailed; ours (say ENOSPC on the
+    tar, raised in the caller's loop body) pass through untouched."""
+    try:
+        fmt.sample_key(track.id, 0)
+    except ValueError as exc:
+        raise _TrackFailed("shard", _one_line(exc)) from exc
+    clips = None
+    try:
+        try:
+            clips = iter(track_clips(track.path, options.stft, options.clip_frames))
+            while True:
+                try:
+                    clip = next(clips)
+                except StopIteration:
+                    return
+                yield clip
+        except decode_error as exc:
+            raise _TrackFailed("decode", f"{track.path}: {_one_line(exc)}" if track.path not in str(exc)
+                               else _one_line(exc)) from exc
+        except (OSError, ValueError) as exc:
+            raise _TrackFailed("decode", f"{track.path}: {type(exc).__name__}: {_one_line(exc)}") from exc
+    finally:
+        close = getattr(clips, "close", None)
+        if close is not None:
+            close()
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+# --- fault injection for the resume tests -------------------------------------------------
+# PIPELINE_SHARD_FAULT="point:N[,point:N...]": SIGKILL this process the N-th time it reaches
+# `point` (decode, tar-member, state, renamed, index); "enospc:BYTES": fail writes past BYTES of a
+# shard with ENOSPC. Unset in normal use, where each check is one dict lookup.
+
+_fault_hits: Counter = Counter()
+
+
+def _faults() -> dict[str, int]:
+    spec = os.environ.get(FAULT_ENV, "")
+    faults = {}
+    for item in filter(None, spec.split(",")):
+        point, _, count = item.partition(":")
+        faults[point.strip()] = int(count or 1)
+    return faults
+
+
+def fault_point(point: str) -> None:
+    target = _faults().get(point) if FAULT_ENV in os.environ else None
+    if target is None:
+        return
+    _fault_hits[point] += 1
+    if _fault_hits[point] == target:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _inject_enospc(offset_after_write: int) -> None:
+    limit = _faults().get("enospc") if FAULT_ENV in os.environ else None
+    if limit is not None and offset_after_write > limit:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC) + " (injected)")
+
+
+__all__ = ["UnitResult", "ReproducibleTar", "write_unit", "read_state", "write_state", "state_path",
+           "temp_name", "is_temp_name", "fault_point", "STATE_DIR", "FAULT_ENV"]

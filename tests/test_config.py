@@ -1,0 +1,67 @@
+import pytest
+import yaml
+
+from trainer.config import TrainConfig, load_config, parse_overrides, preset_names, save_config
+from trainer.model import load_model_preset
+
+
+def test_every_training_preset_resolves_and_names_its_model_preset():
+    assert {"tiny", "small", "base"} <= set(preset_names())
+    for name in ("tiny", "small", "base"):
+        cfg = load_config(name)
+        assert cfg.model == load_model_preset(name)
+        assert cfg.run.steps > 0 and cfg.data.crop_frames >= 2 * cfg.corrupt.token_frames
+
+
+def test_overrides_parse_yaml_values_including_bare_exponents():
+    cfg = load_config("tiny", overrides=["model.bins=128", "optim.lr=3e-4", "run.compile=true",
+                                          "optim.betas=[0.8, 0.9]", "corrupt.select_rate=0.5", "data.batch_size=2"])
+    assert cfg.model.bins == 128 and cfg.model.channels == load_model_preset("tiny").channels
+    assert cfg.optim.lr == pytest.approx(3e-4) and isinstance(cfg.optim.lr, float)
+    assert cfg.run.compile is True and cfg.optim.betas == (0.8, 0.9)
+    assert cfg.corrupt.select_rate == 0.5 and cfg.data.batch_size == 2
+    assert parse_overrides(["a.b=x", "a.c=2"]) == {"a": {"b": "x", "c": 2}}
+
+
+@pytest.mark.parametrize("override, message", [
+    ("run.stepz=5", "unknown key.*stepz"),
+    ("model.binz=5", "binz"),
+    ("nope.x=1", "unknown section.*nope"),
+    ("run.steps=lots", "run.steps must be like"),
+    ("run.compile=1", "run.compile must be like"),
+    ("optim.decay=step", "optim.decay must be one of"),
+    ("runsteps=5", "not of the form section.key=value"),
+    ("data.batch_size=0", "data.batch_size must be >= 1"),
+])
+def test_bad_values_are_one_line_errors_naming_the_key(override, message):
+    with pytest.raises(ValueError, match=message) as info:
+        load_config("tiny", overrides=[override])
+    assert "\n" not in str(info.value)
+
+
+def test_config_file_with_model_preset_plus_fields(tmp_path):
+    path = tmp_path / "mine.yaml"
+    path.write_text(yaml.safe_dump({"model": {"preset": "tiny", "bins": 256}, "loss": {"all_frames_weight": 0.1},
+                                    "run": {"steps": 7}}))
+    cfg = load_config(config_file=path)
+    assert cfg.model.bins == 256 and cfg.model.num_heads == load_model_preset("tiny").num_heads
+    assert cfg.loss.all_frames_weight == 0.1 and cfg.run.steps == 7
+    assert cfg.optim == TrainConfig().optim  # untouched sections keep defaults
+
+    path.write_text("run: {steps: [\n")
+    with pytest.raises(ValueError, match="mine.yaml: unreadable config"):
+        load_config(config_file=path)
+    with pytest.raises(ValueError, match="unknown training preset 'huge'"):
+        load_config("huge")
+
+
+def test_saved_config_reproduces_the_run_without_presets(tmp_path):
+    cfg = load_config("small", overrides=["model.bins=256", "run.seed=3"])
+    save_config(cfg, tmp_path / "config.yaml")
+    saved = yaml.safe_load((tmp_path / "config.yaml").read_text())
+    assert isinstance(saved["model"], dict) and "preset" not in saved["model"]
+    again = load_config(base=saved)
+    assert again == cfg and again.to_dict() == cfg.to_dict()
+    # A saved run config plus overrides: how `trainer pretrain --resume --steps N` extends a run.
+    longer = load_config(base=saved, overrides=["run.steps=99999"])
+    assert longer.run.steps == 99999 and longer.model == cfg.model

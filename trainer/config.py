@@ -1,0 +1,250 @@
+"""Training configuration: one dataclass per concern, loaded from a preset or a YAML file plus overrides.
+
+A training YAML has the sections below; each may be partial (missing keys keep their defaults):
+
+    model: tiny                      # a model preset name (trainer/model/presets/NAME.yaml) ...
+    model: {preset: tiny, bins: 128} # ... or a preset plus field overrides, or a full mapping
+    corrupt: {...}                   # trainer.corrupt.CorruptConfig fields
+    data: {...}  loss: {...}  optim: {...}  run: {...}
+
+Overrides are `section.key=value` strings (the value is parsed as YAML, so `run.compile=true`,
+`optim.betas=[0.9,0.99]`, `model.bins=128`). The resolved config (`to_dict`) names every field, so
+the copy saved in runs/NAME/config.yaml reproduces the run without the preset files.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from trainer.corrupt import CorruptConfig
+from trainer.model import ModelConfig, load_model_preset
+
+PRESETS_DIR = Path(__file__).parent / "configs"
+DECAYS = ("cosine", "linear")
+
+
+@dataclass
+class DataConfig:
+    crop_frames: int = 512
+    batch_size: int = 8  # per rank and micro-step
+    num_workers: int = 2
+    val_batch_size: int = 8
+
+
+@dataclass
+class LossConfig:
+    all_frames_weight: float = 0.0  # weight of the L1 over every frame, next to the masked-token L1
+    nsp_weight: float = 1.0
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 3e-4
+    betas: tuple[float, float] = (0.9, 0.95)
+    weight_decay: float = 0.1
+    warmup_steps: int = 100
+    decay: str = "cosine"  # after warmup, from lr down to lr * min_lr_ratio at the last step
+    min_lr_ratio: float = 0.1
+    grad_clip: float = 1.0  # max global grad norm; 0 disables clipping (the norm is still logged)
+    accumulation: int = 1  # micro-batches per optimiser step
+
+
+@dataclass
+class RunConfig:
+    steps: int = 10000
+    log_every: int = 10  # TensorBoard scalars (metrics.jsonl gets every step)
+    ckpt_every: int = 500  # also where the data stream restarts from a seed derived from (seed, step)
+    keep_last: int = 3
+    val_every: int = 500
+    val_batches: int = 16
+    image_every: int = 500
+    seed: int = 0
+    compile: bool = False
+    max_bad_steps: int = 10  # stop after this many non-finite steps in a row
+
+
+@dataclass
+class TrainConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    corrupt: CorruptConfig = field(default_factory=CorruptConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.optim.decay not in DECAYS:
+            problems.append(f"optim.decay must be one of {DECAYS}, got {self.optim.decay!r}")
+        for name, value in [
+            ("data.crop_frames", self.data.crop_frames), ("data.batch_size", self.data.batch_size),
+            ("data.val_batch_size", self.data.val_batch_size), ("optim.accumulation", self.optim.accumulation),
+            ("run.log_every", self.run.log_every), ("run.ckpt_every", self.run.ckpt_every),
+            ("run.keep_last", self.run.keep_last), ("run.val_every", self.run.val_every),
+            ("run.image_every", self.run.image_every), ("run.max_bad_steps", self.run.max_bad_steps),
+        ]:
+            if value < 1:
+                problems.append(f"{name} must be >= 1, got {value}")
+        if self.data.num_workers < 0 or self.run.steps < 0 or self.optim.warmup_steps < 0:
+            problems.append("data.num_workers, run.steps and optim.warmup_steps must be >= 0")
+        if not 0.0 <= self.optim.min_lr_ratio <= 1.0:
+            problems.append(f"optim.min_lr_ratio must be in [0, 1], got {self.optim.min_lr_ratio}")
+        if problems:
+            raise ValueError("; ".join(problems))
+
+    def to_dict(self) -> dict:
+        out = {"model": self.model.to_dict(), "corrupt": dataclasses.asdict(self.corrupt)}
+        for name in ("data", "loss", "optim", "run"):
+            out[name] = dataclasses.asdict(getattr(self, name))
+        out["optim"]["betas"] = list(self.optim.betas)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict, source: str = "config") -> "TrainConfig":
+        """Build from a (possibly partial) mapping; unknown sections or keys -> ValueError naming them."""
+        if not isinstance(data, dict):
+            raise ValueError(f"{source}: expected a mapping of sections, got {type(data).__name__}")
+        unknown = sorted(set(data) - {f.name for f in dataclasses.fields(cls)})
+        if unknown:
+            raise ValueError(f"{source}: unknown section(s) {', '.join(unknown)}")
+        try:
+            sections: dict[str, Any] = {"model": _resolve_model(data.get("model"), source)}
+            sections["corrupt"] = _section(CorruptConfig, data.get("corrupt"), f"{source}: corrupt")
+            for name, section_cls in (("data", DataConfig), ("loss", LossConfig), ("optim", OptimConfig), ("run", RunConfig)):
+                sections[name] = _section(section_cls, data.get(name), f"{source}: {name}")
+            return cls(**sections)
+        except (TypeError, ValueError) as exc:
+            message = str(exc)
+            raise ValueError(message if message.startswith(source) else f"{source}: {message}") from exc
+
+
+def _section(cls, values: dict | None, where: str):
+    values = values or {}
+    if not isinstance(values, dict):
+        raise ValueError(f"{where} must be a mapping, got {values!r}")
+    unknown = sorted(set(values) - {f.name for f in dataclasses.fields(cls)})
+    if unknown:
+        raise ValueError(f"{where}: unknown key(s) {', '.join(unknown)}")
+    defaults = cls()
+    coerced = {k: _coerce(getattr(defaults, k), v, f"{where}.{k}") for k, v in values.items()}
+    return cls(**coerced)
+
+
+def _coerce(default: Any, value: Any, where: str) -> Any:
+    """Accept what YAML legitimately gives (ints for floats, lists for tuples, "3e-4" as a string:
+    PyYAML reads exponents without a dot as text); anything else of the wrong kind is a typo."""
+    if isinstance(default, bool):
+        if isinstance(value, bool):
+            return value
+    elif isinstance(default, (int, float)):
+        if isinstance(value, str):
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if isinstance(default, float):
+                return float(value)
+            if float(value).is_integer():
+                return int(value)
+    elif isinstance(default, str):
+        if isinstance(value, str):
+            return value
+    elif isinstance(default, tuple):
+        if isinstance(value, (list, tuple)) and len(value) == len(default):
+            return tuple(_coerce(d, v, where) for d, v in zip(default, value))
+    else:
+        return value
+    raise ValueError(f"{where} must be like {default!r}, got {value!r}")
+
+
+def _resolve_model(spec: str | dict | None, source: str) -> ModelConfig:
+    if spec is None:
+        return ModelConfig()
+    if isinstance(spec, str):
+        return load_model_preset(spec)
+    if not isinstance(spec, dict):
+        raise ValueError(f"{source}: model must be a preset name or a mapping, got {spec!r}")
+    spec = dict(spec)
+    preset = spec.pop("preset", None)
+    base = load_model_preset(preset).to_dict() if preset else {}
+    return ModelConfig.from_dict({**base, **spec})
+
+
+def parse_overrides(overrides: list[str] | tuple[str, ...]) -> dict:
+    """["model.bins=128", "run.compile=true"] -> {"model": {"bins": 128}, "run": {"compile": True}}."""
+    nested: dict = {}
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        parts = key.strip().split(".")
+        if not sep or len(parts) != 2 or not all(parts):
+            raise ValueError(f"override {item!r} is not of the form section.key=value")
+        nested.setdefault(parts[0], {})[parts[1]] = yaml.safe_load(raw) if raw.strip() else ""
+    return nested
+
+
+def merge(base: dict, overrides: dict) -> dict:
+    """Overrides win key by key inside each section; a model preset name becomes {"preset": name}."""
+    out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in base.items()}
+    for section, values in overrides.items():
+        current = out.get(section)
+        if isinstance(current, str) and section == "model":
+            current = {"preset": current}
+        out[section] = {**(current or {}), **values} if isinstance(values, dict) else values
+    return out
+
+
+def preset_names() -> list[str]:
+    return sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
+
+
+def read_yaml(path: str | os.PathLike) -> dict:
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as exc:
+        raise ValueError(f"{path}: unreadable config ({str(exc).splitlines()[0]})") from exc
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a mapping of sections, got {type(data).__name__}")
+    return data
+
+
+def load_config(preset: str | None = None, config_file: str | os.PathLike | None = None,
+                overrides: list[str] | tuple[str, ...] = (), base: dict | None = None) -> TrainConfig:
+    """Exactly one of preset / config_file / base (a dict, e.g. a run's saved config) is the starting point."""
+    if sum(x is not None for x in (preset, config_file, base)) > 1:
+        raise ValueError("give a preset, a config file or a base config, not several")
+    if config_file is not None:
+        data, source = read_yaml(config_file), str(config_file)
+    elif base is not None:
+        data, source = base, "saved config"
+    else:
+        name = preset or "tiny"
+        path = PRESETS_DIR / f"{name}.yaml"
+        if not path.exists():
+            raise ValueError(f"unknown training preset {name!r} (known: {', '.join(preset_names())})")
+        data, source = read_yaml(path), str(path)
+    if overrides:
+        data, source = merge(data, parse_overrides(overrides)), f"{source} + overrides"
+    return TrainConfig.from_dict(data, source)
+
+
+def save_config(cfg: TrainConfig, path: str | os.PathLike) -> None:
+    """Write the resolved config atomically (tmp + fsync + rename)."""
+    from pipeline.format import fsync_dir
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        yaml.safe_dump(cfg.to_dict(), fh, sort_keys=False)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    fsync_dir(path.parent)

@@ -137,3 +137,28 @@ def verify(out) -> None:
     click.echo(report.summary())
     if report.problems:
         raise SystemExit(1)
+
+
+# --- ingest --------------------------------------------------------------------------------
+@main.command("ingest")
+@click.argument("roots", nargs=-1, required=True, type=click.Path(file_okay=False))
+@click.option("--manifests", "manifests_dir", default="manifests", show_default=True,
+              type=click.Path(file_okay=False), help="Where tracks.jsonl and failures.jsonl go.")
+@click.option("--workers", type=click.IntRange(min=1), default=None,
+              help="Parallel ffprobe runs [default: 2 per core, at most 32].")
+@click.option("--val-fraction", type=click.FloatRange(0.0, 1.0), default=0.02, show_default=True,
+              help="Share of albums in the val split (at least one album when there are two or more).")
+def ingest(roots, manifests_dir, workers, val_fraction) -> None:
+    """Find and probe every audio file under ROOTS (drives, scanned concurrently).
+
+    Writes MANIFESTS/tracks.jsonl (one line per audio file, duplicates marked) and
+    MANIFESTS/failures.jsonl. Re-running probes only new or changed files; an interrupted run
+    resumes where it stopped. A root that cannot be read is an error for that root (exit code 1)
+    while the others are still ingested.
+    """
+    from pipeline.ingest import ingest as run_ingest
+
+    summary = run_ingest(list(roots), manifests_dir, workers=workers, val_fraction=val_fraction)
+    click.echo(summary.line())
+    if summary.root_errors:
+        raise SystemExit(1)

@@ -1,0 +1,216 @@
+"""Probe outcomes -> manifest records: the probe journal, names, duplicates, splits, atomic writes.
+
+The probe journal (`DIR/.ingest-journal.jsonl`) is both the crash log and the incremental cache.
+Every probe outcome (a track, a failure, or "not audio" for a file only its content nominated) is
+appended as one JSON line keyed by path + size + mtime and flushed at once, so a run killed with -9
+loses at most the line being written (a torn last line is ignored on load). At the end of a run the
+journal is rewritten, atomically, to exactly the files seen, which drops vanished ones. When the
+journal is missing, the previous tracks.jsonl serves as the cache for tracks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import unicodedata
+from pathlib import Path
+from typing import Iterable
+
+from pipeline import format as fmt
+from pipeline.format import FailureRecord, TrackRecord
+from pipeline.probe import ProbeResult
+
+JOURNAL_FILE = ".ingest-journal.jsonl"
+INGEST_STAGES = ("scan", "probe")
+
+# --- the probe journal ---------------------------------------------------------------------
+
+
+def track_outcome(path: str, size: int, mtime: float, result: ProbeResult) -> dict:
+    return {"path": path, "size": size, "mtime": mtime, "kind": "track", "fingerprint": result.fingerprint,
+            "duration": result.duration, "sample_rate": result.sample_rate, "channels": result.channels,
+            "codec": result.codec, "tags": result.tags}
+
+
+def failure_outcome(path: str, size: int, mtime: float, reason: str) -> dict:
+    return {"path": path, "size": size, "mtime": mtime, "kind": "failure", "reason": reason}
+
+
+def ignored_outcome(path: str, size: int, mtime: float) -> dict:
+    return {"path": path, "size": size, "mtime": mtime, "kind": "ignored"}
+
+
+class ProbeJournal:
+    """Append-only log of probe outcomes, loaded as {path: outcome} (the last line for a path wins)."""
+
+    def __init__(self, manifests_dir: str | os.PathLike):
+        self.path = Path(manifests_dir) / JOURNAL_FILE
+        self.outcomes: dict[str, dict] = {}
+        self._fh = None
+        try:
+            with open(self.path, encoding="utf-8") as fh:
+                for line in fh:
+                    try:
+                        outcome = json.loads(line)
+                        self.outcomes[outcome["path"]] = outcome
+                    except (json.JSONDecodeError, KeyError, TypeError):
+                        continue  # the torn last line of a killed run
+        except FileNotFoundError:
+            pass
+
+    def lookup(self, path: str, size: int, mtime: float) -> dict | None:
+        outcome = self.outcomes.get(path)
+        if outcome is not None and outcome["size"] == size and outcome["mtime"] == mtime:
+            return outcome
+        return None
+
+    def append(self, outcome: dict) -> None:
+        if self._fh is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._fh = open(self.path, "a", encoding="utf-8")
+            # A torn line from a killed run must not swallow the first new line.
+            if self._fh.tell() > 0:
+                self._fh.write("\n")
+        self._fh.write(json.dumps(outcome, ensure_ascii=False) + "\n")
+        self._fh.flush()  # in the kernel now: survives kill -9 of this process
+        self.outcomes[outcome["path"]] = outcome
+
+    def close(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+
+    def compact(self, outcomes: Iterable[dict]) -> None:
+        """Rewrite the journal to exactly `outcomes` (new file + rename)."""
+        self.close()
+        tmp = self.path.with_name(f"{self.path.name}.tmp-{os.getpid()}")
+        with open(tmp, "w", encoding="utf-8") as fh:
+            for outcome in outcomes:
+                fh.write(json.dumps(outcome, ensure_ascii=False) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, self.path)
+        fmt.fsync_dir(self.path.parent)
+
+
+def outcomes_from_manifest(manifests_dir: str | os.PathLike) -> dict[str, dict]:
+    """The previous tracks.jsonl as a cache, for when the journal is gone. Tags are approximated by
+    the recorded names (which were tags or folder names of the same path, so they rebuild the same
+    record)."""
+    cache = {}
+    for record in fmt.read_tracks(manifests_dir):
+        cache[record.path] = {
+            "path": record.path, "size": record.size, "mtime": record.mtime, "kind": "track",
+            "fingerprint": record.id, "duration": record.duration, "sample_rate": record.sample_rate,
+            "channels": record.channels, "codec": record.codec,
+            "tags": {"artist": record.artist, "album": record.album, "title": record.title},
+        }
+    return cache
+
+
+# --- names and splits ----------------------------------------------------------------------
+
+_DISC_FOLDER = re.compile(r"^\s*(cd|dis[ck])\s*\d+\s*$", re.IGNORECASE)
+_TRACK_NUMBER = re.compile(r"^\d{1,3}\s*[-._ ]\s*(?=\S)")
+
+
+def folder_names(path: str, root: str) -> tuple[str, str, str]:
+    """(artist, album, title) from `root/.../Artist/Album/[CD1/]NN Title.ext`; "" above the root."""
+    parts = os.path.relpath(path, root).split(os.sep)
+    stem = os.path.splitext(parts[-1])[0]
+    title = _TRACK_NUMBER.sub("", stem, count=1) or stem
+    folders = parts[:-1]
+    if folders and _DISC_FOLDER.match(folders[-1]):
+        folders = folders[:-1]
+    album = folders[-1] if folders else ""
+    artist = folders[-2] if len(folders) >= 2 else ""
+    return artist, album, title
+
+
+def normalise_name(name: str) -> str:
+    return " ".join(unicodedata.normalize("NFKC", name).casefold().split())
+
+
+def album_key_of(album_artist: str, album: str) -> str:
+    return f"{normalise_name(album_artist)}/{normalise_name(album)}"
+
+
+def _unit_hash(key: str) -> float:
+    return int.from_bytes(hashlib.blake2b(key.encode("utf-8"), digest_size=8).digest(), "big") / 2**64
+
+
+def assign_splits(album_keys: Iterable[str], val_fraction: float) -> dict[str, str]:
+    """album_key -> "train"/"val" by a hash of the key, so an album's split never depends on the
+    rest of the collection; with >= 2 albums at least one is val (and one train unless
+    val_fraction >= 1): the album with the smallest (largest) hash is moved."""
+    hashes = {key: _unit_hash(key) for key in set(album_keys)}
+    splits = {key: "val" if h < val_fraction else "train" for key, h in hashes.items()}
+    if len(splits) >= 2:
+        if "val" not in splits.values():
+            splits[min(hashes, key=hashes.get)] = "val"
+        if "train" not in splits.values() and val_fraction < 1:
+            splits[max(hashes, key=hashes.get)] = "train"
+    return splits
+
+
+# --- records -------------------------------------------------------------------------------
+
+
+def build_records(found: list, outcomes: dict[str, dict], val_fraction: float
+                  ) -> tuple[list[TrackRecord], list[FailureRecord]]:
+    """Scanned files + their probe outcomes -> (tracks sorted by path, probe failures).
+
+    Sightings of the same content share its id; the one with the smallest path is canonical and
+    the others carry `duplicate_of` and the canonical's names and split, so one piece of content is
+    never in both splits."""
+    canonical: dict[str, tuple] = {}  # fingerprint -> (path, file, outcome) of the smallest path
+    sightings = []
+    failures = []
+    for file in found:
+        outcome = outcomes.get(file.path)
+        if outcome is None or outcome["kind"] == "ignored":
+            continue
+        if outcome["kind"] == "failure":
+            failures.append(FailureRecord(file.path, "probe", outcome["reason"]))
+            continue
+        sightings.append((file, outcome))
+        best = canonical.get(outcome["fingerprint"])
+        if best is None or file.path < best[0]:
+            canonical[outcome["fingerprint"]] = (file.path, file, outcome)
+
+    names = {fp: _names(file, outcome["tags"]) for fp, (_, file, outcome) in canonical.items()}
+    splits = assign_splits((n[3] for n in names.values()), val_fraction)
+    tracks = []
+    for file, outcome in sightings:
+        fp = outcome["fingerprint"]
+        artist, album, title, key = names[fp]
+        tracks.append(TrackRecord(
+            id=fp, path=file.path, root=file.root, size=file.size, mtime=file.mtime,
+            duration=outcome["duration"], sample_rate=outcome["sample_rate"], channels=outcome["channels"],
+            codec=outcome["codec"], artist=artist, album=album, title=title, album_key=key,
+            split=splits[key], duplicate_of=None if canonical[fp][0] == file.path else fp,
+        ))
+    tracks.sort(key=lambda t: t.path)
+    return tracks, failures
+
+
+def _names(file, tags: dict) -> tuple[str, str, str, str]:
+    folder_artist, folder_album, folder_title = folder_names(file.path, file.root)
+    artist = tags.get("artist") or tags.get("album_artist") or folder_artist
+    album = tags.get("album") or folder_album
+    title = tags.get("title") or folder_title
+    return artist, album, title, album_key_of(tags.get("album_artist") or artist, album)
+
+
+def write_manifest(manifests_dir: str | os.PathLike, tracks: list[TrackRecord],
+                   failures: list[FailureRecord]) -> None:
+    """tracks.jsonl and failures.jsonl, each atomically. Failures that later stages recorded (e.g.
+    decode) are kept for files that are still tracks; ingest's own are replaced."""
+    manifests_dir = Path(manifests_dir)
+    paths = {t.path for t in tracks}
+    later = [f for f in fmt.read_failures(manifests_dir) if f.stage not in INGEST_STAGES and f.path in paths]
+    fmt.write_jsonl_atomic(manifests_dir / fmt.TRACKS_FILE, tracks)
+    fmt.write_jsonl_atomic(manifests_dir / fmt.FAILURES_FILE,
+                           sorted(failures + later, key=lambda f: (f.path, f.stage, f.reason)))

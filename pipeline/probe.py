@@ -1,0 +1,218 @@
+"""One file -> what it is: content sniffing, a cheap content fingerprint, and ffprobe.
+
+The fingerprint (the track id)
+------------------------------
+`fingerprint = blake2b-128(size as 8 bytes || first 64 KiB || middle 64 KiB || last 64 KiB)`, as 32
+lower-case hex characters (no dots, so it is a valid sample-key prefix). Files of at most 192 KiB
+are hashed whole.
+
+Why it is safe enough: two different audio files collide only if they have exactly the same size
+*and* the same bytes in all three sampled blocks. Compressed audio (MP3, AAC, Vorbis, Opus, FLAC)
+changes every block when anything about the audio changes (the bitstream is entropy coded and
+frames depend on their neighbours), a re-encode or a different rip changes the header block, and
+tag edits change the first or last block (ID3v2/FLAC/MP4 metadata lives at the start, ID3v1/APE
+at the end). The residual risk is two uncompressed files (WAV/AIFF) of equal length that differ
+only outside the three blocks, e.g. two edits of one recording touching only the middle quarter:
+accepted, since the only consequence is that one is recorded as a duplicate of the other.
+What it costs: three reads of 64 KiB (192 KiB, about 2% of a typical 8 MB track) in one open,
+instead of reading a terabyte; ffprobe reads the head of the file anyway, so the first block is
+usually already in the page cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+from dataclasses import dataclass, field
+
+BLOCK_BYTES = 64 * 1024
+HEAD_BYTES = 64  # enough for every magic number we sniff
+FFPROBE_TIMEOUT_S = 120
+
+# Nominated as audio by their name; the content still has to agree.
+AUDIO_EXTENSIONS = frozenset({
+    "mp3", "mp2", "mpga", "flac", "ogg", "oga", "opus", "m4a", "m4b", "mp4", "aac", "wav", "wave",
+    "aif", "aiff", "aifc", "wma", "ape", "wv", "mpc", "mka", "webm", "alac", "tta", "dsf", "dff", "au",
+    "caf",
+})
+# Known not to be audio: skipped without a stat. Anything else is sniffed and kept if it is audio.
+OTHER_EXTENSIONS = frozenset({
+    "jpg", "jpeg", "png", "gif", "bmp", "webp", "tif", "tiff", "txt", "log", "cue", "nfo", "pdf",
+    "m3u", "m3u8", "pls", "sfv", "md5", "ffp", "accurip", "db", "ini", "json", "xml", "html", "htm",
+    "url", "lnk", "doc", "docx", "rtf", "md", "csv", "zip", "rar", "7z", "par2", "exe", "iso", "torrent",
+})
+
+
+class ProbeError(Exception):
+    """A file that cannot be used; the message is the one-line reason."""
+
+
+@dataclass
+class ProbeResult:
+    fingerprint: str
+    duration: float
+    sample_rate: int
+    channels: int
+    codec: str
+    tags: dict[str, str] = field(default_factory=dict)  # artist, album_artist, album, title when present
+
+
+def extension_of(name: str) -> str:
+    return name.rpartition(".")[2].lower() if "." in name else ""
+
+
+# --- content sniffing ----------------------------------------------------------------------
+
+_STRONG_MAGIC = (
+    (0, b"fLaC", "flac"), (0, b"OggS", "ogg"), (0, b"ID3", "id3"), (0, b"MAC ", "ape"),
+    (0, b"wvpk", "wavpack"), (0, b"MPCK", "musepack"), (0, b"MP+", "musepack"), (0, b"TTA1", "tta"),
+    (0, b"DSD ", "dsf"), (0, b"FRM8", "dff"), (0, b".snd", "au"), (0, b"caff", "caf"),
+    (0, b"\x1aE\xdf\xa3", "matroska"), (0, b"0&\xb2u\x8ef\xcf\x11", "asf"), (4, b"ftyp", "mp4"),
+)
+_RIFF_FORMS = {(b"RIFF", b"WAVE"), (b"RF64", b"WAVE"), (b"FORM", b"AIFF"), (b"FORM", b"AIFC")}
+_MPEG_BITRATE_BAD = (0x0, 0xF)
+
+
+def _mpeg_frame_header(head: bytes) -> str | None:
+    """A bare MPEG audio (mp1/2/3) or ADTS AAC frame header at offset 0."""
+    if len(head) < 4 or head[0] != 0xFF or head[1] & 0xE0 != 0xE0:
+        return None
+    version, layer = (head[1] >> 3) & 3, (head[1] >> 1) & 3
+    if layer == 0:  # the ADTS syncword is 12 bits and its "layer" is always 0
+        return "adts" if head[1] & 0xF6 == 0xF0 and (head[2] >> 2) & 0xF < 13 else None
+    bitrate, rate = head[2] >> 4, (head[2] >> 2) & 3
+    if version == 1 or bitrate in _MPEG_BITRATE_BAD or rate == 3:
+        return None
+    return "mpeg"
+
+
+def sniff(head: bytes, strong_only: bool = False) -> str | None:
+    """The container a file's first bytes announce, or None. `strong_only` ignores bare MPEG/ADTS
+    frame syncs, which random binary data matches now and then: used for files that only the
+    content (not the name) nominates."""
+    for offset, magic, kind in _STRONG_MAGIC:
+        if head[offset:offset + len(magic)] == magic:
+            return kind
+    if (head[:4], head[8:12]) in _RIFF_FORMS:
+        return "wav" if head[8:12] == b"WAVE" else "aiff"
+    return None if strong_only else _mpeg_frame_header(head)
+
+
+def describe_content(head: bytes) -> str:
+    """What a non-audio head looks like, for the failure reason."""
+    if not head:
+        return "empty file"
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        text = None
+    if text is not None and all(ch.isprintable() or ch in "\r\n\t" for ch in text):
+        return "content is text, not audio"
+    return f"content is not a known audio format (starts with {head[:8].hex(' ')})"
+
+
+# --- fingerprint ---------------------------------------------------------------------------
+
+def read_head_and_fingerprint(path: str) -> tuple[bytes, int, str]:
+    """One open: the first bytes (for sniffing), the size, and the content fingerprint."""
+    with open(path, "rb") as fh:
+        size = fh.seek(0, 2)
+        digest = hashlib.blake2b(size.to_bytes(8, "little"), digest_size=16)
+        if size <= 3 * BLOCK_BYTES:
+            fh.seek(0)
+            data = fh.read()
+            digest.update(data)
+            return data[:HEAD_BYTES], size, digest.hexdigest()
+        head = b""
+        for offset in (0, (size - BLOCK_BYTES) // 2, size - BLOCK_BYTES):
+            fh.seek(offset)
+            block = fh.read(BLOCK_BYTES)
+            head = head or block[:HEAD_BYTES]
+            digest.update(block)
+        return head, size, digest.hexdigest()
+
+
+# --- ffprobe -------------------------------------------------------------------------------
+
+def run_ffprobe(path: str) -> dict:
+    """ffprobe's JSON for the first audio stream, plus the packets found by seeking past the end:
+    that is where the audio data really ends, which exposes truncated files whose header still
+    promises the full duration. One process per file does both."""
+    args = ["ffprobe", "-v", "error", "-read_intervals", "99999999%", "-select_streams", "a:0",
+            "-show_entries", "format:stream:packet=pts_time,duration_time", "-of", "json",
+            f"file:{path}"]
+    try:
+        proc = subprocess.run(args, capture_output=True, timeout=FFPROBE_TIMEOUT_S)
+    except subprocess.TimeoutExpired as exc:
+        raise ProbeError(f"ffprobe did not finish in {FFPROBE_TIMEOUT_S} s") from exc
+    if proc.returncode != 0:
+        message = proc.stderr.decode("utf-8", "replace").strip().splitlines()
+        last = message[-1] if message else f"exit code {proc.returncode}"
+        raise ProbeError(f"ffprobe cannot read it: {last.replace(f'file:{path}', '').strip(': ')}")
+    try:
+        return json.loads(proc.stdout)
+    except json.JSONDecodeError as exc:
+        raise ProbeError(f"ffprobe printed invalid JSON ({exc})") from exc
+
+
+def _number(value, cast=float):
+    try:
+        return cast(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _tags(info: dict, stream: dict) -> dict[str, str]:
+    """Format and stream tags, lower-case keys (Vorbis/Opus comments are stream tags)."""
+    merged: dict[str, str] = {}
+    for source in (stream.get("tags") or {}, info.get("format", {}).get("tags") or {}):
+        for key, value in source.items():
+            key = key.lower().replace(" ", "_")
+            key = "album_artist" if key == "albumartist" else key
+            if key in ("artist", "album_artist", "album", "title") and str(value).strip():
+                merged.setdefault(key, str(value).strip())
+    return merged
+
+
+def interpret(info: dict) -> tuple[float, int, int, str, dict[str, str]]:
+    """ffprobe JSON -> (duration, sample_rate, channels, codec, tags); ProbeError when unusable."""
+    streams = info.get("streams") or []
+    if not streams:
+        raise ProbeError("no audio stream")
+    stream = streams[0]
+    duration = _number(stream.get("duration")) or _number(info.get("format", {}).get("duration"))
+    sample_rate = _number(stream.get("sample_rate"), int)
+    channels = _number(stream.get("channels"), int)
+    codec = stream.get("codec_name") or ""
+    if not duration or duration <= 0:
+        raise ProbeError("no duration: the audio stream is empty or unreadable")
+    if not sample_rate or not channels or not codec:
+        raise ProbeError(f"incomplete audio stream (codec={codec!r}, rate={sample_rate}, channels={channels})")
+    ends = [(_number(p.get("pts_time")) or 0.0) + (_number(p.get("duration_time")) or 0.0)
+            for p in info.get("packets") or []]
+    if not ends:
+        raise ProbeError("no audio packets can be read")
+    start = _number(stream.get("start_time")) or 0.0
+    data_end = max(ends) - start
+    if data_end < duration - max(0.5, 0.02 * duration):
+        raise ProbeError(f"truncated: the header says {duration:.1f} s but the audio data ends at {data_end:.1f} s")
+    return round(duration, 6), sample_rate, channels, codec, _tags(info, stream)
+
+
+def probe_file(path: str, by_extension: bool = True) -> ProbeResult | None:
+    """Probe one file. Returns None for a file that only its content could have nominated and whose
+    content is not audio (not a failure: it was never claimed to be audio). Raises ProbeError with a
+    one-line reason for a file that is named as audio but cannot be used."""
+    try:
+        head, size, fingerprint = read_head_and_fingerprint(path)
+    except FileNotFoundError as exc:
+        raise ProbeError("file vanished between scan and probe") from exc
+    except OSError as exc:
+        raise ProbeError(f"cannot read: {exc.strerror or exc}") from exc
+    if sniff(head, strong_only=not by_extension) is None:
+        if not by_extension:
+            return None
+        raise ProbeError(f"not audio: {describe_content(head)}")
+    duration, sample_rate, channels, codec, tags = interpret(run_ffprobe(path))
+    return ProbeResult(fingerprint, duration, sample_rate, channels, codec, tags)

@@ -1,0 +1,151 @@
+"""Walk the roots (drives) safely and cheaply: every candidate audio file with its stat.
+
+- File and directory symlinks are followed; a directory reached twice (symlink loop, bind mount, a
+  link to an ancestor) is entered once, by its (st_dev, st_ino), in a deterministic order.
+- Broken or looping file links and unreadable directories become scan failures, never exceptions.
+- Names with spaces, brackets, dots, newlines and any Unicode work; names that are not valid UTF-8
+  cannot be written to the JSON manifest and are reported as failures (path shown with \\x escapes).
+- Hidden entries (names starting with ".": AppleDouble `._*` files, `.Trash-*`, `.Spotlight-V100`)
+  are skipped: they are metadata or deleted copies, never part of the collection.
+- Known non-audio names (covers, logs, cue sheets) are skipped without a stat, which keeps an
+  unchanged re-ingest at one `stat` per audio file.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from pipeline.format import FailureRecord
+from pipeline.probe import AUDIO_EXTENSIONS, OTHER_EXTENSIONS
+
+
+@dataclass(slots=True)
+class FoundFile:
+    path: str  # absolute, as reached (a symlink keeps its own path)
+    root: str
+    size: int
+    mtime: float
+    dev: int  # of the file the path resolves to: a hard link or symlink shares it with its target
+    ino: int
+    by_extension: bool  # False: only the content can tell whether it is audio
+
+
+@dataclass
+class RootScan:
+    root: str
+    files: list[FoundFile] = field(default_factory=list)
+    failures: list[FailureRecord] = field(default_factory=list)
+    error: str | None = None  # the whole root could not be scanned
+
+
+def printable_path(path: str) -> str:
+    """A path that can be written as UTF-8: undecodable bytes shown as \\xNN."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def _is_utf8(name: str) -> bool:
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def root_error(root: str) -> str | None:
+    """Why a root cannot be scanned, or None."""
+    try:
+        st = os.stat(root)
+    except FileNotFoundError:
+        return "no such directory"
+    except OSError as exc:
+        return f"cannot access: {exc.strerror or exc}"
+    if not stat.S_ISDIR(st.st_mode):
+        return "not a directory"
+    if not os.access(root, os.R_OK | os.X_OK):
+        return "cannot read: permission denied"
+    return None
+
+
+def scan_root(root: str) -> RootScan:
+    """All candidate files under `root` (absolute paths, unsorted)."""
+    root = os.path.abspath(root)
+    result = RootScan(root)
+    result.error = root_error(root)
+    if result.error:
+        return result
+    root_stat = os.stat(root)
+    visited = {(root_stat.st_dev, root_stat.st_ino)}
+    pending = [root]
+    files, failures = result.files, result.failures
+    audio_ext, other_ext = AUDIO_EXTENSIONS, OTHER_EXTENSIONS
+    while pending:
+        directory = pending.pop()
+        try:
+            with os.scandir(directory) as it:
+                entries = list(it)
+        except OSError as exc:
+            failures.append(FailureRecord(printable_path(directory), "scan",
+                                          f"cannot list directory: {exc.strerror or exc}"))
+            continue
+        subdirs = []
+        directory_is_utf8 = _is_utf8(directory)
+        for entry in entries:
+            name = entry.name
+            if name[0] == ".":
+                continue
+            try:
+                if entry.is_dir():
+                    subdirs.append(entry)
+                    continue
+            except OSError:
+                pass  # an unresolvable link: is_file/stat below reports it
+            ext = name.rpartition(".")[2].lower() if "." in name else ""
+            if ext in other_ext:
+                continue
+            try:
+                st = entry.stat()
+            except OSError as exc:
+                if entry.is_symlink():
+                    failures.append(_link_failure(entry.path, exc))
+                continue  # deleted while we looked: it is simply not there
+            if not stat.S_ISREG(st.st_mode):
+                continue  # fifos, sockets, devices: opening them could block
+            if not (directory_is_utf8 and _is_utf8(name)):
+                failures.append(FailureRecord(printable_path(entry.path), "scan", "file name is not valid UTF-8"))
+                continue
+            files.append(FoundFile(entry.path, root, st.st_size, st.st_mtime, st.st_dev, st.st_ino,
+                                   ext in audio_ext))
+        # Depth first, by name, so which path of a directory reached twice gets scanned is fixed.
+        subdirs.sort(key=lambda e: e.name, reverse=True)
+        for entry in subdirs:
+            try:
+                st = entry.stat()
+            except OSError as exc:
+                failures.append(FailureRecord(printable_path(entry.path), "scan", f"cannot enter: {exc.strerror or exc}"))
+                continue
+            key = (st.st_dev, st.st_ino)
+            if key not in visited:
+                visited.add(key)
+                pending.append(entry.path)
+    return result
+
+
+def _link_failure(path: str, exc: OSError) -> FailureRecord:
+    try:
+        target = os.readlink(path)
+    except OSError:
+        target = "?"
+    reason = "broken symlink" if isinstance(exc, FileNotFoundError) else f"unresolvable symlink ({exc.strerror or exc})"
+    return FailureRecord(printable_path(path), "scan", f"{reason} -> {printable_path(target)}")
+
+
+def scan_roots(roots: list[str]) -> list[RootScan]:
+    """Scan every root at once, one thread each: roots are separate drives, and stat/readdir release
+    the GIL, so a slow USB drive does not hold up the fast ones."""
+    if not roots:
+        return []
+    with ThreadPoolExecutor(max_workers=len(roots), thread_name_prefix="scan") as pool:
+        return list(pool.map(scan_root, roots))

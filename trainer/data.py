@@ -1,0 +1,300 @@
+"""Shards -> CPU batches: webdataset streaming, random crop, stereo swap, per-sample normalisation.
+
+Only cheap CPU work happens here; every corruption runs later on the training device
+(trainer/corrupt.py). A batch is a dict:
+
+    spec   FloatTensor [B, 2, F, crop_frames], each sample divided by its crop's max (so in [0, 1])
+    group  LongTensor [B], a stable integer per track (NSP partners must differ in it)
+    key    list[str], the webdataset sample keys
+
+The training stream is infinite: each rank takes its share of the shards (strided, when there are
+at least as many shards as ranks) and every loader worker resamples shards from that share with its
+own random stream seeded by (seed, rank, worker). Everything random (shard choice, crop, swap,
+shuffle buffer) comes from that stream, so the same seed and worker count replay the same batches.
+A shard that cannot be read (missing, truncated, garbage, HTTP error) is logged with its URL and
+skipped; the samples read before the error are kept.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import random
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+import webdataset as wds
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from webdataset.shardlists import expand_urls
+from webdataset.tariterators import tarfile_samples
+
+from pipeline.format import CHANNELS, META_KEY, SPEC_DTYPE, SPEC_KEY, ShardIndex, decode_meta, index_name, read_index
+
+log = logging.getLogger(__name__)
+
+DEFAULT_SHUFFLE_BUFFER = 64  # cropped float16 samples per worker: 64 x 2 MiB at the default sizes
+
+
+# --- where the shards are -------------------------------------------------------------------
+
+
+def _is_url(src: str) -> bool:
+    return src.startswith(("http://", "https://"))
+
+
+def _fetch_index(url: str) -> ShardIndex:
+    try:
+        with urllib.request.urlopen(url, timeout=60) as response:
+            return ShardIndex.from_json(response.read().decode("utf-8"))
+    except (OSError, ValueError, KeyError) as exc:
+        raise ValueError(f"{url}: unreadable shard index ({exc})") from exc
+
+
+def resolve_shards(src: str, split: str = "train") -> list[str]:
+    """Shard URLs/paths for `src`, which is one of:
+
+    - a shard directory (local, or an http(s) URL ending in "/"): its `{split}.json` index;
+    - an index JSON (local path or URL): its shardlist, relative to the index's location;
+    - a brace pattern ("shards/train-{000000..000009}.tar", also as a URL), or one tar.
+    Raises ValueError naming `src` when nothing usable is found.
+    """
+    src = str(src)
+    if _is_url(src):
+        if src.endswith("/"):
+            src = urllib.parse.urljoin(src, index_name(split))
+        if src.endswith(".json"):
+            index = _fetch_index(src)
+            return _nonempty(src, [urllib.parse.urljoin(src, entry.url) for entry in index.shardlist])
+        return _nonempty(src, expand_urls(src))
+
+    path = Path(src).expanduser()
+    if path.is_dir():
+        index_path = path / index_name(split)
+        if not index_path.exists():
+            raise ValueError(f"{path}: no {index_name(split)} shard index in this directory (run `pipeline shard` first)")
+        path = index_path
+    if path.suffix == ".json":
+        index = read_index(path)
+        return _nonempty(src, [str(path.parent / entry.url) for entry in index.shardlist])
+    if "{" in src:
+        return _nonempty(src, expand_urls(str(path)))
+    if path.is_file():
+        return [str(path)]
+    raise ValueError(f"{src}: not a shard directory, index JSON, brace pattern or tar file")
+
+
+def _nonempty(src: str, shards: list[str]) -> list[str]:
+    if not shards:
+        raise ValueError(f"{src}: lists no shards")
+    return shards
+
+
+# --- one sample: crop, swap -------------------------------------------------------------------
+
+
+def track_group(track_id: str) -> int:
+    """A stable 63-bit integer for a track id (the same in every process and run)."""
+    return int.from_bytes(hashlib.blake2b(track_id.encode("utf-8"), digest_size=8).digest(), "little") >> 1
+
+
+def spec_view(data: bytes) -> np.ndarray:
+    """A read-only view of a `spec.npy` payload without copying it (4 MiB per sample).
+
+    Same format as pipeline.format.decode_spec (plain .npy, never pickled objects); the copy is
+    deferred to the crop, which only touches the frames it keeps.
+    """
+    stream = io.BytesIO(data)
+    version = np.lib.format.read_magic(stream)
+    if version == (1, 0):
+        shape, fortran_order, dtype = np.lib.format.read_array_header_1_0(stream)
+    elif version == (2, 0):
+        shape, fortran_order, dtype = np.lib.format.read_array_header_2_0(stream)
+    else:
+        raise ValueError(f"spec.npy has unsupported .npy format version {version}")
+    if dtype.hasobject or fortran_order or len(shape) != 3 or shape[0] != CHANNELS:
+        raise ValueError(f"spec.npy must be a C-order [{CHANNELS}, bins, frames] array, got {shape} {dtype}")
+    return np.frombuffer(data, dtype=dtype, count=int(np.prod(shape)), offset=stream.tell()).reshape(shape)
+
+
+@dataclass
+class Crop:
+    spec: np.ndarray  # [2, F, crop_frames] float16, zero-padded past the valid frames
+    group: int
+    key: str
+
+
+def crop_sample(sample: dict, crop_frames: int, rng: random.Random | None) -> Crop:
+    """Cut `crop_frames` frames out of the sample's valid frames (zero-padded if fewer).
+
+    With `rng` the start is uniform and the channels are swapped with p = 0.5; without it the crop
+    is centred on the valid frames and the channels stay (the deterministic evaluation crop).
+    """
+    meta = decode_meta(sample[META_KEY])
+    spec = spec_view(sample[SPEC_KEY])
+    valid = min(int(meta.valid_frames), spec.shape[-1])
+    if valid < 1:
+        raise ValueError(f"sample {sample['__key__']} has no valid frames")
+    length = min(valid, crop_frames)
+    slack = valid - length
+    start = rng.randint(0, slack) if rng is not None else slack // 2
+    channels = [1, 0] if rng is not None and rng.random() < 0.5 else [0, 1]
+    out = np.zeros((CHANNELS, spec.shape[1], crop_frames), dtype=SPEC_DTYPE)
+    out[:, :, :length] = spec[channels, :, start : start + length]
+    return Crop(out, track_group(meta.track_id), sample["__key__"])
+
+
+def collate(crops: list[Crop]) -> dict:
+    """Stack crops into a float32 batch normalised per sample by its max (silence stays 0)."""
+    first = crops[0].spec
+    spec = torch.empty((len(crops), *first.shape), dtype=torch.float32)
+    if get_worker_info() is not None:
+        spec = spec.share_memory_()  # the batch crosses to the main process without another copy
+    for row, crop in zip(spec, crops):
+        row.copy_(torch.from_numpy(crop.spec))
+    peak = spec.amax(dim=(1, 2, 3), keepdim=True).clamp_(min=torch.finfo(torch.float32).tiny)
+    spec.div_(peak)
+    return {
+        "spec": spec,
+        "group": torch.tensor([c.group for c in crops], dtype=torch.long),
+        "key": [c.key for c in crops],
+    }
+
+
+# --- streams of samples -------------------------------------------------------------------------
+
+
+class _ShardReader:
+    """Samples of one shard after another; unreadable shards are logged (URL and reason) and skipped."""
+
+    def __init__(self, max_empty_in_a_row: int | None):
+        # an infinite stream over shards that are all unreadable would otherwise spin forever
+        self.max_empty_in_a_row = max_empty_in_a_row
+        self.empty_in_a_row = 0
+
+    def samples(self, urls: Iterator[str]) -> Iterator[dict]:
+        for url in urls:
+            read = 0
+
+            def skip_rest_of_shard(exc: Exception, url: str = url) -> bool:
+                if isinstance(exc, OSError) and exc.strerror:
+                    reason = exc.strerror
+                else:  # webdataset appends " @ <stream>" and the URL to the message; the URL is logged anyway
+                    reason = str(exc.args[0]).split(" @ ")[0] if exc.args else ""
+                log.warning("skipping corrupt shard %s after %d samples: %s: %s", url, read, type(exc).__name__, reason)
+                return False  # stop reading this shard; the next one starts afresh
+
+            for sample in tarfile_samples([{"url": url}], handler=skip_rest_of_shard):
+                if SPEC_KEY not in sample or META_KEY not in sample:
+                    log.warning("skipping incomplete sample %s in shard %s", sample.get("__key__"), url)
+                    continue
+                read += 1
+                yield sample
+            self.empty_in_a_row = self.empty_in_a_row + 1 if read == 0 else 0
+            if self.max_empty_in_a_row is not None and self.empty_in_a_row >= self.max_empty_in_a_row:
+                raise RuntimeError(f"{self.empty_in_a_row} shards in a row gave no sample (last: {url}); giving up")
+
+
+def _resampled(shards: list[str], rng: random.Random) -> Iterator[str]:
+    while True:
+        yield rng.choice(shards)
+
+
+def _crops(samples: Iterator[dict], crop_frames: int, rng: random.Random | None) -> Iterator[Crop]:
+    for sample in samples:
+        try:
+            yield crop_sample(sample, crop_frames, rng)
+        except (ValueError, KeyError, TypeError, json.JSONDecodeError) as exc:
+            log.warning("skipping unreadable sample %s in shard %s: %s", sample.get("__key__"), sample.get("__url__"), exc)
+
+
+def _rank_and_world(rank: int | None, world_size: int | None) -> tuple[int, int]:
+    initialised = torch.distributed.is_available() and torch.distributed.is_initialized()
+    if rank is None:
+        rank = torch.distributed.get_rank() if initialised else 0
+    if world_size is None:
+        world_size = torch.distributed.get_world_size() if initialised else 1
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} is outside world size {world_size}")
+    return rank, world_size
+
+
+class TrainStream(IterableDataset):
+    """Infinite shuffled batches for one rank; each DataLoader worker draws its own random stream."""
+
+    def __init__(self, shards: list[str], *, batch_size: int, crop_frames: int, seed: int, rank: int,
+                 world_size: int, shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER):
+        super().__init__()
+        self.shards = shards[rank::world_size] if len(shards) >= world_size else list(shards)
+        self.batch_size, self.crop_frames = batch_size, crop_frames
+        self.seed, self.rank, self.shuffle_buffer = seed, rank, shuffle_buffer
+
+    def __iter__(self) -> Iterator[dict]:
+        info = get_worker_info()
+        worker = info.id if info is not None else 0
+        rng = random.Random(f"train:{self.seed}:{self.rank}:{worker}")
+        reader = _ShardReader(max_empty_in_a_row=4 * len(self.shards) + 16)
+        crops = _crops(reader.samples(_resampled(self.shards, rng)), self.crop_frames, rng)
+        shuffled = wds.filters.shuffle(self.shuffle_buffer, self.shuffle_buffer, rng=rng)(crops)
+        return wds.filters.batched(self.batch_size, collation_fn=collate, partial=False)(shuffled)
+
+
+class EvalStream(IterableDataset):
+    """The shards in order, centred crops, no swap: the same batches every time."""
+
+    def __init__(self, shards: list[str], *, batch_size: int, crop_frames: int, max_batches: int | None):
+        super().__init__()
+        self.shards, self.batch_size, self.crop_frames, self.max_batches = shards, batch_size, crop_frames, max_batches
+
+    def __iter__(self) -> Iterator[dict]:
+        reader = _ShardReader(max_empty_in_a_row=None)
+        batches = wds.filters.batched(self.batch_size, collation_fn=collate, partial=True)(
+            _crops(reader.samples(iter(self.shards)), self.crop_frames, None)
+        )
+        for number, batch in enumerate(batches):
+            if self.max_batches is not None and number >= self.max_batches:
+                return
+            yield batch
+
+
+def train_loader(src, *, batch_size: int, crop_frames: int, num_workers: int, seed: int, split: str = "train",
+                 rank: int | None = None, world_size: int | None = None,
+                 shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER) -> DataLoader:
+    """Infinite, shuffled, resampled training batches (see the module docstring).
+
+    `rank`/`world_size` default to the torch.distributed process group (0 / 1 without one).
+    The same (seed, num_workers, rank, world_size) gives the same stream of batches.
+    """
+    rank, world_size = _rank_and_world(rank, world_size)
+    stream = TrainStream(resolve_shards(src, split), batch_size=batch_size, crop_frames=crop_frames, seed=seed,
+                         rank=rank, world_size=world_size, shuffle_buffer=shuffle_buffer)
+    return _loader(stream, num_workers)
+
+
+def eval_loader(src, *, batch_size: int, crop_frames: int, max_batches: int | None, split: str = "val") -> DataLoader:
+    """At most `max_batches` batches (None: one pass) in shard order, the same every call.
+
+    Every rank gets the same batches; the last batch may be smaller than `batch_size`.
+    """
+    stream = EvalStream(resolve_shards(src, split), batch_size=batch_size, crop_frames=crop_frames,
+                        max_batches=max_batches)
+    return _loader(stream, num_workers=0)
+
+
+def _loader(stream: IterableDataset, num_workers: int) -> DataLoader:
+    return DataLoader(
+        stream,
+        batch_size=None,  # the stream batches itself, before crossing the process boundary
+        num_workers=num_workers,
+        pin_memory=torch.cuda.is_available(),
+        prefetch_factor=2 if num_workers > 0 else None,
+    )
+
+
+__all__ = ["resolve_shards", "train_loader", "eval_loader", "crop_sample", "collate", "spec_view", "track_group"]

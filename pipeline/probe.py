@@ -135,11 +135,12 @@ def read_head_and_fingerprint(path: str) -> tuple[bytes, int, str]:
 
 # --- ffprobe -------------------------------------------------------------------------------
 
-def run_ffprobe(path: str) -> dict:
-    """ffprobe's JSON for the first audio stream, plus the packets found by seeking past the end:
-    that is where the audio data really ends, which exposes truncated files whose header still
-    promises the full duration. One process per file does both."""
-    args = ["ffprobe", "-v", "error", "-read_intervals", "99999999%", "-select_streams", "a:0",
+def run_ffprobe(path: str, read_from: str = "99999999") -> dict:
+    """ffprobe's JSON for the first audio stream, plus the packets found by seeking to `read_from`
+    seconds (by default past the end, which lands on the last packets): where the audio data really
+    ends, which exposes truncated files whose header still promises the full duration. One process
+    per file does both."""
+    args = ["ffprobe", "-v", "error", "-read_intervals", f"{read_from}%", "-select_streams", "a:0",
             "-show_entries", "format:stream:packet=pts_time,duration_time", "-of", "json",
             f"file:{path}"]
     try:
@@ -175,8 +176,10 @@ def _tags(info: dict, stream: dict) -> dict[str, str]:
     return merged
 
 
-def interpret(info: dict) -> tuple[float, int, int, str, dict[str, str]]:
-    """ffprobe JSON -> (duration, sample_rate, channels, codec, tags); ProbeError when unusable."""
+def interpret(info: dict, path: str | None = None) -> tuple[float, int, int, str, dict[str, str]]:
+    """ffprobe JSON -> (duration, sample_rate, channels, codec, tags); ProbeError when unusable.
+    With `path`, a file where seeking past the end finds no packet (some PCM WAVs) is asked again
+    for its last two seconds."""
     streams = info.get("streams") or []
     if not streams:
         raise ProbeError("no audio stream")
@@ -191,6 +194,8 @@ def interpret(info: dict) -> tuple[float, int, int, str, dict[str, str]]:
         raise ProbeError(f"incomplete audio stream (codec={codec!r}, rate={sample_rate}, channels={channels})")
     ends = [(_number(p.get("pts_time")) or 0.0) + (_number(p.get("duration_time")) or 0.0)
             for p in info.get("packets") or []]
+    if not ends and path is not None:
+        return interpret(run_ffprobe(path, read_from=f"{max(0.0, duration - 2.0):.3f}"))
     if not ends:
         raise ProbeError("no audio packets can be read")
     start = _number(stream.get("start_time")) or 0.0
@@ -214,5 +219,5 @@ def probe_file(path: str, by_extension: bool = True) -> ProbeResult | None:
         if not by_extension:
             return None
         raise ProbeError(f"not audio: {describe_content(head)}")
-    duration, sample_rate, channels, codec, tags = interpret(run_ffprobe(path))
+    duration, sample_rate, channels, codec, tags = interpret(run_ffprobe(path), path)
     return ProbeResult(fingerprint, duration, sample_rate, channels, codec, tags)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import stat
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -77,12 +78,18 @@ def scan_root(root: str) -> RootScan:
     if result.error:
         return result
     root_stat = os.stat(root)
-    visited = {(root_stat.st_dev, root_stat.st_ino)}
-    pending = [root]
+    visited: set[tuple[int, int]] = set()
+    # Real directories first, symlinked ones after: a directory reachable both ways is scanned under
+    # its real path, and the choice does not depend on names.
+    pending = [(root, (root_stat.st_dev, root_stat.st_ino))]
+    linked: deque[tuple[str, tuple[int, int]]] = deque()
     files, failures = result.files, result.failures
     audio_ext, other_ext = AUDIO_EXTENSIONS, OTHER_EXTENSIONS
-    while pending:
-        directory = pending.pop()
+    while pending or linked:
+        directory, key = pending.pop() if pending else linked.popleft()
+        if key in visited:
+            continue
+        visited.add(key)
         try:
             with os.scandir(directory) as it:
                 entries = list(it)
@@ -126,10 +133,7 @@ def scan_root(root: str) -> RootScan:
             except OSError as exc:
                 failures.append(FailureRecord(printable_path(entry.path), "scan", f"cannot enter: {exc.strerror or exc}"))
                 continue
-            key = (st.st_dev, st.st_ino)
-            if key not in visited:
-                visited.add(key)
-                pending.append(entry.path)
+            (linked.appendleft if entry.is_symlink() else pending.append)((entry.path, (st.st_dev, st.st_ino)))
     return result
 
 

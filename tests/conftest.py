@@ -1,0 +1,42 @@
+"""Shared fixtures: small audio files made on the spot with pipeline.synth (never real music)."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile
+
+from pipeline.synth import synth_music, write_track
+
+_seeds = itertools.count(1000)
+
+
+@pytest.fixture
+def make_track():
+    """make_track(path, seconds=1.0, **write_track_args) -> Path: an encoded synthetic track whose
+    codec follows the extension; every call gets fresh content (a new seed), so two calls never
+    produce duplicates by accident."""
+
+    def make(path, seconds: float = 1.0, **kwargs) -> Path:
+        kwargs.setdefault("seed", next(_seeds))
+        return write_track(Path(path), seconds=seconds, **kwargs)
+
+    return make
+
+
+@pytest.fixture
+def make_wav():
+    """make_wav(path, seconds=0.5, sample_rate=22050) -> Path: a 16-bit WAV written without ffmpeg,
+    for tests that need many distinct files quickly."""
+
+    def make(path, seconds: float = 0.5, sample_rate: int = 22050) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        signal = synth_music(seconds, sample_rate, 2, seed=next(_seeds))
+        soundfile.write(path, np.clip(signal, -1, 1), sample_rate, subtype="PCM_16")
+        return path
+
+    return make

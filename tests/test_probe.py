@@ -1,0 +1,118 @@
+"""probe.py: content sniffing, the fingerprint, and ffprobe on every format and hostile input."""
+
+import os
+import re
+
+import pytest
+
+from pipeline.probe import (BLOCK_BYTES, ProbeError, describe_content, probe_file,
+                            read_head_and_fingerprint, sniff)
+
+
+def probe_failure(path) -> str:
+    with pytest.raises(ProbeError) as info:
+        probe_file(str(path))
+    return str(info.value)
+
+
+@pytest.mark.parametrize("head, kind", [
+    (b"fLaC\x00\x00\x00\x22", "flac"), (b"OggS\x00\x02", "ogg"), (b"ID3\x04\x00", "id3"),
+    (b"RIFF\x24\x00\x00\x00WAVEfmt ", "wav"), (b"FORM\x00\x00\x00\x00AIFF", "aiff"),
+    (b"\x00\x00\x00\x20ftypM4A ", "mp4"), (b"\xff\xfb\x90\x64", "mpeg"), (b"\xff\xf1\x50\x80", "adts"),
+])
+def test_sniff_recognises_audio_containers(head, kind):
+    assert sniff(head) == kind
+
+
+def test_sniff_rejects_text_random_and_weak_syncs_when_asked():
+    assert sniff(b"hello world, these are liner notes") is None
+    assert sniff(b"\xff\xff\xff\xff") is None  # bad bitrate index / reserved layer bits
+    assert sniff(b"\xff\xfb\x90\x64", strong_only=True) is None
+    assert describe_content(b"plain text\n") == "content is text, not audio"
+    assert describe_content(b"") == "empty file"
+    assert "not a known audio format" in describe_content(bytes(range(200, 256)))
+
+
+def test_fingerprint_follows_content_not_name(tmp_path):
+    data = os.urandom(5 * BLOCK_BYTES)
+    a, b = tmp_path / "a.flac", tmp_path / "sub dir" / "b.mp3"
+    b.parent.mkdir()
+    a.write_bytes(data)
+    b.write_bytes(data)
+    _, size, fp_a = read_head_and_fingerprint(str(a))
+    _, _, fp_b = read_head_and_fingerprint(str(b))
+    assert size == len(data) and fp_a == fp_b and re.fullmatch(r"[0-9a-f]{32}", fp_a)
+    # A change inside each sampled block (first, middle, last) changes the id.
+    for offset in (10, len(data) // 2, len(data) - 10):
+        changed = bytearray(data)
+        changed[offset] ^= 0xFF
+        b.write_bytes(changed)
+        assert read_head_and_fingerprint(str(b))[2] != fp_a
+    # Small files are hashed whole; the size is part of the hash.
+    small = tmp_path / "small.wav"
+    small.write_bytes(data[: 2 * BLOCK_BYTES])
+    fp_small = read_head_and_fingerprint(str(small))[2]
+    small.write_bytes(data[: 2 * BLOCK_BYTES] + b"\x00")
+    assert read_head_and_fingerprint(str(small))[2] != fp_small
+
+
+@pytest.mark.parametrize("ext, codec", [(".mp3", "mp3"), (".flac", "flac"), (".ogg", "vorbis"),
+                                        (".m4a", "aac"), (".opus", "opus"), (".wav", "pcm_s16le")])
+def test_every_format_is_probed(tmp_path, make_track, ext, codec):
+    path = make_track(tmp_path / f"t{ext}", seconds=1.5, tags={"artist": "Ä", "album": "B (1)", "title": "C"})
+    result = probe_file(str(path))
+    assert result.codec == codec and result.channels == 2
+    assert abs(result.duration - 1.5) < 0.1
+    assert result.sample_rate == (48000 if ext == ".opus" else 44100)
+    assert result.tags == {"artist": "Ä", "album": "B (1)", "title": "C"}
+
+
+def test_flac_named_mp3_is_audio(tmp_path, make_track):
+    path = make_track(tmp_path / "really flac.mp3", extra_args=["-c:a", "flac", "-f", "flac"])
+    result = probe_file(str(path))
+    assert result.codec == "flac"
+
+
+def test_unusual_but_valid_audio(tmp_path, make_track):
+    surround = probe_file(str(make_track(tmp_path / "51.wav", channels=6)))
+    assert surround.channels == 6
+    lofi = probe_file(str(make_track(tmp_path / "lofi.wav", channels=1, sample_rate=22050,
+                                     extra_args=["-c:a", "pcm_u8"])))
+    assert (lofi.channels, lofi.sample_rate, lofi.codec) == (1, 22050, "pcm_u8")
+    hires = probe_file(str(make_track(tmp_path / "hires.flac", sample_rate=96000,
+                                      extra_args=["-c:a", "flac", "-sample_fmt", "s32"])))
+    assert hires.sample_rate == 96000 and hires.codec == "flac"
+    short = probe_file(str(make_track(tmp_path / "short.mp3", seconds=0.1)))
+    assert 0 < short.duration < 0.2
+
+
+def test_truncated_files_are_failures(tmp_path, make_track):
+    for ext in (".mp3", ".flac"):
+        whole = make_track(tmp_path / f"whole{ext}", seconds=6.0).read_bytes()
+        cut = tmp_path / f"cut{ext}"
+        cut.write_bytes(whole[: len(whole) // 8])
+        assert probe_failure(cut).startswith("truncated: the header says 6.0 s")
+
+
+def test_hostile_non_audio_is_a_failure_with_reason(tmp_path):
+    (tmp_path / "empty.mp3").write_bytes(b"")
+    (tmp_path / "notes.mp3").write_text("these are not songs\n")
+    (tmp_path / "noise.ogg").write_bytes(bytes(range(256)) * 64)
+    assert probe_failure(tmp_path / "empty.mp3") == "not audio: empty file"
+    assert probe_failure(tmp_path / "notes.mp3") == "not audio: content is text, not audio"
+    assert probe_failure(tmp_path / "noise.ogg").startswith("not audio: content is not a known audio format")
+    assert probe_failure(tmp_path / "gone.mp3") == "file vanished between scan and probe"
+
+
+def test_container_without_audio_is_a_failure(tmp_path, make_track):
+    video_only = tmp_path / "clip.m4a"
+    make_track(video_only, extra_args=["-f", "lavfi", "-i", "color=c=black:s=16x16:d=1", "-map", "1:v",
+                                       "-c:v", "mpeg4", "-f", "mp4"])
+    assert probe_failure(video_only) == "no audio stream"
+
+
+def test_content_only_candidates_are_ignored_not_failed(tmp_path, make_track):
+    (tmp_path / "README").write_text("not audio")
+    assert probe_file(str(tmp_path / "README"), by_extension=False) is None
+    flac = make_track(tmp_path / "track01", extra_args=["-c:a", "flac", "-f", "flac"])
+    assert probe_file(str(flac), by_extension=False).codec == "flac"

@@ -96,7 +96,7 @@ class ReproducibleTar:
         info.type = tarfile.REGTYPE
         header = info.tobuf(tarfile.USTAR_FORMAT, "utf-8", "strict")
         padding = -len(data) % _BLOCK
-        _inject_enospc(self.offset + len(header) + len(data) + padding)
+        _inject_enospc(len(header) + len(data) + padding)
         self._fh.write(header)
         self._fh.write(data)
         self._fh.write(b"\0" * padding)
@@ -111,7 +111,7 @@ class ReproducibleTar:
         """End-of-archive blocks, padded to a full record like GNU tar and Python's tarfile."""
         end = self.offset + 2 * _BLOCK
         end += -end % _RECORD
-        _inject_enospc(end)
+        _inject_enospc(end - self.offset)
         self._fh.write(b"\0" * (end - self.offset))
         self.offset = end
 
@@ -206,10 +206,11 @@ def _one_line(exc: BaseException) -> str:
 
 # --- fault injection for the resume tests -------------------------------------------------
 # PIPELINE_SHARD_FAULT="point:N[,point:N...]": SIGKILL this process the N-th time it reaches
-# `point` (decode, tar-member, state, renamed, index); "enospc:BYTES": fail writes past BYTES of a
-# shard with ENOSPC. Unset in normal use, where each check is one dict lookup.
+# `point` (decode, tar-member, state, renamed, index); "enospc:BYTES": the disk is "full" once this
+# process has written BYTES of shard data. Unset in normal use, where each check is one dict lookup.
 
 _fault_hits: Counter = Counter()
+_bytes_written = 0
 
 
 def _faults() -> dict[str, int]:
@@ -230,10 +231,14 @@ def fault_point(point: str) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def _inject_enospc(offset_after_write: int) -> None:
-    limit = _faults().get("enospc") if FAULT_ENV in os.environ else None
-    if limit is not None and offset_after_write > limit:
+def _inject_enospc(about_to_write: int) -> None:
+    global _bytes_written
+    if FAULT_ENV not in os.environ:
+        return
+    limit = _faults().get("enospc")
+    if limit is not None and _bytes_written + about_to_write > limit:
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC) + " (injected)")
+    _bytes_written += about_to_write
 
 
 __all__ = ["UnitResult", "ReproducibleTar", "write_unit", "read_state", "write_state", "state_path",

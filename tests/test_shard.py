@@ -146,6 +146,8 @@ def test_dask_cluster_gives_the_same_bytes(collection, clean, tmp_path):
     with distributed.LocalCluster(n_workers=1, threads_per_worker=2, processes=False,
                                   dashboard_address=None) as cluster:
         run_shard(manifests, tmp_path / "dask", OPTIONS, scheduler=cluster.scheduler_address, progress=False)
+        ran_on_dask = [name for name in cluster.scheduler.task_prefixes if "write_unit" in name]
+    assert ran_on_dask
     assert shard_bytes(tmp_path / "dask") == shard_bytes(clean)
 
 

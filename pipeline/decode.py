@@ -20,6 +20,7 @@ Choices that make the same file always give the same samples:
 from __future__ import annotations
 
 import collections
+import fcntl
 import os
 import struct
 import subprocess
@@ -38,6 +39,7 @@ _BYTES_PER_SAMPLE = 4  # float32
 _WAVE_FORMAT_IEEE_FLOAT = 0x0003
 _WAVE_FORMAT_EXTENSIBLE = 0xFFFE
 _STDERR_LINES_KEPT = 20
+_PIPE_MAX_BYTES = 1 << 20  # Linux's default /proc/sys/fs/pipe-max-size
 
 
 class DecodeError(Exception):
@@ -89,6 +91,7 @@ def decode_chunks(path: str | os.PathLike, *, sample_rate: int = fmt.SAMPLE_RATE
 
     proc = subprocess.Popen(ffmpeg_args(path, sample_rate), stdin=subprocess.DEVNULL,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=0)
+    _enlarge_pipe(proc.stdout.fileno(), chunk_samples * fmt.CHANNELS * _BYTES_PER_SAMPLE)
     stderr_tail: collections.deque[str] = collections.deque(maxlen=_STDERR_LINES_KEPT)
     # ffmpeg can print an error per corrupt frame; draining stderr on a thread keeps it from
     # blocking on a full pipe while we block on stdout.
@@ -120,6 +123,14 @@ def decode_chunks(path: str | os.PathLike, *, sample_rate: int = fmt.SAMPLE_RATE
         proc.stdout.close()
         drain.join()
         proc.stderr.close()
+
+
+def _enlarge_pipe(fd: int, size: int) -> None:
+    """Let ffmpeg decode up to a chunk ahead while the consumer computes (64 KiB pipes stall it)."""
+    try:
+        fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, min(size, _PIPE_MAX_BYTES))
+    except OSError:
+        return  # above this system's limit for unprivileged pipes: the default still works
 
 
 def _drain_lines(stream: IO[bytes], tail: collections.deque) -> None:

@@ -68,8 +68,13 @@ def stft_magnitude(signal: np.ndarray, stft: fmt.STFTParams = fmt.STFTParams()) 
 
 
 def to_spec_dtype(magnitude: np.ndarray) -> np.ndarray:
-    """float32 magnitude -> the stored float16 (values are already finite and within float16 range)."""
-    return magnitude.astype(fmt.SPEC_DTYPE)
+    """float32 magnitude (finite, within float16 range) -> the stored float16.
+
+    torch's conversion is vectorised and ~30x faster than numpy's here; both round to nearest even,
+    so the bits are the same as `magnitude.astype(np.float16)`.
+    """
+    with _one_torch_thread():
+        return torch.from_numpy(np.ascontiguousarray(magnitude, dtype=np.float32)).to(torch.float16).numpy()
 
 
 def stft_frame_blocks(chunks: Iterable[np.ndarray], stft: fmt.STFTParams) -> Iterator[np.ndarray]:
@@ -104,6 +109,7 @@ def cut_clips(frame_blocks: Iterable[np.ndarray], clip_frames: int) -> Iterator[
     filled = 0
     clip_index = 0
     for block in frame_blocks:
+        block = to_spec_dtype(block)
         used = 0
         while used < block.shape[2]:
             if spec is None:
@@ -136,16 +142,24 @@ def _window(stft: fmt.STFTParams) -> torch.Tensor:
 
 def _magnitude(padded: np.ndarray, stft: fmt.STFTParams, window: torch.Tensor,
                frames: int | None = None) -> np.ndarray:
-    """`[2, bins, frames]` magnitude of the frames starting every hop from `padded[:, 0]`."""
+    """Contiguous float32 `[2, bins, frames]` magnitude of the frames starting every hop from `padded[:, 0]`.
+
+    Values are finite and at most the float16 maximum: decoded float WAVs can hold NaN/inf or huge
+    samples, which float16 would store as inf/NaN. NaN becomes 0.
+    """
     if frames is None:
         frames = _frames_in(padded.shape[1], stft)
     with _one_torch_thread():
         signal = torch.from_numpy(padded)[:, :(frames - 1) * stft.hop + stft.n_fft]
-        spectrum = torch.fft.rfft(signal.unfold(-1, stft.n_fft, stft.hop) * window, dim=-1)
-        magnitude = spectrum[..., :stft.bins].abs()
-        # Decoded float WAVs can hold NaN/inf or huge values; float16 would store them as inf/NaN.
-        magnitude = torch.nan_to_num(magnitude, nan=0.0, posinf=FLOAT16_MAX).clamp_(max=FLOAT16_MAX)
-        return magnitude.transpose(1, 2).numpy()
+        # Transforming along dim 1 of [2, n_fft, frames] gives [2, bins + 1, frames] directly, the
+        # layout of a clip, so nothing downstream has to transpose.
+        windowed = (signal.unfold(-1, stft.n_fft, stft.hop) * window).transpose(1, 2)
+        spectrum = torch.fft.rfft(windowed, dim=1)[:, :stft.bins].numpy()
+    magnitude = np.abs(spectrum)  # numpy's complex abs is ~15x faster than torch's here
+    if not np.isfinite(magnitude).all():
+        np.nan_to_num(magnitude, copy=False, nan=0.0, posinf=FLOAT16_MAX)
+    np.minimum(magnitude, FLOAT16_MAX, out=magnitude)
+    return magnitude
 
 
 @contextlib.contextmanager

@@ -162,10 +162,11 @@ def build_records(found: list, outcomes: dict[str, dict], val_fraction: float
                   ) -> tuple[list[TrackRecord], list[FailureRecord]]:
     """Scanned files + their probe outcomes -> (tracks sorted by path, probe failures).
 
-    Sightings of the same content share its id; the one with the smallest path is canonical and
-    the others carry `duplicate_of` and the canonical's names and split, so one piece of content is
-    never in both splits."""
-    canonical: dict[str, tuple] = {}  # fingerprint -> (path, file, outcome) of the smallest path
+    Sightings of the same content share its id. The canonical one is the smallest path that is not
+    itself a symlink (a link in a "Favourites" folder must not name the track), else the smallest
+    path; the others carry `duplicate_of` and the canonical's names and split, so one piece of
+    content is never in both splits."""
+    canonical: dict[str, tuple] = {}  # fingerprint -> (rank, file, outcome) of the canonical sighting
     sightings = []
     failures = []
     for file in found:
@@ -176,9 +177,10 @@ def build_records(found: list, outcomes: dict[str, dict], val_fraction: float
             failures.append(FailureRecord(file.path, "probe", outcome["reason"]))
             continue
         sightings.append((file, outcome))
+        rank = (file.is_link, file.path)
         best = canonical.get(outcome["fingerprint"])
-        if best is None or file.path < best[0]:
-            canonical[outcome["fingerprint"]] = (file.path, file, outcome)
+        if best is None or rank < best[0]:
+            canonical[outcome["fingerprint"]] = (rank, file, outcome)
 
     names = {fp: _names(file, outcome["tags"]) for fp, (_, file, outcome) in canonical.items()}
     splits = assign_splits((n[3] for n in names.values()), val_fraction)
@@ -190,7 +192,7 @@ def build_records(found: list, outcomes: dict[str, dict], val_fraction: float
             id=fp, path=file.path, root=file.root, size=file.size, mtime=file.mtime,
             duration=outcome["duration"], sample_rate=outcome["sample_rate"], channels=outcome["channels"],
             codec=outcome["codec"], artist=artist, album=album, title=title, album_key=key,
-            split=splits[key], duplicate_of=None if canonical[fp][0] == file.path else fp,
+            split=splits[key], duplicate_of=None if canonical[fp][1] is file else fp,
         ))
     tracks.sort(key=lambda t: t.path)
     return tracks, failures

@@ -178,8 +178,8 @@ def _tags(info: dict, stream: dict) -> dict[str, str]:
 
 def interpret(info: dict, path: str | None = None) -> tuple[float, int, int, str, dict[str, str]]:
     """ffprobe JSON -> (duration, sample_rate, channels, codec, tags); ProbeError when unusable.
-    With `path`, a file where seeking past the end finds no packet (some PCM WAVs) is asked again
-    for its last two seconds."""
+    With `path`, a file where seeking past the end finds no packet is asked again for its last two
+    seconds."""
     streams = info.get("streams") or []
     if not streams:
         raise ProbeError("no audio stream")
@@ -194,6 +194,8 @@ def interpret(info: dict, path: str | None = None) -> tuple[float, int, int, str
         raise ProbeError(f"incomplete audio stream (codec={codec!r}, rate={sample_rate}, channels={channels})")
     ends = [(_number(p.get("pts_time")) or 0.0) + (_number(p.get("duration_time")) or 0.0)
             for p in info.get("packets") or []]
+    if not ends and codec.startswith("pcm_"):
+        ends = [duration]  # PCM durations are computed from the data actually present
     if not ends and path is not None:
         return interpret(run_ffprobe(path, read_from=f"{max(0.0, duration - 2.0):.3f}"))
     if not ends:

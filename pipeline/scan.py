@@ -32,6 +32,7 @@ class FoundFile:
     dev: int  # of the file the path resolves to: a hard link or symlink shares it with its target
     ino: int
     by_extension: bool  # False: only the content can tell whether it is audio
+    is_link: bool = False  # the path itself is a symlink
 
 
 @dataclass
@@ -124,7 +125,7 @@ def scan_root(root: str) -> RootScan:
                 failures.append(FailureRecord(printable_path(entry.path), "scan", "file name is not valid UTF-8"))
                 continue
             files.append(FoundFile(entry.path, root, st.st_size, st.st_mtime, st.st_dev, st.st_ino,
-                                   ext in audio_ext))
+                                   ext in audio_ext, entry.is_symlink()))
         # Depth first, by name, so which path of a directory reached twice gets scanned is fixed.
         subdirs.sort(key=lambda e: e.name, reverse=True)
         for entry in subdirs:

@@ -116,3 +116,21 @@ def test_content_only_candidates_are_ignored_not_failed(tmp_path, make_track):
     assert probe_file(str(tmp_path / "README"), by_extension=False) is None
     flac = make_track(tmp_path / "track01", extra_args=["-c:a", "flac", "-f", "flac"])
     assert probe_file(str(flac), by_extension=False).codec == "flac"
+
+
+def test_no_packet_past_the_end_asks_again_for_the_last_seconds(monkeypatch):
+    """Some demuxers find nothing when seeking past the end; the tail is then read from duration - 2 s."""
+    import pipeline.probe as probe
+
+    stream = {"codec_name": "wmav2", "sample_rate": "44100", "channels": 2, "duration": "10.0"}
+    asked = []
+
+    def fake_ffprobe(path, read_from="99999999"):
+        asked.append((path, read_from))
+        return {"streams": [stream], "packets": [{"pts_time": "9.9", "duration_time": "0.1"}]}
+
+    monkeypatch.setattr(probe, "run_ffprobe", fake_ffprobe)
+    assert probe.interpret({"streams": [stream], "packets": []}, "/x.wma")[:4] == (10.0, 44100, 2, "wmav2")
+    assert asked == [("/x.wma", "8.000")]
+    with pytest.raises(ProbeError, match="no audio packets can be read"):
+        probe.interpret({"streams": [stream], "packets": []})

@@ -1,0 +1,258 @@
+"""`pipeline ingest` end to end: records, duplicates, splits, incremental runs, bad roots, kill -9."""
+
+import dataclasses
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+import pipeline.ingest as ingest_module
+from pipeline import format as fmt
+from pipeline.cli import main
+from pipeline.ingest import ingest
+from pipeline.manifest import JOURNAL_FILE, assign_splits
+
+SPEC_FIELDS = ["id", "path", "root", "size", "mtime", "duration", "sample_rate", "channels", "codec",
+               "artist", "album", "title", "album_key", "split", "duplicate_of"]
+
+
+def manifest_bytes(manifests):
+    return (Path(manifests) / fmt.TRACKS_FILE).read_bytes(), (Path(manifests) / fmt.FAILURES_FILE).read_bytes()
+
+
+def by_name(tracks):
+    return {os.path.basename(t.path): t for t in tracks}
+
+
+@pytest.fixture
+def two_drives(tmp_path, make_track):
+    """drive1: a tagged album and a folder-named one; drive2: an identical copy of one track, plus a
+    symlink and a hard link to another on drive1."""
+    d1, d2 = tmp_path / "ssd1", tmp_path / "ssd2"
+    tagged = {"artist": "Tag Artist", "album": "Tag Album", "title": "Tagged Song"}
+    make_track(d1 / "Folder Artist" / "Folder Album" / "01 First.mp3", tags=tagged)
+    make_track(d1 / "Folder Artist" / "Folder Album" / "02 Second.flac", tags={**tagged, "title": "Two"})
+    first = make_track(d1 / "Other Artist" / "Other Album" / "01 - Loose One.ogg")
+    make_track(d1 / "Other Artist" / "Other Album" / "CD2" / "02 Deep.m4a")
+    make_track(d1 / "Other Artist" / "Other Album" / "03 Opus.opus")
+    (d2 / "copy").mkdir(parents=True)
+    (d2 / "copy" / "same.ogg").write_bytes(first.read_bytes())
+    (d1 / "Favourites").mkdir()
+    (d1 / "Favourites" / "fav.ogg").symlink_to(first)
+    os.link(first, d1 / "Other Artist" / "hardlink.ogg")
+    return d1, d2
+
+
+def test_records_names_duplicates_and_splits(two_drives, tmp_path):
+    d1, d2 = two_drives
+    summary = ingest([str(d1), str(d2)], tmp_path / "m", workers=2, progress=False)
+    lines = (tmp_path / "m" / fmt.TRACKS_FILE).read_text(encoding="utf-8").splitlines()
+    assert all(list(json.loads(line)) == SPEC_FIELDS for line in lines)
+    tracks = fmt.read_tracks(tmp_path / "m")
+    assert [t.path for t in tracks] == sorted(t.path for t in tracks)
+    t = by_name(tracks)
+    assert (summary.tracks, summary.duplicates, summary.failures, summary.probed) == (8, 3, 0, 6)
+
+    assert (t["01 First.mp3"].artist, t["01 First.mp3"].album, t["01 First.mp3"].title) == \
+        ("Tag Artist", "Tag Album", "Tagged Song")
+    assert t["01 First.mp3"].album_key == t["02 Second.flac"].album_key == "tag artist/tag album"
+    loose, deep = t["01 - Loose One.ogg"], t["02 Deep.m4a"]
+    assert (loose.artist, loose.album, loose.title) == ("Other Artist", "Other Album", "Loose One")
+    assert (deep.artist, deep.album, deep.title, deep.codec) == ("Other Artist", "Other Album", "Deep", "aac")
+    assert t["03 Opus.opus"].codec == "opus" and t["01 First.mp3"].root == str(d1)
+
+    # One piece of content reached four ways: the smallest path that is not a symlink is canonical
+    # ("Favourites/fav.ogg" sorts first but must not name the track), the rest point at it.
+    sightings = [t[n] for n in ("01 - Loose One.ogg", "fav.ogg", "hardlink.ogg", "same.ogg")]
+    assert len({s.id for s in sightings}) == 1
+    canonical = loose
+    assert canonical.duplicate_of is None
+    assert all(s.duplicate_of == canonical.id for s in sightings if s is not canonical)
+    assert {(s.album_key, s.split, s.title) for s in sightings} == {("other artist/other album", loose.split, "Loose One")}
+    assert t["same.ogg"].root == str(d2) and t["fav.ogg"].path == str(d1 / "Favourites" / "fav.ogg")
+
+    # Two albums: exactly one is val, and no album is in both splits.
+    splits = {}
+    for track in tracks:
+        splits.setdefault(track.album_key, set()).add(track.split)
+    assert all(len(s) == 1 for s in splits.values())
+    assert sorted(s.pop() for s in splits.values()) == ["train", "val"]
+    assert len({t.id for t in tracks if t.duplicate_of is None}) == 5
+
+
+def test_splits_are_per_album_deterministic_and_never_empty():
+    keys = [f"artist {i}/album {i}" for i in range(2000)]
+    splits = assign_splits(keys, 0.02)
+    assert splits == assign_splits(reversed(keys), 0.02)
+    assert 20 <= sum(s == "val" for s in splits.values()) <= 60
+    more = assign_splits(keys + ["new/album"], 0.02)
+    assert all(more[k] == splits[k] for k in keys)  # adding an album never moves another
+    assert sorted(assign_splits(["a/x", "b/y"], 0.0).values()) == ["train", "val"]
+    assert sorted(assign_splits(["a/x", "b/y"], 0.999).values()) == ["train", "val"]
+    assert set(assign_splits(["a/x", "b/y"], 1.0).values()) == {"val"}
+    assert assign_splits(["only/one"], 0.02) == {"only/one": "train"}
+
+
+def test_hostile_inputs_end_to_end(tmp_path, make_track):
+    root = tmp_path / "drive"
+    good = make_track(root / "A" / "B" / "good.mp3", seconds=6.0)
+    (root / "A" / "B" / "truncated.mp3").write_bytes(good.read_bytes()[: good.stat().st_size // 8])
+    (root / "A" / "B" / "empty.mp3").write_bytes(b"")
+    (root / "A" / "B" / "text.mp3").write_text("liner notes\n")
+    (root / "A" / "B" / "random.ogg").write_bytes(random.Random(7).randbytes(3000))
+    make_track(root / "A" / "B" / "flac inside.mp3", extra_args=["-c:a", "flac", "-f", "flac"])
+    (root / "A" / "x.mp3").mkdir()
+    (root / "A" / "broken.flac").symlink_to(root / "gone.flac")
+    (root / "A" / "B" / "loop").symlink_to(root / "A")
+    make_track(root / "A" / "C" / "surround.wav", channels=6)
+    make_track(root / "A" / "C" / "lofi.wav", channels=1, sample_rate=22050, extra_args=["-c:a", "pcm_u8"])
+    make_track(root / "A" / "C" / "hires.flac", sample_rate=96000, extra_args=["-c:a", "flac", "-sample_fmt", "s32"])
+    make_track(root / "A" / "C" / "tiny.opus", seconds=0.1)
+    make_track(root / "A" / "C" / "ünï cødé\nnew line [1].m4a")
+    summary = ingest([str(root)], tmp_path / "m", progress=False)
+
+    tracks = by_name(fmt.read_tracks(tmp_path / "m"))
+    assert sorted(tracks) == sorted(["good.mp3", "flac inside.mp3", "surround.wav", "lofi.wav", "hires.flac",
+                                     "tiny.opus", "ünï cødé\nnew line [1].m4a"])
+    assert tracks["flac inside.mp3"].codec == "flac"
+    assert (tracks["surround.wav"].channels, tracks["lofi.wav"].sample_rate, tracks["hires.flac"].sample_rate) \
+        == (6, 22050, 96000)
+    assert tracks["tiny.opus"].duration < 0.2
+    assert tracks["ünï cødé\nnew line [1].m4a"].title == "ünï cødé\nnew line [1]"
+    failures = {os.path.basename(f.path): (f.stage, f.reason) for f in fmt.read_failures(tmp_path / "m")}
+    assert failures == {
+        "truncated.mp3": ("probe", "truncated: the header says 6.0 s but the audio data ends at 0.7 s"),
+        "empty.mp3": ("probe", "not audio: empty file"),
+        "text.mp3": ("probe", "not audio: content is text, not audio"),
+        "random.ogg": ("probe", failures["random.ogg"][1]),
+        "broken.flac": ("scan", f"broken symlink -> {root / 'gone.flac'}"),
+    }
+    assert failures["random.ogg"][1].startswith("not audio: content is not a known audio format")
+    assert summary.failures == 5 and summary.root_errors == {}
+
+
+def test_file_deleted_between_scan_and_probe_is_a_failure(tmp_path, make_wav, monkeypatch):
+    keep, doomed = make_wav(tmp_path / "d" / "keep.wav"), make_wav(tmp_path / "d" / "doomed.wav")
+    real_scan = ingest_module.scan_roots
+
+    def scan_then_delete(roots):
+        scans = real_scan(roots)
+        doomed.unlink()
+        return scans
+
+    monkeypatch.setattr(ingest_module, "scan_roots", scan_then_delete)
+    summary = ingest([str(tmp_path / "d")], tmp_path / "m", progress=False)
+    assert [t.path for t in fmt.read_tracks(tmp_path / "m")] == [str(keep)]
+    assert [(f.path, f.reason) for f in fmt.read_failures(tmp_path / "m")] == \
+        [(str(doomed), "file vanished between scan and probe")]
+    assert summary.failures == 1
+
+
+def test_incremental_runs_probe_only_what_changed(tmp_path, make_wav):
+    root = tmp_path / "d"
+    files = [make_wav(root / "Art" / f"Album {i % 3}" / f"{i:02d} t.wav") for i in range(6)]
+    (root / "notes.mp3").write_text("not audio")
+    m = tmp_path / "m"
+    first = ingest([str(root)], m, progress=False)
+    assert (first.probed, first.reused) == (7, 0)
+    before = manifest_bytes(m)
+
+    again = ingest([str(root)], m, progress=False)
+    assert (again.probed, again.reused) == (0, 7)  # failures are cached too
+    assert manifest_bytes(m) == before
+
+    os.utime(files[0], ns=(0, 1_000_000_000))  # changed mtime: probed again
+    files[1].unlink()  # vanished: leaves the manifest
+    new = make_wav(root / "Art" / "Album 9" / "new.wav")
+    third = ingest([str(root)], m, progress=False)
+    assert (third.probed, third.reused) == (2, 5)
+    paths = [t.path for t in fmt.read_tracks(m)]
+    assert str(files[1]) not in paths and str(new) in paths
+    assert next(t for t in fmt.read_tracks(m) if t.path == str(files[0])).mtime == 1.0
+    journal = [json.loads(line)["path"] for line in (m / JOURNAL_FILE).read_text().splitlines()]
+    assert sorted(journal) == sorted(paths + [str(root / "notes.mp3")])
+
+    # Without the journal the previous manifest still saves the probes of tracks.
+    (m / JOURNAL_FILE).unlink()
+    fourth = ingest([str(root)], m, progress=False)
+    assert (fourth.probed, fourth.reused) == (1, 6)  # only the failure is probed again
+    assert manifest_bytes(m) == manifest_bytes(m)
+
+
+def test_later_stage_failures_survive_reingest(tmp_path, make_wav):
+    wav = make_wav(tmp_path / "d" / "a.wav")
+    ingest([str(tmp_path / "d")], tmp_path / "m", progress=False)
+    decode_failure = fmt.FailureRecord(str(wav), "decode", "ffmpeg: broken frame")
+    gone_failure = fmt.FailureRecord(str(tmp_path / "d" / "gone.wav"), "decode", "old")
+    fmt.write_jsonl_atomic(tmp_path / "m" / fmt.FAILURES_FILE, [decode_failure, gone_failure])
+    ingest([str(tmp_path / "d")], tmp_path / "m", progress=False)
+    assert fmt.read_failures(tmp_path / "m") == [decode_failure]
+
+
+def test_bad_root_is_one_line_error_others_proceed_and_kept(tmp_path, make_wav):
+    good, usb = tmp_path / "good", tmp_path / "usb"
+    make_wav(good / "a.wav")
+    on_usb = make_wav(usb / "b.wav")
+    runner = CliRunner()
+    args = ["ingest", str(good), str(usb), "--manifests", str(tmp_path / "m")]
+    assert runner.invoke(main, args).exit_code == 0
+    usb.rename(tmp_path / "unplugged")
+    result = runner.invoke(main, args)
+    assert result.exit_code == 1
+    assert f"pipeline ingest: error: {usb}: no such directory\n" in result.output
+    assert result.output.count("\n") == 2  # that line and the summary line, no traceback
+    assert [t.path for t in fmt.read_tracks(tmp_path / "m")] == [str(good / "a.wav"), str(on_usb)]
+
+    result = runner.invoke(main, ["ingest", str(good), str(tmp_path / "nothing"), "--manifests", str(tmp_path / "m2")])
+    assert result.exit_code == 1
+    assert [t.path for t in fmt.read_tracks(tmp_path / "m2")] == [str(good / "a.wav")]
+
+
+def test_cli_prints_one_summary_line_when_not_a_terminal(tmp_path, make_wav):
+    make_wav(tmp_path / "d" / "a.wav")
+    result = CliRunner().invoke(main, ["ingest", str(tmp_path / "d"), "--manifests", str(tmp_path / "m"),
+                                       "--workers", "1", "--val-fraction", "0.5"])
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith("ingest: 1 roots, 1 files: 1 tracks (0 duplicates), 0 failures; probed 1")
+    assert result.output.count("\n") == 1
+    bad = CliRunner().invoke(main, ["ingest", str(tmp_path / "d"), "--val-fraction", "2"])
+    assert bad.exit_code == 2 and "--val-fraction" in bad.output
+
+
+def test_kill_9_mid_probe_resumes_without_reprobing(tmp_path, make_wav):
+    root = tmp_path / "d"
+    for i in range(30):
+        make_wav(root / f"Artist {i % 4}" / f"Album {i % 8}" / f"{i:02d}.wav", seconds=0.2)
+    killed, clean = tmp_path / "killed", tmp_path / "clean"
+    journal = killed / JOURNAL_FILE
+    cmd = [sys.executable, "-c", "from pipeline.cli import main; main()", "ingest", str(root), "--workers", "1", "--manifests"]
+    proc = subprocess.Popen(cmd + [str(killed)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and (not journal.exists() or journal.read_text().count("\n") < 5):
+        time.sleep(0.01)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done = journal.read_text().count("\n")
+    assert 5 <= done < 30, "the run must be killed mid-probe"
+    assert not (killed / fmt.TRACKS_FILE).exists()  # nothing half-written under the final name
+
+    resumed = subprocess.run(cmd + [str(killed)], capture_output=True, text=True, check=True)
+    subprocess.run(cmd + [str(clean)], capture_output=True, text=True, check=True)
+    assert f"probed {30 - done}, reused {done};" in resumed.stdout
+    assert manifest_bytes(killed) == manifest_bytes(clean)
+    assert len(fmt.read_tracks(killed)) == 30
+
+
+def test_summary_fields_are_counts(tmp_path, make_wav):
+    make_wav(tmp_path / "d" / "a.wav")
+    summary = ingest([str(tmp_path / "d"), str(tmp_path / "d")], tmp_path / "m", progress=False)
+    counts = dataclasses.asdict(summary)
+    assert counts["roots"] == [str(tmp_path / "d")]  # a root given twice is scanned once
+    assert (counts["files"], counts["tracks"], counts["probed"]) == (1, 1, 1)

@@ -6,11 +6,11 @@ periodic Hann, Nyquist dropped, |X| unnormalised). The streaming version keeps t
 so its frames are exactly the frames of the whole-track STFT, and memory is one chunk plus one
 clip whatever the track length.
 
-FFT backend: torch (`unfold` + `torch.fft.rfft`) on one thread. On the 2-core dev VM it does a
-3 s stereo chunk in ~1.3 ms against ~3.2 ms for `numpy.fft.rfft` on the same frames (pocketfft in
-numpy 2.4 is not vectorised across frames the way torch's is); run
-`python benchmarks/shard_memory.py --fft-only` to re-check. One thread because a shard job already
-runs one worker per core, and ffmpeg decodes in its own process next to it.
+FFT backend: torch on one thread. torch's CPU FFT is MKL's batched DFT; numpy's is pocketfft. On
+the 2-core dev VM the whole magnitude of a 3 s stereo chunk takes ~1.3-1.5 ms of CPU with torch
+against ~3.75 ms with `numpy.fft.rfft` (`python benchmarks/shard_memory.py --fft-only`).
+One thread because a shard job already runs one worker per core, with ffmpeg decoding in its own
+process next to it.
 """
 
 from __future__ import annotations
@@ -137,7 +137,8 @@ def _window(stft: fmt.STFTParams) -> torch.Tensor:
         raise ValueError(f"unsupported STFT window {stft.window!r} (only 'hann')")
     if stft.n_fft % 2 or not 0 < stft.hop <= stft.n_fft:
         raise ValueError(f"need an even n_fft and 0 < hop <= n_fft, got n_fft={stft.n_fft} hop={stft.hop}")
-    return torch.hann_window(stft.n_fft, periodic=True, dtype=torch.float32)
+    with _one_torch_thread():
+        return torch.hann_window(stft.n_fft, periodic=True, dtype=torch.float32)
 
 
 def _magnitude(padded: np.ndarray, stft: fmt.STFTParams, window: torch.Tensor,
@@ -164,6 +165,9 @@ def _magnitude(padded: np.ndarray, stft: fmt.STFTParams, window: torch.Tensor,
 
 @contextlib.contextmanager
 def _one_torch_thread():
+    # Every torch op here runs inside this: a single op on the default 2 threads leaves OpenMP's
+    # second thread spin-waiting afterwards, which cost 3-7 ms of CPU per chunk on the dev VM.
+    # Scoped rather than a global torch.set_num_threads(1) so importers (tests, the trainer) keep theirs.
     previous = torch.get_num_threads()
     torch.set_num_threads(1)
     try:

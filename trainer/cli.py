@@ -22,6 +22,74 @@ def main() -> None:
 # Commands are added below, one block per command.
 
 
+# --- pretrain / evaluate: trainer/loop.py, trainer/evaluate.py ----------------------------------
+
+_SHARDS_HELP = "a shard directory (its {split}.json), an index JSON, a brace pattern, or http(s):// URLs"
+
+
+@main.command()
+@click.option("--shards", required=True, help=f"Training shards: {_SHARDS_HELP}.")
+@click.option("--val-shards", default=None,
+              help="Validation shards (same forms). Default: the val split of --shards when it is a directory.")
+@click.option("--preset", default=None, help="Training preset: trainer/configs/NAME.yaml (tiny, small, base).")
+@click.option("--config", "config_file", default=None, type=click.Path(exists=True, dir_okay=False),
+              help="Training config YAML instead of a preset.")
+@click.option("--run", "run_dir", default=None, type=click.Path(file_okay=False),
+              help="Run directory (default runs/PRESET). An existing run continues from its last checkpoint.")
+@click.option("--steps", type=click.IntRange(min=1), default=None, help="Total optimiser steps (run.steps).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Per-rank micro-batch (data.batch_size).")
+@click.option("--workers", type=click.IntRange(min=0), default=None, help="Loader workers per rank (data.num_workers).")
+@click.option("--resume", is_flag=True, help="Require a checkpoint in --run to continue from.")
+@click.option("--compile", "use_compile", is_flag=True, help="torch.compile the model (run.compile).")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE",
+              help="Override any config value, e.g. --set model.bins=128 --set optim.lr=1e-3 (repeatable).")
+def pretrain(shards, val_shards, preset, config_file, run_dir, steps, batch_size, workers, resume, use_compile,
+             device, overrides):
+    """Pretrain on shards: masked tokens + next-sentence prediction, checkpoints and logs in --run.
+
+    \b
+    trainer pretrain --shards shards/ --preset tiny --run runs/demo
+    torchrun --nproc-per-node=2 $(which trainer) pretrain --shards shards/ --preset small
+    """
+    from pathlib import Path
+
+    from trainer.loop import default_val_shards, pretrain as run_pretrain, resolve_run
+
+    if preset and config_file:
+        raise click.UsageError("give --preset or --config, not both")
+    flags = {"run.steps": steps, "data.batch_size": batch_size, "data.num_workers": workers,
+             "run.compile": True if use_compile else None}
+    all_overrides = list(overrides) + [f"{key}={value}" for key, value in flags.items() if value is not None]
+    name = preset or (Path(config_file).stem if config_file else "tiny")
+    run_path = Path(run_dir) if run_dir else Path("runs") / name
+    try:
+        cfg, checkpoint = resolve_run(run_path, preset, config_file, all_overrides, resume)
+        run_pretrain(cfg, shards, run_path, val_shards=val_shards or default_val_shards(shards),
+                     checkpoint=checkpoint, device=device)
+    except (ValueError, RuntimeError) as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+@main.command()
+@click.option("--checkpoint", required=True, type=click.Path(exists=True),
+              help="A step-NNNNNNN directory, a last/best file, or a run directory (its last checkpoint).")
+@click.option("--shards", required=True, help=f"Evaluation shards: {_SHARDS_HELP}.")
+@click.option("--batches", type=click.IntRange(min=1), default=16, show_default=True, help="Batches to score.")
+@click.option("--split", default="val", show_default=True, help="Index used when --shards is a directory.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Default: the run's data.val_batch_size.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+def evaluate(checkpoint, shards, batches, split, batch_size, device):
+    """Print masked-token L1 of a checkpoint vs copy-nearest and interpolation baselines, and NSP accuracy."""
+    from trainer.evaluate import evaluate_checkpoint
+
+    try:
+        _, table = evaluate_checkpoint(checkpoint, shards, batches, device=device, split=split, batch_size=batch_size)
+    except (ValueError, RuntimeError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(table)
+
+
 @main.command()
 @click.option("--preset", default="tiny", show_default=True, help="Model preset (trainer/model/presets/NAME.yaml).")
 @click.option("--frames", type=click.IntRange(min=1), default=1024, show_default=True,

@@ -34,6 +34,7 @@ class DataConfig:
     crop_frames: int = 512
     batch_size: int = 8  # per rank and micro-step
     num_workers: int = 2
+    shuffle_buffer: int = 64  # cropped samples per loader worker
     val_batch_size: int = 8
 
 
@@ -84,7 +85,8 @@ class TrainConfig:
             problems.append(f"optim.decay must be one of {DECAYS}, got {self.optim.decay!r}")
         for name, value in [
             ("data.crop_frames", self.data.crop_frames), ("data.batch_size", self.data.batch_size),
-            ("data.val_batch_size", self.data.val_batch_size), ("optim.accumulation", self.optim.accumulation),
+            ("data.val_batch_size", self.data.val_batch_size),
+            ("data.shuffle_buffer", self.data.shuffle_buffer), ("optim.accumulation", self.optim.accumulation),
             ("run.log_every", self.run.log_every), ("run.ckpt_every", self.run.ckpt_every),
             ("run.keep_last", self.run.keep_last), ("run.val_every", self.run.val_every),
             ("run.image_every", self.run.image_every), ("run.max_bad_steps", self.run.max_bad_steps),

@@ -1,0 +1,179 @@
+"""`trainer pretrain` / `trainer evaluate` end to end on small generated shards (64 bins, CPU).
+
+The tiny preset is shrunk further here (64 bins, 3 levels, one block each) so that a step takes
+~0.15 s on one busy core; the loop does not care about the model's size.
+"""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import webdataset as wds
+from click.testing import CliRunner
+
+from pipeline import format as fmt
+from trainer.cli import main as trainer_cli
+from trainer.config import load_config
+from trainer.logs import read_metrics
+from trainer.loop import pretrain, resolve_run
+
+BINS, CLIP_FRAMES = 64, 160
+TRAINER = str(Path(sys.executable).with_name("trainer"))
+# The tiny preset, shrunk to test size: every test run uses these plus its own step counts.
+SMALL = ["model.bins=64", "model.num_downsamples=3", "model.channels=[4,8,8,16]", "model.first_transformer_level=2",
+         "model.num_encoders=1", "model.num_decoders=1", "data.crop_frames=128", "data.batch_size=4", "data.val_batch_size=4",
+         "data.num_workers=0", "data.shuffle_buffer=8", "optim.warmup_steps=5", "optim.lr=1e-2",
+         "run.log_every=5", "run.val_batches=2", "run.image_every=10"]
+
+
+def synthetic_clip(rng: np.random.Generator, fundamental: int, frames: int) -> np.ndarray:
+    """Harmonic stacks switched on and off in 8-frame notes: structure a model can learn quickly."""
+    bins = np.arange(BINS)[:, None]
+    spec = np.zeros((BINS, frames))
+    for harmonic in range(1, BINS // fundamental):
+        spec += np.exp(-0.5 * ((bins - harmonic * fundamental) / 0.8) ** 2) / harmonic
+    notes = rng.random(frames // 8 + 1) < 0.7
+    envelope = np.repeat(notes, 8)[:frames] * np.exp(-(np.arange(frames) % 8) / 6.0)
+    spec = 30.0 * spec * envelope[None, :] + rng.random((BINS, frames)) * 0.3
+    stereo = np.stack([spec, spec * rng.uniform(0.6, 1.0)])
+    return stereo.astype(fmt.SPEC_DTYPE)
+
+
+def write_shards(root: Path, tracks: dict[str, int], clips_per_track: int = 4, shards_per_split: int = 2) -> Path:
+    """shards/{split}-NNNNNN.tar + {split}.json in the pipeline's format; the first 3 tracks go to val."""
+    root.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    stft = fmt.STFTParams(n_fft=2 * BINS).to_dict()
+    for split in fmt.SPLITS:
+        track_ids = [t for i, t in enumerate(tracks) if (i < 3) == (split == "val")]
+        samples = [(t, c) for c in range(clips_per_track) for t in track_ids]  # tracks interleaved
+        entries = []
+        for shard in range(shards_per_split):
+            name = fmt.shard_name(split, shard)
+            mine = samples[shard * len(samples) // shards_per_split:(shard + 1) * len(samples) // shards_per_split]
+            with wds.TarWriter(str(root / name)) as sink:
+                for track_id, clip in mine:
+                    meta = fmt.SampleMeta(track_id=track_id, clip=clip, start_frame=clip * CLIP_FRAMES,
+                                          valid_frames=CLIP_FRAMES, album_key=f"album/{track_id}", stft=stft)
+                    sink.write({"__key__": fmt.sample_key(track_id, clip),
+                                fmt.SPEC_KEY: fmt.encode_spec(synthetic_clip(rng, tracks[track_id], CLIP_FRAMES)),
+                                fmt.META_KEY: fmt.encode_meta(meta)})
+            entries.append(fmt.ShardEntry(name, len(mine), (root / name).stat().st_size))
+        index = fmt.ShardIndex(split=split, shardlist=entries, stft=stft, clip_frames=CLIP_FRAMES,
+                               totals={"samples": len(samples), "tracks": len(track_ids)})
+        fmt.write_index_atomic(root / fmt.index_name(split), index)
+    return root
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory) -> Path:
+    tracks = {f"track{i:02d}": fundamental for i, fundamental in enumerate([5, 7, 6, 9, 11, 13, 8, 10])}
+    return write_shards(tmp_path_factory.mktemp("shards"), tracks)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Two cores are shared by every test process: spinning OpenMP threads only slow each other down."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def mean(values):
+    return sum(values) / len(values)
+
+
+def test_tiny_pretrain_lowers_the_loss_and_evaluate_prints_the_table(shards, tmp_path):
+    run = tmp_path / "run"
+    cfg = load_config("tiny", overrides=SMALL + ["run.steps=40", "run.ckpt_every=20", "run.val_every=20"])
+    pretrain(cfg, str(shards), run, val_shards=str(shards))
+
+    rows = read_metrics(run)
+    assert [r["step"] for r in rows] == list(range(1, 41))
+    first, last = rows[:5], rows[-5:]
+    assert mean([r["masked_l1"] for r in last]) < 0.7 * mean([r["masked_l1"] for r in first])
+    assert mean([r["loss"] for r in last]) < mean([r["loss"] for r in first])
+    assert all(0.0 <= r["data_wait"] <= 1.0 and r["samples_per_s"] > 0 and r["skipped"] == 0 for r in rows)
+
+    val = read_metrics(run, "val")
+    assert [v["step"] for v in val] == [20, 40]
+    assert val[-1]["model_l1"] < val[0]["model_l1"]
+    assert {"copy_nearest_l1", "interpolate_l1", "ratio_copy", "nsp_accuracy"} <= set(val[-1])
+    assert (run / "checkpoints" / "last").read_text().strip() == "step-0000040"
+    assert (run / "config.yaml").is_file() and list((run / "tb").glob("events.out.tfevents.*"))
+
+    result = CliRunner().invoke(trainer_cli, ["evaluate", "--checkpoint", str(run), "--shards", str(shards),
+                                              "--batches", "2", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert "step 40" in result.output and "copy nearest frame" in result.output
+    assert "linear interpolation" in result.output and "NSP accuracy" in result.output
+    # The same fixed corruptions as the validation at step 40 (its last checkpoint): the same number.
+    model_line = next(line for line in result.output.splitlines() if line.startswith("model "))
+    assert float(model_line.split()[1]) == pytest.approx(val[-1]["model_l1"], abs=1e-5)
+
+
+def test_non_finite_steps_are_skipped_then_the_run_stops(shards, tmp_path):
+    cfg = load_config("tiny", overrides=SMALL + ["optim.lr=1e30", "optim.warmup_steps=0", "run.steps=30",
+                                                 "run.ckpt_every=30", "run.max_bad_steps=3"])
+    with pytest.raises(RuntimeError, match="3 non-finite steps in a row"):
+        pretrain(cfg, str(shards), tmp_path / "run")
+    rows = read_metrics(tmp_path / "run")
+    assert [r["skipped"] for r in rows[-3:]] == [1.0, 1.0, 1.0] and len(rows) < 30
+
+
+def run_cli(args: list[str], **kwargs) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([TRAINER, "pretrain", *args], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True, **kwargs)
+
+
+def test_kill_9_then_resume_replays_the_uninterrupted_losses(shards, tmp_path):
+    common = ["--shards", str(shards), "--preset", "tiny", "--device", "cpu", "--steps", "14", "--workers", "1"]
+    common += [f"--set={item}" for item in SMALL + ["data.num_workers=1", "run.ckpt_every=5", "run.val_every=1000"]]
+    reference = run_cli([*common, "--run", str(tmp_path / "reference")])
+
+    killed_run = tmp_path / "killed"
+    victim = run_cli([*common, "--run", str(killed_run)])
+    deadline = time.time() + 120
+    while time.time() < deadline and victim.poll() is None:
+        rows = read_metrics(killed_run) if (killed_run / "metrics.jsonl").exists() else []
+        if rows and rows[-1]["step"] >= 7:  # past the checkpoint at step 5, before the one at 10
+            victim.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.02)
+    assert victim.wait(timeout=60) == -signal.SIGKILL, victim.stderr.read()
+    assert (killed_run / "checkpoints" / "last").read_text().strip() == "step-0000005"
+
+    resumed = run_cli([*common, "--run", str(killed_run), "--resume"])
+    assert resumed.wait(timeout=300) == 0, resumed.stderr.read()
+    assert reference.wait(timeout=300) == 0, reference.stderr.read()
+
+    expected = {r["step"]: r for r in read_metrics(tmp_path / "reference")}
+    got = read_metrics(killed_run)
+    assert [r["step"] for r in got] == list(range(1, 15))  # the killed run's steps 6..7+ were replaced
+    for row in got:
+        for key in ("loss", "masked_l1", "nsp_bce", "grad_norm", "lr"):
+            assert row[key] == expected[row["step"]][key], (row["step"], key)
+
+
+def test_resume_without_a_checkpoint_and_bad_sources_are_one_line_errors(shards, tmp_path):
+    with pytest.raises(ValueError, match="no checkpoint to continue from"):
+        resolve_run(tmp_path / "fresh", "tiny", None, resume=True)
+    runner = CliRunner()
+    result = runner.invoke(trainer_cli, ["pretrain", "--shards", str(tmp_path / "missing"), "--run",
+                                         str(tmp_path / "r"), "--steps", "1"])
+    assert result.exit_code != 0 and "missing" in result.output
+    result = runner.invoke(trainer_cli, ["evaluate", "--checkpoint", str(tmp_path), "--shards", str(shards)])
+    assert result.exit_code != 0 and "no checkpoint found" in result.output
+    result = runner.invoke(trainer_cli, ["pretrain", "--shards", str(shards), "--set", "run.stepz=1",
+                                         "--run", str(tmp_path / "r2")])
+    assert result.exit_code != 0 and "stepz" in result.output
+    assert "Traceback" not in result.output

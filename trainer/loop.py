@@ -1,0 +1,261 @@
+"""`trainer pretrain`: the training loop, nanoGPT-style, readable top to bottom.
+
+Single process:  trainer pretrain --shards shards/ --preset tiny
+DDP:             torchrun --nproc-per-node=N $(which trainer) pretrain ...   (NCCL on CUDA, gloo on CPU)
+
+Resume and reproducibility. All randomness of training restarts at every checkpoint boundary (every
+`run.ckpt_every` steps, in an uninterrupted run too) from seeds derived from (seed, step, rank): the
+training data stream (`train_loader(seed=derive_seed(seed, step))`), the corruption generator and
+torch's global RNG. The checkpoint therefore needs no per-rank RNG or loader position: its step is
+the data position. A run killed at any instant and resumed replays exactly the batches, corruptions
+and updates of an uninterrupted run after the last checkpoint:
+  - exact (bit for bit) on CPU with the same num_workers and world size, as torch CPU kernels are
+    deterministic for a fixed thread count;
+  - on CUDA the same batches and corruptions, but non-deterministic kernels (atomics in backward)
+    make losses drift at the level of float rounding (~1e-6 relative per step, growing slowly);
+  - with a different num_workers or world size the stream is a different (equally valid) shuffle.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from trainer.baselines import masked_l1
+from trainer.checkpoint import latest_checkpoint, load_checkpoint, read_checkpoint_config, save_checkpoint
+from trainer.config import LossConfig, OptimConfig, TrainConfig, load_config, save_config
+from trainer.corrupt import Corrupted, corrupt_batch
+from trainer.evaluate import autocast_for, evaluate, format_table
+from trainer.logs import NullLog, RunLog, spectrogram_grid
+
+
+def pick_device(name: str = "auto", local_rank: int = 0) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(name)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", local_rank)
+    return device
+
+
+def derive_seed(*parts: int) -> int:
+    """A well-mixed 31-bit seed from integers (seed, step, rank, purpose)."""
+    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0] & 0x7FFFFFFF)
+
+
+def lr_schedule(optim: OptimConfig, total_steps: int):
+    """LambdaLR factor for optimiser step `step` (0-based): linear warmup, then cosine/linear decay to min_lr_ratio."""
+    warmup = optim.warmup_steps
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
+        shape = 0.5 * (1.0 + math.cos(math.pi * progress)) if optim.decay == "cosine" else 1.0 - progress
+        return optim.min_lr_ratio + (1.0 - optim.min_lr_ratio) * shape
+
+    return factor
+
+
+def make_optimizer(model: torch.nn.Module, optim: OptimConfig, device: torch.device) -> torch.optim.AdamW:
+    """AdamW; weight decay only on matrices and kernels (not biases, norms, scalars), as in GPT-2/nanoGPT."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for p in params if p.dim() >= 2], "weight_decay": optim.weight_decay},
+        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(groups, lr=optim.lr, betas=optim.betas, fused=device.type == "cuda")
+
+
+def compute_loss(mask: torch.Tensor, nsp_logit: torch.Tensor, corrupted: Corrupted, loss_cfg: LossConfig,
+                 nsp: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
+    """Masked-token L1 of mask * corrupted vs target (+ all-frames L1) + NSP BCE, in float32."""
+    reconstruction = mask.float() * corrupted.input
+    masked = masked_l1(reconstruction, corrupted.target, corrupted.selected)
+    all_frames = (reconstruction - corrupted.target).abs().mean()
+    logit = nsp_logit.float()
+    bce = F.binary_cross_entropy_with_logits(logit, corrupted.nsp_label)
+    total = masked + loss_cfg.all_frames_weight * all_frames + (loss_cfg.nsp_weight * bce if nsp else 0.0)
+    accuracy = ((logit > 0).float() == corrupted.nsp_label).float().mean()
+    parts = {"loss": total, "masked_l1": masked, "all_frames_l1": all_frames, "nsp_bce": bce, "nsp_accuracy": accuracy}
+    return total, parts, reconstruction
+
+
+def resolve_run(run_dir: str | os.PathLike, preset: str | None, config_file: str | None,
+                overrides: list[str] | tuple[str, ...] = (), resume: bool = False) -> tuple[TrainConfig, Path | None]:
+    """The config and the checkpoint to continue from: an existing run continues with its saved config
+    (plus overrides, e.g. more steps); a new run starts from the preset or config file."""
+    checkpoint = latest_checkpoint(Path(run_dir) / "checkpoints")
+    if checkpoint is None:
+        if resume:
+            raise ValueError(f"{run_dir}: --resume given but there is no checkpoint to continue from")
+        return load_config(preset, config_file, overrides), None
+    if preset or config_file:
+        print(f"{run_dir}: continuing from {checkpoint.name} with the run's saved config; "
+              f"--preset/--config ignored (use --set to change values)", file=sys.stderr)
+    return load_config(base=read_checkpoint_config(checkpoint), overrides=overrides), checkpoint
+
+
+def default_val_shards(shards: str) -> str | None:
+    """A local shard directory with a val index validates on it; other sources need --val-shards."""
+    from pipeline.format import index_name
+
+    path = Path(shards)
+    return shards if path.is_dir() and (path / index_name("val")).is_file() else None
+
+
+def pretrain(cfg: TrainConfig, shards: str, run_dir: str | os.PathLike, val_shards: str | None = None,
+             checkpoint: Path | None = None, device: str = "auto") -> dict:
+    """Train until cfg.run.steps; returns the final training metrics (rank 0) or {} (other ranks)."""
+    from trainer.data import eval_loader, train_loader
+    from trainer.model import build_model
+
+    run_dir = Path(run_dir)
+    ckpt_dir = run_dir / "checkpoints"
+
+    # --- processes and device -------------------------------------------------------------
+    ddp = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    dev = pick_device(device, local_rank)
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    if ddp:
+        dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
+    rank, world = (dist.get_rank(), dist.get_world_size()) if ddp else (0, 1)
+    is_main = rank == 0
+
+    # --- model, optimiser, schedule, state ------------------------------------------------
+    torch.manual_seed(derive_seed(cfg.run.seed, 0, 0, 0))  # identical initial weights on every rank
+    raw_model = build_model(cfg.model).to(dev)
+    optimizer = make_optimizer(raw_model, cfg.optim, dev)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_schedule(cfg.optim, cfg.run.steps))
+    start_step = 0
+    if checkpoint is not None:
+        meta = load_checkpoint(checkpoint, raw_model, optimizer, scheduler, device=dev)
+        start_step = int(meta["step"])
+    model = torch.compile(raw_model) if cfg.run.compile else raw_model
+    if ddp:
+        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None)
+
+    log = RunLog(run_dir, start_step) if is_main else NullLog()
+    if is_main:
+        save_config(cfg, run_dir / "config.yaml")
+        n_params = sum(p.numel() for p in raw_model.parameters())
+        log.text("config", f"```\n{cfg.to_dict()}\n```\n{n_params:,} parameters, world size {world}, device {dev}")
+        origin = f"from {checkpoint}" if checkpoint else "from scratch"
+        print(f"{run_dir}: {n_params:,} parameters on {dev} x{world}, steps {start_step}->{cfg.run.steps} {origin}",
+              file=sys.stderr)
+
+    generator = torch.Generator(device=dev)
+    samples_per_step = cfg.data.batch_size * cfg.optim.accumulation * world
+    grad_clip = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf")
+    step, bad_steps, stream, last_parts = start_step, 0, None, {}
+    val_result = None
+    progress = tqdm(total=cfg.run.steps, initial=start_step, disable=not is_main, dynamic_ncols=True, unit="step")
+    model.train()
+
+    # --- the loop -------------------------------------------------------------------------
+    try:
+        while step < cfg.run.steps:
+            if stream is None:  # at the start and after every checkpoint: reseed everything from (seed, step)
+                torch.manual_seed(derive_seed(cfg.run.seed, step, rank, 1))
+                generator.manual_seed(derive_seed(cfg.run.seed, step, rank, 2))
+                stream = iter(train_loader(shards, batch_size=cfg.data.batch_size, crop_frames=cfg.data.crop_frames,
+                                           num_workers=cfg.data.num_workers, seed=derive_seed(cfg.run.seed, step),
+                                           shuffle_buffer=cfg.data.shuffle_buffer))
+
+            step_start, data_wait = time.perf_counter(), 0.0
+            sums = None
+            for micro in range(cfg.optim.accumulation):
+                wait_start = time.perf_counter()
+                batch = next(stream)
+                clean = batch["spec"].to(dev, non_blocking=True)
+                group = batch["group"].to(dev, non_blocking=True)
+                data_wait += time.perf_counter() - wait_start
+                corrupted = corrupt_batch(clean, group, cfg.corrupt, generator)
+                last_micro = micro == cfg.optim.accumulation - 1
+                sync = contextlib.nullcontext() if (not ddp or last_micro) else model.no_sync()
+                with sync:
+                    with autocast_for(dev):
+                        mask, nsp_logit = model(corrupted.input)
+                    loss, parts, reconstruction = compute_loss(mask, nsp_logit, corrupted, cfg.loss, cfg.corrupt.nsp)
+                    (loss / cfg.optim.accumulation).backward()
+                stacked = torch.stack([v.detach() for v in parts.values()])
+                sums = stacked if sums is None else sums + stacked
+
+            grad_norm = torch.nn.utils.clip_grad_norm_(raw_model.parameters(), grad_clip)
+            # Gradients are all-reduced, so every rank sees the same norm and takes the same branch.
+            finite = bool(torch.isfinite(grad_norm))
+            if finite:
+                optimizer.step()
+                bad_steps = 0
+            else:
+                bad_steps += 1
+                if is_main:
+                    tqdm.write(f"warning: step {step + 1}: non-finite gradient norm ({float(grad_norm)}), "
+                               f"update skipped ({bad_steps} in a row)", file=sys.stderr)
+            optimizer.zero_grad(set_to_none=True)
+            lr = scheduler.get_last_lr()[0]
+            scheduler.step()
+            step += 1
+
+            # --- metrics: every step to metrics.jsonl, every log_every to TensorBoard ---------
+            stats = torch.cat([sums / cfg.optim.accumulation, grad_norm.detach().float().reshape(1).to(sums.device)])
+            if ddp:
+                dist.all_reduce(stats)
+                stats /= world
+            if dev.type == "cuda":
+                torch.cuda.synchronize()
+            elapsed = time.perf_counter() - step_start
+            values = dict(zip(list(parts) + ["grad_norm"], stats.tolist()))
+            values.update(lr=lr, skipped=float(not finite), samples_per_s=samples_per_step / elapsed,
+                          data_wait=data_wait / elapsed)
+            last_parts = values
+            log.record(step, "train", values)
+            if step % cfg.run.log_every == 0:
+                log.scalars(step, "train", values)
+            if step % cfg.run.image_every == 0 and is_main:
+                log.image(step, "train/clean_corrupted_reconstruction",
+                          spectrogram_grid(corrupted.target[0], corrupted.input[0], reconstruction[0], corrupted.selected[0]))
+            progress.set_postfix(loss=f"{values['loss']:.4f}", lr=f"{lr:.2e}", refresh=False)
+            progress.update(1)
+            if bad_steps >= cfg.run.max_bad_steps:
+                raise RuntimeError(f"{bad_steps} non-finite steps in a row (run.max_bad_steps); stopping at step "
+                                   f"{step}, the last checkpoint in {ckpt_dir} is intact")
+
+            # --- validation (rank 0, bare model) and checkpoints ------------------------------
+            at_end = step == cfg.run.steps
+            if val_shards and is_main and (step % cfg.run.val_every == 0 or at_end):
+                with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
+                    loader = eval_loader(val_shards, batch_size=cfg.data.val_batch_size,
+                                         crop_frames=cfg.data.crop_frames, max_batches=cfg.run.val_batches)
+                    val_result = evaluate(raw_model, loader, cfg.corrupt, dev, cfg.loss)
+                log.record(step, "val", val_result.to_dict())
+                log.scalars(step, "val", val_result.to_dict())
+                tqdm.write(format_table(val_result, title=f"validation at step {step}"), file=sys.stderr)
+            if step % cfg.run.ckpt_every == 0 or at_end:
+                if is_main:
+                    val_loss = val_result.loss if (val_result is not None and (step % cfg.run.val_every == 0 or at_end)) else None
+                    save_checkpoint(ckpt_dir, step, raw_model, optimizer, scheduler, cfg.to_dict(),
+                                    meta={"seed": cfg.run.seed, "world_size": world,
+                                          "data": {"stream_seed": derive_seed(cfg.run.seed, step), "restart_step": step}},
+                                    val_loss=val_loss, keep_last=cfg.run.keep_last)
+                stream = None  # the next step starts a fresh stream seeded from (seed, step)
+    finally:
+        progress.close()
+        log.close()
+        if ddp:
+            dist.destroy_process_group()
+    return last_parts if is_main else {}

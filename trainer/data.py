@@ -17,11 +17,13 @@ skipped; the samples read before the error are kept.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
 import logging
 import random
+import tarfile
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass
@@ -32,14 +34,19 @@ import numpy as np
 import torch
 import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from webdataset.gopen import gopen
 from webdataset.shardlists import expand_urls
-from webdataset.tariterators import tarfile_samples
+from webdataset.tariterators import group_by_keys
 
 from pipeline.format import CHANNELS, META_KEY, SPEC_DTYPE, SPEC_KEY, ShardIndex, decode_meta, index_name, read_index
 
 log = logging.getLogger(__name__)
 
 DEFAULT_SHUFFLE_BUFFER = 64  # cropped float16 samples per worker: 64 x 2 MiB at the default sizes
+# tarfile's stream mode reads in 10 KiB records by default: ~400 Python-level reads and a join per
+# 4 MiB sample, which cost more than everything else the loader does. Read a MiB at a time instead
+# (only pipes, i.e. HTTP, are read as a stream; local shards are read one member at a time).
+TAR_READ_BYTES = 1 << 20
 
 
 # --- where the shards are -------------------------------------------------------------------
@@ -144,22 +151,31 @@ def crop_sample(sample: dict, crop_frames: int, rng: random.Random | None) -> Cr
     length = min(valid, crop_frames)
     slack = valid - length
     start = rng.randint(0, slack) if rng is not None else slack // 2
-    channels = [1, 0] if rng is not None and rng.random() < 0.5 else [0, 1]
+    swap = rng is not None and rng.random() < 0.5
     out = np.zeros((CHANNELS, spec.shape[1], crop_frames), dtype=SPEC_DTYPE)
-    out[:, :, :length] = spec[channels, :, start : start + length]
+    out[:, :, :length] = spec[::-1 if swap else 1, :, start : start + length]  # a view: one copy in all
     return Crop(out, track_group(meta.track_id), sample["__key__"])
+
+
+def _empty_batch(shape: tuple[int, ...]) -> torch.Tensor:
+    """A float32 tensor; in a loader worker, allocated in shared memory (as torch's default_collate
+    does), so that handing it to the main process copies nothing: `.share_memory_()` afterwards
+    would allocate and copy the whole batch again."""
+    if get_worker_info() is None:
+        return torch.empty(shape, dtype=torch.float32)
+    prototype = torch.empty(0, dtype=torch.float32)
+    storage = prototype._typed_storage()._new_shared(int(np.prod(shape)), device=prototype.device)
+    return prototype.new(storage).resize_(*shape)
 
 
 def collate(crops: list[Crop]) -> dict:
     """Stack crops into a float32 batch normalised per sample by its max (silence stays 0)."""
-    first = crops[0].spec
-    spec = torch.empty((len(crops), *first.shape), dtype=torch.float32)
-    if get_worker_info() is not None:
-        spec = spec.share_memory_()  # the batch crosses to the main process without another copy
+    spec = _empty_batch((len(crops), *crops[0].spec.shape))
     for row, crop in zip(spec, crops):
-        row.copy_(torch.from_numpy(crop.spec))
-    peak = spec.amax(dim=(1, 2, 3), keepdim=True).clamp_(min=torch.finfo(torch.float32).tiny)
-    spec.div_(peak)
+        half = torch.from_numpy(crop.spec)
+        # a 1-element float32 divisor promotes the division to float32: convert and scale in one pass
+        peak = half.amax().float().clamp_(min=torch.finfo(torch.float32).tiny).reshape(1)
+        torch.div(half, peak, out=row)
     return {
         "spec": spec,
         "group": torch.tensor([c.group for c in crops], dtype=torch.long),
@@ -181,24 +197,55 @@ class _ShardReader:
     def samples(self, urls: Iterator[str]) -> Iterator[dict]:
         for url in urls:
             read = 0
-
-            def skip_rest_of_shard(exc: Exception, url: str = url) -> bool:
-                if isinstance(exc, OSError) and exc.strerror:
-                    reason = exc.strerror
-                else:  # webdataset appends " @ <stream>" and the URL to the message; the URL is logged anyway
-                    reason = str(exc.args[0]).split(" @ ")[0] if exc.args else ""
+            try:
+                for sample in group_by_keys(_tar_members(url)):
+                    if SPEC_KEY not in sample or META_KEY not in sample:
+                        log.warning("skipping incomplete sample %s in shard %s", sample.get("__key__"), url)
+                        continue
+                    read += 1
+                    yield sample
+            except Exception as exc:  # whatever the shard or its transport did wrong, the stream goes on
+                reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
                 log.warning("skipping corrupt shard %s after %d samples: %s: %s", url, read, type(exc).__name__, reason)
-                return False  # stop reading this shard; the next one starts afresh
-
-            for sample in tarfile_samples([{"url": url}], handler=skip_rest_of_shard):
-                if SPEC_KEY not in sample or META_KEY not in sample:
-                    log.warning("skipping incomplete sample %s in shard %s", sample.get("__key__"), url)
-                    continue
-                read += 1
-                yield sample
             self.empty_in_a_row = self.empty_in_a_row + 1 if read == 0 else 0
             if self.max_empty_in_a_row is not None and self.empty_in_a_row >= self.max_empty_in_a_row:
                 raise RuntimeError(f"{self.empty_in_a_row} shards in a row gave no sample (last: {url}); giving up")
+
+
+def _tar_members(url: str) -> Iterator[dict]:
+    """The regular files of one tar (local path or any URL webdataset's gopen opens), in order."""
+    stream = gopen(url)
+    try:
+        yield from _regular_files(stream, url)
+    except Exception as exc:
+        try:
+            stream.close()
+        except Exception as transport_error:  # e.g. curl's exit status for an HTTP 404 says more than "empty file"
+            raise transport_error from exc
+        raise
+    except BaseException:  # the consumer stopped early (GeneratorExit): close quietly
+        with contextlib.suppress(Exception):
+            stream.close()
+        raise
+    stream.close()  # a transfer that failed at the end surfaces here
+
+
+def _regular_files(stream, url: str) -> Iterator[dict]:
+    """A local file is read member by member with one read each; a pipe (HTTP) as a tar stream."""
+    seekable = getattr(stream, "seekable", lambda: False)()
+    mode = "r:" if seekable else "r|"
+    with tarfile.open(fileobj=stream, mode=mode, bufsize=TAR_READ_BYTES) as tar:
+        for info in tar:
+            if info.isreg():
+                if seekable:
+                    stream.seek(info.offset_data)
+                    data = stream.read(info.size)
+                    if len(data) != info.size:
+                        raise tarfile.ReadError(f"unexpected end of data in {info.name}")
+                else:
+                    data = tar.extractfile(info).read()
+                yield {"fname": info.name, "data": data, "__url__": url}
+            tar.members = []  # tarfile would otherwise keep every header of the shard
 
 
 def _resampled(shards: list[str], rng: random.Random) -> Iterator[str]:
@@ -271,6 +318,7 @@ def train_loader(src, *, batch_size: int, crop_frames: int, num_workers: int, se
     `rank`/`world_size` default to the torch.distributed process group (0 / 1 without one).
     The same (seed, num_workers, rank, world_size) gives the same stream of batches.
     """
+    _check_sizes(batch_size, crop_frames)
     rank, world_size = _rank_and_world(rank, world_size)
     stream = TrainStream(resolve_shards(src, split), batch_size=batch_size, crop_frames=crop_frames, seed=seed,
                          rank=rank, world_size=world_size, shuffle_buffer=shuffle_buffer)
@@ -282,9 +330,15 @@ def eval_loader(src, *, batch_size: int, crop_frames: int, max_batches: int | No
 
     Every rank gets the same batches; the last batch may be smaller than `batch_size`.
     """
+    _check_sizes(batch_size, crop_frames)
     stream = EvalStream(resolve_shards(src, split), batch_size=batch_size, crop_frames=crop_frames,
                         max_batches=max_batches)
     return _loader(stream, num_workers=0)
+
+
+def _check_sizes(batch_size: int, crop_frames: int) -> None:
+    if batch_size < 1 or crop_frames < 1:
+        raise ValueError(f"batch_size ({batch_size}) and crop_frames ({crop_frames}) must be >= 1")
 
 
 def _loader(stream: IterableDataset, num_workers: int) -> DataLoader:

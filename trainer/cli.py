@@ -50,7 +50,7 @@ def pretrain(shards, val_shards, preset, config_file, run_dir, steps, batch_size
 
     \b
     trainer pretrain --shards shards/ --preset tiny --run runs/demo
-    torchrun --nproc-per-node=2 $(which trainer) pretrain --shards shards/ --preset small
+    torchrun --standalone --nproc-per-node=2 -- $(which trainer) pretrain --shards shards/ --preset small
     """
     from pathlib import Path
 

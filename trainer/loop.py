@@ -1,7 +1,8 @@
 """`trainer pretrain`: the training loop, nanoGPT-style, readable top to bottom.
 
 Single process:  trainer pretrain --shards shards/ --preset tiny
-DDP:             torchrun --nproc-per-node=N $(which trainer) pretrain ...   (NCCL on CUDA, gloo on CPU)
+DDP:             torchrun --standalone --nproc-per-node=N -- $(which trainer) pretrain ...
+                 (NCCL on CUDA, gloo on CPU; the `--` stops torchrun from reading `--run` as its --run-path)
 
 Resume and reproducibility. All randomness of training restarts at every checkpoint boundary (every
 `run.ckpt_every` steps, in an uninterrupted run too) from seeds derived from (seed, step, rank): the

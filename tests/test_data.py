@@ -9,6 +9,7 @@ import random
 import socket
 import subprocess
 import sys
+import tarfile
 import time
 import urllib.request
 from pathlib import Path
@@ -223,21 +224,32 @@ def test_ranks_read_disjoint_shards(shard_dir):
         train_loader(str(shard_dir), batch_size=4, crop_frames=CROP, num_workers=0, seed=1, rank=2, world_size=2)
 
 
+def cut_inside(path: Path, member: int, part: str) -> None:
+    """Truncate a tar 100 bytes into the header or the data of its `member`-th file."""
+    with tarfile.open(path) as tar:
+        info = tar.getmembers()[member]
+    offset = info.offset if part == "header" else info.offset_data
+    path.write_bytes(path.read_bytes()[: offset + 100])
+
+
 def test_corrupt_shards_are_named_and_skipped(tmp_path, caplog):
-    good, truncated = write_shards(tmp_path, "train", 2)
-    data = truncated.read_bytes()
-    truncated.write_bytes(data[: len(data) // 2 + 100])  # cut inside a member
-    garbage = tmp_path / "train-000002.tar"
+    good, cut_in_data, cut_in_header = write_shards(tmp_path, "train", 3)
+    cut_inside(cut_in_data, 7, "data")  # 3 whole samples, then the 4th's spec.npy is cut
+    cut_inside(cut_in_header, 6, "header")  # 3 whole samples, then the 4th's first header is cut
+    garbage = tmp_path / "train-000003.tar"
     garbage.write_bytes(b"this is not a tar file" * 100)
-    missing = tmp_path / "train-000003.tar"
-    pattern = str(tmp_path / "train-{000000..000003}.tar")
+    missing = tmp_path / "train-000004.tar"
+    pattern = str(tmp_path / "train-{000000..000004}.tar")
     with caplog.at_level(logging.WARNING, logger="trainer.data"):
         batches = take(train_loader(pattern, batch_size=4, crop_frames=CROP, num_workers=0, seed=0), 30)
     keys = {key for batch in batches for key in batch["key"]}
-    assert {shard_of(k) for k in keys} == {"train0", "train1"}  # good shard, and the readable head of the truncated one
+    assert {shard_of(k) for k in keys} == {"train0", "train1", "train2"}  # good shard, heads of the cut ones
+    for cut in ("train1", "train2"):
+        assert {k for k in keys if shard_of(k) == cut} == {sample_key(f"{cut}t0", c) for c in range(3)}
     warned = caplog.text
-    for path in (truncated, garbage, missing):
+    for path in (cut_in_data, cut_in_header, garbage, missing):
         assert f"skipping corrupt shard {path}" in warned
+    assert "unexpected end of data" in warned and "No such file" in warned
     assert f"skipping corrupt shard {good}" not in warned
 
 

@@ -197,14 +197,14 @@ class _ShardReader:
     def samples(self, urls: Iterator[str]) -> Iterator[dict]:
         for url in urls:
             read = 0
-            try:
-                for sample in group_by_keys(_tar_members(url)):
-                    if SPEC_KEY not in sample or META_KEY not in sample:
-                        log.warning("skipping incomplete sample %s in shard %s", sample.get("__key__"), url)
-                        continue
-                    read += 1
-                    yield sample
-            except Exception as exc:  # whatever the shard or its transport did wrong, the stream goes on
+            failure: list[Exception] = []
+            for sample in group_by_keys(_tar_members(url, failure)):
+                if SPEC_KEY not in sample or META_KEY not in sample:
+                    log.warning("skipping incomplete sample %s in shard %s", sample.get("__key__"), url)
+                    continue
+                read += 1
+                yield sample
+            for exc in failure:
                 reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
                 log.warning("skipping corrupt shard %s after %d samples: %s: %s", url, read, type(exc).__name__, reason)
             self.empty_in_a_row = self.empty_in_a_row + 1 if read == 0 else 0
@@ -212,22 +212,35 @@ class _ShardReader:
                 raise RuntimeError(f"{self.empty_in_a_row} shards in a row gave no sample (last: {url}); giving up")
 
 
-def _tar_members(url: str) -> Iterator[dict]:
-    """The regular files of one tar (local path or any URL webdataset's gopen opens), in order."""
-    stream = gopen(url)
+def _tar_members(url: str, failure: list[Exception]) -> Iterator[dict]:
+    """The regular files of one tar (local path or any URL webdataset's gopen opens), in order.
+
+    A read error ends the shard quietly and is appended to `failure`, so that the sample completed
+    just before it still comes out of webdataset's key grouping (which drops it on an exception).
+    """
+    stream = None
     try:
+        stream = gopen(url)
         yield from _regular_files(stream, url)
+        stream.close()  # a transfer that failed at the end (curl's exit status) surfaces here
     except Exception as exc:
-        try:
-            stream.close()
-        except Exception as transport_error:  # e.g. curl's exit status for an HTTP 404 says more than "empty file"
-            raise transport_error from exc
-        raise
+        failure.append(_transport_error(stream) or exc)
     except BaseException:  # the consumer stopped early (GeneratorExit): close quietly
-        with contextlib.suppress(Exception):
-            stream.close()
+        if stream is not None:
+            with contextlib.suppress(Exception):
+                stream.close()
         raise
-    stream.close()  # a transfer that failed at the end surfaces here
+
+
+def _transport_error(stream) -> Exception | None:
+    """Close a stream after a read error; curl's exit status (e.g. an HTTP 404) says more than "empty file"."""
+    if stream is None:
+        return None
+    try:
+        stream.close()
+    except Exception as exc:
+        return exc
+    return None
 
 
 def _regular_files(stream, url: str) -> Iterator[dict]:
@@ -246,6 +259,11 @@ def _regular_files(stream, url: str) -> Iterator[dict]:
                     data = tar.extractfile(info).read()
                 yield {"fname": info.name, "data": data, "__url__": url}
             tar.members = []  # tarfile would otherwise keep every header of the shard
+        if seekable:
+            # tarfile takes a cut or garbled header after the first member for the end of the archive
+            stream.seek(tar.offset)
+            if stream.read(tarfile.BLOCKSIZE) != bytes(tarfile.BLOCKSIZE):
+                raise tarfile.ReadError(f"no end-of-archive marker at byte {tar.offset}: truncated or damaged")
 
 
 def _resampled(shards: list[str], rng: random.Random) -> Iterator[str]:

@@ -1,8 +1,8 @@
 """Chunked STFT magnitude of a streamed track, cut into fixed-size float16 clips.
 
 The framing is the one pinned in `format.STFTParams` (centred, zero padded, 1 + N // hop frames,
-periodic Hann, Nyquist dropped, |X| unnormalised). The streaming version keeps the last
-`n_fft - hop` (or fewer) samples of each chunk to finish the frames that straddle the boundary,
+periodic Hann, Nyquist dropped, |X| unnormalised). The streaming version keeps the samples
+from the next unfinished frame on (fewer than n_fft) to finish the frames that straddle a boundary,
 so its frames are exactly the frames of the whole-track STFT, and memory is one chunk plus one
 clip whatever the track length.
 
@@ -16,6 +16,7 @@ process next to it.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 from dataclasses import dataclass
 from typing import Iterable, Iterator
@@ -81,20 +82,28 @@ def stft_frame_blocks(chunks: Iterable[np.ndarray], stft: fmt.STFTParams) -> Ite
     """Consecutive float32 `[2, bins, k]` blocks of STFT frames, k >= 0, as each chunk completes them."""
     window = _window(stft)
     half = stft.n_fft // 2
-    # Samples not yet covered by a finished frame, starting with the left "centre" padding.
+    # Samples from the start of the next frame on, beginning with the left "centre" padding; the
+    # right padding goes through the same path as one last chunk.
     pending = np.zeros((fmt.CHANNELS, half), dtype=np.float32)
-    for chunk in chunks:
-        if chunk.ndim != 2 or chunk.shape[1] != fmt.CHANNELS:
-            raise ValueError(f"chunks must be [n, {fmt.CHANNELS}], got {chunk.shape}")
-        pending = np.concatenate([pending, chunk.T.astype(np.float32, copy=False)], axis=1)
+    skip = 0  # samples still to drop before the next frame starts (only when hop > n_fft)
+    for chunk in itertools.chain(_channels_first(chunks), [np.zeros((fmt.CHANNELS, half), dtype=np.float32)]):
+        if skip:
+            dropped = min(skip, chunk.shape[1])
+            chunk, skip = chunk[:, dropped:], skip - dropped
+        pending = np.concatenate([pending, chunk], axis=1)
         frames = _frames_in(pending.shape[1], stft)
         if frames:
             yield _magnitude(pending, stft, window, frames)
-            pending = pending[:, frames * stft.hop:].copy()  # drop the chunk-sized buffer
-    tail = np.concatenate([pending, np.zeros((fmt.CHANNELS, half), dtype=np.float32)], axis=1)
-    frames = _frames_in(tail.shape[1], stft)
-    if frames:
-        yield _magnitude(tail, stft, window, frames)
+            next_start = frames * stft.hop
+            skip = max(0, next_start - pending.shape[1])
+            pending = pending[:, next_start:].copy()  # do not keep the chunk-sized buffer alive
+
+
+def _channels_first(chunks: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
+    for chunk in chunks:
+        if chunk.ndim != 2 or chunk.shape[1] != fmt.CHANNELS:
+            raise ValueError(f"chunks must be [n, {fmt.CHANNELS}], got {chunk.shape}")
+        yield chunk.T.astype(np.float32, copy=False)
 
 
 def cut_clips(frame_blocks: Iterable[np.ndarray], clip_frames: int) -> Iterator[Clip]:
@@ -135,8 +144,8 @@ def _frames_in(padded_samples: int, stft: fmt.STFTParams) -> int:
 def _window(stft: fmt.STFTParams) -> torch.Tensor:
     if stft.window != "hann":
         raise ValueError(f"unsupported STFT window {stft.window!r} (only 'hann')")
-    if stft.n_fft % 2 or not 0 < stft.hop <= stft.n_fft:
-        raise ValueError(f"need an even n_fft and 0 < hop <= n_fft, got n_fft={stft.n_fft} hop={stft.hop}")
+    if stft.n_fft < 2 or stft.n_fft % 2 or stft.hop < 1:
+        raise ValueError(f"need an even n_fft >= 2 and hop >= 1, got n_fft={stft.n_fft} hop={stft.hop}")
     with _one_torch_thread():
         return torch.hann_window(stft.n_fft, periodic=True, dtype=torch.float32)
 

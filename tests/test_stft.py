@@ -51,6 +51,15 @@ def test_chunked_stft_with_hop_not_dividing_n_fft(chunk):
     np.testing.assert_array_equal(chunked, stft_magnitude(signal, SMALL))
 
 
+@pytest.mark.parametrize("chunk", [1, 7, 16, 40, 41, 100])
+def test_chunked_stft_with_hop_longer_than_n_fft(chunk):
+    sparse = fmt.STFTParams(n_fft=16, hop=40)  # frames skip samples between them
+    signal = noise(40 * 25 + 13, seed=chunk)
+    chunked = chunked_magnitude(signal, sparse, chunk)
+    assert chunked.shape == (2, 8, 1 + len(signal) // 40)
+    np.testing.assert_array_equal(chunked, stft_magnitude(signal, sparse))
+
+
 def test_magnitude_is_unnormalised_and_channels_stay_apart():
     t = np.arange(8192) / 44100
     hz = 44100 / 2048 * 100  # exactly on bin 100
@@ -158,4 +167,6 @@ def test_unsupported_parameters_are_refused():
     with pytest.raises(ValueError, match="window"):
         stft_magnitude(noise(4096), fmt.STFTParams(window="hamming"))
     with pytest.raises(ValueError, match="hop"):
-        stft_magnitude(noise(4096), fmt.STFTParams(n_fft=64, hop=128))
+        stft_magnitude(noise(4096), fmt.STFTParams(n_fft=64, hop=0))
+    with pytest.raises(ValueError, match="n_fft"):
+        stft_magnitude(noise(4096), fmt.STFTParams(n_fft=63, hop=16))

@@ -53,6 +53,15 @@ def test_stereo_float_wav_comes_back_exactly_in_fixed_size_chunks(tmp_path):
     np.testing.assert_array_equal(np.concatenate(chunks), signal)
 
 
+@pytest.mark.parametrize("extension", sorted(synth.ENCODERS))
+def test_every_codec_the_collection_uses_decodes_to_its_duration(tmp_path, extension):
+    path = synth.write_track(tmp_path / f"song{extension}", seconds=1.0, seed=6)
+    decoded = decode_all(path, chunk_samples=3000)
+    assert decoded.shape[1] == 2 and decoded.dtype == np.float32
+    assert abs(len(decoded) - 44100) <= 2048  # lossy codecs may pad up to a frame
+    assert 0.1 < np.abs(decoded).max() < 1.5
+
+
 def test_mono_is_duplicated_at_full_level(tmp_path):
     mono = synth.synth_music(0.5, channels=1, seed=2)
     path = synth.encode(mono, 44100, tmp_path / "mono.wav", extra_args=FLOAT_WAV)

@@ -209,3 +209,35 @@ def test_missing_manifest_is_one_clear_line(tmp_path):
     result = run_cli("shard", "--manifests", str(tmp_path / "nowhere"), "--out", str(tmp_path / "out"))
     assert result.returncode != 0
     assert "tracks.jsonl: no manifest" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_progress_bar_shows_hours_realtime_and_eta(collection, tmp_path):
+    _, manifests, _ = collection
+    result = run_cli("shard", "--manifests", str(manifests), "--out", str(tmp_path / "out"), "--workers", "1",
+                     "--clip-frames", str(CLIP_FRAMES), "--shard-size", str(SHARD_BYTES))
+    assert result.returncode == 0, result.stderr
+    last = result.stderr.replace("\r", "\n").strip().splitlines()[-1]
+    assert "100%" in last and "h audio" in last and "x realtime" in last and "<" in last  # elapsed<ETA
+
+
+def test_a_second_run_on_the_same_folder_is_refused(collection, tmp_path):
+    import fcntl
+
+    _, manifests, _ = collection
+    out = tmp_path / "busy"
+    (out / ".state").mkdir(parents=True)
+    with open(out / ".state" / "lock", "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        with pytest.raises(ShardError, match="another `pipeline shard` is writing here"):
+            run_shard(manifests, out, OPTIONS, workers=1, progress=False)
+
+
+def test_manifest_without_usable_tracks_makes_no_shards(collection, tmp_path):
+    _, _, records = collection
+    manifests = tmp_path / "manifests"
+    fmt.write_jsonl_atomic(manifests / fmt.TRACKS_FILE, [r for r in records if r.duplicate_of])
+    summary = run_shard(manifests, tmp_path / "out", OPTIONS, progress=False)
+    assert summary.shards == 0 and not list((tmp_path / "out").glob("*.tar"))
+    (manifests / fmt.TRACKS_FILE).write_text("{not json\n")
+    with pytest.raises(ShardError, match=r"tracks.jsonl:1"):
+        run_shard(manifests, tmp_path / "out", OPTIONS, progress=False)

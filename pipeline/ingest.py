@@ -1,9 +1,12 @@
 """`pipeline ingest`: scan the drives, probe what is new or changed, write the manifests.
 
-Probing runs in threads, not processes: the work is an `ffprobe` child process per file plus a
-192 KiB read, both of which release the GIL, so threads keep every core busy with ffprobe while
-avoiding worker start-up and pickling. Measured on the 2-core machine (benchmarks/ingest_bench.py,
-"probe pool" rows): threads were as fast as joblib's process pool or faster, see benchmarks/README.md.
+Probing runs in threads, not processes. The work is an `ffprobe` child process per file plus a
+192 KiB read, both outside the GIL, so threads keep the cores as busy as processes would; in
+alternating rounds on the shared 2-core machine (benchmarks/ingest_bench.py, "probe pool" rows)
+neither won consistently (ratios from 0.96 to 1.39 either way, within the noise of other users'
+load). Threads win on everything else: no worker start-up (most re-ingests probe a handful of
+files), nothing to pickle, and each outcome arrives in this process, which appends it to the journal
+the moment it is known.
 """
 
 from __future__ import annotations
@@ -16,8 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline import format as fmt
-from pipeline.manifest import (ProbeJournal, build_records, failure_outcome, ignored_outcome,
-                               outcomes_from_manifest, track_outcome, write_manifest)
+from pipeline.manifest import (ProbeJournal, build_records, failure_outcome, forget_state, ignored_outcome,
+                               inputs_digest, outcomes_from_manifest, save_state, track_outcome,
+                               unchanged_counts, write_manifest)
 from pipeline.probe import ProbeError, probe_file
 from pipeline.scan import FoundFile, RootScan, scan_roots
 
@@ -52,7 +56,8 @@ def ingest(roots: list[str], manifests_dir: str | os.PathLike = "manifests", wor
 
     A root that cannot be read is reported on stderr and in `root_errors`; the others are ingested
     and the tracks previously recorded for that root are kept (an unplugged drive does not erase its
-    part of the collection). Only files whose (path, size, mtime) changed are probed."""
+    part of the collection). Only files whose (path, size, mtime) changed are probed, and when
+    nothing changed at all the manifests are left as they are (see manifest.py, "ingest state")."""
     start = time.perf_counter()
     if not 0.0 <= val_fraction <= 1.0:
         raise ValueError(f"val_fraction must be in [0, 1], got {val_fraction}")
@@ -65,7 +70,17 @@ def ingest(roots: list[str], manifests_dir: str | os.PathLike = "manifests", wor
             summary.root_errors[scan.root] = scan.error
             print(f"pipeline ingest: error: {scan.root}: {scan.error}", file=sys.stderr)
     found = [f for scan in scans for f in scan.files]
+    scan_failures = [f for scan in scans for f in scan.failures]
 
+    digest = None if summary.root_errors else inputs_digest(roots, found, scan_failures, val_fraction)
+    counts = digest and unchanged_counts(manifests_dir, digest)
+    if counts:
+        summary.files = summary.reused = counts["files"]
+        summary.tracks, summary.duplicates, summary.failures = counts["tracks"], counts["duplicates"], counts["failures"]
+        summary.seconds = time.perf_counter() - start
+        return summary
+
+    forget_state(manifests_dir)
     journal = ProbeJournal(manifests_dir)
     try:
         outcomes, pending = _reuse_outcomes(found, journal, manifests_dir)
@@ -74,7 +89,7 @@ def ingest(roots: list[str], manifests_dir: str | os.PathLike = "manifests", wor
         summary.probed = _probe_all(pending, journal, outcomes, workers or default_workers(),
                                     sys.stderr.isatty() if progress is None else progress)
         tracks, probe_failures = build_records(found, outcomes, val_fraction)
-        failures = [f for scan in scans for f in scan.failures] + probe_failures
+        failures = scan_failures + probe_failures
         write_manifest(manifests_dir, tracks, failures)
         seen = {f.path for f in found}
         if summary.probed or seen != journal.outcomes.keys():
@@ -86,6 +101,9 @@ def ingest(roots: list[str], manifests_dir: str | os.PathLike = "manifests", wor
     summary.tracks = len(tracks)
     summary.duplicates = sum(t.duplicate_of is not None for t in tracks)
     summary.failures = len(failures)
+    if digest:
+        save_state(manifests_dir, digest, {"files": summary.files, "tracks": summary.tracks,
+                                           "duplicates": summary.duplicates, "failures": summary.failures})
     summary.seconds = time.perf_counter() - start
     return summary
 

@@ -6,6 +6,12 @@ appended as one JSON line keyed by path + size + mtime and flushed at once, so a
 loses at most the line being written (a torn last line is ignored on load). At the end of a run the
 journal is rewritten, atomically, to exactly the files seen, which drops vanished ones. When the
 journal is missing, the previous tracks.jsonl serves as the cache for tracks.
+
+The ingest state (`DIR/.ingest-state.json`) makes an unchanged re-ingest stat-only: it holds a
+digest of everything the manifests are a function of (the scan: paths, roots, sizes, mtimes, link
+flags, scan failures; the options; this code) and the stat of the files written. When both still
+match, the manifests on disk are exactly what a rebuild would write, and nothing is read or
+rewritten.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from pipeline.format import FailureRecord, TrackRecord
 from pipeline.probe import ProbeResult
 
 JOURNAL_FILE = ".ingest-journal.jsonl"
+STATE_FILE = ".ingest-state.json"
 INGEST_STAGES = ("scan", "probe")
 
 # --- the probe journal ---------------------------------------------------------------------
@@ -118,7 +125,8 @@ _TRACK_NUMBER = re.compile(r"^\d{1,3}\s*[-._ ]\s*(?=\S)")
 
 def folder_names(path: str, root: str) -> tuple[str, str, str]:
     """(artist, album, title) from `root/.../Artist/Album/[CD1/]NN Title.ext`; "" above the root."""
-    parts = os.path.relpath(path, root).split(os.sep)
+    prefix = root.rstrip(os.sep) + os.sep
+    parts = (path[len(prefix):] if path.startswith(prefix) else os.path.relpath(path, root)).split(os.sep)
     stem = os.path.splitext(parts[-1])[0]
     title = _TRACK_NUMBER.sub("", stem, count=1) or stem
     folders = parts[:-1]
@@ -216,3 +224,60 @@ def write_manifest(manifests_dir: str | os.PathLike, tracks: list[TrackRecord],
     fmt.write_jsonl_atomic(manifests_dir / fmt.TRACKS_FILE, tracks)
     fmt.write_jsonl_atomic(manifests_dir / fmt.FAILURES_FILE,
                            sorted(failures + later, key=lambda f: (f.path, f.stage, f.reason)))
+
+
+# --- the unchanged-run shortcut ------------------------------------------------------------
+
+_CODE_FILES = ("format.py", "scan.py", "probe.py", "manifest.py", "ingest.py")
+
+
+def inputs_digest(roots: list[str], found: list, scan_failures: list[FailureRecord], val_fraction: float) -> str:
+    """Digest of everything the manifests are built from, given the journal they were built with."""
+    digest = hashlib.blake2b(digest_size=16)
+    here = Path(__file__).parent
+    for name in _CODE_FILES:
+        digest.update((here / name).read_bytes())
+    digest.update(repr((roots, val_fraction)).encode())
+    digest.update(repr(sorted((f.path, f.root, f.size, f.mtime, f.is_link) for f in found)).encode())
+    digest.update(repr(sorted((f.path, f.reason) for f in scan_failures)).encode())
+    return digest.hexdigest()
+
+
+def _stat_of(path: Path) -> list[int] | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return [st.st_size, st.st_mtime_ns, st.st_ino]
+
+
+def _written_files(manifests_dir: Path) -> dict[str, list[int] | None]:
+    return {name: _stat_of(manifests_dir / name) for name in (fmt.TRACKS_FILE, fmt.FAILURES_FILE, JOURNAL_FILE)}
+
+
+def unchanged_counts(manifests_dir: str | os.PathLike, digest: str) -> dict | None:
+    """The counts saved with the manifests if they are still exactly what `digest` would build."""
+    manifests_dir = Path(manifests_dir)
+    try:
+        state = json.loads((manifests_dir / STATE_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if state.get("inputs") != digest or state.get("files") != _written_files(manifests_dir):
+        return None
+    return state.get("counts")
+
+
+def save_state(manifests_dir: str | os.PathLike, digest: str, counts: dict) -> None:
+    manifests_dir = Path(manifests_dir)
+    state = {"inputs": digest, "files": _written_files(manifests_dir), "counts": counts}
+    tmp = manifests_dir / f"{STATE_FILE}.tmp-{os.getpid()}"
+    tmp.write_text(json.dumps(state), encoding="utf-8")
+    os.replace(tmp, manifests_dir / STATE_FILE)
+
+
+def forget_state(manifests_dir: str | os.PathLike) -> None:
+    """Called before anything is written: a run killed half-way must not look unchanged."""
+    try:
+        os.unlink(Path(manifests_dir) / STATE_FILE)
+    except FileNotFoundError:
+        pass

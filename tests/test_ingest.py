@@ -186,6 +186,29 @@ def test_incremental_runs_probe_only_what_changed(tmp_path, make_wav):
     assert manifest_bytes(m) == manifest_bytes(m)
 
 
+def test_unchanged_run_leaves_manifests_alone_and_any_change_rebuilds(tmp_path, make_wav):
+    root, m = tmp_path / "d", tmp_path / "m"
+    for i in range(4):
+        make_wav(root / f"Artist {i}" / f"Album {i}" / "t.wav")
+    ingest([str(root)], m, progress=False)
+    before = manifest_bytes(m)
+    stamp = (m / fmt.TRACKS_FILE).stat().st_mtime_ns
+    again = ingest([str(root)], m, progress=False)
+    assert (again.files, again.tracks, again.reused, again.probed) == (4, 4, 4, 0)
+    assert (m / fmt.TRACKS_FILE).stat().st_mtime_ns == stamp and manifest_bytes(m) == before
+
+    # Someone else touched the manifest: it is rebuilt, identically, without probing.
+    (m / fmt.TRACKS_FILE).write_text("")
+    assert ingest([str(root)], m, progress=False).probed == 0
+    assert manifest_bytes(m) == before
+    # Another option is another manifest.
+    ingest([str(root)], m, val_fraction=1.0, progress=False)
+    assert {t.split for t in fmt.read_tracks(m)} == {"val"}
+    # A new broken link is a new scan failure.
+    (root / "broken.mp3").symlink_to(root / "nowhere.mp3")
+    assert ingest([str(root)], m, val_fraction=1.0, progress=False).failures == 1
+
+
 def test_later_stage_failures_survive_reingest(tmp_path, make_wav):
     wav = make_wav(tmp_path / "d" / "a.wav")
     ingest([str(tmp_path / "d")], tmp_path / "m", progress=False)

@@ -108,16 +108,21 @@ def test_every_attention_has_its_own_q_k_v_convs():
     assert len({w.data_ptr() for w in weights}) == len(weights)
 
 
-def test_frame_encoder_mixes_bins_of_one_frame_only():
+def test_conv_path_never_mixes_frames():
+    """Without transformer blocks the U-Net is Nx1 convs only: frame t of the mask sees frame t alone."""
     torch.manual_seed(0)
-    encoder = FrameEncoder(2, 4, kernel=5, downsample=True).eval()
+    model = build_model(small_config(first_transformer_level=3)).eval()
     x = torch.rand(1, 2, 32, 9)
     moved = x.clone()
     moved[..., 4] += 1.0
     with torch.no_grad():
-        changed = (encoder(moved) - encoder(x)).abs().sum(dim=(0, 1, 2)) > 0
-    assert encoder(x).shape == (1, 4, 16, 9)
+        changed = (model(moved)[0] - model(x)[0]).abs().sum(dim=(0, 1, 2)) > 0
     assert changed.tolist() == [t == 4 for t in range(9)]
+
+
+def test_frame_encoder_halves_bins_only():
+    encoder = FrameEncoder(2, 4, kernel=5, downsample=True)
+    assert encoder(torch.rand(9, 2, 32)).shape == (9, 4, 16)
 
 
 def test_samples_do_not_interact_in_eval():

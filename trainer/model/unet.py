@@ -1,10 +1,14 @@
 """The U-Net frame transformer: a U-Net that down/upsamples only along frequency, with transformer
 blocks over frames at every level (SPEC section 4, the "Edit" paragraph of the original post).
 
-Shapes: feature maps are [B, C, F, T]; every frame (time step) is a token, so T is never resampled and
-any T >= 1 works. A transformer block sees one channel: a 1x1 "linear bottleneck" of the level's
-channels gives tokens [B, T, F_level]; the block's output frame is concatenated back as a new channel
-(dense, as in a DenseNet), so each level grows by one channel per block.
+Every frame (time step) is a token and T is never resampled, so any T >= 1 works. Since the Nx1
+convolutions never mix frames, the conv path keeps frames as the batch: feature maps are
+[B * T, C, F] and an Nx1 Conv2d on [B, C, F, T] is a Conv1d over F. That makes the per-frame norm a
+plain GroupNorm(1, C) and turns a level into transformer tokens [B, T, F] with a view, no transpose.
+
+A transformer block sees one channel: a 1x1 "linear bottleneck" of the level's channels gives tokens
+[B, T, F_level]; the block's output frame is concatenated back as a new channel (dense, as in a
+DenseNet), so each level grows by one channel per block.
 """
 
 from __future__ import annotations
@@ -17,28 +21,13 @@ from trainer.model.blocks import EvolvedDecoderBlock, EvolvedEncoderBlock
 from trainer.model.config import ModelConfig
 
 
-class FrameNorm(nn.Module):
-    """Normalise each frame over (channels, bins): no statistics cross frames or samples."""
-
-    def __init__(self, channels: int, eps: float = 1e-5):
-        super().__init__()
-        self.weight = nn.Parameter(torch.ones(channels, 1, 1))
-        self.bias = nn.Parameter(torch.zeros(channels, 1, 1))
-        self.eps = eps
-
-    def forward(self, x: Tensor) -> Tensor:
-        x32 = x.float()
-        var, mean = torch.var_mean(x32, dim=(1, 2), keepdim=True, correction=0)
-        return ((x32 - mean) * torch.rsqrt(var + self.eps) * self.weight + self.bias).to(x.dtype)
-
-
 class FrameConv(nn.Sequential):
-    """Nx1 convolution (mixes bins of one frame only), frame norm, GELU."""
+    """Nx1 convolution (bins of one frame only), norm over each frame's (channels, bins), GELU."""
 
     def __init__(self, channels_in: int, channels_out: int, kernel: int, stride: int = 1):
         super().__init__(
-            nn.Conv2d(channels_in, channels_out, (kernel, 1), stride=(stride, 1), padding=(kernel // 2, 0)),
-            FrameNorm(channels_out),
+            nn.Conv1d(channels_in, channels_out, kernel, stride=stride, padding=kernel // 2),
+            nn.GroupNorm(1, channels_out),
             nn.GELU(),
         )
 
@@ -64,18 +53,18 @@ class FrameDecoder(nn.Module):
         )
 
     def forward(self, x: Tensor, skip: Tensor) -> Tensor:
-        x = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False)
+        x = F.interpolate(x, size=skip.shape[-1], mode="linear", align_corners=False)
         return self.convs(torch.cat((x, skip), dim=1))
 
 
-def to_tokens(x: Tensor) -> Tensor:
-    """[B, 1, F, T] -> [B, T, F]."""
-    return x.squeeze(1).transpose(1, 2)
+def to_tokens(channel: Tensor, frames: int) -> Tensor:
+    """One channel [B * T, 1, F] -> tokens [B, T, F]."""
+    return channel.reshape(-1, frames, channel.shape[-1])
 
 
 def to_channel(tokens: Tensor) -> Tensor:
-    """[B, T, F] -> [B, 1, F, T]."""
-    return tokens.transpose(1, 2).unsqueeze(1)
+    """Tokens [B, T, F] -> one channel [B * T, 1, F]."""
+    return tokens.reshape(-1, 1, tokens.shape[-1])
 
 
 class DenseEncoderStack(nn.Module):
@@ -83,13 +72,13 @@ class DenseEncoderStack(nn.Module):
 
     def __init__(self, channels: int, bins: int, count: int, cfg: ModelConfig):
         super().__init__()
-        self.bottlenecks = nn.ModuleList(nn.Conv2d(channels + i, 1, 1) for i in range(count))
+        self.bottlenecks = nn.ModuleList(nn.Conv1d(channels + i, 1, 1) for i in range(count))
         self.blocks = nn.ModuleList(EvolvedEncoderBlock(bins, cfg) for _ in range(count))
         self.channels_out = channels + count
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, frames: int) -> Tensor:
         for bottleneck, block in zip(self.bottlenecks, self.blocks):
-            x = torch.cat((x, to_channel(block(to_tokens(bottleneck(x))))), dim=1)
+            x = torch.cat((x, to_channel(block(to_tokens(bottleneck(x), frames)))), dim=1)
         return x
 
 
@@ -98,14 +87,14 @@ class DenseDecoderStack(nn.Module):
 
     def __init__(self, channels: int, skip_channels: int, bins: int, count: int, cfg: ModelConfig):
         super().__init__()
-        self.bottlenecks = nn.ModuleList(nn.Conv2d(channels + i, 1, 1) for i in range(count))
-        self.memory_bottlenecks = nn.ModuleList(nn.Conv2d(skip_channels, 1, 1) for _ in range(count))
+        self.bottlenecks = nn.ModuleList(nn.Conv1d(channels + i, 1, 1) for i in range(count))
+        self.memory_bottlenecks = nn.ModuleList(nn.Conv1d(skip_channels, 1, 1) for _ in range(count))
         self.blocks = nn.ModuleList(EvolvedDecoderBlock(bins, cfg) for _ in range(count))
         self.channels_out = channels + count
 
-    def forward(self, x: Tensor, skip: Tensor) -> Tensor:
+    def forward(self, x: Tensor, skip: Tensor, frames: int) -> Tensor:
         for bottleneck, memory_bottleneck, block in zip(self.bottlenecks, self.memory_bottlenecks, self.blocks):
-            tokens = block(to_tokens(bottleneck(x)), to_tokens(memory_bottleneck(skip)))
+            tokens = block(to_tokens(bottleneck(x), frames), to_tokens(memory_bottleneck(skip), frames))
             x = torch.cat((x, to_channel(tokens)), dim=1)
         return x
 
@@ -118,9 +107,8 @@ class NextSentenceHead(nn.Module):
         self.frame_projection = nn.Linear(channels * bins, hidden)
         self.classifier = nn.Linear(2 * hidden, 1)
 
-    def forward(self, features: Tensor) -> Tensor:
-        frames = features.permute(0, 3, 1, 2).flatten(2)
-        hidden = F.gelu(self.frame_projection(frames))
+    def forward(self, features: Tensor, frames: int) -> Tensor:
+        hidden = F.gelu(self.frame_projection(features.reshape(-1, frames, features.shape[1] * features.shape[2])))
         pooled = torch.cat((hidden.mean(dim=1), hidden.amax(dim=1)), dim=-1)
         return self.classifier(pooled).squeeze(-1)
 
@@ -154,22 +142,24 @@ class FrameTransformerUNet(nn.Module):
                                                     cfg.channels[level - 1], kernel))
             channels = cfg.channels[level - 1]
 
-        self.mask_head = nn.Conv2d(channels, cfg.audio_channels, 1)
+        self.mask_head = nn.Conv1d(channels, cfg.audio_channels, 1)
         self.nsp_head = NextSentenceHead(skip_channels[depth], cfg.level_bins(depth), cfg.nsp_hidden)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         if x.dim() != 4 or x.shape[1] != self.cfg.audio_channels or x.shape[2] != self.cfg.bins:
             raise ValueError(f"expected input [B, {self.cfg.audio_channels}, {self.cfg.bins}, T], got {tuple(x.shape)}")
+        batch, channels, bins, frames = x.shape
+        h = x.permute(0, 3, 1, 2).reshape(batch * frames, channels, bins)
         skips = []
-        h = x
         for frame_encoder, stack in zip(self.frame_encoders, self.encoder_stacks):
-            h = stack(frame_encoder(h))
+            h = stack(frame_encoder(h), frames)
             skips.append(h)
-        nsp_logit = self.nsp_head(h)
+        nsp_logit = self.nsp_head(h, frames)
         for offset, (stack, frame_decoder) in enumerate(zip(self.decoder_stacks, self.frame_decoders)):
             level = self.cfg.num_downsamples - offset
-            h = frame_decoder(stack(h, skips[level]), skips[level - 1])
-        return torch.sigmoid(self.mask_head(h)), nsp_logit
+            h = frame_decoder(stack(h, skips[level], frames), skips[level - 1])
+        mask = torch.sigmoid(self.mask_head(h))
+        return mask.reshape(batch, frames, channels, bins).permute(0, 2, 3, 1).contiguous(), nsp_logit
 
 
 def build_model(cfg: ModelConfig) -> FrameTransformerUNet:

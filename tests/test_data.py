@@ -168,6 +168,13 @@ def test_collate_normalises_each_sample_by_its_max():
     assert batch["group"].dtype == torch.long and batch["key"][2] == sample_key("t2", 0)
 
 
+def test_collate_float16_matches_float32_to_half_precision():
+    crops = [crop_sample(sample(f"t{i}", 0, valid=30 + i), CROP, None) for i in range(2)]
+    wide, narrow = collate(crops)["spec"], collate(crops, dtype=torch.float16)["spec"]
+    assert narrow.dtype == torch.float16 and torch.equal(narrow.amax(dim=(1, 2, 3)), torch.ones(2, dtype=torch.float16))
+    assert torch.allclose(narrow.float(), wide, rtol=1e-3, atol=0)
+
+
 def test_track_group_is_stable_and_distinguishes_tracks():
     assert track_group("abc") == track_group("abc") != track_group("abd")
     assert 0 <= track_group("abc") < 2**63

@@ -3,7 +3,8 @@
 Only cheap CPU work happens here; every corruption runs later on the training device
 (trainer/corrupt.py). A batch is a dict:
 
-    spec   FloatTensor [B, 2, F, crop_frames], each sample divided by its crop's max (so in [0, 1])
+    spec   FloatTensor [B, 2, F, crop_frames], each sample divided by its crop's max (so in [0, 1]);
+           float32 unless the loader is asked for float16
     group  LongTensor [B], a stable integer per track (NSP partners must differ in it)
     key    list[str], the webdataset sample keys
 
@@ -18,6 +19,7 @@ skipped; the samples read before the error are kept.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import io
 import json
@@ -157,24 +159,24 @@ def crop_sample(sample: dict, crop_frames: int, rng: random.Random | None) -> Cr
     return Crop(out, track_group(meta.track_id), sample["__key__"])
 
 
-def _empty_batch(shape: tuple[int, ...]) -> torch.Tensor:
-    """A float32 tensor; in a loader worker, allocated in shared memory (as torch's default_collate
+def _empty_batch(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    """An empty tensor; in a loader worker, allocated in shared memory (as torch's default_collate
     does), so that handing it to the main process copies nothing: `.share_memory_()` afterwards
     would allocate and copy the whole batch again."""
     if get_worker_info() is None:
-        return torch.empty(shape, dtype=torch.float32)
-    prototype = torch.empty(0, dtype=torch.float32)
+        return torch.empty(shape, dtype=dtype)
+    prototype = torch.empty(0, dtype=dtype)
     storage = prototype._typed_storage()._new_shared(int(np.prod(shape)), device=prototype.device)
     return prototype.new(storage).resize_(*shape)
 
 
-def collate(crops: list[Crop]) -> dict:
-    """Stack crops into a float32 batch normalised per sample by its max (silence stays 0)."""
-    spec = _empty_batch((len(crops), *crops[0].spec.shape))
+def collate(crops: list[Crop], dtype: torch.dtype = torch.float32) -> dict:
+    """Stack crops into a `dtype` batch normalised per sample by its max (silence stays 0)."""
+    spec = _empty_batch((len(crops), *crops[0].spec.shape), dtype)
     for row, crop in zip(spec, crops):
         half = torch.from_numpy(crop.spec)
-        # a 1-element float32 divisor promotes the division to float32: convert and scale in one pass
-        peak = half.amax().float().clamp_(min=torch.finfo(torch.float32).tiny).reshape(1)
+        # a 1-element divisor of the output dtype sets the division's dtype: convert and scale in one pass
+        peak = half.amax().float().clamp_(min=torch.finfo(dtype).tiny).reshape(1).to(dtype)
         torch.div(half, peak, out=row)
     return {
         "spec": spec,
@@ -294,10 +296,10 @@ class TrainStream(IterableDataset):
     """Infinite shuffled batches for one rank; each DataLoader worker draws its own random stream."""
 
     def __init__(self, shards: list[str], *, batch_size: int, crop_frames: int, seed: int, rank: int,
-                 world_size: int, shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER):
+                 world_size: int, shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER, dtype: torch.dtype = torch.float32):
         super().__init__()
         self.shards = shards[rank::world_size] if len(shards) >= world_size else list(shards)
-        self.batch_size, self.crop_frames = batch_size, crop_frames
+        self.batch_size, self.crop_frames, self.dtype = batch_size, crop_frames, dtype
         self.seed, self.rank, self.shuffle_buffer = seed, rank, shuffle_buffer
 
     def __iter__(self) -> Iterator[dict]:
@@ -307,19 +309,23 @@ class TrainStream(IterableDataset):
         reader = _ShardReader(max_empty_in_a_row=4 * len(self.shards) + 16)
         crops = _crops(reader.samples(_resampled(self.shards, rng)), self.crop_frames, rng)
         shuffled = wds.filters.shuffle(self.shuffle_buffer, self.shuffle_buffer, rng=rng)(crops)
-        return wds.filters.batched(self.batch_size, collation_fn=collate, partial=False)(shuffled)
+        batch = functools.partial(collate, dtype=self.dtype)
+        return wds.filters.batched(self.batch_size, collation_fn=batch, partial=False)(shuffled)
 
 
 class EvalStream(IterableDataset):
     """The shards in order, centred crops, no swap: the same batches every time."""
 
-    def __init__(self, shards: list[str], *, batch_size: int, crop_frames: int, max_batches: int | None):
+    def __init__(self, shards: list[str], *, batch_size: int, crop_frames: int, max_batches: int | None,
+                 dtype: torch.dtype = torch.float32):
         super().__init__()
         self.shards, self.batch_size, self.crop_frames, self.max_batches = shards, batch_size, crop_frames, max_batches
+        self.dtype = dtype
 
     def __iter__(self) -> Iterator[dict]:
         reader = _ShardReader(max_empty_in_a_row=None)
-        batches = wds.filters.batched(self.batch_size, collation_fn=collate, partial=True)(
+        batch = functools.partial(collate, dtype=self.dtype)
+        batches = wds.filters.batched(self.batch_size, collation_fn=batch, partial=True)(
             _crops(reader.samples(iter(self.shards)), self.crop_frames, None)
         )
         for number, batch in enumerate(batches):
@@ -330,27 +336,30 @@ class EvalStream(IterableDataset):
 
 def train_loader(src, *, batch_size: int, crop_frames: int, num_workers: int, seed: int, split: str = "train",
                  rank: int | None = None, world_size: int | None = None,
-                 shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER) -> DataLoader:
+                 shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER, dtype: torch.dtype = torch.float32) -> DataLoader:
     """Infinite, shuffled, resampled training batches (see the module docstring).
 
     `rank`/`world_size` default to the torch.distributed process group (0 / 1 without one).
     The same (seed, num_workers, rank, world_size) gives the same stream of batches.
+    `dtype=torch.float16` halves the loader's CPU cost and the host-to-device copy (see
+    benchmarks/README.md); convert on the device then.
     """
     _check_sizes(batch_size, crop_frames)
     rank, world_size = _rank_and_world(rank, world_size)
     stream = TrainStream(resolve_shards(src, split), batch_size=batch_size, crop_frames=crop_frames, seed=seed,
-                         rank=rank, world_size=world_size, shuffle_buffer=shuffle_buffer)
+                         rank=rank, world_size=world_size, shuffle_buffer=shuffle_buffer, dtype=dtype)
     return _loader(stream, num_workers)
 
 
-def eval_loader(src, *, batch_size: int, crop_frames: int, max_batches: int | None, split: str = "val") -> DataLoader:
+def eval_loader(src, *, batch_size: int, crop_frames: int, max_batches: int | None, split: str = "val",
+                dtype: torch.dtype = torch.float32) -> DataLoader:
     """At most `max_batches` batches (None: one pass) in shard order, the same every call.
 
     Every rank gets the same batches; the last batch may be smaller than `batch_size`.
     """
     _check_sizes(batch_size, crop_frames)
     stream = EvalStream(resolve_shards(src, split), batch_size=batch_size, crop_frames=crop_frames,
-                        max_batches=max_batches)
+                        max_batches=max_batches, dtype=dtype)
     return _loader(stream, num_workers=0)
 
 

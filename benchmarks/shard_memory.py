@@ -1,17 +1,18 @@
-"""Peak memory and speed of one shard worker's decode + STFT, for a 10-minute and a 3-hour track.
+"""Peak memory and speed of one shard worker's decode + STFT, for short and very long tracks.
 
     .venv/bin/python benchmarks/shard_memory.py            # the table for benchmarks/README.md
     .venv/bin/python benchmarks/shard_memory.py --fft-only # torch vs numpy FFT on one chunk
 
 Each track is processed by a separate worker process (this script re-run with `--worker`) that
 pulls every clip out of `pipeline.stft.track_clips` and drops it, like a shard worker that writes
-each clip out and forgets it. Its peak RSS comes from `os.wait4` (the largest of the worker and
-its ffmpeg child); the worker also reports its own peak and ffmpeg's separately. The goal is
+each clip out and forgets it. Peak RSS is the kernel's VmHWM of the worker and (polled) of its
+ffmpeg child; `os.wait4`'s figure for the whole tree is printed as a cross-check. The goal is
 <= 400 MB and flat in track length. A worker that only imports the pipeline is the baseline.
+FLAC and WAV tracks run twice: as `track_clips` reads them (libsndfile) and forced through ffmpeg.
 
-The long tracks are built without holding audio in this process: 60 s of synthetic music is
-encoded to MP3 once per seed and the 10-minute and 3-hour files are stream-copied concatenations
-of those (ffmpeg concat demuxer, `-c copy`).
+The tracks are built without holding audio in any Python process: 60 s of synthetic music is
+encoded to MP3 once per seed, the long MP3s are stream-copied concatenations of those (ffmpeg
+concat demuxer, `-c copy`), and FLAC/WAV tracks are ffmpeg transcodes of the MP3 of that length.
 """
 
 from __future__ import annotations
@@ -31,7 +32,15 @@ SEGMENT_SECONDS = 60
 SEGMENT_SEEDS = (1, 2, 3)
 
 
-def build_track(workdir: Path, minutes: int) -> Path:
+def build_track(workdir: Path, codec: str, minutes: int) -> Path:
+    target = workdir / f"track-{minutes}min.{codec}"
+    if target.exists():
+        return target
+    if codec != "mp3":
+        source = build_track(workdir, "mp3", minutes)
+        subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-y", "-i", str(source),
+                        "-c:a", "flac" if codec == "flac" else "pcm_s16le", str(target)], check=True)
+        return target
     from pipeline import synth
 
     segments = []
@@ -40,9 +49,6 @@ def build_track(workdir: Path, minutes: int) -> Path:
         if not segment.exists():
             synth.write_track(segment, seconds=SEGMENT_SECONDS, seed=seed)
         segments.append(segment)
-    target = workdir / f"track-{minutes}min.mp3"
-    if target.exists():
-        return target
     playlist = workdir / f"track-{minutes}min.txt"
     repeats = minutes * 60 // SEGMENT_SECONDS
     playlist.write_text("".join(f"file '{segments[i % len(segments)]}'\n" for i in range(repeats)))
@@ -51,11 +57,13 @@ def build_track(workdir: Path, minutes: int) -> Path:
     return target
 
 
-def run_worker(path: Path | None, chunk_samples: int | None) -> dict:
+def run_worker(path: Path | None, chunk_samples: int | None, ffmpeg_only: bool = False) -> dict:
     """Run this script as a worker process; returns its report plus the wait4 peak of its process tree."""
     args = [sys.executable, __file__, "--worker", str(path) if path else "-"]
     if chunk_samples:
         args += ["--chunk-samples", str(chunk_samples)]
+    if ffmpeg_only:
+        args.append("--ffmpeg-only")
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, text=True)
     report_line = proc.stdout.read()
     _, status, usage = os.wait4(proc.pid, 0)
@@ -105,18 +113,24 @@ class ChildPeakWatcher(threading.Thread):
         return children
 
 
-def worker(path: str, chunk_samples: int | None) -> None:
+def worker(path: str, chunk_samples: int | None, ffmpeg_only: bool) -> None:
     """Decode + STFT one track, dropping each clip; print a JSON report on stdout."""
     from pipeline import format as fmt
-    from pipeline.stft import track_clips
+    from pipeline.decode import DEFAULT_CHUNK_SAMPLES, decode_chunks
+    from pipeline.stft import clips_from_chunks, track_clips
 
-    kwargs = {"chunk_samples": chunk_samples} if chunk_samples else {}
+    stft, chunk_samples = fmt.STFTParams(), chunk_samples or DEFAULT_CHUNK_SAMPLES
     clips = frames = 0
     watcher = ChildPeakWatcher()
     watcher.start()
     started, started_cpu = time.perf_counter(), time.process_time()
     if path != "-":
-        for clip in track_clips(path, fmt.STFTParams(), fmt.DEFAULT_CLIP_FRAMES, **kwargs):
+        if ffmpeg_only:  # what track_clips does, minus the libsndfile path
+            chunks = decode_chunks(path, chunk_samples=chunk_samples, allow_libsndfile=False)
+            stream = clips_from_chunks(chunks, stft, fmt.DEFAULT_CLIP_FRAMES)
+        else:
+            stream = track_clips(path, stft, fmt.DEFAULT_CLIP_FRAMES, chunk_samples=chunk_samples)
+        for clip in stream:
             clips += 1
             frames += clip.valid_frames
     seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - started_cpu
@@ -124,7 +138,7 @@ def worker(path: str, chunk_samples: int | None) -> None:
     watcher.join()
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
     print(json.dumps({
-        "clips": clips, "audio_seconds": frames * fmt.STFTParams().hop / fmt.SAMPLE_RATE, "wall_seconds": seconds,
+        "clips": clips, "audio_seconds": frames * stft.hop / fmt.SAMPLE_RATE, "wall_seconds": seconds,
         "worker_peak_mb": peak_rss_mb(), "ffmpeg_peak_mb": watcher.peak_mb,
         "worker_cpu_seconds": cpu_seconds,
         "ffmpeg_cpu_seconds": children.ru_utime + children.ru_stime,
@@ -174,16 +188,19 @@ def compare_fft(repeats: int = 30, rounds: int = 5) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workdir", type=Path, help="where to build the test tracks (default: a temp dir)")
-    parser.add_argument("--minutes", type=int, nargs="+", default=[10, 180], help="track lengths to measure")
+    parser.add_argument("--tracks", nargs="+", default=["mp3:10", "mp3:180", "flac:10", "flac:60", "wav:10"],
+                        help="CODEC:MINUTES for each track to measure (codec: mp3, flac or wav)")
     parser.add_argument("--chunk-samples", type=int, help="decode chunk size (default: decode.py's)")
     parser.add_argument("--fft-only", action="store_true", help="only compare torch and numpy FFT")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
-    parser.add_argument("--build", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--ffmpeg-only", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--build", help=argparse.SUPPRESS)
     options = parser.parse_args()
     if options.worker:
-        worker(options.worker, options.chunk_samples)
+        worker(options.worker, options.chunk_samples, options.ffmpeg_only)
     elif options.build:
-        print(build_track(options.workdir, options.build))
+        codec, minutes = options.build.split(":")
+        print(build_track(options.workdir, codec, int(minutes)))
     elif options.fft_only:
         compare_fft()
     else:
@@ -191,29 +208,48 @@ def main() -> None:
 
 
 def measure(options: argparse.Namespace) -> None:
-    # This process never imports numpy/torch: a worker's ru_maxrss would otherwise start at our size.
+    # This process never imports numpy/torch, so the wait4 cross-check is not inflated by our size.
+    rows = [("imports only (baseline)", "-", run_worker(None, options.chunk_samples))]
     with tempfile.TemporaryDirectory(dir=options.workdir) as scratch:
-        rows = [("imports only (baseline)", run_worker(None, options.chunk_samples))]
-        for minutes in options.minutes:
+        for spec in options.tracks:
+            codec, minutes = spec.split(":")
             started = time.perf_counter()
-            track = Path(subprocess.run([sys.executable, __file__, "--build", str(minutes), "--workdir", scratch],
+            track = Path(subprocess.run([sys.executable, __file__, "--build", spec, "--workdir", scratch],
                                         check=True, capture_output=True, text=True).stdout.strip())
             print(f"built {track.name} ({track.stat().st_size / 1e6:.0f} MB) in "
                   f"{time.perf_counter() - started:.1f} s", file=sys.stderr)
-            rows.append((f"{minutes} min MP3", run_worker(track, options.chunk_samples)))
-    print("| track | clips | worker peak RSS (MB) | ffmpeg peak RSS (MB) | wait4 tree peak (MB) "
+            name = f"{minutes} min {codec.upper()}"
+            if codec == "mp3":
+                rows.append((name, "ffmpeg", run_worker(track, options.chunk_samples)))
+            else:
+                rows.append((name, "libsndfile", run_worker(track, options.chunk_samples)))
+                rows.append((name, "ffmpeg (forced)", run_worker(track, options.chunk_samples, ffmpeg_only=True)))
+    print("| track | decoder | clips | worker peak RSS (MB) | ffmpeg peak RSS (MB) | wait4 tree peak (MB) "
           "| wall audio-s/s | worker CPU s | ffmpeg CPU s | audio-s per CPU-s |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    for name, r in rows:
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    speeds = {}
+    for name, decoder, r in rows:
         audio = r["audio_seconds"]
         cpu = r["worker_cpu_seconds"] + r["ffmpeg_cpu_seconds"]
+        speeds[name, decoder] = audio / cpu if audio else 0.0
         wall_speed, cpu_speed = (f"{audio / r['wall_seconds']:.0f}", f"{audio / cpu:.0f}") if audio else ("-", "-")
-        print(f"| {name} | {r['clips']} | {r['worker_peak_mb']:.0f} | {r['ffmpeg_peak_mb']:.0f} "
+        print(f"| {name} | {decoder} | {r['clips']} | {r['worker_peak_mb']:.0f} | {r['ffmpeg_peak_mb']:.0f} "
               f"| {r['tree_peak_mb']:.0f} | {wall_speed} | {r['worker_cpu_seconds']:.1f} "
               f"| {r['ffmpeg_cpu_seconds']:.1f} | {cpu_speed} |")
-    peaks = [r["worker_peak_mb"] for _, r in rows[1:]]
-    if len(peaks) >= 2:
-        print(f"\nworker peak RSS, longest / shortest track: {peaks[-1] / peaks[0]:.3f}")
+    print()
+    for (name, decoder), speed in speeds.items():
+        forced = speeds.get((name, "ffmpeg (forced)"))
+        if decoder == "libsndfile" and forced:
+            print(f"{name}: libsndfile / ffmpeg audio-s per CPU-s: {speed / forced:.2f}")
+    by_codec: dict[tuple[str, str], list[tuple[int, float]]] = {}
+    for name, decoder, r in rows[1:]:
+        minutes, codec = name.split(" min ")
+        by_codec.setdefault((codec, decoder), []).append((int(minutes), r["worker_peak_mb"] + r["ffmpeg_peak_mb"]))
+    for (codec, decoder), peaks in by_codec.items():
+        if len(peaks) >= 2:
+            (short, low), (long, high) = min(peaks), max(peaks)
+            print(f"{codec} via {decoder}: worker+ffmpeg peak RSS {long} min / {short} min: {high:.0f} / {low:.0f} MB"
+                  f" = {high / low:.3f}")
 
 
 if __name__ == "__main__":

@@ -1,9 +1,7 @@
-"""Stream any audio file as 44.1 kHz stereo float32 chunks through an ffmpeg pipe.
+"""Stream any audio file as 44.1 kHz stereo float32 chunks, memory flat in track length.
 
-Memory stays at one chunk whatever the track length: ffmpeg decodes, resamples and downmixes,
-and we read its stdout a fixed number of samples at a time.
-
-Choices that make the same file always give the same samples:
+ffmpeg decodes, resamples and downmixes in a subprocess and we read its stdout a fixed number of
+samples at a time. Choices that make the same file always give the same samples:
 - the first audio stream only (`-map 0:a:0`), video/subtitles/data ignored;
 - resampling with the SoX resampler (`aresample=resampler=soxr`), which this ffmpeg is built
   with; a track already at the target rate passes through untouched;
@@ -15,6 +13,13 @@ Choices that make the same file always give the same samples:
   from the header, which saves a separate ffprobe per track;
 - one decoder thread and `+bitexact` decoder flags, so decoders that have a reproducible code
   path use it.
+
+Uncompressed and FLAC files already at the target rate with one or two channels are read with
+libsndfile instead: for those formats it yields exactly ffmpeg's float32 samples (same integers,
+same scaling; tests/test_decode.py compares every one), without starting a process (~55 ms of
+CPU for this ffmpeg and its 215 shared libraries) and faster (benchmarks/README.md, "Shard:
+memory"). Where libsndfile gives up on a damaged file that ffmpeg decodes past, ffmpeg takes
+over at the same sample, so the output is ffmpeg's in every case.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ import threading
 from typing import IO, Iterator
 
 import numpy as np
+import soundfile
 
 from pipeline import format as fmt
 
@@ -39,11 +45,20 @@ _BYTES_PER_SAMPLE = 4  # float32
 _WAVE_FORMAT_IEEE_FLOAT = 0x0003
 _WAVE_FORMAT_EXTENSIBLE = 0xFFFE
 _STDERR_LINES_KEPT = 20
+_PIPE_DEFAULT_BYTES = 1 << 16  # Linux's pipe size, never shrunk below
 _PIPE_MAX_BYTES = 1 << 20  # Linux's default /proc/sys/fs/pipe-max-size
+
+# (format, subtype) that libsndfile decodes bit-identically to ffmpeg, each checked by a test.
+_PCM = {"PCM_U8", "PCM_16", "PCM_24", "PCM_32", "FLOAT", "DOUBLE"}
+_LIBSNDFILE_EXACT = {
+    "WAV": _PCM, "WAVEX": _PCM, "RF64": _PCM,
+    "AIFF": {"PCM_S8", "PCM_16", "PCM_24", "FLOAT"},
+    "FLAC": {"PCM_S8", "PCM_16", "PCM_24"},
+}
 
 
 class DecodeError(Exception):
-    """A file that ffmpeg cannot turn into audio; `str(exc)` is one line: `PATH: reason`."""
+    """A file that cannot be turned into audio; `str(exc)` is one line: `PATH: reason`."""
 
     def __init__(self, path: str | os.PathLike, reason: str):
         self.path = os.fsdecode(path)
@@ -74,12 +89,13 @@ def ffmpeg_args(path: str | os.PathLike, sample_rate: int = fmt.SAMPLE_RATE) -> 
 
 
 def decode_chunks(path: str | os.PathLike, *, sample_rate: int = fmt.SAMPLE_RATE,
-                  chunk_samples: int = DEFAULT_CHUNK_SAMPLES) -> Iterator[np.ndarray]:
+                  chunk_samples: int = DEFAULT_CHUNK_SAMPLES, allow_libsndfile: bool = True) -> Iterator[np.ndarray]:
     """Yield float32 `[n, 2]` chunks of the whole track, n == chunk_samples except for the last.
 
     Raises DecodeError (one line: file and reason) when the file is missing or empty, has no audio
     stream, ffmpeg exits non-zero (even after some chunks were yielded) or no sample comes out.
-    Closing the generator early kills ffmpeg.
+    Closing the generator early kills ffmpeg. `allow_libsndfile=False` always uses ffmpeg (the
+    samples are the same; tests and benchmarks compare the two).
     """
     if chunk_samples < 1:
         raise ValueError(f"chunk_samples must be positive, got {chunk_samples}")
@@ -89,6 +105,63 @@ def decode_chunks(path: str | os.PathLike, *, sample_rate: int = fmt.SAMPLE_RATE
     except OSError as exc:
         raise DecodeError(path, exc.strerror or str(exc)) from exc
 
+    chunks_done = 0
+    sound = _open_exact_with_libsndfile(path, sample_rate) if allow_libsndfile else None
+    if sound is not None:
+        with sound:
+            try:
+                for chunk in _libsndfile_chunks(sound, chunk_samples):
+                    yield chunk
+                    chunks_done += 1
+            except soundfile.LibsndfileError:
+                pass  # damage libsndfile stops at; ffmpeg continues from the same chunk
+            else:
+                if chunks_done == 0:
+                    raise DecodeError(path, "no audio samples decoded")
+                return
+    chunks = _ffmpeg_chunks(path, sample_rate, chunk_samples)
+    try:
+        for index, chunk in enumerate(chunks):
+            if index >= chunks_done:
+                yield chunk
+    finally:
+        chunks.close()
+
+
+def _open_exact_with_libsndfile(path: str | os.PathLike, sample_rate: int) -> soundfile.SoundFile | None:
+    """The file opened with libsndfile if it gives ffmpeg's exact samples for it, else None."""
+    try:
+        with open(path, "rb") as fh:
+            magic = fh.read(12)
+    except OSError:
+        return None
+    # Checking the container first keeps libsndfile (and mpg123's console chatter) off MP3/Ogg files.
+    if not (magic[:4] in (b"RIFF", b"RF64") and magic[8:12] == b"WAVE"
+            or magic[:4] == b"FORM" and magic[8:12] in (b"AIFF", b"AIFC")
+            or magic[:4] == b"fLaC"):
+        return None
+    try:
+        sound = soundfile.SoundFile(os.fspath(path))
+    except (soundfile.LibsndfileError, RuntimeError, OSError):
+        return None
+    if sound.subtype in _LIBSNDFILE_EXACT.get(sound.format, ()) and sound.samplerate == sample_rate \
+            and sound.channels in (1, 2):
+        return sound
+    sound.close()
+    return None
+
+
+def _libsndfile_chunks(sound: soundfile.SoundFile, chunk_samples: int) -> Iterator[np.ndarray]:
+    while True:
+        decoded = sound.read(chunk_samples, dtype="float32", always_2d=True)
+        if len(decoded) == 0:
+            return
+        yield np.repeat(decoded, fmt.CHANNELS, axis=1) if decoded.shape[1] == 1 else decoded
+        if len(decoded) < chunk_samples:
+            return
+
+
+def _ffmpeg_chunks(path: str | os.PathLike, sample_rate: int, chunk_samples: int) -> Iterator[np.ndarray]:
     proc = subprocess.Popen(ffmpeg_args(path, sample_rate), stdin=subprocess.DEVNULL,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=0)
     _enlarge_pipe(proc.stdout.fileno(), chunk_samples * fmt.CHANNELS * _BYTES_PER_SAMPLE)
@@ -128,7 +201,7 @@ def decode_chunks(path: str | os.PathLike, *, sample_rate: int = fmt.SAMPLE_RATE
 def _enlarge_pipe(fd: int, size: int) -> None:
     """Let ffmpeg decode up to a chunk ahead while the consumer computes (64 KiB pipes stall it)."""
     try:
-        fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, min(size, _PIPE_MAX_BYTES))
+        fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, min(max(size, _PIPE_DEFAULT_BYTES), _PIPE_MAX_BYTES))
     except OSError:
         return  # above this system's limit for unprivileged pipes: the default still works
 

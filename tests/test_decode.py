@@ -4,6 +4,7 @@ import subprocess
 
 import numpy as np
 import pytest
+import soundfile
 
 from pipeline import format as fmt
 from pipeline import synth
@@ -44,10 +45,11 @@ def sine(hz: float, seconds: float, sample_rate: int) -> np.ndarray:
     return (0.5 * np.sin(2 * np.pi * hz * t)).astype(np.float32)
 
 
-def test_stereo_float_wav_comes_back_exactly_in_fixed_size_chunks(tmp_path):
+@pytest.mark.parametrize("allow_libsndfile", [True, False])
+def test_stereo_float_wav_comes_back_exactly_in_fixed_size_chunks(tmp_path, allow_libsndfile):
     signal = synth.synth_music(1.0, seed=1)
     path = synth.encode(signal, 44100, tmp_path / "a.wav", extra_args=FLOAT_WAV)
-    chunks = list(decode_chunks(path, chunk_samples=5000))
+    chunks = list(decode_chunks(path, chunk_samples=5000, allow_libsndfile=allow_libsndfile))
     assert all(c.shape == (5000, 2) and c.dtype == np.float32 for c in chunks[:-1])
     assert 0 < len(chunks[-1]) <= 5000
     np.testing.assert_array_equal(np.concatenate(chunks), signal)
@@ -62,10 +64,11 @@ def test_every_codec_the_collection_uses_decodes_to_its_duration(tmp_path, exten
     assert 0.1 < np.abs(decoded).max() < 1.5
 
 
-def test_mono_is_duplicated_at_full_level(tmp_path):
+@pytest.mark.parametrize("allow_libsndfile", [True, False])
+def test_mono_is_duplicated_at_full_level(tmp_path, allow_libsndfile):
     mono = synth.synth_music(0.5, channels=1, seed=2)
     path = synth.encode(mono, 44100, tmp_path / "mono.wav", extra_args=FLOAT_WAV)
-    decoded = decode_all(path, chunk_samples=4096)
+    decoded = decode_all(path, chunk_samples=4096, allow_libsndfile=allow_libsndfile)
     np.testing.assert_array_equal(decoded[:, 0], mono[:, 0])
     np.testing.assert_array_equal(decoded[:, 1], mono[:, 0])
 
@@ -120,18 +123,19 @@ def test_first_audio_stream_of_a_file_with_video(tmp_path):
     assert dominant_hz(decoded[:, 0]) == pytest.approx(440, abs=5)
 
 
-def test_odd_file_names_are_not_read_as_protocols_or_options(tmp_path):
+@pytest.mark.parametrize("allow_libsndfile", [True, False])
+def test_odd_file_names_are_not_read_as_protocols_or_options(tmp_path, allow_libsndfile):
     signal = synth.synth_music(0.2, seed=3)
     path = synth.encode(signal, 44100, tmp_path / "x.wav", extra_args=FLOAT_WAV)
     odd = tmp_path / "-i concat:a|b é.wav"
     path.rename(odd)
     os.chdir(tmp_path)
-    np.testing.assert_array_equal(decode_all(odd.name), signal)
+    np.testing.assert_array_equal(decode_all(odd.name, allow_libsndfile=allow_libsndfile), signal)
 
 
-def error_for(path) -> str:
+def error_for(path, **kwargs) -> str:
     with pytest.raises(DecodeError) as info:
-        decode_all(path)
+        decode_all(path, **kwargs)
     message = str(info.value)
     assert "\n" not in message
     assert message.startswith(f"{path}: ")
@@ -158,12 +162,13 @@ def test_file_without_audio_stream(tmp_path):
     assert error_for(path).endswith("no audio stream")
 
 
-def test_wav_with_zero_samples(tmp_path):
+@pytest.mark.parametrize("allow_libsndfile", [True, False])
+def test_wav_with_zero_samples(tmp_path, allow_libsndfile):
     path = tmp_path / "silent.wav"
     fmt_chunk = struct.pack("<HHIIHH", 1, 2, 44100, 44100 * 4, 4, 16)
     path.write_bytes(b"RIFF" + struct.pack("<I", 36) + b"WAVE" + b"fmt " + struct.pack("<I", 16) + fmt_chunk
                      + b"data" + struct.pack("<I", 0))
-    assert error_for(path).endswith("no audio samples decoded")
+    assert error_for(path, allow_libsndfile=allow_libsndfile).endswith("no audio samples decoded")
 
 
 def test_newline_in_file_name_keeps_the_error_on_one_line(tmp_path):
@@ -189,7 +194,7 @@ def test_truncated_mp3_decodes_what_is_there_or_fails_clearly(tmp_path):
 
 
 def test_closing_early_kills_ffmpeg(tmp_path):
-    path = synth.write_track(tmp_path / "long.flac", seconds=20.0, seed=5)
+    path = synth.write_track(tmp_path / "long.mp3", seconds=8.0, seed=5)
     assert ffmpeg_children() == []
     chunks = decode_chunks(path, chunk_samples=1024)
     next(chunks)
@@ -201,3 +206,77 @@ def test_closing_early_kills_ffmpeg(tmp_path):
 def test_rejects_nonpositive_chunk_size(tmp_path):
     with pytest.raises(ValueError, match="chunk_samples"):
         next(decode_chunks(tmp_path / "x.wav", chunk_samples=0))
+
+
+def open_fds_to(path) -> int:
+    return sum(os.path.realpath(f"/proc/self/fd/{fd}") == str(path) for fd in os.listdir("/proc/self/fd"))
+
+
+def decode_checking_no_ffmpeg_runs(path, **kwargs) -> np.ndarray:
+    chunks = []
+    for chunk in decode_chunks(path, **kwargs):
+        assert ffmpeg_children() == []
+        chunks.append(chunk)
+    return np.concatenate(chunks)
+
+
+FULL_RANGE = {"PCM_32", "DOUBLE"}  # written from random full-precision values, not 16-bit music
+
+
+@pytest.mark.parametrize("container, subtype", [
+    ("WAV", "PCM_U8"), ("WAV", "PCM_16"), ("WAV", "PCM_24"), ("WAV", "PCM_32"), ("WAV", "FLOAT"),
+    ("WAV", "DOUBLE"), ("WAVEX", "PCM_24"), ("RF64", "PCM_16"), ("AIFF", "PCM_S8"), ("AIFF", "PCM_16"),
+    ("AIFF", "PCM_24"), ("AIFF", "FLOAT"), ("FLAC", "PCM_S8"), ("FLAC", "PCM_16"), ("FLAC", "PCM_24"),
+])
+def test_libsndfile_reads_exactly_ffmpegs_samples_without_starting_it(tmp_path, container, subtype):
+    if subtype in FULL_RANGE:
+        signal = np.random.default_rng(1).uniform(-1, 1, (30_000, 2))
+    else:
+        signal = synth.synth_music(0.6, seed=11)
+    path = tmp_path / f"x.{container.lower()}"
+    soundfile.write(path, signal, 44100, format=container, subtype=subtype)
+    assert soundfile.info(path).subtype == subtype
+    fast = decode_checking_no_ffmpeg_runs(path, chunk_samples=7000)
+    via_ffmpeg = decode_all(path, chunk_samples=7000, allow_libsndfile=False)
+    assert fast.dtype == np.float32 and fast.shape == (len(signal), 2)
+    np.testing.assert_array_equal(fast.view(np.uint32), via_ffmpeg.view(np.uint32))
+
+
+def test_mono_flac_through_libsndfile_is_duplicated(tmp_path):
+    mono = synth.synth_music(0.3, channels=1, seed=12)
+    path = tmp_path / "mono.flac"
+    soundfile.write(path, mono, 44100, subtype="PCM_16")
+    fast = decode_checking_no_ffmpeg_runs(path)
+    np.testing.assert_array_equal(fast[:, 0], fast[:, 1])
+    np.testing.assert_array_equal(fast, decode_all(path, allow_libsndfile=False))
+
+
+def test_ffmpeg_takes_over_where_libsndfile_gives_up_on_a_damaged_flac(tmp_path):
+    whole = synth.write_track(tmp_path / "whole.flac", seconds=3.0, seed=13)
+    damaged = tmp_path / "damaged.flac"
+    data = bytearray(whole.read_bytes())
+    data[len(data) // 2:len(data) // 2 + 2000] = bytes(2000)  # a hole mid-stream
+    damaged.write_bytes(bytes(data))
+    with pytest.raises(soundfile.LibsndfileError):
+        soundfile.read(damaged)  # so this test really crosses from libsndfile to ffmpeg
+    got = decode_all(damaged, chunk_samples=4096)
+    np.testing.assert_array_equal(got, decode_all(damaged, chunk_samples=4096, allow_libsndfile=False))
+    assert len(got) > 2 * 44100
+
+
+def test_libsndfile_path_closes_the_file_when_stopped_early(tmp_path):
+    path = synth.write_track(tmp_path / "long.flac", seconds=5.0, seed=14)
+    chunks = decode_chunks(path, chunk_samples=1024)
+    next(chunks)
+    assert open_fds_to(path) == 1 and ffmpeg_children() == []
+    chunks.close()
+    assert open_fds_to(path) == 0
+
+
+def test_other_sample_rates_go_to_ffmpeg_for_resampling(tmp_path):
+    path = tmp_path / "48k.flac"
+    soundfile.write(path, synth.synth_music(5.0, sample_rate=48000, seed=15), 48000, subtype="PCM_16")
+    chunks = decode_chunks(path, chunk_samples=1024)
+    next(chunks)
+    assert len(ffmpeg_children()) == 1
+    chunks.close()

@@ -116,9 +116,10 @@ def decode_chunks(path: str | os.PathLike, *, sample_rate: int = fmt.SAMPLE_RATE
             except soundfile.LibsndfileError:
                 pass  # damage libsndfile stops at; ffmpeg continues from the same chunk
             else:
-                if chunks_done == 0:
-                    raise DecodeError(path, "no audio samples decoded")
-                return
+                if chunks_done:
+                    return
+                # Nothing: really empty, or a header libsndfile takes literally (a streamed WAV's
+                # data size of 0) where ffmpeg reads on to the end. ffmpeg decides.
     chunks = _ffmpeg_chunks(path, sample_rate, chunk_samples)
     try:
         for index, chunk in enumerate(chunks):

@@ -280,3 +280,23 @@ def test_other_sample_rates_go_to_ffmpeg_for_resampling(tmp_path):
     next(chunks)
     assert len(ffmpeg_children()) == 1
     chunks.close()
+
+
+@pytest.mark.parametrize("damage", ["truncated", "data size 0", "data size unknown", "trailing chunk"])
+def test_odd_wav_headers_give_the_same_samples_on_both_paths(tmp_path, damage):
+    path = tmp_path / "odd.wav"
+    soundfile.write(path, synth.synth_music(0.5, seed=16), 44100, subtype="PCM_24")
+    data = bytearray(path.read_bytes())
+    size_field = data.index(b"data") + 4
+    if damage == "truncated":
+        data = data[:len(data) // 2 + 2]  # mid-sample
+    elif damage == "data size 0":  # what a writer that never came back to fill it in leaves
+        data[size_field:size_field + 4] = struct.pack("<I", 0)
+    elif damage == "data size unknown":
+        data[size_field:size_field + 4] = struct.pack("<I", 0xFFFFFFFF)
+    else:
+        data += b"LIST" + struct.pack("<I", 4) + b"INFO"
+    path.write_bytes(bytes(data))
+    both = decode_all(path, chunk_samples=5000)
+    assert len(both) > 0.2 * 44100
+    np.testing.assert_array_equal(both, decode_all(path, chunk_samples=5000, allow_libsndfile=False))

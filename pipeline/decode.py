@@ -142,7 +142,7 @@ def _open_exact_with_libsndfile(path: str | os.PathLike, sample_rate: int) -> so
             or magic[:4] == b"fLaC"):
         return None
     try:
-        sound = soundfile.SoundFile(os.fspath(path))
+        sound = soundfile.SoundFile(os.fsencode(path))  # bytes: names need not be valid UTF-8
     except (soundfile.LibsndfileError, RuntimeError, OSError):
         return None
     if sound.subtype in _LIBSNDFILE_EXACT.get(sound.format, ()) and sound.samplerate == sample_rate \

@@ -133,6 +133,15 @@ def test_odd_file_names_are_not_read_as_protocols_or_options(tmp_path, allow_lib
     np.testing.assert_array_equal(decode_all(odd.name, allow_libsndfile=allow_libsndfile), signal)
 
 
+@pytest.mark.parametrize("allow_libsndfile", [True, False])
+def test_file_names_that_are_not_utf8(tmp_path, allow_libsndfile):
+    signal = synth.synth_music(0.2, seed=17)
+    path = tmp_path / os.fsdecode(b"caf\xe9 latin-1.wav")
+    soundfile.write(os.fsencode(path), signal, 44100, subtype="FLOAT")
+    decode = decode_checking_no_ffmpeg_runs if allow_libsndfile else decode_all
+    np.testing.assert_array_equal(decode(path, allow_libsndfile=allow_libsndfile), signal)
+
+
 def error_for(path, **kwargs) -> str:
     with pytest.raises(DecodeError) as info:
         decode_all(path, **kwargs)

@@ -118,7 +118,7 @@ def shard(manifests, out, workers, scheduler, clip_frames, shard_size, n_fft, ho
             f"{where}: {exc.strerror or exc}; finished shards are kept, fix this and rerun to resume") from exc
     splits = ", ".join(f"{split} {count}" for split, count in summary.splits.items())
     message = (f"{summary.shards} shards ({splits}) in {out}: {summary.written} written, {summary.reused} kept; "
-               f"{summary.samples} samples, {summary.seconds / 3600:.2f} h audio")
+               f"{summary.samples} samples, {summary.seconds / 3600:.2f} h audio in {summary.wall_seconds:.0f} s")
     if summary.failures:
         message += f"; {summary.failures} tracks failed (see {manifests}/failures.jsonl)"
     click.echo(message)

@@ -62,8 +62,11 @@ def run_shard(manifests: str | os.PathLike, out: str | os.PathLike, options: Sha
         _check_plan(out, plan, force)
         _clean_temporaries(out)
         done, pending = _split_done(out, plan, options)
-        _remove_stale(out, plan, done)
-        preflight(out, pending)
+        stale = _stale_files(out, plan, done)
+        preflight(out, pending, reclaimable=sum(p.stat().st_size for p in stale))
+        for path in stale:
+            path.unlink(missing_ok=True)
+        fmt.fsync_dir(out)
         _write_json_atomic(out / STATE_DIR / PLAN_FILE, plan_record(plan))
         results = dict(done)
         for result in _execute(pending, out, options, workers, scheduler, plan, done, progress):
@@ -84,14 +87,19 @@ def run_shard(manifests: str | os.PathLike, out: str | os.PathLike, options: Sha
     return summary
 
 
-def preflight(out: Path, pending: list[Unit]) -> None:
-    """Refuse before writing anything when the estimated output does not fit on the destination."""
+def preflight(out: Path, pending: list[Unit], reclaimable: int = 0) -> None:
+    """Refuse before writing or deleting anything when the estimated output does not fit.
+
+    `reclaimable`: bytes of outdated shards this run would delete first; they count as free.
+    """
     needed = sum(u.est_bytes for u in pending)
-    free = shutil.disk_usage(out).free
+    free = shutil.disk_usage(out).free + reclaimable
     if needed > free:
+        counting = f", counting {reclaimable} bytes of outdated shards" if reclaimable else ""
         raise ShardError(
             f"{out}: not enough space for {len(pending)} shards: needs about {needed / 1e9:.2f} GB "
-            f"({needed} bytes), {free / 1e9:.2f} GB ({free} bytes) free; free space or choose another --out"
+            f"({needed} bytes), {free / 1e9:.2f} GB ({free} bytes) free{counting}; "
+            "free space or choose another --out"
         )
 
 
@@ -144,23 +152,17 @@ def _split_done(out: Path, plan: Plan, options: ShardOptions) -> tuple[dict[str,
     return done, pending
 
 
-def _remove_stale(out: Path, plan: Plan, done: dict[str, UnitResult]) -> None:
-    """Shards, states and indexes not proven to belong to this plan's finished units go, so a
+def _stale_files(out: Path, plan: Plan, done: dict[str, UnitResult]) -> list[Path]:
+    """Shards, states and indexes not proven to belong to this plan's finished units: they go, so a
     killed run never leaves an old file that could pass for a new one."""
-    if len(done) < len(plan.units):
-        for split in fmt.SPLITS + tuple(plan.splits()):
-            (out / fmt.index_name(split)).unlink(missing_ok=True)
-    for path in out.iterdir():
-        if _SHARD_RE.match(path.name) and path.name not in done:
-            path.unlink()
-    for path in (out / STATE_DIR).iterdir():
-        if path.name.endswith(".tar.json") and path.name[: -len(".json")] not in done:
-            path.unlink()
+    stale = [p for p in out.iterdir() if _SHARD_RE.match(p.name) and p.name not in done]
+    stale += [p for p in (out / STATE_DIR).iterdir()
+              if p.name.endswith(".tar.json") and p.name[: -len(".json")] not in done]
+    complete = len(done) == len(plan.units)
     wanted = set(plan.splits())
-    for split in fmt.SPLITS:
-        if split not in wanted:
-            (out / fmt.index_name(split)).unlink(missing_ok=True)
-    fmt.fsync_dir(out)
+    stale += [out / fmt.index_name(split) for split in set(fmt.SPLITS) | wanted
+              if (out / fmt.index_name(split)).exists() and (split not in wanted or not complete)]
+    return stale
 
 
 def _execute(pending: list[Unit], out: Path, options: ShardOptions, workers: int | None,

@@ -77,10 +77,11 @@ class Unit:
         return sum(t.duration for t in self.tracks)
 
     def fingerprint(self, options: ShardOptions) -> str:
-        """Identifies the bytes of this unit's shard: same fingerprint, same file."""
+        """Identifies this unit's shard and its state record: same fingerprint, same file.
+        (Duration does not change the bytes, but it feeds the totals the state carries.)"""
         data = {"name": self.name, "stft": options.stft.to_dict(), "clip_frames": options.clip_frames,
                 "format_version": fmt.FORMAT_VERSION,
-                "tracks": [[t.id, t.path, t.size, t.mtime, t.album_key] for t in self.tracks]}
+                "tracks": [[t.id, t.path, t.size, t.mtime, t.duration, t.album_key] for t in self.tracks]}
         return _sha256(data)
 
 

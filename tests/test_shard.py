@@ -241,3 +241,14 @@ def test_manifest_without_usable_tracks_makes_no_shards(collection, tmp_path):
     (manifests / fmt.TRACKS_FILE).write_text("{not json\n")
     with pytest.raises(ShardError, match=r"tracks.jsonl:1"):
         run_shard(manifests, tmp_path / "out", OPTIONS, progress=False)
+
+
+def test_refused_force_run_deletes_nothing(collection, clean, tmp_path):
+    _, _, records = collection
+    out = tmp_path / "kept"
+    shutil.copytree(clean, out)
+    manifests = tmp_path / "manifests"
+    fmt.write_jsonl_atomic(manifests / fmt.TRACKS_FILE, [fmt.TrackRecord(**{**records[0].__dict__, "duration": 1e12})])
+    with pytest.raises(ShardError, match="not enough space.*counting .* bytes of outdated shards"):
+        run_shard(manifests, out, OPTIONS, force=True, progress=False)
+    assert shard_bytes(out) == shard_bytes(clean)

@@ -68,7 +68,9 @@ def make_demo_collection(out_dir: str | os.PathLike, artists: int = 3, albums_pe
                 _write_atomically(path, seconds=seconds, seed=track_seed, tags=tags)
     if first_track is not None:
         _add_duplicates(first_track, roots)
-    (roots[0] / NOT_AUDIO_NAME).write_text(NOT_AUDIO_TEXT, encoding="utf-8")
+    notes = roots[0] / NOT_AUDIO_NAME
+    if not notes.exists():
+        notes.write_text(NOT_AUDIO_TEXT, encoding="utf-8")
     return roots
 
 

@@ -17,7 +17,10 @@ DEMO_ROOTS=(demo/collection/drive1 demo/collection/drive2)
 
 step "3. ingest the drives -> demo/manifests"
 pipeline ingest "${DEMO_ROOTS[@]}" --manifests demo/manifests
-echo "tracks:   $(wc -l < demo/manifests/tracks.jsonl) lines in demo/manifests/tracks.jsonl"
-echo "failures: $(wc -l < demo/manifests/failures.jsonl) lines in demo/manifests/failures.jsonl"
+echo "-- first line of demo/manifests/tracks.jsonl:"
 head -n 1 demo/manifests/tracks.jsonl
+echo "-- duplicates (a symlink on drive1, an identical copy on drive2):"
+grep -v '"duplicate_of": null' demo/manifests/tracks.jsonl | cut -c1-160
+echo "-- demo/manifests/failures.jsonl:"
 cat demo/manifests/failures.jsonl
+pipeline status --manifests demo/manifests --out demo/shards

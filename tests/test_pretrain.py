@@ -177,3 +177,17 @@ def test_resume_without_a_checkpoint_and_bad_sources_are_one_line_errors(shards,
                                          "--run", str(tmp_path / "r2")])
     assert result.exit_code != 0 and "stepz" in result.output
     assert "Traceback" not in result.output
+
+
+def test_rerunning_into_a_run_continues_it_and_more_steps_extend_it(shards, tmp_path):
+    run = tmp_path / "run"
+    overrides = SMALL + ["run.steps=4", "run.ckpt_every=2", "run.val_every=1000"]
+    cfg, checkpoint = resolve_run(run, "tiny", None, overrides)
+    assert checkpoint is None
+    pretrain(cfg, str(shards), run)
+
+    cfg, checkpoint = resolve_run(run, None, None, ["run.steps=6"])  # the saved config, extended
+    assert checkpoint.name == "step-0000004" and cfg.model.bins == 64 and cfg.run.steps == 6
+    pretrain(cfg, str(shards), run, checkpoint=checkpoint)
+    assert [r["step"] for r in read_metrics(run)] == [1, 2, 3, 4, 5, 6]
+    assert (run / "checkpoints" / "last").read_text().strip() == "step-0000006"

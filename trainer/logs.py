@@ -2,7 +2,7 @@
 
 Only rank 0 creates a `RunLog`; other ranks get `NullLog`, so the loop never branches on rank to log.
 metrics.jsonl has one JSON line per training step (`"split": "train"`) and per validation
-(`"split": "val"`). On resume it is cut back to the checkpoint's step, so the file is one consistent
+(`"split": "val"`), with the wall-clock `time` it was written. On resume it is cut back to the checkpoint's step, so the file is one consistent
 history, and TensorBoard events after that step are purged the same way.
 """
 
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -92,7 +93,7 @@ class RunLog:
 
     def record(self, step: int, split: str, values: dict) -> None:
         """One metrics.jsonl line, flushed so a killed run's history survives up to this step."""
-        self.metrics.write(json.dumps({"step": step, "split": split, **values}) + "\n")
+        self.metrics.write(json.dumps({"step": step, "split": split, "time": time.time(), **values}) + "\n")
         self.metrics.flush()
 
     def scalars(self, step: int, prefix: str, values: dict) -> None:

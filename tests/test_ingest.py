@@ -279,3 +279,52 @@ def test_summary_fields_are_counts(tmp_path, make_wav):
     counts = dataclasses.asdict(summary)
     assert counts["roots"] == [str(tmp_path / "d")]  # a root given twice is scanned once
     assert (counts["files"], counts["tracks"], counts["probed"]) == (1, 1, 1)
+
+
+def test_progress_bar_on_request(tmp_path, make_wav, capsys):
+    make_wav(tmp_path / "d" / "a.wav")
+    ingest([str(tmp_path / "d")], tmp_path / "m", progress=True)
+    err = capsys.readouterr().err
+    assert "probe" in err and "1/1" in err
+
+
+def test_demo_collection_shows_tags_folders_duplicates_and_failures(tmp_path):
+    from pipeline.demo import make_demo_collection
+
+    roots = make_demo_collection(tmp_path / "demo", artists=2, albums_per_artist=3, tracks_per_album=1,
+                                 min_seconds=0.5, max_seconds=1.0)
+    summary = ingest([str(r) for r in roots], tmp_path / "m", progress=False)
+    assert (summary.tracks, summary.duplicates, summary.failures) == (8, 2, 1)
+    tracks = [t for t in fmt.read_tracks(tmp_path / "m") if t.duplicate_of is None]
+    assert sorted(t.codec for t in tracks) == sorted(["mp3", "flac", "vorbis", "aac", "opus", "pcm_s16le"])
+    assert {t.root for t in tracks} == {str(r) for r in roots}
+    untagged = [t for t in tracks if t.artist == "Demo Artist B"]
+    assert untagged and all(t.title.startswith("Song 2.") for t in untagged)  # from "01 Song 2.x.y.ext"
+    [failure] = fmt.read_failures(tmp_path / "m")
+    assert failure.path.endswith("liner notes.mp3") and failure.reason == "not audio: content is text, not audio"
+    again = make_demo_collection(tmp_path / "demo", artists=2, albums_per_artist=3, tracks_per_album=1,
+                                 min_seconds=0.5, max_seconds=1.0)
+    assert again == roots and ingest([str(r) for r in roots], tmp_path / "m", progress=False).probed == 0
+
+
+@pytest.mark.slow
+def test_kill_9_at_many_instants_always_leaves_valid_manifests(tmp_path, make_wav):
+    root = tmp_path / "d"
+    for i in range(24):
+        make_wav(root / f"Artist {i % 3}" / f"Album {i % 6}" / f"{i:02d}.wav", seconds=0.2)
+    clean, killed = tmp_path / "clean", tmp_path / "killed"
+    cmd = [sys.executable, "-c", "from pipeline.cli import main; main()", "ingest", str(root), "--workers", "2",
+           "--manifests"]
+    subprocess.run(cmd + [str(clean)], capture_output=True, check=True)
+    for delay in (0.2, 0.4, 0.6, 0.8, 1.0, 1.5, 2.0, 3.0):
+        make_wav(root / "new" / f"{delay}.wav", seconds=0.2)  # every round has something to probe
+        proc = subprocess.Popen(cmd + [str(killed)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(delay)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        if (killed / fmt.TRACKS_FILE).exists():
+            assert len(fmt.read_tracks(killed)) >= 1  # complete and parseable, never torn
+            fmt.read_failures(killed)
+    subprocess.run(cmd + [str(killed)], capture_output=True, check=True)
+    subprocess.run(cmd + [str(clean)], capture_output=True, check=True)
+    assert manifest_bytes(killed) == manifest_bytes(clean)

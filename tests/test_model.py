@@ -220,3 +220,18 @@ def test_summary_command_prints_the_table():
 def test_dataclass_replace_revalidates():
     with pytest.raises(ValueError, match="position"):
         dataclasses.replace(small_config(), position="alibi")
+
+
+def test_checkpoint_blocks_gives_the_same_gradients_with_less_saved():
+    torch.manual_seed(0)
+    plain = build_model(small_config())
+    recomputing = build_model(small_config(checkpoint_blocks=True))
+    recomputing.load_state_dict(plain.state_dict())
+    x = torch.rand(2, 2, 32, 10)
+    for model in (plain, recomputing):
+        mask, nsp_logit = model(x)
+        ((mask * x - x).abs().mean() + nsp_logit.square().mean()).backward()
+    for (name, a), b in zip(plain.named_parameters(), recomputing.parameters()):
+        torch.testing.assert_close(a.grad, b.grad, atol=1e-6, rtol=1e-5, msg=name)
+    summary = summarize(small_config(), frames=16)
+    assert summary.recomputed_activation_bytes < summary.saved_activation_bytes

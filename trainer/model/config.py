@@ -35,6 +35,9 @@ class ModelConfig:
     dropout: float = 0.1
     attention_dropout: float = 0.0
     nsp_hidden: int = 128
+    # Recompute each transformer block during backward instead of keeping its activations: for the
+    # base preset at long crops the blocks hold most of the activation memory (see `trainer summary`).
+    checkpoint_blocks: bool = False
 
     def __post_init__(self) -> None:
         self.channels = [int(c) for c in self.channels]

@@ -6,6 +6,7 @@ preset at 1024 frames is summarised in seconds on a laptop.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -32,6 +33,7 @@ class ModelSummary:
     params: int
     forward_flops: int           # per sample, measured with FlopCounterMode
     saved_activation_bytes: int  # per sample: tensors autograd keeps for backward, fp32, training mode
+    recomputed_activation_bytes: int  # the same with checkpoint_blocks (transformer blocks recomputed)
 
     @property
     def training_flops(self) -> int:
@@ -53,13 +55,11 @@ def _part_label(model: FrameTransformerUNet, name: str) -> str:
     return f"{name} (level {level}, {model.cfg.level_bins(level)} bins)"
 
 
-def summarize(cfg: ModelConfig, frames: int) -> ModelSummary:
-    if frames < 1:
-        raise ValueError(f"frames must be >= 1, got {frames}")
+def _measure(cfg: ModelConfig, frames: int) -> tuple[FrameTransformerUNet, FlopCounterMode, int]:
+    """One training-mode forward of one sample on the meta device: FLOPs, and bytes saved for backward."""
     with torch.device("meta"):
         model = build_model(cfg).train()
         x = torch.empty(1, cfg.audio_channels, cfg.bins, frames)
-
     storages: dict[int, int] = {}
 
     def remember(tensor):
@@ -70,6 +70,14 @@ def summarize(cfg: ModelConfig, frames: int) -> ModelSummary:
     counter = FlopCounterMode(display=False, depth=3)
     with counter, torch.autograd.graph.saved_tensors_hooks(remember, lambda tensor: tensor):
         model(x)
+    return model, counter, sum(storages.values())
+
+
+def summarize(cfg: ModelConfig, frames: int) -> ModelSummary:
+    if frames < 1:
+        raise ValueError(f"frames must be >= 1, got {frames}")
+    model, counter, saved_bytes = _measure(cfg, frames)
+    _, _, recomputed_bytes = _measure(dataclasses.replace(cfg, checkpoint_blocks=True), frames)
     flops_by_module = {name: sum(counts.values()) for name, counts in counter.get_flop_counts().items()}
 
     parts = []
@@ -81,7 +89,7 @@ def summarize(cfg: ModelConfig, frames: int) -> ModelSummary:
             if params:
                 parts.append(PartSummary(_part_label(model, name), params, flops_by_module.get(f"{ROOT}.{name}", 0)))
     return ModelSummary(cfg, frames, parts, sum(p.numel() for p in model.parameters()),
-                        counter.get_total_flops(), sum(storages.values()))
+                        counter.get_total_flops(), saved_bytes, recomputed_bytes)
 
 
 def _si(value: float, unit: str) -> str:
@@ -108,7 +116,9 @@ def format_summary(summary: ModelSummary, title: str = "") -> str:
         f"forward FLOPs per sample (measured, FlopCounterMode): {_si(summary.forward_flops, 'FLOP')}; "
         f"forward+backward ~{_si(summary.training_flops, 'FLOP')}",
         f"activation memory per sample (tensors saved for backward, fp32): "
-        f"{summary.saved_activation_bytes / gib:.2f} GiB, times the batch size",
+        f"{summary.saved_activation_bytes / gib:.2f} GiB, times the batch size; "
+        f"{summary.recomputed_activation_bytes / gib:.2f} GiB with checkpoint_blocks "
+        f"({'on' if cfg.checkpoint_blocks else 'off'} here)",
         f"weights + grads + AdamW moments (fp32): {summary.weights_and_optimizer_bytes() / gib:.2f} GiB",
     ]
     return "\n".join(lines)

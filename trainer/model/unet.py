@@ -16,6 +16,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from trainer.model.blocks import EvolvedDecoderBlock, EvolvedEncoderBlock
 from trainer.model.config import ModelConfig
@@ -57,6 +58,12 @@ class FrameDecoder(nn.Module):
         return self.convs(torch.cat((x, skip), dim=1))
 
 
+def run_block(block: nn.Module, recompute: bool, *inputs: Tensor) -> Tensor:
+    if recompute and torch.is_grad_enabled():
+        return checkpoint(block, *inputs, use_reentrant=False)
+    return block(*inputs)
+
+
 def to_tokens(channel: Tensor, frames: int) -> Tensor:
     """One channel [B * T, 1, F] -> tokens [B, T, F]."""
     return channel.reshape(-1, frames, channel.shape[-1])
@@ -75,10 +82,12 @@ class DenseEncoderStack(nn.Module):
         self.bottlenecks = nn.ModuleList(nn.Conv1d(channels + i, 1, 1) for i in range(count))
         self.blocks = nn.ModuleList(EvolvedEncoderBlock(bins, cfg) for _ in range(count))
         self.channels_out = channels + count
+        self.recompute = cfg.checkpoint_blocks
 
     def forward(self, x: Tensor, frames: int) -> Tensor:
         for bottleneck, block in zip(self.bottlenecks, self.blocks):
-            x = torch.cat((x, to_channel(block(to_tokens(bottleneck(x), frames)))), dim=1)
+            tokens = run_block(block, self.recompute, to_tokens(bottleneck(x), frames))
+            x = torch.cat((x, to_channel(tokens)), dim=1)
         return x
 
 
@@ -91,10 +100,12 @@ class DenseDecoderStack(nn.Module):
         self.memory_bottlenecks = nn.ModuleList(nn.Conv1d(skip_channels, 1, 1) for _ in range(count))
         self.blocks = nn.ModuleList(EvolvedDecoderBlock(bins, cfg) for _ in range(count))
         self.channels_out = channels + count
+        self.recompute = cfg.checkpoint_blocks
 
     def forward(self, x: Tensor, skip: Tensor, frames: int) -> Tensor:
         for bottleneck, memory_bottleneck, block in zip(self.bottlenecks, self.memory_bottlenecks, self.blocks):
-            tokens = block(to_tokens(bottleneck(x), frames), to_tokens(memory_bottleneck(skip), frames))
+            tokens = run_block(block, self.recompute, to_tokens(bottleneck(x), frames),
+                               to_tokens(memory_bottleneck(skip), frames))
             x = torch.cat((x, to_channel(tokens)), dim=1)
         return x
 

@@ -158,7 +158,10 @@ def ingest(roots, manifests_dir, workers, val_fraction) -> None:
     """
     from pipeline.ingest import ingest as run_ingest
 
-    summary = run_ingest(list(roots), manifests_dir, workers=workers, val_fraction=val_fraction)
+    try:
+        summary = run_ingest(list(roots), manifests_dir, workers=workers, val_fraction=val_fraction)
+    except OSError as exc:  # e.g. the manifests folder cannot be written; every finished probe is journaled
+        raise click.ClickException(f"{exc.filename or manifests_dir}: {exc.strerror or exc}") from exc
     click.echo(summary.line())
     if summary.root_errors:
         raise SystemExit(1)

@@ -69,7 +69,7 @@ def _field_names(cls) -> tuple[str, ...]:
 
 def record_to_json(record) -> str:
     # Flat records skip asdict(), whose recursive deep copy was two thirds of the time to write a
-    # manifest (pipeline ingest re-writes it on every run); anything nested still goes through it.
+    # manifest (pipeline ingest rewrites it after any change); anything nested still goes through it.
     data = {name: getattr(record, name) for name in _field_names(type(record))}
     if not all(type(value) in _JSON_SCALARS for value in data.values()):
         data = asdict(record)

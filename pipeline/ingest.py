@@ -69,7 +69,7 @@ def ingest(roots: list[str], manifests_dir: str | os.PathLike = "manifests", wor
         if scan.error:
             summary.root_errors[scan.root] = scan.error
             print(f"pipeline ingest: error: {scan.root}: {scan.error}", file=sys.stderr)
-    found = [f for scan in scans for f in scan.files]
+    found = list({f.path: f for scan in reversed(scans) for f in scan.files}.values())  # nested roots: the first wins
     scan_failures = [f for scan in scans for f in scan.failures]
 
     digest = None if summary.root_errors else inputs_digest(roots, found, scan_failures, val_fraction)

@@ -20,6 +20,7 @@ import hashlib
 import json
 import os
 import re
+import sys
 import unicodedata
 from pathlib import Path
 from typing import Iterable
@@ -107,7 +108,7 @@ def outcomes_from_manifest(manifests_dir: str | os.PathLike) -> dict[str, dict]:
     the recorded names (which were tags or folder names of the same path, so they rebuild the same
     record)."""
     cache = {}
-    for record in fmt.read_tracks(manifests_dir):
+    for record in _read_previous(fmt.read_tracks, manifests_dir, "its tracks are probed again"):
         cache[record.path] = {
             "path": record.path, "size": record.size, "mtime": record.mtime, "kind": "track",
             "fingerprint": record.id, "duration": record.duration, "sample_rate": record.sample_rate,
@@ -214,13 +215,23 @@ def _names(file, tags: dict) -> tuple[str, str, str, str]:
     return artist, album, title, album_key_of(tags.get("album_artist") or artist, album)
 
 
+def _read_previous(reader, manifests_dir, consequence: str) -> list:
+    """A previous manifest is only a cache: a damaged one is a warning, and the run rebuilds it."""
+    try:
+        return reader(manifests_dir)
+    except (ValueError, UnicodeDecodeError) as exc:
+        print(f"pipeline ingest: warning: {exc}; {consequence}", file=sys.stderr)
+        return []
+
+
 def write_manifest(manifests_dir: str | os.PathLike, tracks: list[TrackRecord],
                    failures: list[FailureRecord]) -> None:
     """tracks.jsonl and failures.jsonl, each atomically. Failures that later stages recorded (e.g.
     decode) are kept for files that are still tracks; ingest's own are replaced."""
     manifests_dir = Path(manifests_dir)
     paths = {t.path for t in tracks}
-    later = [f for f in fmt.read_failures(manifests_dir) if f.stage not in INGEST_STAGES and f.path in paths]
+    previous = _read_previous(fmt.read_failures, manifests_dir, "failures of later stages in it are dropped")
+    later = [f for f in previous if f.stage not in INGEST_STAGES and f.path in paths]
     fmt.write_jsonl_atomic(manifests_dir / fmt.TRACKS_FILE, tracks)
     fmt.write_jsonl_atomic(manifests_dir / fmt.FAILURES_FILE,
                            sorted(failures + later, key=lambda f: (f.path, f.stage, f.reason)))

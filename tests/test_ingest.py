@@ -328,3 +328,33 @@ def test_kill_9_at_many_instants_always_leaves_valid_manifests(tmp_path, make_wa
     subprocess.run(cmd + [str(killed)], capture_output=True, check=True)
     subprocess.run(cmd + [str(clean)], capture_output=True, check=True)
     assert manifest_bytes(killed) == manifest_bytes(clean)
+
+
+def test_damaged_previous_manifest_is_a_warning_and_rebuilt(tmp_path, make_wav, capsys):
+    make_wav(tmp_path / "d" / "a.wav")
+    m = tmp_path / "m"
+    ingest([str(tmp_path / "d")], m, progress=False)
+    good = manifest_bytes(m)
+    (m / fmt.FAILURES_FILE).write_text("{not json\n")
+    (m / JOURNAL_FILE).unlink()
+    (m / fmt.TRACKS_FILE).write_text('{"id": "x"}\n{torn')
+    summary = ingest([str(tmp_path / "d")], m, progress=False)
+    err = capsys.readouterr().err
+    assert f"pipeline ingest: warning: {m / fmt.TRACKS_FILE}:1: not a valid TrackRecord line" in err
+    assert f"{m / fmt.FAILURES_FILE}:1: not a valid FailureRecord line" in err
+    assert summary.probed == 1 and manifest_bytes(m) == good
+
+
+def test_nested_roots_list_each_file_once(tmp_path, make_wav):
+    make_wav(tmp_path / "d" / "inner" / "a.wav")
+    summary = ingest([str(tmp_path / "d"), str(tmp_path / "d" / "inner")], tmp_path / "m", progress=False)
+    [track] = fmt.read_tracks(tmp_path / "m")
+    assert summary.tracks == 1 and track.root == str(tmp_path / "d")
+
+
+def test_unwritable_manifests_folder_is_a_one_line_error(tmp_path, make_wav):
+    make_wav(tmp_path / "d" / "a.wav")
+    (tmp_path / "blocker").write_text("a file where a folder should be")
+    result = CliRunner().invoke(main, ["ingest", str(tmp_path / "d"), "--manifests", str(tmp_path / "blocker" / "m")])
+    assert result.exit_code == 1 and result.output.count("\n") == 1
+    assert result.output.startswith(f"Error: {tmp_path / 'blocker' / 'm'}")

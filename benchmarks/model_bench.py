@@ -20,6 +20,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from trainer.model import build_model, load_model_preset
+from trainer.model.attention import FrameAttention
 
 
 def training_flops(cfg, batch: int, frames: int) -> int:
@@ -60,6 +61,35 @@ class StepTimer:
         return time.perf_counter() - started
 
 
+def attention_table(args, device: torch.device) -> None:
+    """One self-attention layer alone (projections, Q/K/V convs, positions, SDPA), forward + backward."""
+    print(f"\n| tokens dims | heads | L | relative ms | rope ms | relative / rope |")
+    print("|---|---|---|---|---|---|")
+    for dims in (int(d) for d in args.attention_dims.split(",")):
+        heads = load_model_preset("base").heads_at(dims)
+        for length in (int(f) for f in args.frames.split(",")):
+            torch.manual_seed(0)
+            x = torch.randn(args.batch, length, dims, device=device)
+            layers = {p: FrameAttention(dims, heads, position=p, max_distance=load_model_preset("base").max_distance,
+                                        qkv_conv_kernel=3).to(device) for p in ("relative", "rope")}
+            times: dict[str, list[float]] = {p: [] for p in layers}
+            for round_index in range(args.warmup + args.repeats):
+                for position, layer in layers.items():
+                    if device.type == "cuda":
+                        torch.cuda.synchronize(device)
+                    started = time.perf_counter()
+                    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.dtype == "bf16"):
+                        out = layer(x)
+                    out.float().square().mean().backward()
+                    if device.type == "cuda":
+                        torch.cuda.synchronize(device)
+                    if round_index >= args.warmup:
+                        times[position].append(time.perf_counter() - started)
+            relative, rope = (statistics.median(times[p]) for p in ("relative", "rope"))
+            print(f"| {dims} | {heads} | {length} | {1000 * relative:.1f} | {1000 * rope:.1f} | {relative / rope:.2f} |",
+                  flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--presets", default="tiny,small")
@@ -70,11 +100,16 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU).")
+    parser.add_argument("--attention-dims", default="128,512",
+                        help="Token widths for the attention-only table (128 = level 3, 512 = level 1); '' skips it.")
     parser.add_argument("--peak-tflops", type=float, default=None,
                         help="The device's peak for --dtype (e.g. 989 for H100 SXM bf16 dense) to report MFU.")
     args = parser.parse_args()
     device = torch.device(args.device)
     positions = args.positions.split(",")
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     print(f"device {device}, dtype {args.dtype}, batch {args.batch}, torch {torch.__version__}, "
           f"threads {torch.get_num_threads()}, median of {args.repeats} after {args.warmup} warm-up")
@@ -102,6 +137,8 @@ def main() -> None:
                       f"{seconds:.3f} | {1000 * seconds / args.batch:.1f} |{mfu} {seconds / reference:.2f} |",
                       flush=True)
             del timers
+    if args.attention_dims:
+        attention_table(args, device)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from trainer.model.attention import (FrameAttention, TimeDepthwiseConv, relative_attention,
-                                     relative_logits, skew)
+                                     relative_distance_index, relative_logits, skew)
 
 
 def naive_relative_logits(q, table, max_distance):
@@ -52,17 +52,29 @@ def test_skew_lines_up_distances():
     torch.testing.assert_close(skew(by_distance), expected.float())
 
 
-def test_relative_logits_are_shift_equivariant():
-    """Two windows of one sequence, offset by `shift`: the overlap sees identical logits. A skew that
-    degenerates to absolute positions fails this."""
+def shift_mismatch(logits_fn, length=20, shift=6, max_distance=8) -> float:
+    """Two windows of one sequence, offset by `shift`: how far apart are the logits on their overlap?"""
     generator = torch.Generator().manual_seed(3)
-    length, shift, max_distance = 20, 6, 8
     sequence = torch.randn(1, 2, length + shift, 8, generator=generator)
     table = torch.randn(2, 2 * max_distance + 1, 8, generator=generator)
-    first = relative_logits(sequence[:, :, :length], table, max_distance)
-    second = relative_logits(sequence[:, :, shift:shift + length], table, max_distance)
+    first = logits_fn(sequence[:, :, :length], table, max_distance)
+    second = logits_fn(sequence[:, :, shift:shift + length], table, max_distance)
     overlap = length - shift
-    torch.testing.assert_close(first[..., shift:, shift:], second[..., :overlap, :overlap], atol=1e-5, rtol=1e-5)
+    return (first[..., shift:, shift:] - second[..., :overlap, :overlap]).abs().max().item()
+
+
+def test_relative_logits_are_shift_equivariant():
+    assert shift_mismatch(relative_logits) < 1e-5
+
+
+def test_shift_check_catches_a_skew_that_reduces_to_absolute_positions():
+    def unskewed(q, table, max_distance):
+        # Reading column j of Q @ E^T as if it were distance j - i: logits depend on the key's position.
+        length = q.shape[-2]
+        rel = q @ table[:, relative_distance_index(length, max_distance)].transpose(-1, -2)
+        return rel[..., length - 1:]
+
+    assert shift_mismatch(unskewed) > 1e-2
 
 
 @pytest.mark.parametrize("position", ["relative", "rope"])

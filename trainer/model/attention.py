@@ -107,17 +107,16 @@ class FrameAttention(nn.Module):
     """
 
     def __init__(self, dims: int, heads: int, *, position: str, max_distance: int, qkv_conv_kernel: int,
-                 dropout: float = 0.0, memory_dims: int | None = None):
+                 dropout: float = 0.0):
         super().__init__()
         if dims % heads:
             raise ValueError(f"attention width {dims} is not divisible by {heads} heads")
         self.heads, self.head_dim = heads, dims // heads
         if position == "rope" and self.head_dim % 2:
             raise ValueError(f"rope needs an even head width, got {self.head_dim}")
-        memory_dims = dims if memory_dims is None else memory_dims
         self.q_proj = nn.Linear(dims, dims)
-        self.k_proj = nn.Linear(memory_dims, dims)
-        self.v_proj = nn.Linear(memory_dims, dims)
+        self.k_proj = nn.Linear(dims, dims)
+        self.v_proj = nn.Linear(dims, dims)
         self.q_conv = TimeDepthwiseConv(dims, qkv_conv_kernel)
         self.k_conv = TimeDepthwiseConv(dims, qkv_conv_kernel)
         self.v_conv = TimeDepthwiseConv(dims, qkv_conv_kernel)

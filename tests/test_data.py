@@ -135,12 +135,13 @@ def test_random_crop_stays_within_valid_frames_and_swaps_half_the_time():
     starts, swaps = set(), 0
     for _ in range(400):
         crop = crop_sample(raw, CROP, rng)
-        first, last = float(crop.spec[0, 0, 0]), float(crop.spec[0, 0, -1])
+        padded = crop.padded()
+        first, last = float(padded[0, 0, 0]), float(padded[0, 0, -1])
         swapped = first > 100
         swaps += swapped
         if swapped:
             first, last = first - 100, last - 100
-        assert crop.spec.shape == (2, BINS, CROP)
+        assert padded.shape == (2, BINS, CROP)
         assert last - first == CROP - 1 and 1 <= first and last <= 50  # frames [start, start + CROP) inside valid
         starts.add(first - 1)
     assert starts == set(range(0, 50 - CROP + 1))
@@ -149,23 +150,33 @@ def test_random_crop_stays_within_valid_frames_and_swaps_half_the_time():
 
 def test_short_valid_is_padded_and_eval_crop_is_centred_without_swap():
     short = crop_sample(sample("t", 0, valid=20), CROP, random.Random(1))
-    channel = short.spec[0] if short.spec[0, 0, 0] < 100 else short.spec[1]
+    padded = short.padded()
+    channel = padded[0] if padded[0, 0, 0] < 100 else padded[1]
     assert np.array_equal(channel[0, :20], np.arange(1, 21)) and not channel[:, 20:].any()
     centred = crop_sample(sample("t", 0, valid=50), CROP, None)
-    assert np.array_equal(centred.spec[0, 0], np.arange(10, 10 + CROP))  # (50 - 32) // 2 = 9 -> frames 10..41
-    assert centred.spec[1, 0, 0] > 100
+    assert np.array_equal(centred.padded()[0, 0], np.arange(10, 10 + CROP))  # (50 - 32) // 2 = 9 -> frames 10..41
+    assert centred.padded()[1, 0, 0] > 100
     assert centred.group == track_group("t") and centred.key == sample_key("t", 0)
 
 
 def test_collate_normalises_each_sample_by_its_max():
     crops = [crop_sample(sample(f"t{i}", 0, valid=30 + i), CROP, None) for i in range(3)]
-    crops[1].spec[:] = 0
+    crops[1].frames[:] = 0
     batch = collate(crops)
     spec = batch["spec"]
     assert spec.dtype == torch.float32 and spec.shape == (3, 2, BINS, CROP)
     assert spec.min() >= 0 and torch.allclose(spec.amax(dim=(1, 2, 3)), torch.tensor([1.0, 0.0, 1.0]))
-    assert torch.allclose(spec[0], torch.from_numpy(crops[0].spec).float() / float(crops[0].spec.max()))
+    assert torch.allclose(spec[0], torch.from_numpy(crops[0].padded()).float() / float(crops[0].frames.max()))
     assert batch["group"].dtype == torch.long and batch["key"][2] == sample_key("t2", 0)
+
+
+def test_collate_applies_the_swap_and_padding():
+    crop = crop_sample(sample("t", 0, valid=20), CROP, None)
+    crop.swap = True
+    spec = collate([crop])["spec"][0]
+    assert torch.equal(spec[0, :, :20] * 120, torch.arange(101.0, 121.0).expand(BINS, 20))  # channel 1 first
+    assert torch.equal(spec[1, :, :20] * 120, torch.arange(1.0, 21.0).expand(BINS, 20))
+    assert not spec[:, :, 20:].any()
 
 
 def test_collate_float16_matches_float32_to_half_precision():

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from pipeline import format as fmt
 from pipeline.manifest import (ProbeJournal, build_records, failure_outcome, forget_state, ignored_outcome,
-                               inputs_digest, outcomes_from_manifest, save_state, track_outcome,
+                               inputs_digest, outcomes_from_manifest, remove_stale_temporaries, save_state, track_outcome,
                                unchanged_counts, write_manifest)
 from pipeline.probe import ProbeError, probe_file
 from pipeline.scan import FoundFile, RootScan, scan_roots
@@ -81,6 +81,7 @@ def ingest(roots: list[str], manifests_dir: str | os.PathLike = "manifests", wor
         return summary
 
     forget_state(manifests_dir)
+    remove_stale_temporaries(manifests_dir)
     journal = ProbeJournal(manifests_dir)
     try:
         outcomes, pending = _reuse_outcomes(found, journal, manifests_dir)

@@ -58,7 +58,8 @@ class ProbeJournal:
         self.outcomes: dict[str, dict] = {}
         self._fh = None
         try:
-            with open(self.path, encoding="utf-8") as fh:
+            # errors="replace": a line torn inside a multi-byte character must not stop the load.
+            with open(self.path, encoding="utf-8", errors="replace") as fh:
                 for line in fh:
                     try:
                         outcome = json.loads(line)
@@ -77,9 +78,9 @@ class ProbeJournal:
     def append(self, outcome: dict) -> None:
         if self._fh is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            torn = _ends_without_newline(self.path)
             self._fh = open(self.path, "a", encoding="utf-8")
-            # A torn line from a killed run must not swallow the first new line.
-            if self._fh.tell() > 0:
+            if torn:  # a killed run's torn last line must not swallow the first new one
                 self._fh.write("\n")
         self._fh.write(json.dumps(outcome, ensure_ascii=False) + "\n")
         self._fh.flush()  # in the kernel now: survives kill -9 of this process
@@ -101,6 +102,36 @@ class ProbeJournal:
             os.fsync(fh.fileno())
         os.replace(tmp, self.path)
         fmt.fsync_dir(self.path.parent)
+
+
+def _ends_without_newline(path: Path) -> bool:
+    try:
+        with open(path, "rb") as fh:
+            if fh.seek(0, 2) == 0:
+                return False
+            fh.seek(-1, 2)
+            return fh.read(1) != b"\n"
+    except FileNotFoundError:
+        return False
+
+
+def remove_stale_temporaries(manifests_dir: str | os.PathLike) -> None:
+    """Temporary files of killed runs (`NAME.tmp-PID` whose process is gone) of the files ingest writes."""
+    for name in (f".{fmt.TRACKS_FILE}", f".{fmt.FAILURES_FILE}", JOURNAL_FILE, STATE_FILE):
+        for tmp in Path(manifests_dir).glob(f"{name}.tmp-*"):
+            pid = tmp.name.rpartition("-")[2]
+            if pid.isdigit() and not _process_alive(int(pid)):
+                tmp.unlink(missing_ok=True)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def outcomes_from_manifest(manifests_dir: str | os.PathLike) -> dict[str, dict]:

@@ -328,6 +328,21 @@ def test_kill_9_at_many_instants_always_leaves_valid_manifests(tmp_path, make_wa
     subprocess.run(cmd + [str(killed)], capture_output=True, check=True)
     subprocess.run(cmd + [str(clean)], capture_output=True, check=True)
     assert manifest_bytes(killed) == manifest_bytes(clean)
+    assert not list(killed.glob("*.tmp-*"))  # temporaries of killed runs are cleaned up
+
+
+def test_journal_survives_a_line_torn_inside_a_character(tmp_path, make_wav):
+    wav = make_wav(tmp_path / "d" / "ünï.wav")
+    m = tmp_path / "m"
+    ingest([str(tmp_path / "d")], m, progress=False)
+    line = (m / JOURNAL_FILE).read_bytes()
+    cut = line.index("ü".encode()) + 1  # inside the two bytes of "ü"
+    (m / JOURNAL_FILE).write_bytes(line + line[:cut])
+    os.utime(wav, ns=(0, 5))  # changed: probed and appended after the torn line
+    (tmp_path / "m" / ".tracks.jsonl.tmp-999999999").write_text("left by a killed run")
+    assert ingest([str(tmp_path / "d")], m, progress=False).probed == 1
+    assert ingest([str(tmp_path / "d")], m, progress=False).probed == 0
+    assert not list(m.glob("*.tmp-*"))
 
 
 def test_damaged_previous_manifest_is_a_warning_and_rebuilt(tmp_path, make_wav, capsys):

@@ -27,7 +27,6 @@ import subprocess
 from dataclasses import dataclass, field
 
 BLOCK_BYTES = 64 * 1024
-HEAD_BYTES = 64  # enough for every magic number we sniff
 FFPROBE_TIMEOUT_S = 120
 
 # Nominated as audio by their name; the content still has to agree.
@@ -71,20 +70,63 @@ _STRONG_MAGIC = (
     (0, b"\x1aE\xdf\xa3", "matroska"), (0, b"0&\xb2u\x8ef\xcf\x11", "asf"), (4, b"ftyp", "mp4"),
 )
 _RIFF_FORMS = {(b"RIFF", b"WAVE"), (b"RF64", b"WAVE"), (b"FORM", b"AIFF"), (b"FORM", b"AIFC")}
-_MPEG_BITRATE_BAD = (0x0, 0xF)
+# kbit/s by bitrate index, per (MPEG-1?, layer); MPEG-2/2.5 layers II and III share a table.
+_KBPS = {
+    (True, 3): (0, 32, 64, 96, 128, 160, 192, 224, 256, 288, 320, 352, 384, 416, 448),
+    (True, 2): (0, 32, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320, 384),
+    (True, 1): (0, 32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320),
+    (False, 3): (0, 32, 48, 56, 64, 80, 96, 112, 128, 144, 160, 176, 192, 224, 256),
+    (False, 2): (0, 8, 16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 144, 160),
+    (False, 1): (0, 8, 16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 144, 160),
+}
+_MPEG_RATES = {3: (44100, 48000, 32000), 2: (22050, 24000, 16000), 0: (11025, 12000, 8000)}
+
+
+def _frame_at(data: bytes, i: int) -> tuple[str, int] | None:
+    """(kind, frame length) of a bare MPEG audio (mp1/2/3) or ADTS AAC frame header at `data[i]`."""
+    if len(data) < i + 4 or data[i] != 0xFF or data[i + 1] & 0xE0 != 0xE0:
+        return None
+    b1, b2 = data[i + 1], data[i + 2]
+    version, layer = (b1 >> 3) & 3, (b1 >> 1) & 3
+    if layer == 0:  # the ADTS syncword is 12 bits and its "layer" is always 0
+        if len(data) < i + 6:
+            return None
+        length = ((data[i + 3] & 3) << 11) | (data[i + 4] << 3) | (data[i + 5] >> 5)
+        return ("adts", length) if b1 & 0xF6 == 0xF0 and (b2 >> 2) & 0xF < 13 and length >= 7 else None
+    bitrate, rate, padding = b2 >> 4, (b2 >> 2) & 3, (b2 >> 1) & 1
+    if version == 1 or bitrate in (0, 15) or rate == 3:
+        return None
+    mpeg1 = version == 3
+    bits_per_second = _KBPS[mpeg1, layer][bitrate] * 1000
+    sample_rate = _MPEG_RATES[version][rate]
+    if layer == 3:
+        return "mpeg", (12 * bits_per_second // sample_rate + padding) * 4
+    per_frame = 144 if mpeg1 or layer == 2 else 72
+    return "mpeg", per_frame * bits_per_second // sample_rate + padding
 
 
 def _mpeg_frame_header(head: bytes) -> str | None:
-    """A bare MPEG audio (mp1/2/3) or ADTS AAC frame header at offset 0."""
-    if len(head) < 4 or head[0] != 0xFF or head[1] & 0xE0 != 0xE0:
-        return None
-    version, layer = (head[1] >> 3) & 3, (head[1] >> 1) & 3
-    if layer == 0:  # the ADTS syncword is 12 bits and its "layer" is always 0
-        return "adts" if head[1] & 0xF6 == 0xF0 and (head[2] >> 2) & 0xF < 13 else None
-    bitrate, rate = head[2] >> 4, (head[2] >> 2) & 3
-    if version == 1 or bitrate in _MPEG_BITRATE_BAD or rate == 3:
-        return None
-    return "mpeg"
+    frame = _frame_at(head, 0)
+    return frame[0] if frame else None
+
+
+def find_frame_chain(data: bytes, frames: int = 3) -> str | None:
+    """A run of `frames` back-to-back MPEG/ADTS frames anywhere in `data`: recognises MP3s that start
+    with junk (zero padding, a stray tag) without taking random bytes, where a lone sync word is common
+    but a chain of valid headers each at the previous one's computed end is not."""
+    i = data.find(b"\xff")
+    while i != -1:
+        frame, j = _frame_at(data, i), i
+        for _ in range(frames - 1):
+            if frame is None:
+                break
+            j += frame[1]
+            following = _frame_at(data, j)
+            frame = following if following and following[0] == frame[0] else None
+        if frame is not None:
+            return frame[0]
+        i = data.find(b"\xff", i + 1)
+    return None
 
 
 def sniff(head: bytes, strong_only: bool = False) -> str | None:
@@ -103,19 +145,21 @@ def describe_content(head: bytes) -> str:
     """What a non-audio head looks like, for the failure reason."""
     if not head:
         return "empty file"
-    try:
-        text = head.decode("utf-8")
-    except UnicodeDecodeError:
-        text = None
-    if text is not None and all(ch.isprintable() or ch in "\r\n\t" for ch in text):
-        return "content is text, not audio"
+    for cut in range(4):  # the head may end inside a multi-byte character
+        try:
+            text = head[:len(head) - cut].decode("utf-8")
+        except UnicodeDecodeError:
+            continue
+        if text and all(ch.isprintable() or ch in "\r\n\t" for ch in text):
+            return "content is text, not audio"
+        break
     return f"content is not a known audio format (starts with {head[:8].hex(' ')})"
 
 
 # --- fingerprint ---------------------------------------------------------------------------
 
 def read_head_and_fingerprint(path: str) -> tuple[bytes, int, str]:
-    """One open: the first bytes (for sniffing), the size, and the content fingerprint."""
+    """One open: the first block (up to 64 KiB, for sniffing), the size, and the content fingerprint."""
     with open(path, "rb") as fh:
         size = fh.seek(0, 2)
         digest = hashlib.blake2b(size.to_bytes(8, "little"), digest_size=16)
@@ -123,12 +167,12 @@ def read_head_and_fingerprint(path: str) -> tuple[bytes, int, str]:
             fh.seek(0)
             data = fh.read()
             digest.update(data)
-            return data[:HEAD_BYTES], size, digest.hexdigest()
+            return data[:BLOCK_BYTES], size, digest.hexdigest()
         head = b""
         for offset in (0, (size - BLOCK_BYTES) // 2, size - BLOCK_BYTES):
             fh.seek(offset)
             block = fh.read(BLOCK_BYTES)
-            head = head or block[:HEAD_BYTES]
+            head = head or block
             digest.update(block)
         return head, size, digest.hexdigest()
 
@@ -220,6 +264,7 @@ def probe_file(path: str, by_extension: bool = True) -> ProbeResult | None:
     if sniff(head, strong_only=not by_extension) is None:
         if not by_extension:
             return None
-        raise ProbeError(f"not audio: {describe_content(head)}")
+        if find_frame_chain(head) is None:
+            raise ProbeError(f"not audio: {describe_content(head[:64])}")
     duration, sample_rate, channels, codec, tags = interpret(run_ffprobe(path), path)
     return ProbeResult(fingerprint, duration, sample_rate, channels, codec, tags)

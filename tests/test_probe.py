@@ -1,11 +1,12 @@
 """probe.py: content sniffing, the fingerprint, and ffprobe on every format and hostile input."""
 
 import os
+import random
 import re
 
 import pytest
 
-from pipeline.probe import (BLOCK_BYTES, ProbeError, describe_content, probe_file,
+from pipeline.probe import (BLOCK_BYTES, ProbeError, describe_content, find_frame_chain, probe_file,
                             read_head_and_fingerprint, sniff)
 
 
@@ -18,7 +19,7 @@ def probe_failure(path) -> str:
 @pytest.mark.parametrize("head, kind", [
     (b"fLaC\x00\x00\x00\x22", "flac"), (b"OggS\x00\x02", "ogg"), (b"ID3\x04\x00", "id3"),
     (b"RIFF\x24\x00\x00\x00WAVEfmt ", "wav"), (b"FORM\x00\x00\x00\x00AIFF", "aiff"),
-    (b"\x00\x00\x00\x20ftypM4A ", "mp4"), (b"\xff\xfb\x90\x64", "mpeg"), (b"\xff\xf1\x50\x80", "adts"),
+    (b"\x00\x00\x00\x20ftypM4A ", "mp4"), (b"\xff\xfb\x90\x64", "mpeg"), (b"\xff\xf1\x50\x80\x02\x1f\xfc", "adts"),
 ])
 def test_sniff_recognises_audio_containers(head, kind):
     assert sniff(head) == kind
@@ -29,6 +30,7 @@ def test_sniff_rejects_text_random_and_weak_syncs_when_asked():
     assert sniff(b"\xff\xff\xff\xff") is None  # bad bitrate index / reserved layer bits
     assert sniff(b"\xff\xfb\x90\x64", strong_only=True) is None
     assert describe_content(b"plain text\n") == "content is text, not audio"
+    assert describe_content("Liner notes: été".encode()[:-1]) == "content is text, not audio"
     assert describe_content(b"") == "empty file"
     assert "not a known audio format" in describe_content(bytes(range(200, 256)))
 
@@ -71,6 +73,16 @@ def test_flac_named_mp3_is_audio(tmp_path, make_track):
     path = make_track(tmp_path / "really flac.mp3", extra_args=["-c:a", "flac", "-f", "flac"])
     result = probe_file(str(path))
     assert result.codec == "flac"
+
+
+def test_mp3_starting_with_junk_is_found_by_its_frame_chain(tmp_path, make_track):
+    mp3 = make_track(tmp_path / "clean.mp3", extra_args=["-c:a", "libmp3lame", "-id3v2_version", "0", "-f", "mp3"])
+    padded = tmp_path / "padded.mp3"
+    padded.write_bytes(b"\x00" * 1000 + b"junk" + mp3.read_bytes())
+    assert probe_file(str(padded)).codec == "mp3"
+    rng = random.Random(3)
+    assert all(find_frame_chain(rng.randbytes(BLOCK_BYTES)) is None for _ in range(20))
+    assert find_frame_chain(b"\xff" * BLOCK_BYTES) is None
 
 
 def test_unusual_but_valid_audio(tmp_path, make_track):

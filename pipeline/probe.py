@@ -57,10 +57,6 @@ class ProbeResult:
     tags: dict[str, str] = field(default_factory=dict)  # artist, album_artist, album, title when present
 
 
-def extension_of(name: str) -> str:
-    return name.rpartition(".")[2].lower() if "." in name else ""
-
-
 # --- content sniffing ----------------------------------------------------------------------
 
 _STRONG_MAGIC = (

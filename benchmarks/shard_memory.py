@@ -57,16 +57,13 @@ def build_track(workdir: Path, codec: str, minutes: int) -> Path:
     return target
 
 
-def run_worker(path: Path | None, chunk_samples: int | None, ffmpeg_only: bool = False,
-               default_pipe: bool = False) -> dict:
+def run_worker(path: Path | None, chunk_samples: int | None, ffmpeg_only: bool = False) -> dict:
     """Run this script as a worker process; returns its report plus the wait4 peak of its process tree."""
     args = [sys.executable, __file__, "--worker", str(path) if path else "-"]
     if chunk_samples:
         args += ["--chunk-samples", str(chunk_samples)]
     if ffmpeg_only:
         args.append("--ffmpeg-only")
-    if default_pipe:
-        args.append("--default-pipe")
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, text=True)
     report_line = proc.stdout.read()
     _, status, usage = os.wait4(proc.pid, 0)
@@ -116,15 +113,11 @@ class ChildPeakWatcher(threading.Thread):
         return children
 
 
-def worker(path: str, chunk_samples: int | None, ffmpeg_only: bool, default_pipe: bool) -> None:
+def worker(path: str, chunk_samples: int | None, ffmpeg_only: bool) -> None:
     """Decode + STFT one track, dropping each clip; print a JSON report on stdout."""
-    from pipeline import decode
     from pipeline import format as fmt
     from pipeline.decode import DEFAULT_CHUNK_SAMPLES, decode_chunks
     from pipeline.stft import clips_from_chunks, track_clips
-
-    if default_pipe:  # A/B for decode._enlarge_pipe: leave ffmpeg's stdout at the kernel's 64 KiB
-        decode._enlarge_pipe = lambda fd, size: None
 
     stft, chunk_samples = fmt.STFTParams(), chunk_samples or DEFAULT_CHUNK_SAMPLES
     clips = frames = 0
@@ -201,11 +194,10 @@ def main() -> None:
     parser.add_argument("--fft-only", action="store_true", help="only compare torch and numpy FFT")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--ffmpeg-only", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--default-pipe", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--build", help=argparse.SUPPRESS)
     options = parser.parse_args()
     if options.worker:
-        worker(options.worker, options.chunk_samples, options.ffmpeg_only, options.default_pipe)
+        worker(options.worker, options.chunk_samples, options.ffmpeg_only)
     elif options.build:
         codec, minutes = options.build.split(":")
         print(build_track(options.workdir, codec, int(minutes)))
@@ -229,9 +221,6 @@ def measure(options: argparse.Namespace) -> None:
             name = f"{minutes} min {codec.upper()}"
             if codec == "mp3":
                 rows.append((name, "ffmpeg", run_worker(track, options.chunk_samples)))
-                if spec == options.tracks[0]:
-                    rows.append((name, "ffmpeg, 64 KiB pipe", run_worker(track, options.chunk_samples,
-                                                                          default_pipe=True)))
             else:
                 rows.append((name, "libsndfile", run_worker(track, options.chunk_samples)))
                 rows.append((name, "ffmpeg (forced)", run_worker(track, options.chunk_samples, ffmpeg_only=True)))

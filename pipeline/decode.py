@@ -25,7 +25,6 @@ over at the same sample, so the output is ffmpeg's in every case.
 from __future__ import annotations
 
 import collections
-import fcntl
 import os
 import struct
 import subprocess
@@ -45,8 +44,6 @@ _BYTES_PER_SAMPLE = 4  # float32
 _WAVE_FORMAT_IEEE_FLOAT = 0x0003
 _WAVE_FORMAT_EXTENSIBLE = 0xFFFE
 _STDERR_LINES_KEPT = 20
-_PIPE_DEFAULT_BYTES = 1 << 16  # Linux's pipe size, never shrunk below
-_PIPE_MAX_BYTES = 1 << 20  # Linux's default /proc/sys/fs/pipe-max-size
 
 # (format, subtype) that libsndfile decodes bit-identically to ffmpeg, each checked by a test.
 _PCM = {"PCM_U8", "PCM_16", "PCM_24", "PCM_32", "FLOAT", "DOUBLE"}
@@ -165,7 +162,6 @@ def _libsndfile_chunks(sound: soundfile.SoundFile, chunk_samples: int) -> Iterat
 def _ffmpeg_chunks(path: str | os.PathLike, sample_rate: int, chunk_samples: int) -> Iterator[np.ndarray]:
     proc = subprocess.Popen(ffmpeg_args(path, sample_rate), stdin=subprocess.DEVNULL,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=0)
-    _enlarge_pipe(proc.stdout.fileno(), chunk_samples * fmt.CHANNELS * _BYTES_PER_SAMPLE)
     stderr_tail: collections.deque[str] = collections.deque(maxlen=_STDERR_LINES_KEPT)
     # ffmpeg can print an error per corrupt frame; draining stderr on a thread keeps it from
     # blocking on a full pipe while we block on stdout.
@@ -197,14 +193,6 @@ def _ffmpeg_chunks(path: str | os.PathLike, sample_rate: int, chunk_samples: int
         proc.stdout.close()
         drain.join()
         proc.stderr.close()
-
-
-def _enlarge_pipe(fd: int, size: int) -> None:
-    """Let ffmpeg decode up to a chunk ahead while the consumer computes (64 KiB pipes stall it)."""
-    try:
-        fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, min(max(size, _PIPE_DEFAULT_BYTES), _PIPE_MAX_BYTES))
-    except OSError:
-        return  # above this system's limit for unprivileged pipes: the default still works
 
 
 def _drain_lines(stream: IO[bytes], tail: collections.deque) -> None:

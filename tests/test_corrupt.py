@@ -194,3 +194,14 @@ def test_invalid_config_is_rejected():
 
 def test_separator_pattern_values():
     assert separator_pattern(5).tolist() == [1.0, 0.0, 1.0, 0.0, 1.0]
+
+
+def test_host_side_eligible_count_matches_the_token_mask():
+    from trainer.corrupt import _count_eligible, separator_span
+
+    for token_frames in (1, 2, 3, 16):
+        for frames in range(1, 80):
+            span = separator_span(frames, token_frames)
+            mask = eligible_tokens(frames, token_frames, separator_frames(frames, token_frames))
+            assert _count_eligible(frames, token_frames, span) == int(mask.sum()), (frames, token_frames)
+            assert _count_eligible(frames, token_frames, (0, 0)) == len(mask)

@@ -57,12 +57,17 @@ class Corrupted:
     nsp_label: Tensor  # [B] float: 1.0 = second half is the continuation, 0.0 = from another track
 
 
+def separator_span(frames: int, token_frames: int) -> tuple[int, int]:
+    """[start, end): `token_frames // 2` frames on each side of the join at T // 2, clipped to the crop."""
+    join, half_width = frames // 2, token_frames // 2
+    return max(0, join - half_width), min(frames, join + half_width)
+
+
 def separator_frames(frames: int, token_frames: int, device: torch.device | str | None = None) -> Tensor:
-    """[T] bool: `token_frames // 2` frames on each side of the join at T // 2, clipped to the crop."""
-    half_width = token_frames // 2
-    join = frames // 2
+    """[T] bool: the frames of `separator_span`."""
+    start, end = separator_span(frames, token_frames)
     t = torch.arange(frames, device=device)
-    return (t >= join - half_width) & (t < join + half_width)
+    return (t >= start) & (t < end)
 
 
 def separator_pattern(bins: int, device: torch.device | str | None = None, dtype: torch.dtype = torch.float32) -> Tensor:
@@ -76,6 +81,12 @@ def eligible_tokens(frames: int, token_frames: int, separator: Tensor) -> Tensor
     padded = torch.zeros(n_tokens * token_frames, dtype=torch.bool, device=separator.device)
     padded[:frames] = separator
     return ~padded.view(n_tokens, token_frames).any(dim=1)
+
+
+def _count_eligible(frames: int, token_frames: int, span: tuple[int, int]) -> int:
+    """How many tokens miss the separator span, on the host (so the device is never waited for)."""
+    starts = range(0, frames, token_frames)
+    return sum(1 for start in starts if min(start + token_frames, frames) <= span[0] or start >= span[1])
 
 
 def _tokens_to_frames(token_mask: Tensor, token_frames: int, frames: int) -> Tensor:
@@ -104,7 +115,8 @@ def _apply_nsp(clean: Tensor, group: Tensor, cfg: CorruptConfig, generator: torc
     return target, (~replace).to(clean.dtype)
 
 
-def _select_tokens(eligible: Tensor, batch: int, cfg: CorruptConfig, generator: torch.Generator) -> Tensor:
+def _select_tokens(eligible: Tensor, n_eligible: int, batch: int, cfg: CorruptConfig,
+                   generator: torch.Generator) -> Tensor:
     """[B, n_tokens] bool: select_rate of the eligible tokens of each sample, at least one.
 
     The count is stochastically rounded (floor(rate * n + u)) so the expected share is exactly
@@ -112,7 +124,6 @@ def _select_tokens(eligible: Tensor, batch: int, cfg: CorruptConfig, generator: 
     """
     n_tokens = eligible.shape[0]
     device = eligible.device
-    n_eligible = eligible.sum()
     rounding = torch.rand(batch, generator=generator, device=device)
     count = torch.floor(cfg.select_rate * n_eligible + rounding).clamp(min=1, max=n_eligible)
     scores = torch.rand(batch, n_tokens, generator=generator, device=device)
@@ -140,22 +151,24 @@ def corrupt_batch(clean: Tensor, group: Tensor, cfg: CorruptConfig, generator: t
     device = clean.device
     tf = cfg.token_frames
 
+    # shapes and counts are worked out on the host: no tensor is read back, so nothing waits for the device
+    span = separator_span(frames, tf) if cfg.nsp else (0, 0)
+    n_eligible = _count_eligible(frames, tf, span)
+    if n_eligible == 0:
+        raise ValueError(
+            f"a crop of {frames} frames has no token of {tf} frames outside the NSP separator; use a longer crop"
+        )
     if cfg.nsp:
         target, nsp_label = _apply_nsp(clean, group.to(device), cfg, generator)
+        target[..., span[0] : span[1]] = separator_pattern(bins, device, clean.dtype)[:, None]  # [F, 1] over frames
         sep_frames = separator_frames(frames, tf, device)
-        sep_value = separator_pattern(bins, device, clean.dtype)[:, None]  # [F, 1] broadcast over frames
-        target[..., sep_frames] = sep_value.expand(bins, int(sep_frames.sum())).to(clean.dtype)
     else:
         target = clean.clone()
         nsp_label = torch.ones(batch, dtype=clean.dtype, device=device)
         sep_frames = torch.zeros(frames, dtype=torch.bool, device=device)
 
     eligible = eligible_tokens(frames, tf, sep_frames)
-    if not bool(eligible.any()):
-        raise ValueError(
-            f"a crop of {frames} frames has no token of {tf} frames outside the NSP separator; use a longer crop"
-        )
-    selected_tokens = _select_tokens(eligible, batch, cfg, generator)
+    selected_tokens = _select_tokens(eligible, n_eligible, batch, cfg, generator)
 
     action = torch.rand(selected_tokens.shape, generator=generator, device=device)
     masked_tokens = selected_tokens & (action < cfg.mask_prob)
@@ -176,4 +189,12 @@ def corrupt_batch(clean: Tensor, group: Tensor, cfg: CorruptConfig, generator: t
     )
 
 
-__all__ = ["CorruptConfig", "Corrupted", "corrupt_batch", "separator_frames", "separator_pattern", "eligible_tokens"]
+__all__ = [
+    "CorruptConfig",
+    "Corrupted",
+    "corrupt_batch",
+    "separator_span",
+    "separator_frames",
+    "separator_pattern",
+    "eligible_tokens",
+]

@@ -137,10 +137,11 @@ def test_nsp_balance_partner_group_and_targets_untouched():
     # replaced second halves equal the second half of a sample of another group
     second = ~first & not_sep
     replaced = torch.nonzero(~kept).flatten()
+    probe = int(torch.nonzero(second)[0])  # first frame of the second half after the separator
     for i in replaced[:64].tolist():
-        matches = (clean[..., second] == out.target[i, :, :, second]).flatten(1).all(dim=1)
-        partners = torch.nonzero(matches).flatten()
+        partners = torch.nonzero((clean[..., probe] == out.target[i, :, :, probe]).flatten(1).all(dim=1)).flatten()
         assert len(partners) == 1
+        assert torch.equal(out.target[i][..., second], clean[partners[0]][..., second])
         assert group[partners[0]] != group[i]
 
 

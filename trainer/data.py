@@ -48,8 +48,8 @@ log = logging.getLogger(__name__)
 # Samples per worker waiting to be drawn. From local shards they are views of the memory-mapped
 # file (no heap memory); from HTTP, 2 MiB float16 crops (at the default sizes).
 DEFAULT_SHUFFLE_BUFFER = 64
-# tarfile's stream mode reads in 10 KiB records by default: ~400 Python-level reads and a join per
-# 4 MiB sample, which cost more than everything else the loader does. Read a MiB at a time instead.
+# For shards read as a stream (HTTP): tarfile's default 10 KiB records mean ~400 Python-level reads
+# and a join per 4 MiB sample. Local shards are memory-mapped instead.
 TAR_READ_BYTES = 1 << 20
 # Members at least this large are passed on as views of the memory-mapped shard instead of bytes.
 ZERO_COPY_MIN_BYTES = 1 << 16

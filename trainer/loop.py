@@ -118,9 +118,12 @@ def default_val_shards(shards: str) -> str | None:
 def pretrain(cfg: TrainConfig, shards: str, run_dir: str | os.PathLike, val_shards: str | None = None,
              checkpoint: Path | None = None, device: str = "auto") -> dict:
     """Train until cfg.run.steps; returns the final training metrics (rank 0) or {} (other ranks)."""
-    from trainer.data import eval_loader, train_loader
+    from trainer.data import eval_loader, resolve_shards, train_loader
     from trainer.model import build_model
 
+    resolve_shards(shards, "train")  # fail now, not after the model is built or at the first validation
+    if val_shards:
+        resolve_shards(val_shards, "val")
     run_dir = Path(run_dir)
     ckpt_dir = run_dir / "checkpoints"
 

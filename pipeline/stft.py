@@ -6,9 +6,9 @@ from the next unfinished frame on (fewer than n_fft) to finish the frames that s
 so its frames are exactly the frames of the whole-track STFT, and memory is one chunk plus one
 clip whatever the track length.
 
-FFT backend: torch on one thread. torch's CPU FFT is MKL's batched DFT; numpy's is pocketfft. On
-the 2-core dev VM the whole magnitude of a 3 s stereo chunk takes ~1.3-1.5 ms of CPU with torch
-against ~3.75 ms with `numpy.fft.rfft` (`python benchmarks/shard_memory.py --fft-only`).
+FFT backend: torch on one thread. torch's CPU FFT is MKL's batched DFT in this build; numpy's is
+pocketfft. On the 2-core dev VM one 3 s stereo chunk's magnitude takes ~1.0-1.5 ms of CPU with
+torch against ~2.9-5.6 ms with `numpy.fft.rfft` (`python benchmarks/shard_memory.py --fft-only`).
 One thread because a shard job already runs one worker per core, with ffmpeg decoding in its own
 process next to it.
 """

@@ -29,7 +29,7 @@ import os
 import struct
 import subprocess
 import threading
-from typing import IO, Iterator
+from typing import IO, Generator, Iterator
 
 import numpy as np
 import soundfile
@@ -106,17 +106,12 @@ def decode_chunks(path: str | os.PathLike, *, sample_rate: int = fmt.SAMPLE_RATE
     sound = _open_exact_with_libsndfile(path, sample_rate) if allow_libsndfile else None
     if sound is not None:
         with sound:
-            try:
-                for chunk in _libsndfile_chunks(sound, chunk_samples):
-                    yield chunk
-                    chunks_done += 1
-            except soundfile.LibsndfileError:
-                pass  # damage libsndfile stops at; ffmpeg continues from the same chunk
-            else:
-                if chunks_done:
-                    return
-                # Nothing: really empty, or a header libsndfile takes literally (a streamed WAV's
-                # data size of 0) where ffmpeg reads on to the end. ffmpeg decides.
+            chunks_done, complete = yield from _libsndfile_chunks(sound, chunk_samples)
+        if complete and chunks_done:
+            return
+        # libsndfile gave up on damage (ffmpeg continues from the same chunk), or read nothing:
+        # really empty, or a header it takes literally (a streamed WAV's data size of 0) where
+        # ffmpeg reads on to the end. Either way ffmpeg decides.
     chunks = _ffmpeg_chunks(path, sample_rate, chunk_samples)
     try:
         for index, chunk in enumerate(chunks):
@@ -149,14 +144,21 @@ def _open_exact_with_libsndfile(path: str | os.PathLike, sample_rate: int) -> so
     return None
 
 
-def _libsndfile_chunks(sound: soundfile.SoundFile, chunk_samples: int) -> Iterator[np.ndarray]:
+def _libsndfile_chunks(sound: soundfile.SoundFile,
+                       chunk_samples: int) -> Generator[np.ndarray, None, tuple[int, bool]]:
+    """Yield stereo chunks; returns (chunks yielded, False if libsndfile failed part way)."""
+    done = 0
     while True:
-        decoded = sound.read(chunk_samples, dtype="float32", always_2d=True)
+        try:
+            decoded = sound.read(chunk_samples, dtype="float32", always_2d=True)
+        except soundfile.LibsndfileError:
+            return done, False
         if len(decoded) == 0:
-            return
+            return done, True
         yield np.repeat(decoded, fmt.CHANNELS, axis=1) if decoded.shape[1] == 1 else decoded
+        done += 1
         if len(decoded) < chunk_samples:
-            return
+            return done, True
 
 
 def _ffmpeg_chunks(path: str | os.PathLike, sample_rate: int, chunk_samples: int) -> Iterator[np.ndarray]:

@@ -242,7 +242,7 @@ def test_libsndfile_reads_exactly_ffmpegs_samples_without_starting_it(tmp_path, 
         signal = synth.synth_music(0.6, seed=11)
     path = tmp_path / f"x.{container.lower()}"
     soundfile.write(path, signal, 44100, format=container, subtype=subtype)
-    assert soundfile.info(path).subtype == subtype
+    assert (soundfile.info(path).format, soundfile.info(path).subtype) == (container, subtype)
     fast = decode_checking_no_ffmpeg_runs(path, chunk_samples=7000)
     via_ffmpeg = decode_all(path, chunk_samples=7000, allow_libsndfile=False)
     assert fast.dtype == np.float32 and fast.shape == (len(signal), 2)

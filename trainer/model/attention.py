@@ -4,8 +4,9 @@ Relative attention adds q_i . E[clip(j - i)] to the logits, where E holds one le
 distance -max_distance..max_distance and per head (distances beyond share the edge embedding, so
 nothing is tied to the crop length). The [L, 2L-1] product Q @ E^T is "skewed" into [L, L] with a
 pad/reshape, never materialising an [L, L, d] tensor. The Music Transformer skew is written for causal
-attention; a popular bidirectional port of it keeps the causal reshape, which silently turns the term
-into a function of absolute positions. tests/test_attention.py checks ours against an explicit lookup.
+attention, and a known public bidirectional implementation gets it wrong in a way that reduces the
+term to absolute positions; tests/test_attention.py checks ours against an explicit lookup and for
+shift-equivariance.
 """
 
 from __future__ import annotations
@@ -24,29 +25,39 @@ def relative_distance_index(length: int, max_distance: int, device=None) -> Tens
 
 
 def skew(rel: Tensor) -> Tensor:
-    """[..., L, 2L-1] indexed by distance + L - 1  ->  [..., L, L] with out[..., i, j] = rel[..., i, j - i + L - 1].
-
-    After padding each row to 2L, flat position i * 2L + (L - 1 - i + j) equals (L - 1) + i * (2L - 1) + j,
-    so reading the flat buffer from L - 1 with row length 2L - 1 lines every row up on column j.
-    """
-    length = rel.shape[-2]
-    if rel.shape[-1] != 2 * length - 1:
+    """[..., L, 2L-1] indexed by distance + L - 1  ->  [..., L, L] with out[..., i, j] = rel[..., i, j - i + L - 1]."""
+    if rel.shape[-1] != 2 * rel.shape[-2] - 1:
         raise ValueError(f"skew needs [..., L, 2L-1], got {tuple(rel.shape)}")
-    flat = F.pad(rel, (0, 1)).flatten(-2)
-    rows = flat[..., length - 1: length - 1 + length * (2 * length - 1)]
+    return _skew_padded(F.pad(rel, (0, 1)))
+
+
+def _skew_padded(padded: Tensor) -> Tensor:
+    """skew() of rows already padded to 2L (the last column is never read).
+
+    Flat position i * 2L + (L - 1 - i + j) equals (L - 1) + i * (2L - 1) + j, so reading the flat buffer
+    from L - 1 with row length 2L - 1 lines every row up on column j: a view, no copy.
+    """
+    length = padded.shape[-2]
+    rows = padded.flatten(-2)[..., length - 1: length - 1 + length * (2 * length - 1)]
     return rows.unflatten(-1, (length, 2 * length - 1))[..., :length]
 
 
 def relative_logits(q: Tensor, table: Tensor, max_distance: int) -> Tensor:
     """q [B, H, L, D], table [H, 2 * max_distance + 1, D]  ->  [B, H, L, L] with q_i . table[clip(j - i)]."""
     length = q.shape[-2]
-    index = relative_distance_index(length, max_distance, q.device)
-    if table.shape[-2] < index.numel():
-        # Long sequences: multiply by the distinct embeddings only, then spread the clipped columns.
-        rel = torch.index_select(q @ table.transpose(-1, -2), -1, index)
+    # Rows of 2L columns (distances -(L-1)..(L-1) plus one the skew never reads) skip a pad copy.
+    far = length - 1 - max_distance
+    if far > 0:
+        # Long sequences: multiply by the distinct embeddings only, then repeat the clipped edge
+        # columns (a contiguous cat; an index_select gather along the last dim is ~10x slower on CPU).
+        distinct = q @ table.transpose(-1, -2)
+        edge_shape = distinct.shape[:-1]
+        padded = torch.cat((distinct[..., :1].expand(*edge_shape, far), distinct,
+                            distinct[..., -1:].expand(*edge_shape, far + 1)), dim=-1)
     else:
-        rel = q @ table[:, index].transpose(-1, -2)
-    return skew(rel)
+        index = relative_distance_index(length, max_distance, q.device)
+        padded = q @ table[:, torch.cat((index, index[-1:]))].transpose(-1, -2)
+    return _skew_padded(padded)
 
 
 def relative_attention(q: Tensor, k: Tensor, v: Tensor, table: Tensor, max_distance: int,
@@ -57,8 +68,8 @@ def relative_attention(q: Tensor, k: Tensor, v: Tensor, table: Tensor, max_dista
     """
     if q.shape[-2] != k.shape[-2]:
         raise ValueError(f"relative attention needs queries and keys on the same frames: {q.shape[-2]} vs {k.shape[-2]}")
-    scale = 1.0 / math.sqrt(q.shape[-1])
-    bias = relative_logits(q, table, max_distance) * scale
+    # Scaling q (L x D) rather than the logits (L x L) saves a pass over the largest tensor.
+    bias = relative_logits(q * (1.0 / math.sqrt(q.shape[-1])), table, max_distance)
     if key_padding_mask is not None:
         bias = bias.masked_fill(key_padding_mask[:, None, None, :], float("-inf"))
     return F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype), dropout_p=dropout_p)

@@ -198,6 +198,21 @@ def _execute(pending: list[Unit], out: Path, options: ShardOptions, workers: int
         bar.close()
         if client is not None:
             client.close()
+        else:
+            _stop_local_workers()
+
+
+def _stop_local_workers() -> None:
+    """Idle loky workers exit slowly at interpreter exit (each tears down torch): kill them now.
+
+    Goes through loky's module-level executor because `get_reusable_executor()` would first
+    resize (respawn) it to its default worker count.
+    """
+    from joblib.externals.loky import reusable_executor
+
+    executor = getattr(reusable_executor, "_executor", None)
+    if executor is not None:
+        executor.shutdown(wait=False, kill_workers=True)
 
 
 class _AudioProgress:

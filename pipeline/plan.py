@@ -36,8 +36,11 @@ class ShardOptions:
             raise ValueError(f"clip_frames must be >= 1, got {self.clip_frames}")
         if self.shard_bytes < 1:
             raise ValueError(f"shard size must be >= 1 byte, got {self.shard_bytes}")
-        if self.stft.n_fft < 2 or self.stft.n_fft % 2 or self.stft.hop < 1:
-            raise ValueError(f"need an even n_fft >= 2 and hop >= 1, got n_fft={self.stft.n_fft} hop={self.stft.hop}")
+        if self.stft.n_fft < 2 or self.stft.n_fft % 2 or not 1 <= self.stft.hop <= self.stft.n_fft:
+            raise ValueError(f"need an even n_fft >= 2 and 1 <= hop <= n_fft, "
+                             f"got n_fft={self.stft.n_fft} hop={self.stft.hop}")
+        if self.stft.window != "hann":
+            raise ValueError(f"only the hann window is supported, got {self.stft.window!r}")
 
     def to_dict(self) -> dict:
         return {"stft": self.stft.to_dict(), "clip_frames": self.clip_frames,

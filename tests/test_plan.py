@@ -133,3 +133,5 @@ def test_bad_options_are_refused():
         ShardOptions(clip_frames=0)
     with pytest.raises(ValueError, match="n_fft"):
         ShardOptions(stft=fmt.STFTParams(n_fft=1023))
+    with pytest.raises(ValueError, match="hop <= n_fft"):
+        ShardOptions(stft=fmt.STFTParams(n_fft=512, hop=1024))

@@ -252,3 +252,14 @@ def test_refused_force_run_deletes_nothing(collection, clean, tmp_path):
     with pytest.raises(ShardError, match="not enough space.*counting .* bytes of outdated shards"):
         run_shard(manifests, out, OPTIONS, force=True, progress=False)
     assert shard_bytes(out) == shard_bytes(clean)
+
+
+def test_shards_without_state_are_not_adopted(collection, clean, tmp_path):
+    _, manifests, _ = collection
+    out = tmp_path / "orphans"
+    shutil.copytree(clean, out)
+    shutil.rmtree(out / ".state")
+    with pytest.raises(ShardError, match="unknown origin.*--force"):
+        run_shard(manifests, out, OPTIONS, workers=1, progress=False)
+    summary = run_shard(manifests, out, OPTIONS, workers=1, force=True, progress=False)
+    assert summary.reused == 0 and shard_bytes(out) == shard_bytes(clean)

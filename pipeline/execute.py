@@ -194,6 +194,7 @@ def _execute(pending: list[Unit], out: Path, options: ShardOptions, workers: int
             for result in Parallel(n_jobs=n_jobs, return_as="generator_unordered")(jobs):
                 bar.advance(seconds[result.name])
                 yield result
+            bar.complete()
     finally:
         bar.close()
         if client is not None:
@@ -233,6 +234,11 @@ class _AudioProgress:
         self._bar.set_postfix_str(f"{self._seconds / max(1e-9, time.monotonic() - self._started):.1f}x realtime",
                                   refresh=False)
         self._bar.update(seconds / 3600)
+
+    def complete(self) -> None:
+        """Show exactly 100%: summed float hours can end a hair short of the total."""
+        self._bar.n = self._bar.total
+        self._bar.refresh()
 
     def close(self) -> None:
         self._bar.close()

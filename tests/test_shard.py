@@ -143,7 +143,8 @@ def test_two_workers_give_the_same_bytes(collection, clean, tmp_path):
 def test_dask_cluster_gives_the_same_bytes(collection, clean, tmp_path):
     distributed = pytest.importorskip("distributed")
     _, manifests, _ = collection
-    with distributed.LocalCluster(n_workers=1, threads_per_worker=2, processes=False,
+    # Worker processes, as on a real cluster: units and options must travel by pickle.
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
                                   dashboard_address=None) as cluster:
         run_shard(manifests, tmp_path / "dask", OPTIONS, scheduler=cluster.scheduler_address, progress=False)
         ran_on_dask = [name for name in cluster.scheduler.task_prefixes if "write_unit" in name]

@@ -172,8 +172,6 @@ def _execute(pending: list[Unit], out: Path, options: ShardOptions, workers: int
         return
     from joblib import Parallel, delayed, parallel_config
 
-    bar = _AudioProgress(total_seconds=plan.seconds, done_seconds=sum(r.seconds for r in done.values()),
-                        enabled=progress)
     if scheduler:
         from distributed import Client
 
@@ -185,6 +183,8 @@ def _execute(pending: list[Unit], out: Path, options: ShardOptions, workers: int
     else:
         client = None
         backend, n_jobs = nullcontext(), (workers or -1)
+    bar = _AudioProgress(total_seconds=plan.seconds, enabled=progress,
+                         done_seconds=sum(u.seconds for u in plan.units if u.name in done))
     try:
         with backend:
             # Largest units first keeps the slowest shard from starting last.

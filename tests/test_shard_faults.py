@@ -103,6 +103,8 @@ def test_hostile_files_are_failures_and_the_rest_completes(tmp_path):
     hostile = [track_record(bad_dir / name, f"bad{i}", tmp_path / "ssd1", "bad/album", "train", 2.0)
                for i, name in enumerate(["truncated.ogg", "empty.flac", "text.mp3", "vanished.wav"])]
     vanished.unlink()
+    # A good file under an id that cannot form a webdataset key (a dot): refused, not mis-keyed.
+    hostile.append(track_record(Path(records[0].path), "bad.id", tmp_path / "ssd1", "bad/album", "train", 1.6))
     fmt.write_jsonl_atomic(manifests / fmt.TRACKS_FILE, records + hostile)
     ingest_failure = fmt.FailureRecord("/mnt/elsewhere/x.mp3", "probe", "not audio")
     stale = fmt.FailureRecord(good[0].path, "decode", "an old failure of a file that now decodes")
@@ -115,7 +117,8 @@ def test_hostile_files_are_failures_and_the_rest_completes(tmp_path):
     failed = {f.path: f for f in failures if f.stage == "decode"}
     assert set(failed) == {str(bad_dir / n) for n in ["truncated.ogg", "empty.flac", "text.mp3", "vanished.wav"]}
     assert all("\n" not in f.reason and f.reason for f in failed.values())
-    assert summary.failures == 4
+    assert [f.reason for f in failures if f.stage == "shard"] == ["track id 'bad.id' cannot form a sample key"]
+    assert summary.failures == 5
     index = fmt.read_index(tmp_path / "out" / "train.json")
     assert index.totals["tracks"] == sum(r.split == "train" for r in good)
     from pipeline.verify import verify_shards

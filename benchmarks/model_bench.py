@@ -1,12 +1,13 @@
 """Forward+backward time per sample of the model presets, relative vs RoPE attention, and MFU on a GPU.
 
     .venv/bin/python benchmarks/model_bench.py                                   # CPU: tiny/small, T 256/512
-    .venv/bin/python benchmarks/model_bench.py --presets base --frames 1024 --batch 8 \
-        --device cuda --dtype bf16 --peak-tflops 989                             # H100 SXM dense bf16
+    .venv/bin/python benchmarks/model_bench.py --presets base --frames 1024 --batch 4 \
+        --device cuda --dtype bf16 --peak-tflops 989 --attention-dims ''         # H100 SXM dense bf16
 
 Each configuration is timed on the same batch after warm-up steps; relative and RoPE runs alternate
 so that a noisy shared machine disturbs both alike. FLOPs per training step (forward + backward) are
-counted with FlopCounterMode on the meta device; MFU = those FLOPs / step time / --peak-tflops.
+counted with FlopCounterMode on the meta device, without the recomputation --checkpoint-blocks adds
+(the usual MFU convention); MFU = those FLOPs / step time / --peak-tflops.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from trainer.model.attention import FrameAttention
 
 
 def training_flops(cfg, batch: int, frames: int) -> int:
+    cfg = dataclasses.replace(cfg, checkpoint_blocks=False)
     with torch.device("meta"):
         model = build_model(cfg).train()
         x = torch.empty(batch, cfg.audio_channels, cfg.bins, frames)
@@ -101,6 +103,8 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU).")
+    parser.add_argument("--checkpoint-blocks", action="store_true",
+                        help="Recompute transformer blocks in backward (less activation memory).")
     parser.add_argument("--attention-dims", default="128,512",
                         help="Token widths for the attention-only table (128 = level 3, 512 = level 1); '' skips it.")
     parser.add_argument("--peak-tflops", type=float, default=None,
@@ -119,7 +123,8 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|" + ("---|" if args.peak_tflops else "") + "---|")
     for preset in args.presets.split(","):
         for frames in (int(f) for f in args.frames.split(",")):
-            configs = {p: dataclasses.replace(load_model_preset(preset), position=p) for p in positions}
+            configs = {p: dataclasses.replace(load_model_preset(preset), position=p,
+                                              checkpoint_blocks=args.checkpoint_blocks) for p in positions}
             timers = {p: StepTimer(cfg, args.batch, frames, device, args.dtype) for p, cfg in configs.items()}
             times: dict[str, list[float]] = {p: [] for p in positions}
             for round_index in range(args.warmup + args.repeats):

@@ -110,3 +110,22 @@ def summary(preset, frames, position):
         click.echo(format_summary(summarize(cfg, frames), title=preset))
     except ValueError as exc:
         raise click.ClickException(str(exc)) from exc
+
+
+@main.command()
+@click.option("--shards", required=True, help="Shards to preview (same forms as pretrain --shards).")
+@click.option("--checkpoint", default=None, help="Also show the model's reconstruction: a checkpoint or run directory.")
+@click.option("--preset", default="tiny", show_default=True,
+              help="Training preset for crop and corruption settings when no --checkpoint is given.")
+@click.option("--split", default="val", show_default=True, help="Split to read when --shards is a directory.")
+@click.option("--out", type=click.Path(dir_okay=False), default="preview-corruptions.png", show_default=True)
+@click.option("--n", "count", type=click.IntRange(1, 16), default=2, show_default=True, help="Samples to show.")
+def preview(shards: str, checkpoint: str | None, preset: str, split: str, out: str, count: int) -> None:
+    """Clean / corrupted (masked tokens, NSP join, separator) / reconstruction spectrograms as a PNG."""
+    from trainer.preview import load_preview_batch, render
+
+    try:
+        path = render(load_preview_batch(shards, count, checkpoint, preset, split), out)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"wrote {path}")

@@ -1,6 +1,6 @@
 """Loader throughput vs raw sequential read of the same shards, cold and warm, in one run.
 
-Writes ~1 GB of shards with realistic samples ([2, 1024, 1024] float16 = 4 MiB each) under a
+Writes ~2 GB of shards with realistic samples ([2, 1024, 1024] float16 = 4 MiB each) under a
 temporary directory (never in git), then measures, in several alternating repetitions:
 
   cold  a fresh copy of the shards, written through a user-space buffer (new blocks on the disk,
@@ -21,6 +21,8 @@ temporary directory (never in git), then measures, in several alternating repeti
   raw     `cat` of every shard to /dev/null (one sequential pass).
   loader  trainer.data.train_loader, 2 workers, batch 8, crop 512. Samples/s over the batches
           after the first (which waits for worker start-up and the shuffle buffers to fill).
+  floor   (warm only) the same DataLoader set-up handing over batches of the same shape that
+          are only allocated and filled (HandOverFloor): the loader's ceiling on this machine.
 
 The goal is loader samples/s >= 0.6 x raw samples/s (raw bytes/s / stored bytes per sample).
 On a shared machine wall-clock rates swing with the neighbours' load, so the CPU time spent per
@@ -38,6 +40,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib.util
+import itertools
 import os
 import resource
 import shutil
@@ -54,6 +57,7 @@ from typing import Iterator
 import numpy as np
 import torch
 import webdataset as wds
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from pipeline.format import (
     DEFAULT_CLIP_FRAMES,
@@ -72,6 +76,7 @@ from pipeline.format import (
 )
 
 COPY_CHUNK_BYTES = 8 << 20
+FLOOR = "hand-over floor"
 
 BINS = STFTParams().bins
 SAMPLE_BYTES = 2 * BINS * DEFAULT_CLIP_FRAMES * np.dtype(SPEC_DTYPE).itemsize
@@ -172,7 +177,7 @@ def _stat_fields(pid) -> list[str]:
         return stat.read().rsplit(")", 1)[1].split()
 
 
-def time_loader(data: ModuleType, root: Path, batches: int, args: argparse.Namespace) -> Pass:
+def time_loader(data, root: Path, batches: int, args: argparse.Namespace) -> Pass:
     """Samples/s and CPU per sample over the batches after the first (steady state: start-up and
     the shuffle buffers' fill are left out of both)."""
     iterator = iter(data.train_loader(str(root), batch_size=args.batch_size, crop_frames=args.crop,
@@ -189,6 +194,37 @@ def time_loader(data: ModuleType, root: Path, batches: int, args: argparse.Names
     return Pass(len(keys) / (end - first), cpu / len(keys) * 1e3, len(set(keys)) / len(keys))
 
 
+class HandOverFloor(IterableDataset):
+    """Batches of the loader's shape and dtype, allocated in shared memory by the loader's own
+    function and written once, reading nothing: what handing batches from DataLoader workers to
+    the main process costs by itself (fresh shared pages: allocate, fault in, pass the file
+    descriptor, map, free), however cheap the cropping and normalising become."""
+
+    def __init__(self, shape: tuple[int, ...], dtype: torch.dtype):
+        super().__init__()
+        self.shape, self.dtype = shape, dtype
+
+    def __iter__(self):
+        from trainer.data import _empty_batch
+
+        worker = get_worker_info().id if get_worker_info() is not None else 0
+        for number in itertools.count():
+            spec = _empty_batch(self.shape, self.dtype)
+            spec.fill_(0.5)
+            yield {"spec": spec, "group": torch.arange(self.shape[0]),
+                   "key": [f"{worker}_{number}_{row}" for row in range(self.shape[0])]}
+
+
+class HandOverFloorLoader:
+    """Stands in for trainer.data in the runs below."""
+
+    @staticmethod
+    def train_loader(src, *, batch_size: int, crop_frames: int, num_workers: int, seed: int,
+                     dtype: torch.dtype) -> DataLoader:
+        return DataLoader(HandOverFloor((batch_size, 2, BINS, crop_frames), dtype), batch_size=None,
+                          num_workers=num_workers, prefetch_factor=2 if num_workers else None)
+
+
 def load_data_module(path: Path) -> ModuleType:
     """Another version of trainer/data.py, importable side by side with the current one (workers fork)."""
     spec = importlib.util.spec_from_file_location(f"loader_bench_{path.stem}", path)
@@ -198,7 +234,7 @@ def load_data_module(path: Path) -> ModuleType:
     return module
 
 
-def measure(mode: str, root: Path, data: ModuleType | None, samples_stored: int, args: argparse.Namespace) -> Pass:
+def measure(mode: str, root: Path, data, samples_stored: int, args: argparse.Namespace) -> Pass:
     if mode == "cold":
         with cold_copy(root) as copy:
             return time_cat(copy, samples_stored) if data is None else time_loader(data, copy, args.cold_batches, args)
@@ -231,6 +267,8 @@ def main() -> None:
     loaders = {"loader": trainer.data}
     if args.compare:
         loaders[f"loader ({args.compare.name})"] = load_data_module(args.compare)
+    if "warm" in modes:
+        loaders[FLOOR] = HandOverFloorLoader
 
     root = args.keep or Path(tempfile.mkdtemp(prefix="loader-bench-"))
     try:
@@ -250,7 +288,8 @@ def main() -> None:
         results: dict[tuple[str, str], list[Pass]] = {}
         for rep in range(args.reps):
             for mode in modes:
-                runs = [("cat", None), *loaders.items()]
+                runs = [("cat", None), *((name, data) for name, data in loaders.items()
+                                         if not (name == FLOOR and mode == "cold"))]
                 if rep % 2:
                     runs.reverse()
                 for name, data in runs:
@@ -268,6 +307,8 @@ def main() -> None:
         for mode in modes:
             cat = results[(mode, "cat")]
             for name in ["cat", *loaders]:
+                if (mode, name) not in results:
+                    continue
                 runs = results[(mode, name)]
                 rate = statistics.median(r.samples_per_s for r in runs)
                 ratios = [r.samples_per_s / c.samples_per_s for r, c in zip(runs, cat)]

@@ -179,6 +179,14 @@ def test_collate_applies_the_swap_and_padding():
     assert not spec[:, :, 20:].any()
 
 
+def test_collate_swaps_a_full_length_crop_exactly():
+    crop = crop_sample(sample("t", 0), CROP, None)  # CLIP valid frames: no padding
+    crop.swap = True
+    spec = collate([crop])["spec"][0]
+    assert torch.equal(spec, torch.from_numpy(crop.padded()).float() / float(crop.frames.max()))
+    assert spec[0, 0, 0] > spec[1, 0, 0]  # channel 1 (the larger values) first
+
+
 def test_collate_float16_matches_float32_to_half_precision():
     crops = [crop_sample(sample(f"t{i}", 0, valid=30 + i), CROP, None) for i in range(2)]
     wide, narrow = collate(crops)["spec"], collate(crops, dtype=torch.float16)["spec"]

@@ -201,13 +201,14 @@ def collate(crops: list[Crop], dtype: torch.dtype = torch.float32) -> dict:
     gathered = np.empty((CHANNELS, bins, first.crop_frames), dtype=SPEC_DTYPE)
     for row, crop in zip(spec, crops):
         length = crop.frames.shape[2]
-        np.copyto(gathered[:, :, :length], crop.frames)  # numpy's strided copy beats torch's here
+        # numpy's strided copy beats torch's here; the swap costs nothing in it
+        np.copyto(gathered[:, :, :length], crop.frames[::-1] if crop.swap else crop.frames)
         frames = torch.from_numpy(gathered)[:, :, :length]
         # a 1-element divisor of the output dtype sets the division's dtype
         peak = frames.amax().float().clamp_(min=torch.finfo(dtype).tiny).reshape(1).to(dtype)
-        for out_channel, in_channel in enumerate((1, 0) if crop.swap else (0, 1)):
-            torch.div(frames[in_channel], peak, out=row[out_channel, :, :length])
-        row[:, :, length:] = 0
+        torch.div(frames, peak, out=row[:, :, :length])
+        if length < first.crop_frames:
+            row[:, :, length:] = 0
     return {
         "spec": spec,
         "group": torch.tensor([c.group for c in crops], dtype=torch.long),

@@ -23,7 +23,7 @@ from pipeline.manifest import (ProbeJournal, build_records, failure_outcome, for
                                inputs_digest, outcomes_from_manifest, remove_stale_temporaries, save_state, track_outcome,
                                unchanged_counts, write_manifest)
 from pipeline.probe import ProbeError, probe_file
-from pipeline.scan import FoundFile, RootScan, scan_roots
+from pipeline.scan import FoundFile, RootScan, root_error, scan_roots
 
 
 def default_workers() -> int:
@@ -89,6 +89,7 @@ def ingest(roots: list[str], manifests_dir: str | os.PathLike = "manifests", wor
         summary.reused = len(outcomes)
         summary.probed = _probe_all(pending, journal, outcomes, workers or default_workers(),
                                     sys.stderr.isatty() if progress is None else progress)
+        _report_vanished_roots(roots, summary)
         tracks, probe_failures = build_records(found, outcomes, val_fraction)
         failures = scan_failures + probe_failures
         write_manifest(manifests_dir, tracks, failures)
@@ -102,11 +103,23 @@ def ingest(roots: list[str], manifests_dir: str | os.PathLike = "manifests", wor
     summary.tracks = len(tracks)
     summary.duplicates = sum(t.duplicate_of is not None for t in tracks)
     summary.failures = len(failures)
-    if digest:
+    # A file that vanished while we probed (a drive unplugged mid-run) may come back unchanged: the
+    # rerun must then redo it, not take the unchanged scan for an up-to-date manifest.
+    if digest and not summary.root_errors and not any(o.get("vanished") for o in outcomes.values()):
         save_state(manifests_dir, digest, {"files": summary.files, "tracks": summary.tracks,
                                            "duplicates": summary.duplicates, "failures": summary.failures})
     summary.seconds = time.perf_counter() - start
     return summary
+
+
+def _report_vanished_roots(roots: list[str], summary: IngestSummary) -> None:
+    """A root that was readable at the scan but is gone now: its unprobed files are failures, and
+    the user gets the same one-line error as for a root that was missing from the start."""
+    for root in roots:
+        error = None if root in summary.root_errors else root_error(root)
+        if error:
+            summary.root_errors[root] = f"{error} (it went away during the run; rerun when it is back)"
+            print(f"pipeline ingest: error: {root}: {summary.root_errors[root]}", file=sys.stderr)
 
 
 def _inode_key(file: FoundFile) -> tuple:
@@ -186,7 +199,8 @@ def _probe_one(group: list[FoundFile]) -> list[dict]:
     try:
         result = probe_file(file.path, file.by_extension)
     except (ProbeError, OSError) as exc:
-        return [failure_outcome(f.path, f.size, f.mtime, str(exc)) for f in group]
+        return [failure_outcome(f.path, f.size, f.mtime, str(exc), vanished=not os.path.exists(f.path))
+                for f in group]
     if result is None:
         return [ignored_outcome(f.path, f.size, f.mtime) for f in group]
     return [track_outcome(f.path, f.size, f.mtime, result) for f in group]

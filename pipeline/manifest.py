@@ -42,8 +42,11 @@ def track_outcome(path: str, size: int, mtime: float, result: ProbeResult) -> di
             "codec": result.codec, "tags": result.tags}
 
 
-def failure_outcome(path: str, size: int, mtime: float, reason: str) -> dict:
-    return {"path": path, "size": size, "mtime": mtime, "kind": "failure", "reason": reason}
+def failure_outcome(path: str, size: int, mtime: float, reason: str, vanished: bool = False) -> dict:
+    """`vanished`: the file was gone when probed (an unplugged drive); never reused, so a rerun after
+    it is back probes it again."""
+    outcome = {"path": path, "size": size, "mtime": mtime, "kind": "failure", "reason": reason}
+    return {**outcome, "vanished": True} if vanished else outcome
 
 
 def ignored_outcome(path: str, size: int, mtime: float) -> dict:
@@ -71,7 +74,8 @@ class ProbeJournal:
 
     def lookup(self, path: str, size: int, mtime: float) -> dict | None:
         outcome = self.outcomes.get(path)
-        if outcome is not None and outcome["size"] == size and outcome["mtime"] == mtime:
+        if outcome is not None and outcome["size"] == size and outcome["mtime"] == mtime \
+                and not outcome.get("vanished"):
             return outcome
         return None
 

@@ -4,17 +4,18 @@ Writes ~2 GB of shards with realistic samples ([2, 1024, 1024] float16 = 4 MiB e
 temporary directory (never in git), then measures, in several alternating repetitions:
 
   cold  a fresh copy of the shards, written through a user-space buffer (new blocks on the disk,
-        no shared extents), fsynced and evicted from the page cache
-        (posix_fadvise(DONTNEED), no root needed), so that its first read comes from the disk
-        itself. Evicting the original shards is not enough on this VM: an evicted file reads back
-        at 1.5-3 GB/s, served by the host's cache under the virtual disk, against 0.3-0.5 GB/s for
-        data never read before. Each cold pass gets its own copy, deleted afterwards.
+        no shared extents), fsynced and evicted from the page cache (posix_fadvise(DONTNEED), no
+        root needed), so that no cache inside this machine holds it. On this VM that is not
+        always the disk itself: an evicted file, and often a fresh copy too, reads back at
+        1.5-3.7 GB/s from the host's cache under the virtual disk, against 0.3-0.5 GB/s for data
+        the host has not cached (see benchmarks/README.md). Each cold pass gets its own copy,
+        deleted afterwards.
         This is the reference the goal is judged on: a collection of a terabyte never sits in a
         page cache, so training streams it from the disk, and the question is whether the loader
         keeps up with the disk. The loader resamples shards with replacement, so a shard drawn a
-        second time in the same pass comes from the page cache; the share of samples delivered
-        for the first time in the pass is reported, and the cold pass reads only about half of the
-        stored samples (--cold-batches) to keep that share high.
+        second time in the same pass would come from the page cache: the cold pass reads only
+        about 60% of the stored samples (--cold-batches), and the share of samples delivered for
+        the first time in the pass is reported.
   warm  the original shards after a `cat` that pulls them into the page cache: the CPU-bound
         ceiling of the loader, against a `cat` at memory bandwidth.
 

@@ -2,9 +2,10 @@
 
 State lives in `OUT/.state/`: `plan.json` (the plan the folder is being built from), one
 `{shard}.json` per finished unit (written by the unit just before its tar is renamed into place),
-and `lock`. A unit is finished when its state matches the plan and its tar has the recorded size;
-everything else is redone from scratch, which is exact because units are deterministic. The index
-`{split}.json` is written last, so its presence means the whole split is complete.
+and `lock`. A unit is finished when its state matches the plan, its tar has the recorded size and
+none of the files it could not find (a drive unplugged mid-run) is back; everything else is redone
+from scratch, which is exact because units are deterministic. The index `{split}.json` is written
+last, so its presence means the whole split is complete.
 """
 
 from __future__ import annotations
@@ -145,7 +146,8 @@ def _split_done(out: Path, plan: Plan, options: ShardOptions) -> tuple[dict[str,
         state = read_state(out, unit.name)
         shard = out / unit.name
         if (state is not None and state.fingerprint == unit.fingerprint(options)
-                and shard.is_file() and shard.stat().st_size == state.filesize):
+                and shard.is_file() and shard.stat().st_size == state.filesize
+                and not any(os.path.exists(path) for path in state.missing)):
             done[unit.name] = state
         else:
             pending.append(unit)

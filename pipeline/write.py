@@ -41,6 +41,9 @@ class UnitResult:
     tracks: int  # tracks decoded (with or without clips)
     seconds: float  # manifest duration of those tracks
     failures: list[dict] = field(default_factory=list)  # format.FailureRecord as dicts
+    # Failed tracks whose file was gone at the time (an unplugged drive): a rerun redoes the unit
+    # once they are back, so the shard ends up as an uninterrupted run would have written it.
+    missing: list[str] = field(default_factory=list)
 
     @classmethod
     def from_dict(cls, data: dict) -> "UnitResult":
@@ -127,6 +130,7 @@ def write_unit(unit: Unit, out_dir: str | os.PathLike, options: ShardOptions) ->
     nsamples = tracks_done = 0
     seconds = 0.0
     failures: list[dict] = []
+    missing: list[str] = []
     try:
         with open(tmp, "wb") as fh:
             tar = ReproducibleTar(fh)
@@ -146,6 +150,8 @@ def write_unit(unit: Unit, out_dir: str | os.PathLike, options: ShardOptions) ->
                 except _TrackFailed as exc:
                     tar.rollback(mark)
                     failures.append(asdict(fmt.FailureRecord(track.path, exc.stage, exc.reason)))
+                    if not os.path.exists(track.path):
+                        missing.append(track.path)
                     continue
                 nsamples += written
                 tracks_done += 1
@@ -154,7 +160,7 @@ def write_unit(unit: Unit, out_dir: str | os.PathLike, options: ShardOptions) ->
             fh.flush()
             os.fsync(fh.fileno())
         result = UnitResult(unit.name, unit.split, unit.fingerprint(options), nsamples, tmp.stat().st_size,
-                            tracks_done, seconds, failures)
+                            tracks_done, seconds, failures, missing)
         write_state(out_dir, result)
         fault_point("state")
         os.replace(tmp, final)

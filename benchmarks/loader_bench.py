@@ -14,7 +14,7 @@ temporary directory (never in git), then measures, in several alternating repeti
         page cache, so training streams it from the disk, and the question is whether the loader
         keeps up with the disk. The loader resamples shards with replacement, so a shard drawn a
         second time in the same pass would come from the page cache: the cold pass reads only
-        about 60% of the stored samples (--cold-batches), and the share of samples delivered for
+        about 70% of the stored samples (--cold-batches), and the share of samples delivered for
         the first time in the pass is reported.
   warm  the original shards after a `cat` that pulls them into the page cache: the CPU-bound
         ceiling of the loader, against a `cat` at memory bandwidth.

@@ -35,6 +35,10 @@ class ModelConfig:
     dropout: float = 0.1
     attention_dropout: float = 0.0
     nsp_hidden: int = 128
+    # Initial value of the output mask (the mask head's bias is its logit): spectra normalised to the
+    # sample's max are mostly far below 1, and 80% of selected tokens are 1.0 in the input, so the
+    # mask must start near the typical magnitude, not at 0.5 (README, "Learning on the demo").
+    mask_prior: float = 1e-3
     # Recompute each transformer block during backward instead of keeping its activations: for the
     # base preset at long crops the blocks hold most of the activation memory (see `trainer summary`).
     checkpoint_blocks: bool = False
@@ -53,6 +57,8 @@ class ModelConfig:
             problems.append(f"first_transformer_level must be in 0..{self.num_downsamples + 1}")
         if self.frame_kernel % 2 == 0 or self.qkv_conv_kernel % 2 == 0:
             problems.append("frame_kernel and qkv_conv_kernel must be odd (symmetric padding keeps sizes)")
+        if not 0.0 < self.mask_prior < 1.0:
+            problems.append(f"mask_prior must be in (0, 1), got {self.mask_prior}")
         for name in ("num_downsamples", "num_encoders", "num_decoders", "max_distance"):
             if getattr(self, name) < 0:
                 problems.append(f"{name} must be >= 0")

@@ -1,0 +1,57 @@
+"""The mask head starts at the configured prior (ModelConfig.mask_prior), not at sigmoid(0) = 0.5."""
+
+import math
+
+import pytest
+import torch
+
+from trainer.config import load_config
+from trainer.model import ModelConfig, build_model
+
+
+def small_config(**overrides) -> ModelConfig:
+    fields = dict(bins=32, num_downsamples=2, channels=[4, 6, 8], num_encoders=1, num_decoders=1,
+                  num_heads=2, min_head_dim=8, max_distance=4, dropout=0.0, nsp_hidden=8)
+    return ModelConfig(**{**fields, **overrides})
+
+
+def initial_mask(cfg: ModelConfig, seed: int = 0) -> torch.Tensor:
+    torch.manual_seed(seed)
+    model = build_model(cfg).eval()
+    generator = torch.Generator().manual_seed(seed)
+    # Spectra normalised to the max: mostly small values, a few near 1, some tokens set to 1.0.
+    x = torch.rand(2, cfg.audio_channels, cfg.bins, 24, generator=generator) ** 8
+    x[..., 8:12] = 1.0
+    with torch.no_grad():
+        mask, _ = model(x)
+    return mask
+
+
+@pytest.mark.parametrize("prior", [1e-3, 0.01, 0.2])
+def test_initial_mask_is_centred_on_the_prior_in_logit_space(prior):
+    mask = initial_mask(small_config(mask_prior=prior))
+    logits = torch.logit(mask.double())
+    assert logits.median().item() == pytest.approx(math.log(prior / (1 - prior)), abs=0.5)
+    # The weights keep their default init: the mask depends on the input from the first step on.
+    assert 0.01 < logits.std().item() < 1.5
+    assert mask.min() > 0 and mask.max() < 1
+
+
+def test_mask_head_bias_is_the_prior_logit():
+    model = build_model(small_config(mask_prior=0.003))
+    assert torch.allclose(model.mask_head.bias, torch.full_like(model.mask_head.bias, math.log(0.003 / 0.997)))
+
+
+@pytest.mark.parametrize("prior", [0.0, 1.0, -0.1, 2.0])
+def test_prior_outside_the_open_unit_interval_is_refused(prior):
+    with pytest.raises(ValueError, match="mask_prior must be in \\(0, 1\\)"):
+        small_config(mask_prior=prior)
+
+
+def test_presets_start_far_below_one_half():
+    for name in ("tiny", "small", "base"):
+        assert load_config(name).model.mask_prior <= 0.01
+
+
+def test_prior_is_a_config_override():
+    assert load_config("tiny", overrides=["model.mask_prior=0.05"]).model.mask_prior == pytest.approx(0.05)

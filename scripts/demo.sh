@@ -24,3 +24,28 @@ grep -v '"duplicate_of": null' demo/manifests/tracks.jsonl | cut -c1-160
 echo "-- demo/manifests/failures.jsonl:"
 cat demo/manifests/failures.jsonl
 pipeline status --manifests demo/manifests --out demo/shards
+
+step "4. shard the manifest -> demo/shards (STFT float16 clips in webdataset tars)"
+# 64 MB shards instead of the default 1 GB so the ~20 minutes of demo audio spread over several.
+pipeline shard --manifests demo/manifests --out demo/shards --shard-size 64MB
+pipeline verify --out demo/shards
+pipeline preview demo/shards --out demo/preview-shards.png --n 3
+
+step "5. pretrain the tiny preset on CPU -> demo/runs/tiny (re-running continues, or stops if done)"
+DEMO_STEPS=${DEMO_STEPS:-60}
+trainer pretrain --shards demo/shards --preset tiny --run demo/runs/tiny --steps "$DEMO_STEPS" \
+  --set run.ckpt_every=30 --set run.val_every=30 --set run.image_every=30
+
+step "6. evaluate the last checkpoint on the val shards: model vs copy-nearest and interpolation"
+trainer evaluate --checkpoint demo/runs/tiny --shards demo/shards/val.json
+trainer preview --shards demo/shards --checkpoint demo/runs/tiny --out demo/preview-corruptions.png --n 4
+
+step "done: where to look"
+cat <<MSG
+  manifests      demo/manifests/tracks.jsonl, failures.jsonl   (pipeline status --manifests demo/manifests --out demo/shards)
+  shards         demo/shards/{train,val}-NNNNNN.tar + train.json, val.json
+  run            demo/runs/tiny: config.yaml, metrics.jsonl, checkpoints/ (last, best), tb/
+  TensorBoard    .venv/bin/tensorboard --logdir demo/runs      (losses, NSP accuracy, lr, images)
+  pictures       demo/preview-shards.png (shard samples), demo/preview-corruptions.png (clean / corrupted / reconstruction)
+  start over     rm -rf demo/
+MSG

@@ -57,8 +57,13 @@ class ModelConfig:
             problems.append(f"first_transformer_level must be in 0..{self.num_downsamples + 1}")
         if self.frame_kernel % 2 == 0 or self.qkv_conv_kernel % 2 == 0:
             problems.append("frame_kernel and qkv_conv_kernel must be odd (symmetric padding keeps sizes)")
-        if not 0.0 < self.mask_prior < 1.0:
-            problems.append(f"mask_prior must be in (0, 1), got {self.mask_prior}")
+        try:  # YAML reads exponents without a dot ("1e-4") as text
+            self.mask_prior = float(self.mask_prior)
+        except (TypeError, ValueError):
+            problems.append(f"mask_prior must be a number, got {self.mask_prior!r}")
+        else:
+            if not 0.0 < self.mask_prior < 1.0:
+                problems.append(f"mask_prior must be in (0, 1), got {self.mask_prior}")
         for name in ("num_downsamples", "num_encoders", "num_decoders", "max_distance"):
             if getattr(self, name) < 0:
                 problems.append(f"{name} must be >= 0")

@@ -10,38 +10,50 @@ from __future__ import annotations
 import json
 import os
 import random
-import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import pytest
 
 from pipeline import format as fmt
+from pipeline import synth
 from pipeline.execute import run_shard
-from test_shard import CLI_OPTIONS, OPTIONS, make_collection, shard_bytes
+from pipeline.manifest import JOURNAL_FILE
+from test_shard import CLI_OPTIONS, OPTIONS, make_collection, shard_bytes, track_record
 
 PIPELINE = [sys.executable, "-c", "from pipeline.cli import main; main()"]
 POLL_SECONDS = 0.02
 
 
 def start(cmd: list[str]) -> subprocess.Popen:
-    """A victim in its own process group, so the kill also takes its ffmpeg children and workers."""
-    return subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    """A victim in its own process group, so the kill also takes its ffmpeg children and workers.
+    Its stderr goes to a file (a pipe nobody reads could fill and stall it); see victim_stderr."""
+    log = tempfile.TemporaryFile()
+    proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=log,
                             env={**os.environ, "OMP_NUM_THREADS": "1"})
+    proc.log = log
+    return proc
+
+
+def victim_stderr(proc: subprocess.Popen) -> str:
+    proc.log.seek(0)
+    return proc.log.read().decode(errors="replace")
 
 
 def kill_group(proc: subprocess.Popen) -> bool:
-    """SIGKILL the group; False when the command had already finished on its own."""
+    """SIGKILL the group; False when the command had already finished on its own (then successfully)."""
     finished = proc.poll() is not None
     try:
         os.killpg(proc.pid, signal.SIGKILL)
     except ProcessLookupError:
         finished = True
     proc.wait(timeout=30)
-    proc.stderr.close()
+    if finished:
+        assert proc.returncode == 0, f"a run between kills failed: {victim_stderr(proc)}"
     return finished
 
 
@@ -96,21 +108,51 @@ class ShardWatcher:
 
 @pytest.fixture(scope="module")
 def shard_collection(tmp_path_factory):
-    """(manifests, the clean run's shard set by name)."""
+    """test_shard's 9 tracks: (manifests, the clean run's shard set by name)."""
     base = tmp_path_factory.mktemp("faults-shard")
     manifests, _ = make_collection(base)
     run_shard(manifests, base / "clean", OPTIONS, workers=1, progress=False)
     return manifests, shard_bytes(base / "clean")
 
 
+@pytest.fixture(scope="module")
+def larger_shard_collection(tmp_path_factory):
+    """30 tracks in every codec on three drives, about 20 shards: enough work for ten kills in a row."""
+    base = tmp_path_factory.mktemp("faults-shard-larger")
+    extensions = [".mp3", ".flac", ".wav", ".ogg", ".m4a", ".opus"]
+    records = []
+    for i in range(30):
+        root, album, seconds = base / f"ssd{i % 3 + 1}", f"artist{i % 4}/album{i % 6}", 1.0 + (i % 5) * 0.2
+        path = synth.write_track(root / album / f"{i:02d}{extensions[i % 6]}", seconds=seconds, seed=100 + i)
+        records.append(track_record(path, f"track{i:02d}", root, album, "val" if i % 6 == 5 else "train", seconds))
+    manifests = base / "manifests"
+    fmt.write_jsonl_atomic(manifests / fmt.TRACKS_FILE, records)
+    run_shard(manifests, base / "clean", OPTIONS, workers=1, progress=False)
+    return manifests, shard_bytes(base / "clean")
+
+
 def kill_shard_repeatedly(manifests: Path, out: Path, reference: dict[str, bytes], kills: int,
-                          rng: random.Random) -> ShardWatcher:
+                          seed: int) -> ShardWatcher:
+    """`kills` runs in a row, each SIGKILLed a random 0-0.5 s after a random 0 to 2 more shards became
+    final. Instants are drawn in progress rather than seconds because the same run takes a few times
+    longer on the loaded machine than on an idle one; a late kill may find the run done (it must then
+    have succeeded)."""
+    rng = random.Random(seed)
     watcher = ShardWatcher(out, reference)
+    tars = sum(name.endswith(".tar") for name in reference)
+    interrupted = 0
     for _ in range(kills):
+        target = min(len(watcher.finished) + rng.randint(0, 2), tars)
         proc = start(shard_cmd(manifests, out))
-        watch_until(proc, rng.uniform(0.2, 4.0), watcher)
-        kill_group(proc)
+        deadline = time.monotonic() + 60
+        while proc.poll() is None and len(watcher.finished) < target and time.monotonic() < deadline:
+            watcher()
+            time.sleep(POLL_SECONDS)
+        watch_until(proc, rng.uniform(0.0, 0.5), watcher)
+        interrupted += not kill_group(proc)
         watcher()
+    print(f"seed {seed}: {interrupted} of {kills} shard runs killed before they finished")
+    assert interrupted >= kills // 2, f"seed {seed}: only {interrupted} runs were killed before they finished"
     return watcher
 
 
@@ -119,27 +161,40 @@ def finish_shard_and_compare(manifests: Path, out: Path, reference: dict[str, by
     kept = dict(watcher.finished)
     result = subprocess.run(shard_cmd(manifests, out), capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, f"seed {seed}: {result.stderr}"
-    watcher()
+    assert f"{len(kept)} kept" in result.stdout, f"seed {seed}: {result.stdout}"
     assert shard_bytes(out) == reference, f"seed {seed}"
-    assert {name: watcher.finished[name] for name in kept} == kept, f"seed {seed}: finished shards redone"
+    now = {name: ((out / name).stat().st_ino, (out / name).stat().st_mtime_ns) for name in kept}
+    assert now == kept, f"seed {seed}: finished shards were redone"
     leftovers = [p.name for folder in (out, out / ".state") for p in folder.iterdir() if ".tmp-" in p.name]
     assert leftovers == [], f"seed {seed}"
 
 
 @pytest.mark.timeout(120)
 def test_shard_killed_once_then_resumed_equals_clean_run(shard_collection, tmp_path):
+    """The quick version: one kill a random 0-0.25 s after the first shard is final, so it lands mid-work."""
     manifests, reference = shard_collection
+    out = tmp_path / "out"
     seed = random.randrange(10**6)
-    watcher = kill_shard_repeatedly(manifests, tmp_path / "out", reference, 1, random.Random(seed))
-    finish_shard_and_compare(manifests, tmp_path / "out", reference, watcher, seed)
+    watcher = ShardWatcher(out, reference)
+    proc = start(shard_cmd(manifests, out))
+    deadline = time.monotonic() + 60
+    while proc.poll() is None and not watcher.finished and time.monotonic() < deadline:
+        watcher()
+        time.sleep(POLL_SECONDS)
+    watch_until(proc, random.Random(seed).uniform(0.0, 0.25), watcher)
+    assert not kill_group(proc), f"seed {seed}: the run finished before the kill: {victim_stderr(proc)}"
+    watcher()
+    tars = sum(name.endswith(".tar") for name in reference)
+    assert 0 < len(watcher.finished) < tars, f"seed {seed}"
+    finish_shard_and_compare(manifests, out, reference, watcher, seed)
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(300)
-def test_shard_killed_at_ten_random_instants_in_a_row_equals_clean_run(shard_collection, tmp_path):
-    manifests, reference = shard_collection
+def test_shard_killed_at_ten_random_instants_in_a_row_equals_clean_run(larger_shard_collection, tmp_path):
+    manifests, reference = larger_shard_collection
     seed = random.randrange(10**6)
-    watcher = kill_shard_repeatedly(manifests, tmp_path / "out", reference, 10, random.Random(seed))
+    watcher = kill_shard_repeatedly(manifests, tmp_path / "out", reference, 10, seed)
     finish_shard_and_compare(manifests, tmp_path / "out", reference, watcher, seed)
 
 
@@ -154,12 +209,15 @@ def manifest_files(manifests: Path) -> tuple[bytes, bytes]:
     return (manifests / fmt.TRACKS_FILE).read_bytes(), (manifests / fmt.FAILURES_FILE).read_bytes()
 
 
+INGEST_FILES = 50  # in three_drives
+
+
 @pytest.fixture
 def three_drives(tmp_path, make_wav):
     """Three roots of short WAVs, plus files that must become failures (so failures.jsonl matters)."""
     roots = [tmp_path / name for name in ("ssd1", "ssd2", "usb")]
-    for i in range(36):
-        make_wav(roots[i % 3] / f"Artist {i % 4}" / f"Album {i % 7}" / f"{i:02d}.wav", seconds=0.2)
+    for i in range(48):
+        make_wav(roots[i % 3] / f"Artist {i % 4}" / f"Album {i % 7}" / f"{i:02d}.wav", seconds=0.1)
     (roots[1] / "bad").mkdir()
     (roots[1] / "bad" / "text.mp3").write_text("not audio at all\n")
     (roots[2] / "bad.flac").write_bytes(b"")
@@ -172,23 +230,40 @@ def test_ingest_killed_at_ten_random_instants_in_a_row_equals_clean_run(three_dr
     clean, killed = tmp_path / "clean", tmp_path / "killed"
     subprocess.run(ingest_cmd(three_drives, clean), capture_output=True, check=True, timeout=120)
     reference = manifest_files(clean)
-    assert reference[1].count(b"\n") == 2
+    assert reference[0].count(b"\n") + reference[1].count(b"\n") == INGEST_FILES
 
     def manifest_is_whole():
-        try:
-            tracks = (killed / fmt.TRACKS_FILE).read_bytes()
-        except FileNotFoundError:
-            return
         # Only ever the finished manifest: the inputs never change, so it is the clean run's, whole.
-        assert tracks == reference[0], "tracks.jsonl seen partial or different"
+        for name, expected in zip((fmt.TRACKS_FILE, fmt.FAILURES_FILE), reference):
+            try:
+                assert (killed / name).read_bytes() == expected, f"{name} seen partial or different"
+            except FileNotFoundError:
+                continue
 
+    def journaled() -> int:
+        try:
+            return (killed / JOURNAL_FILE).read_bytes().count(b"\n")
+        except FileNotFoundError:
+            return 0
+
+    # A finished ingest makes the next run a no-op, so instants are drawn in progress, not seconds:
+    # each run dies a random 0-0.3 s after its journal grew by a random 1-8 probes (mid-probe, or
+    # later in scan/manifest/compaction once everything is probed).
     seed = random.randrange(10**6)
     rng = random.Random(seed)
+    interrupted = 0
     for _ in range(10):
+        target = min(journaled() + rng.randint(1, 8), INGEST_FILES)
         proc = start(ingest_cmd(three_drives, killed))
-        watch_until(proc, rng.uniform(0.2, 2.5), manifest_is_whole)
-        kill_group(proc)
+        deadline = time.monotonic() + 60
+        while proc.poll() is None and journaled() < target and time.monotonic() < deadline:
+            manifest_is_whole()
+            time.sleep(POLL_SECONDS)
+        watch_until(proc, rng.uniform(0.0, 0.3), manifest_is_whole)
+        interrupted += not kill_group(proc)
         manifest_is_whole()
+    print(f"seed {seed}: {interrupted} of 10 ingest runs killed before they finished")
+    assert interrupted >= 1, f"seed {seed}: no run was killed before it finished"
     result = subprocess.run(ingest_cmd(three_drives, killed), capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, f"seed {seed}: {result.stderr}"
     assert manifest_files(killed) == reference, f"seed {seed}"
@@ -244,7 +319,7 @@ def test_pretrain_killed_twice_then_rerun_finishes_like_an_uninterrupted_run(tin
             if rows and rows[-1]["step"] >= kill_after:
                 break
             time.sleep(POLL_SECONDS)
-        assert not kill_group(proc), "the run finished before it could be killed"
+        assert not kill_group(proc), f"the run ended before it could be killed: {victim_stderr(proc)}"
         last = (run / "checkpoints" / "last").read_text().strip()
         assert last == f"step-{(kill_after // CKPT_EVERY) * CKPT_EVERY:07d}"
     result = subprocess.run(pretrain_cmd(tiny_shards, run), capture_output=True, text=True, timeout=300,

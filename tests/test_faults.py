@@ -133,7 +133,7 @@ def larger_shard_collection(tmp_path_factory):
 
 def kill_shard_repeatedly(manifests: Path, out: Path, reference: dict[str, bytes], kills: int,
                           seed: int) -> ShardWatcher:
-    """`kills` runs in a row, each SIGKILLed a random 0-0.5 s after a random 0 to 2 more shards became
+    """`kills` runs in a row, each SIGKILLed a random 0-0.3 s after a random 0 to 2 more shards became
     final. Instants are drawn in progress rather than seconds because the same run takes a few times
     longer on the loaded machine than on an idle one; a late kill may find the run done (it must then
     have succeeded)."""
@@ -148,11 +148,11 @@ def kill_shard_repeatedly(manifests: Path, out: Path, reference: dict[str, bytes
         while proc.poll() is None and len(watcher.finished) < target and time.monotonic() < deadline:
             watcher()
             time.sleep(POLL_SECONDS)
-        watch_until(proc, rng.uniform(0.0, 0.5), watcher)
+        watch_until(proc, rng.uniform(0.0, 0.3), watcher)
         interrupted += not kill_group(proc)
         watcher()
     print(f"seed {seed}: {interrupted} of {kills} shard runs killed before they finished")
-    assert interrupted >= kills // 2, f"seed {seed}: only {interrupted} runs were killed before they finished"
+    assert interrupted >= min(kills, 3), f"seed {seed}: only {interrupted} runs were killed before they finished"
     return watcher
 
 

@@ -157,9 +157,12 @@ def ingest(roots, manifests_dir, workers, val_fraction) -> None:
     while the others are still ingested.
     """
     from pipeline.ingest import ingest as run_ingest
+    from pipeline.locking import FolderBusy
 
     try:
         summary = run_ingest(list(roots), manifests_dir, workers=workers, val_fraction=val_fraction)
+    except FolderBusy as exc:
+        raise click.ClickException(str(exc)) from exc
     except OSError as exc:  # e.g. the manifests folder cannot be written; every finished probe is journaled
         raise click.ClickException(f"{exc.filename or manifests_dir}: {exc.strerror or exc}") from exc
     click.echo(summary.line())

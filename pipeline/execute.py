@@ -10,7 +10,6 @@ last, so its presence means the whole split is complete.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import re
@@ -21,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline import format as fmt
+from pipeline.locking import FolderBusy, exclusive
 from pipeline.plan import Plan, ShardOptions, Unit, describe_changes, make_plan, plan_record
 from pipeline.write import STATE_DIR, UnitResult, fault_point, is_temp_name, read_state, write_unit
 
@@ -106,12 +106,11 @@ def preflight(out: Path, pending: list[Unit], reclaimable: int = 0) -> None:
 
 @contextmanager
 def _exclusive(out: Path):
-    with open(out / STATE_DIR / "lock", "w") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            raise ShardError(f"{out}: another `pipeline shard` is writing here") from exc
-        yield
+    try:
+        with exclusive(out / STATE_DIR / "lock", f"{out}: another `pipeline shard` is writing here"):
+            yield
+    except FolderBusy as exc:
+        raise ShardError(str(exc)) from exc
 
 
 def _check_plan(out: Path, plan: Plan, force: bool) -> None:
@@ -252,12 +251,14 @@ def _merge_failures(manifests: Path, plan: Plan, results) -> None:
     planned = {t.path for u in plan.units for t in u.tracks}
     ours = {(f["path"], f["stage"]): fmt.record_from_dict(fmt.FailureRecord, f)
             for r in results for f in r.failures}
-    existing = fmt.read_failures(manifests)
-    kept = [f for f in existing
-            if not (f.stage in ("decode", "shard") and f.path in planned) and (f.path, f.stage) not in ours]
-    merged = kept + sorted(ours.values(), key=lambda f: (f.path, f.stage))
-    if merged != existing:
-        fmt.write_jsonl_atomic(manifests / fmt.FAILURES_FILE, merged)
+    # `pipeline ingest` rewrites failures.jsonl too: wait for it rather than lose either's lines.
+    with exclusive(manifests / fmt.MANIFESTS_LOCK, "", wait=True):
+        existing = fmt.read_failures(manifests)
+        kept = [f for f in existing
+                if not (f.stage in ("decode", "shard") and f.path in planned) and (f.path, f.stage) not in ours]
+        merged = kept + sorted(ours.values(), key=lambda f: (f.path, f.stage))
+        if merged != existing:
+            fmt.write_jsonl_atomic(manifests / fmt.FAILURES_FILE, merged)
 
 
 def _write_indexes(out: Path, plan: Plan, results: dict[str, UnitResult]) -> None:

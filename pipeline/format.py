@@ -26,6 +26,7 @@ FORMAT_VERSION = 1
 
 TRACKS_FILE = "tracks.jsonl"
 FAILURES_FILE = "failures.jsonl"
+MANIFESTS_LOCK = ".lock"  # held by `pipeline ingest` while it runs, and by `pipeline shard` to merge failures
 SPLITS = ("train", "val")
 
 

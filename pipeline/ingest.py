@@ -22,6 +22,7 @@ from pipeline import format as fmt
 from pipeline.manifest import (ProbeJournal, build_records, failure_outcome, forget_state, ignored_outcome,
                                inputs_digest, outcomes_from_manifest, remove_stale_temporaries, save_state, track_outcome,
                                unchanged_counts, write_manifest)
+from pipeline.locking import exclusive
 from pipeline.probe import ProbeError, probe_file
 from pipeline.scan import FoundFile, RootScan, root_error, scan_roots
 
@@ -80,24 +81,26 @@ def ingest(roots: list[str], manifests_dir: str | os.PathLike = "manifests", wor
         summary.seconds = time.perf_counter() - start
         return summary
 
-    forget_state(manifests_dir)
-    remove_stale_temporaries(manifests_dir)
-    journal = ProbeJournal(manifests_dir)
-    try:
-        outcomes, pending = _reuse_outcomes(found, journal, manifests_dir)
-        found += _keep_unreadable_roots(scans, manifests_dir, outcomes)
-        summary.reused = len(outcomes)
-        summary.probed = _probe_all(pending, journal, outcomes, workers or default_workers(),
-                                    sys.stderr.isatty() if progress is None else progress)
-        _report_vanished_roots(roots, summary)
-        tracks, probe_failures = build_records(found, outcomes, val_fraction)
-        failures = scan_failures + probe_failures
-        write_manifest(manifests_dir, tracks, failures)
-        seen = {f.path for f in found}
-        if summary.probed or seen != journal.outcomes.keys():
-            journal.compact(outcomes[p] for p in sorted(seen) if p in outcomes)
-    finally:
-        journal.close()
+    busy = f"{manifests_dir}: another `pipeline ingest` is writing here"
+    with exclusive(manifests_dir / fmt.MANIFESTS_LOCK, busy):
+        forget_state(manifests_dir)
+        remove_stale_temporaries(manifests_dir)
+        journal = ProbeJournal(manifests_dir)
+        try:
+            outcomes, pending = _reuse_outcomes(found, journal, manifests_dir)
+            found += _keep_unreadable_roots(scans, manifests_dir, outcomes)
+            summary.reused = len(outcomes)
+            summary.probed = _probe_all(pending, journal, outcomes, workers or default_workers(),
+                                        sys.stderr.isatty() if progress is None else progress)
+            _report_vanished_roots(roots, summary)
+            tracks, probe_failures = build_records(found, outcomes, val_fraction)
+            failures = scan_failures + probe_failures
+            write_manifest(manifests_dir, tracks, failures)
+            seen = {f.path for f in found}
+            if summary.probed or seen != journal.outcomes.keys():
+                journal.compact(outcomes[p] for p in sorted(seen) if p in outcomes)
+        finally:
+            journal.close()
 
     summary.files = len(found)
     summary.tracks = len(tracks)

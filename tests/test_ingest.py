@@ -373,3 +373,22 @@ def test_unwritable_manifests_folder_is_a_one_line_error(tmp_path, make_wav):
     result = CliRunner().invoke(main, ["ingest", str(tmp_path / "d"), "--manifests", str(tmp_path / "blocker" / "m")])
     assert result.exit_code == 1 and result.output.count("\n") == 1
     assert result.output.startswith(f"Error: {tmp_path / 'blocker' / 'm'}")
+
+
+def test_a_second_ingest_into_the_same_manifests_is_refused_while_the_first_runs(tmp_path):
+    """Two writers of one manifest would lose each other's work: the second is a one-line error."""
+    from click.testing import CliRunner
+
+    from pipeline.cli import main
+    from pipeline.format import MANIFESTS_LOCK
+    from pipeline.locking import exclusive
+
+    root = tmp_path / "drive"
+    root.mkdir()
+    manifests = tmp_path / "manifests"
+    with exclusive(manifests / MANIFESTS_LOCK, "held by the test"):
+        result = CliRunner().invoke(main, ["ingest", str(root), "--manifests", str(manifests)])
+    assert result.exit_code == 1 and result.output.startswith("Error: ")
+    assert "another `pipeline ingest` is writing here" in result.output and str(manifests) in result.output
+    again = CliRunner().invoke(main, ["ingest", str(root), "--manifests", str(manifests)])
+    assert again.exit_code == 0, again.output

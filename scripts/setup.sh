@@ -11,6 +11,10 @@ if ! command -v ffmpeg >/dev/null 2>&1 || ! command -v ffprobe >/dev/null 2>&1; 
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq ffmpeg >/dev/null
 fi
 
+# pip's own warnings about unreachable local index folders (a property of some machines' pip
+# configuration) are noise for the user; everything else pip says is shown.
+quiet_pip() { .venv/bin/pip "$@" 2>&1 | { grep -v 'is ignored: it is neither a file nor a directory' || true; }; }
+
 PYTHON=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
   echo "setup: creating .venv with $($PYTHON --version)" >&2
@@ -21,12 +25,12 @@ fi
 # On a GPU machine set TORCH_SPEC (e.g. TORCH_SPEC="torch>=2.4") to get your CUDA build.
 if ! .venv/bin/python -c "import torch" >/dev/null 2>&1; then
   echo "setup: installing ${TORCH_SPEC:-torch==2.13.0}" >&2
-  .venv/bin/pip install -q "${TORCH_SPEC:-torch==2.13.0}"
+  quiet_pip install -q "${TORCH_SPEC:-torch==2.13.0}"
 fi
 
 stamp=.venv/.project-installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   echo "setup: installing the project and its dependencies" >&2
-  .venv/bin/pip install -q -e ".[dev]"
+  quiet_pip install -q -e ".[dev]"
   touch "$stamp"
 fi

@@ -141,7 +141,8 @@ def _process_alive(pid: int) -> bool:
 def outcomes_from_manifest(manifests_dir: str | os.PathLike) -> dict[str, dict]:
     """The previous tracks.jsonl as a cache, for when the journal is gone. Tags are approximated by
     the recorded names (which were tags or folder names of the same path, so they rebuild the same
-    record)."""
+    record); the album key is carried as recorded, since it may come from an album-artist tag that
+    the record does not keep (a compilation would otherwise move to its track artists' keys)."""
     cache = {}
     for record in _read_previous(fmt.read_tracks, manifests_dir, "its tracks are probed again"):
         cache[record.path] = {
@@ -149,6 +150,7 @@ def outcomes_from_manifest(manifests_dir: str | os.PathLike) -> dict[str, dict]:
             "fingerprint": record.id, "duration": record.duration, "sample_rate": record.sample_rate,
             "channels": record.channels, "codec": record.codec,
             "tags": {"artist": record.artist, "album": record.album, "title": record.title},
+            "album_key": record.album_key,
         }
     return cache
 
@@ -226,7 +228,7 @@ def build_records(found: list, outcomes: dict[str, dict], val_fraction: float
         if best is None or rank < best[0]:
             canonical[outcome["fingerprint"]] = (rank, file, outcome)
 
-    names = {fp: _names(file, outcome["tags"]) for fp, (_, file, outcome) in canonical.items()}
+    names = {fp: _names(file, outcome) for fp, (_, file, outcome) in canonical.items()}
     splits = assign_splits((n[3] for n in names.values()), val_fraction)
     tracks = []
     for file, outcome in sightings:
@@ -242,12 +244,14 @@ def build_records(found: list, outcomes: dict[str, dict], val_fraction: float
     return tracks, failures
 
 
-def _names(file, tags: dict) -> tuple[str, str, str, str]:
+def _names(file, outcome: dict) -> tuple[str, str, str, str]:
+    tags = outcome["tags"]
     folder_artist, folder_album, folder_title = folder_names(file.path, file.root)
     artist = tags.get("artist") or tags.get("album_artist") or folder_artist
     album = tags.get("album") or folder_album
     title = tags.get("title") or folder_title
-    return artist, album, title, album_key_of(tags.get("album_artist") or artist, album)
+    key = outcome.get("album_key") or album_key_of(tags.get("album_artist") or artist, album)
+    return artist, album, title, key
 
 
 def _read_previous(reader, manifests_dir, consequence: str) -> list:

@@ -393,3 +393,24 @@ def test_a_second_ingest_into_the_same_manifests_is_refused_while_the_first_runs
     assert "another `pipeline ingest` is writing here" in result.output and str(manifests) in result.output
     again = CliRunner().invoke(main, ["ingest", str(root), "--manifests", str(manifests)])
     assert again.exit_code == 0, again.output
+
+
+def test_compilation_keeps_its_album_key_when_rebuilt_from_the_manifest(tmp_path, make_track):
+    """The manifest records `artist`, not the album artist the album key came from: rebuilding from
+    it (journal gone, or a drive unplugged) must not move a compilation's tracks to new album keys,
+    which could put one album in both splits."""
+    root, usb, m = tmp_path / "d", tmp_path / "usb", tmp_path / "m"
+    compilation = {"album_artist": "Various Artists", "album": "Hits"}
+    make_track(root / "01 a.flac", tags={**compilation, "artist": "Singer One", "title": "A"})
+    make_track(usb / "02 b.flac", tags={**compilation, "artist": "Singer Two", "title": "B"})
+    ingest([str(root), str(usb)], m, progress=False)
+    good = manifest_bytes(m)
+    assert {t.album_key for t in fmt.read_tracks(m)} == {"various artists/hits"}
+
+    (m / JOURNAL_FILE).unlink()
+    assert ingest([str(root), str(usb)], m, progress=False).probed == 0
+    assert manifest_bytes(m) == good
+
+    usb.rename(tmp_path / "unplugged")
+    assert ingest([str(root), str(usb)], m, progress=False).root_errors
+    assert manifest_bytes(m) == good

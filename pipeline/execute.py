@@ -57,6 +57,7 @@ def run_shard(manifests: str | os.PathLike, out: str | os.PathLike, options: Sha
         plan = make_plan(fmt.read_tracks(manifests), options)
     except ValueError as exc:
         raise ShardError(str(exc)) from exc
+    _read_failures(manifests)  # decode failures are merged into it at the end: refuse a damaged one now
     out.mkdir(parents=True, exist_ok=True)
     (out / STATE_DIR).mkdir(exist_ok=True)
     with _exclusive(out):
@@ -253,12 +254,22 @@ def _merge_failures(manifests: Path, plan: Plan, results) -> None:
             for r in results for f in r.failures}
     # `pipeline ingest` rewrites failures.jsonl too: wait for it rather than lose either's lines.
     with exclusive(manifests / fmt.MANIFESTS_LOCK, "", wait=True):
-        existing = fmt.read_failures(manifests)
+        existing = _read_failures(manifests)
         kept = [f for f in existing
                 if not (f.stage in ("decode", "shard") and f.path in planned) and (f.path, f.stage) not in ours]
         merged = kept + sorted(ours.values(), key=lambda f: (f.path, f.stage))
         if merged != existing:
             fmt.write_jsonl_atomic(manifests / fmt.FAILURES_FILE, merged)
+
+
+def _read_failures(manifests: Path) -> list[fmt.FailureRecord]:
+    try:
+        return fmt.read_failures(manifests)
+    except ValueError as exc:
+        # fmt names the file and line of a bad record; a decoding error names neither.
+        problem = f"{manifests / fmt.FAILURES_FILE}: not UTF-8 text" if isinstance(exc, UnicodeDecodeError) else exc
+        raise ShardError(f"{problem}; repair or delete it (`pipeline ingest` rewrites the file), "
+                         "then rerun: finished shards are kept") from exc
 
 
 def _write_indexes(out: Path, plan: Plan, results: dict[str, UnitResult]) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -264,3 +265,20 @@ def test_shards_without_state_are_not_adopted(collection, clean, tmp_path):
         run_shard(manifests, out, OPTIONS, workers=1, progress=False)
     summary = run_shard(manifests, out, OPTIONS, workers=1, force=True, progress=False)
     assert summary.reused == 0 and shard_bytes(out) == shard_bytes(clean)
+
+
+def test_damaged_failures_file_is_refused_before_any_work(collection, tmp_path):
+    """Decode failures are merged into failures.jsonl at the end: a damaged one must be a one-line
+    refusal up front, not a traceback after every shard is written and before the index."""
+    _, manifests, _ = collection
+    damaged = tmp_path / "manifests"
+    damaged.mkdir()
+    shutil.copyfile(manifests / fmt.TRACKS_FILE, damaged / fmt.TRACKS_FILE)
+    (damaged / fmt.FAILURES_FILE).write_text("{torn\n")
+    result = run_cli("shard", "--manifests", str(damaged), "--out", str(tmp_path / "out"), *CLI_OPTIONS)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert f"{damaged / fmt.FAILURES_FILE}:1: not a valid FailureRecord line" in result.stderr
+    assert not list((tmp_path / "out").glob("*.tar"))
+    (damaged / fmt.FAILURES_FILE).write_bytes(b"\xff\n")
+    with pytest.raises(ShardError, match=re.escape(f"{damaged / fmt.FAILURES_FILE}: not UTF-8 text")):
+        run_shard(damaged, tmp_path / "out", OPTIONS, progress=False)

@@ -116,3 +116,14 @@ def test_damaged_or_mismatched_weights_name_the_file(tmp_path):
     (path / "meta.json").write_text("{")
     with pytest.raises(ValueError, match=r"meta\.json"):
         read_meta(path)
+
+
+def test_empty_or_non_mapping_config_names_the_file(tmp_path):
+    # An empty config.yaml used to load as None, which load_config took for "no base": the run's
+    # checkpoint was then rebuilt from the tiny preset and failed with a page of size mismatches.
+    model, optimizer, scheduler = make_training(0)
+    path = save_checkpoint(tmp_path, 1, model, optimizer, scheduler, {"run": {"seed": 7}})
+    for text in ("", "- a list\n"):
+        (path / "config.yaml").write_text(text)
+        with pytest.raises(ValueError, match=r"config\.yaml: .*mapping"):
+            read_checkpoint_config(path)

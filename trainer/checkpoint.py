@@ -201,6 +201,10 @@ def load_checkpoint(
 def read_checkpoint_config(checkpoint: str | os.PathLike) -> dict:
     path = Path(checkpoint) / CONFIG_FILE
     try:
-        return yaml.safe_load(path.read_text(encoding="utf-8"))
+        config = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (OSError, yaml.YAMLError) as exc:
         raise ValueError(f"{path}: unreadable checkpoint config ({exc})") from exc
+    # None (an empty file) would read as "no base config" downstream and silently become the tiny preset
+    if not isinstance(config, dict):
+        raise ValueError(f"{path}: checkpoint config is not a mapping of sections (got {type(config).__name__})")
+    return config

@@ -54,9 +54,13 @@ def run_shard(manifests: str | os.PathLike, out: str | os.PathLike, options: Sha
     if not tracks_file.is_file():
         raise ShardError(f"{tracks_file}: no manifest (run `pipeline ingest ROOT...` first)")
     try:
-        plan = make_plan(fmt.read_tracks(manifests), options)
+        tracks = fmt.read_tracks(manifests)  # its errors name the file and line
     except ValueError as exc:
         raise ShardError(str(exc)) from exc
+    try:
+        plan = make_plan(tracks, options)
+    except ValueError as exc:
+        raise ShardError(f"{tracks_file}: {exc}") from exc
     _read_failures(manifests)  # decode failures are merged into it at the end: refuse a damaged one now
     out.mkdir(parents=True, exist_ok=True)
     (out / STATE_DIR).mkdir(exist_ok=True)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import zlib
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -107,8 +108,28 @@ class Plan:
         return sorted({u.split for u in self.units}, key=_split_order)
 
 
+def check_track(track: fmt.TrackRecord) -> None:
+    """ValueError naming the track and field when a record cannot be planned (a hand-edited or
+    foreign manifest): the planner's arithmetic would otherwise fail with a bare TypeError."""
+    for name in ("id", "path", "album_key", "split"):
+        if not isinstance(getattr(track, name), str):
+            raise ValueError(f"track {track.path!r}: {name} must be a string, got {getattr(track, name)!r}")
+    for name in ("size", "mtime", "duration"):
+        value = getattr(track, name)
+        # mtime may be negative: files dated before 1970 exist.
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+                or (value < 0 and name != "mtime"):
+            raise ValueError(f"track {track.path!r}: {name} must be a finite number"
+                             f"{'' if name == 'mtime' else ' >= 0'}, got {value!r}")
+    if track.duplicate_of is not None and not isinstance(track.duplicate_of, str):
+        raise ValueError(f"track {track.path!r}: duplicate_of must be null or an id, got {track.duplicate_of!r}")
+
+
 def make_plan(tracks: list[fmt.TrackRecord], options: ShardOptions) -> Plan:
-    """Group the manifest's unique tracks into shard-sized units, split by split."""
+    """Group the manifest's unique tracks into shard-sized units, split by split; ValueError (see
+    `check_track`) for a record that cannot be planned."""
+    for track in tracks:
+        check_track(track)
     unique: dict[str, fmt.TrackRecord] = {}
     duplicates = 0
     # Sorting first makes the plan independent of manifest line order; if one id shows up twice
@@ -224,5 +245,5 @@ def parse_size(text: str) -> int:
     return int(value)
 
 
-__all__ = ["ShardOptions", "Unit", "Plan", "make_plan", "interleave", "expected_clips", "track_signature",
+__all__ = ["ShardOptions", "Unit", "Plan", "check_track", "make_plan", "interleave", "expected_clips", "track_signature",
            "describe_changes", "plan_record", "parse_size"]

@@ -135,3 +135,8 @@ def test_bad_options_are_refused():
         ShardOptions(stft=fmt.STFTParams(n_fft=1023))
     with pytest.raises(ValueError, match="hop <= n_fft"):
         ShardOptions(stft=fmt.STFTParams(n_fft=512, hop=1024))
+
+
+def test_a_track_dated_before_1970_is_planned():
+    [track] = manifest(roots=1, albums=1, tracks=1)
+    assert make_plan([fmt.TrackRecord(**{**track.__dict__, "mtime": -86400.5})], SMALL).units

@@ -194,3 +194,24 @@ def test_rerunning_into_a_run_continues_it_and_more_steps_extend_it(shards, tmp_
     pretrain(cfg, str(shards), run, checkpoint=checkpoint)
     assert [r["step"] for r in read_metrics(run)] == [1, 2, 3, 4, 5, 6]
     assert (run / "checkpoints" / "last").read_text().strip() == "step-0000006"
+
+
+def test_loader_worker_and_os_errors_are_one_line(shards, tmp_path):
+    # An error inside a DataLoader worker reaches the main process wrapped in the worker's traceback;
+    # an unusable --run is an OSError. Both used to print a traceback instead of a one-line error.
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    for i in range(2):
+        (bad / f"train-{i:06d}.tar").write_bytes(os.urandom(3000))
+    small = [arg for override in SMALL for arg in ("--set", override)]
+    runner = CliRunner()
+    result = runner.invoke(trainer_cli, ["pretrain", "--shards", str(bad / "train-{000000..000001}.tar"),
+                                         "--run", str(tmp_path / "r"), "--steps", "1", "--workers", "1", *small])
+    assert result.exit_code == 1 and "gave no sample" in result.output
+    assert "Traceback" not in result.output and "worker process" not in result.output, result.output
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    result = runner.invoke(trainer_cli, ["pretrain", "--shards", str(shards), "--run", str(blocker / "run"),
+                                         "--steps", "1", *small])
+    assert result.exit_code == 1 and "a-file" in result.output and "Traceback" not in result.output, result.output

@@ -54,3 +54,10 @@ def test_preview_of_a_missing_checkpoint_is_a_one_line_error(shards, tmp_path):
     result = CliRunner().invoke(trainer_cli, ["preview", "--shards", str(shards), "--checkpoint", str(tmp_path / "nope"),
                                               "--out", str(tmp_path / "x.png")])
     assert result.exit_code == 1 and result.output.startswith("Error: ") and "nope" in result.output
+
+
+def test_preview_into_an_unwritable_place_is_a_one_line_error(shards, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    result = CliRunner().invoke(trainer_cli, ["preview", "--shards", str(shards), "--out", str(blocker / "p.png")])
+    assert result.exit_code == 1 and result.output.startswith("Error: ") and "a-file" in result.output, result.output

@@ -27,6 +27,15 @@ def main() -> None:
 _SHARDS_HELP = "a shard directory (its {split}.json), an index JSON, a brace pattern, or http(s):// URLs"
 
 
+def _one_line(exc: Exception) -> click.ClickException:
+    """A loader worker's error reaches us as "Caught X in DataLoader worker process N." plus the worker's
+    traceback; its last line is the original "X: message", which is what the user needs."""
+    message = str(exc).strip()
+    if message.startswith("Caught ") and "Original Traceback" in message:
+        message = message.splitlines()[-1]
+    return click.ClickException(message)
+
+
 @main.command()
 @click.option("--shards", required=True, help=f"Training shards: {_SHARDS_HELP}.")
 @click.option("--val-shards", default=None,
@@ -67,8 +76,8 @@ def pretrain(shards, val_shards, preset, config_file, run_dir, steps, batch_size
         cfg, checkpoint = resolve_run(run_path, preset, config_file, all_overrides, resume)
         run_pretrain(cfg, shards, run_path, val_shards=val_shards or default_val_shards(shards),
                      checkpoint=checkpoint, device=device)
-    except (ValueError, RuntimeError) as exc:
-        raise click.ClickException(str(exc)) from exc
+    except (ValueError, RuntimeError, OSError) as exc:
+        raise _one_line(exc) from exc
 
 
 @main.command()
@@ -85,8 +94,8 @@ def evaluate(checkpoint, shards, batches, split, batch_size, device):
 
     try:
         _, table = evaluate_checkpoint(checkpoint, shards, batches, device=device, split=split, batch_size=batch_size)
-    except (ValueError, RuntimeError) as exc:
-        raise click.ClickException(str(exc)) from exc
+    except (ValueError, RuntimeError, OSError) as exc:
+        raise _one_line(exc) from exc
     click.echo(table)
 
 
@@ -126,6 +135,6 @@ def preview(shards: str, checkpoint: str | None, preset: str, split: str, out: s
 
     try:
         path = render(load_preview_batch(shards, count, checkpoint, preset, split), out)
-    except ValueError as exc:
-        raise click.ClickException(str(exc)) from exc
+    except (ValueError, OSError) as exc:
+        raise _one_line(exc) from exc
     click.echo(f"wrote {path}")

@@ -165,7 +165,9 @@ def _reuse_outcomes(found: list[FoundFile], journal: ProbeJournal, manifests_dir
 
 
 def _keep_unreadable_roots(scans: list[RootScan], manifests_dir: Path, outcomes: dict[str, dict]) -> list[FoundFile]:
-    """Previous manifest lines of roots that could not be read this time, as if they had been found."""
+    """Previous manifest lines of roots that could not be read this time, as if they had been found.
+    Whether a path is a symlink is not recorded: a former duplicate is ranked like a symlink, so it cannot
+    take the canonical place from the sighting that held it (possibly on a drive still present)."""
     failed = {scan.root for scan in scans if scan.error}
     if not failed:
         return []
@@ -174,7 +176,8 @@ def _keep_unreadable_roots(scans: list[RootScan], manifests_dir: Path, outcomes:
         record_root = _root_of(path, failed)
         if record_root is not None and path not in outcomes:
             outcomes[path] = outcome
-            kept.append(FoundFile(path, record_root, outcome["size"], outcome["mtime"], -1, -1, True))
+            kept.append(FoundFile(path, record_root, outcome["size"], outcome["mtime"], -1, -1, by_extension=True,
+                                  is_link=outcome["duplicate_of"] is not None))
     return kept
 
 

@@ -150,7 +150,7 @@ def outcomes_from_manifest(manifests_dir: str | os.PathLike) -> dict[str, dict]:
             "fingerprint": record.id, "duration": record.duration, "sample_rate": record.sample_rate,
             "channels": record.channels, "codec": record.codec,
             "tags": {"artist": record.artist, "album": record.album, "title": record.title},
-            "album_key": record.album_key,
+            "album_key": record.album_key, "duplicate_of": record.duplicate_of,
         }
     return cache
 

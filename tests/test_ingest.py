@@ -414,3 +414,19 @@ def test_compilation_keeps_its_album_key_when_rebuilt_from_the_manifest(tmp_path
     usb.rename(tmp_path / "unplugged")
     assert ingest([str(root), str(usb)], m, progress=False).root_errors
     assert manifest_bytes(m) == good
+
+
+def test_unplugged_drive_with_a_link_keeps_the_canonical_sighting(tmp_path, make_wav):
+    """The manifest does not record which sightings were symlinks: a link kept from an unplugged
+    drive must not become the canonical sighting (shard would then read the absent drive)."""
+    main_drive, usb, m = tmp_path / "z_main", tmp_path / "a_usb", tmp_path / "m"
+    track = make_wav(main_drive / "Artist" / "Album" / "t.wav")
+    usb.mkdir()
+    (usb / "fav.wav").symlink_to(track)
+    ingest([str(main_drive), str(usb)], m, progress=False)
+    good = manifest_bytes(m)
+    assert by_name(fmt.read_tracks(m))["t.wav"].duplicate_of is None
+
+    usb.rename(tmp_path / "unplugged")
+    assert ingest([str(main_drive), str(usb)], m, progress=False).root_errors
+    assert manifest_bytes(m) == good

@@ -88,7 +88,8 @@ class RunLog:
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         truncate_metrics(self.run_dir, start_step)
-        self.writer = SummaryWriter(str(self.run_dir / "tb"), purge_step=start_step + 1 if start_step else None)
+        # purge from start_step + 1 also when it is 0: a run killed before its first checkpoint leaves points
+        self.writer = SummaryWriter(str(self.run_dir / "tb"), purge_step=start_step + 1)
         self.metrics = open(self.run_dir / METRICS_FILE, "a", encoding="utf-8")
 
     def record(self, step: int, split: str, values: dict) -> None:

@@ -27,6 +27,7 @@ STATE_DIR = ".state"
 FAULT_ENV = "PIPELINE_SHARD_FAULT"
 _BLOCK = tarfile.BLOCKSIZE
 _RECORD = tarfile.RECORDSIZE
+_USTAR_NAME_BYTES = 100  # a member name without "/" cannot use ustar's prefix field
 
 
 @dataclass
@@ -182,9 +183,12 @@ def _clips_of(track: fmt.TrackRecord, options: ShardOptions, track_clips, decode
     """The decoder's clips for one track. Its failures become _TrackFailed; ours (say ENOSPC on the
     tar, raised in the caller's loop body) pass through untouched."""
     try:
-        fmt.sample_key(track.id, 0)
+        member = f"{fmt.sample_key(track.id, 0)}.{fmt.SPEC_KEY}"
     except ValueError as exc:
         raise _TrackFailed("shard", _one_line(exc)) from exc
+    if len(member.encode("utf-8")) > _USTAR_NAME_BYTES:  # tarfile would raise mid-unit and fail the job
+        raise _TrackFailed("shard", f"track id {track.id!r} is too long for a tar member name "
+                                    f"({len(member.encode('utf-8'))} > {_USTAR_NAME_BYTES} bytes)")
     clips = None
     try:
         try:

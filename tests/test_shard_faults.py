@@ -105,6 +105,9 @@ def test_hostile_files_are_failures_and_the_rest_completes(tmp_path):
     vanished.unlink()
     # A good file under an id that cannot form a webdataset key (a dot): refused, not mis-keyed.
     hostile.append(track_record(Path(records[0].path), "bad.id", tmp_path / "ssd1", "bad/album", "train", 1.6))
+    # ... or a tar member name (ustar holds 100 bytes): a failure, not a crash of the whole job.
+    long_id = "x" * 90
+    hostile.append(track_record(Path(records[1].path), long_id, tmp_path / "ssd1", "bad/album", "train", 1.2))
     fmt.write_jsonl_atomic(manifests / fmt.TRACKS_FILE, records + hostile)
     ingest_failure = fmt.FailureRecord("/mnt/elsewhere/x.mp3", "probe", "not audio")
     stale = fmt.FailureRecord(good[0].path, "decode", "an old failure of a file that now decodes")
@@ -117,8 +120,10 @@ def test_hostile_files_are_failures_and_the_rest_completes(tmp_path):
     failed = {f.path: f for f in failures if f.stage == "decode"}
     assert set(failed) == {str(bad_dir / n) for n in ["truncated.ogg", "empty.flac", "text.mp3", "vanished.wav"]}
     assert all("\n" not in f.reason and f.reason for f in failed.values())
-    assert [f.reason for f in failures if f.stage == "shard"] == ["track id 'bad.id' cannot form a sample key"]
-    assert summary.failures == 5
+    assert {f.path: f.reason for f in failures if f.stage == "shard"} == {
+        records[0].path: "track id 'bad.id' cannot form a sample key",
+        records[1].path: f"track id {long_id!r} is too long for a tar member name ({len(long_id) + 15} > 100 bytes)"}
+    assert summary.failures == 6
     index = fmt.read_index(tmp_path / "out" / "train.json")
     assert index.totals["tracks"] == sum(r.split == "train" for r in good)
     from pipeline.verify import verify_shards

@@ -304,7 +304,7 @@ def read_index(path: str | os.PathLike) -> ShardIndex:
     path = Path(path)
     try:
         return ShardIndex.from_json(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError, KeyError) as exc:
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:  # the last two: wrong JSON shapes
         raise ValueError(f"{path}: unreadable shard index ({exc})") from exc
 
 

@@ -62,3 +62,14 @@ def test_stft_defaults_drop_nyquist():
     assert (p.n_fft, p.hop, p.bins) == (2048, 1024, 1024)
     assert fmt.STFTParams.from_dict(p.to_dict()) == p
     assert fmt.min_valid_frames(1024) == 512
+
+
+@pytest.mark.parametrize("text", [
+    '{"__kind__": "wids-shard-index-v1", "shardlist": [{"url": "train-000000.tar"}]}',  # entry fields missing
+    '{"__kind__": "wids-shard-index-v1", "shardlist": ["train-000000.tar"]}',  # entries not objects
+    '["train-000000.tar"]',  # not an object at all
+])
+def test_malformed_index_is_a_value_error_naming_the_file(tmp_path, text):
+    (tmp_path / "train.json").write_text(text)
+    with pytest.raises(ValueError, match=r"train.json: unreadable shard index"):
+        fmt.read_index(tmp_path / "train.json")

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline import format as fmt
+from pipeline.plan import check_track
 
 
 @dataclass
@@ -49,6 +50,10 @@ def failure_kind(reason: str) -> str:
 def collect_status(manifests: str | os.PathLike, shards: str | os.PathLike) -> Status:
     status = Status()
     for track in fmt.read_tracks(manifests):
+        try:
+            check_track(track)  # a hand-edited field would otherwise be a TypeError in the sums below
+        except ValueError as exc:
+            raise ValueError(f"{Path(manifests) / fmt.TRACKS_FILE}: {exc}") from exc
         if track.duplicate_of:
             status.duplicates += 1
             continue

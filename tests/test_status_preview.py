@@ -77,3 +77,11 @@ def test_preview_of_garbage_is_a_one_line_error(tmp_path):
     assert result.exit_code == 1 and isinstance(result.exception, SystemExit)
     assert result.output.startswith("Error: ") and "bad.tar" in result.output
     assert len(result.output.strip().splitlines()) == 1
+
+
+def test_status_of_a_mistyped_manifest_is_a_one_line_error(tmp_path):
+    bad = fmt.TrackRecord(**{**_track(1, "/mnt/ssd1", "x", "train").__dict__, "duration": None})
+    fmt.write_jsonl_atomic(tmp_path / "m" / fmt.TRACKS_FILE, [bad])
+    result = CliRunner().invoke(main, ["status", "--manifests", str(tmp_path / "m"), "--out", str(tmp_path / "s")])
+    assert result.exit_code == 1 and result.output.count("\n") == 1
+    assert f"{tmp_path / 'm' / fmt.TRACKS_FILE}: track '/mnt/ssd1/x/1.mp3': duration must be" in result.output

@@ -34,5 +34,5 @@ def test_torchrun_two_processes_gloo(tmp_path):
     meta = read_meta(resolve_checkpoint(run))
     assert meta["step"] == 6 and meta["world_size"] == 2
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["best", "last", "step-0000003", "step-0000006"]
-    assert sorted(p.name for p in run.iterdir()) == ["checkpoints", "config.yaml", "metrics.jsonl", "tb"]
+    assert sorted(p.name for p in run.iterdir()) == [".lock", "checkpoints", "config.yaml", "metrics.jsonl", "tb"]
     assert done.stderr.count("parameters on cpu x2") == 1  # rank 0 alone reports

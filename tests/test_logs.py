@@ -1,8 +1,26 @@
 """trainer/logs.py: what a restarted run keeps of the history a killed run left behind."""
 
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from trainer.logs import RunLog, read_metrics
+
+
+# Another process that takes the run, records step 1, says so and waits to be killed.
+HOLD_RUN = """
+import sys, time
+from trainer.logs import RunLog
+log = RunLog(sys.argv[1], 0)
+log.record(1, "train", {"loss": 1.0})
+print("holding", flush=True)
+time.sleep(60)
+"""
 
 
 def killed_then_restarted(run, restart_step: int) -> None:
@@ -36,3 +54,32 @@ def test_restart_from_scratch_drops_all_history(tmp_path):
     killed_then_restarted(tmp_path, 0)
     assert [(r["step"], r["loss"]) for r in read_metrics(tmp_path)] == [(1, 11.0), (2, 12.0)]
     assert tensorboard_losses(tmp_path) == [(1, 11.0), (2, 12.0)]
+
+
+def test_one_writer_per_run_directory(tmp_path):
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_RUN, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "holding"
+        with pytest.raises(RuntimeError, match="another trainer pretrain is writing this run"):
+            RunLog(tmp_path, 0)
+        assert [r["step"] for r in read_metrics(tmp_path)] == [1]  # the refused one truncated nothing
+    finally:
+        holder.kill()
+        holder.wait()
+    RunLog(tmp_path, 0).close()  # the kernel dropped the lock with its holder (kill -9)
+
+
+def test_forked_children_do_not_keep_the_run_locked(tmp_path):
+    # DataLoader workers are forked: after a kill -9 of the trainer they live on for a few seconds,
+    # and a lock they inherited would refuse the resume that follows.
+    log = RunLog(tmp_path, 0)
+    child = os.fork()
+    if child == 0:
+        time.sleep(30)
+        os._exit(0)
+    try:
+        log.close()
+        RunLog(tmp_path, 0).close()
+    finally:
+        os.kill(child, signal.SIGKILL)
+        os.waitpid(child, 0)

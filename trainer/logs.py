@@ -8,6 +8,8 @@ history, and TensorBoard events after that step are purged the same way.
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import json
 import os
 import time
@@ -17,6 +19,7 @@ import numpy as np
 import torch
 
 METRICS_FILE = "metrics.jsonl"
+LOCK_FILE = ".lock"
 
 
 def read_metrics(run_dir: str | os.PathLike, split: str = "train") -> list[dict]:
@@ -79,14 +82,35 @@ def spectrogram_grid(clean: torch.Tensor, corrupted: torch.Tensor, reconstructio
     return (rgba[..., :3] * 255).astype(np.uint8)
 
 
+def lock_run(run_dir: Path):
+    """Hold the run directory's lock: a second pretrain into a busy run would interleave metrics and
+    race the first one's checkpoints.
+
+    A POSIX record lock (lockf), not flock: the kernel drops it the moment its process dies, even by
+    kill -9, while an flock would live on in the forked DataLoader workers (they share the open file)
+    until they notice their parent is gone, refusing the resume that follows a crash.
+    """
+    handle = open(run_dir / LOCK_FILE, "a")
+    try:
+        fcntl.lockf(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        handle.close()
+        if exc.errno not in (errno.EACCES, errno.EAGAIN):
+            raise
+        raise RuntimeError(f"{run_dir}: another trainer pretrain is writing this run (it holds "
+                           f"{run_dir / LOCK_FILE}); wait for it to finish or stop it first") from None
+    return handle
+
+
 class RunLog:
-    """TensorBoard + metrics.jsonl for rank 0."""
+    """TensorBoard + metrics.jsonl for rank 0, the run directory's one writer while it is open."""
 
     def __init__(self, run_dir: str | os.PathLike, start_step: int = 0):
         from torch.utils.tensorboard import SummaryWriter
 
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.lock = lock_run(self.run_dir)
         truncate_metrics(self.run_dir, start_step)
         # purge from start_step + 1 also when it is 0: a run killed before its first checkpoint leaves points
         self.writer = SummaryWriter(str(self.run_dir / "tb"), purge_step=start_step + 1)
@@ -111,6 +135,7 @@ class RunLog:
     def close(self) -> None:
         self.metrics.close()
         self.writer.close()
+        self.lock.close()
 
 
 class NullLog:

@@ -183,7 +183,7 @@ def _execute(pending: list[Unit], out: Path, options: ShardOptions, workers: int
 
         try:
             client = Client(scheduler, timeout="20s")
-        except (OSError, TimeoutError) as exc:
+        except (OSError, TimeoutError, ValueError) as exc:  # ValueError: a malformed address
             raise ShardError(f"cannot reach the Dask scheduler at {scheduler} ({exc})") from exc
         backend, n_jobs = parallel_config(backend="dask"), -1
     else:

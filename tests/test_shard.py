@@ -294,3 +294,9 @@ def test_mistyped_manifest_field_is_one_line_naming_file_track_and_field(collect
     assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
     assert f"{manifests / fmt.TRACKS_FILE}: track {records[1].path!r}: {field} must be" in result.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_malformed_scheduler_address_is_one_clear_line(collection, tmp_path):
+    _, manifests, _ = collection
+    with pytest.raises(ShardError, match="cannot reach the Dask scheduler at notanaddress"):
+        run_shard(manifests, tmp_path / "out", OPTIONS, scheduler="notanaddress", progress=False)

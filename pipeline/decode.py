@@ -2,7 +2,8 @@
 
 ffmpeg decodes, resamples and downmixes in a subprocess and we read its stdout a fixed number of
 samples at a time. Choices that make the same file always give the same samples:
-- the first audio stream only (`-map 0:a:0`), video/subtitles/data ignored;
+- the first audio stream only (`-map 0:a:0?`; without one, ffmpeg fails and the reason is "no audio
+  stream"), video/subtitles/data ignored;
 - resampling with the SoX resampler (`aresample=resampler=soxr`), which this ffmpeg is built
   with; a track already at the target rate passes through untouched;
 - more than two channels are downmixed by ffmpeg's own rematrixing (the same matrix as `-ac 2`:

@@ -215,3 +215,17 @@ def test_loader_worker_and_os_errors_are_one_line(shards, tmp_path):
     result = runner.invoke(trainer_cli, ["pretrain", "--shards", str(shards), "--run", str(blocker / "run"),
                                          "--steps", "1", *small])
     assert result.exit_code == 1 and "a-file" in result.output and "Traceback" not in result.output, result.output
+
+
+def test_an_unusable_device_is_a_one_line_error(shards, tmp_path, monkeypatch):
+    import torch
+
+    from trainer.loop import pick_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert pick_device("auto") == torch.device("cpu")
+    with pytest.raises(ValueError, match="CUDA is not available"):
+        pick_device("cuda")
+    result = CliRunner().invoke(trainer_cli, ["pretrain", "--shards", str(shards), "--run", str(tmp_path / "r"),
+                                              "--steps", "1", "--device", "cuda:1"])
+    assert result.exit_code == 1 and "CUDA is not available" in result.output and "Traceback" not in result.output

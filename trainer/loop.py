@@ -41,11 +41,19 @@ from trainer.logs import NullLog, RunLog, spectrogram_grid
 
 
 def pick_device(name: str = "auto", local_rank: int = 0) -> torch.device:
+    """The device for `--device` (auto, cpu, cuda, cuda:N); ValueError if it is not usable here."""
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(name)
-    if device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", local_rank)
+    if device.type == "cuda":
+        # checked here: torch's own failure at the first CUDA call is a traceback, not a message
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device {name}: CUDA is not available on this machine (use cpu or auto)")
+        if device.index is None:
+            device = torch.device("cuda", local_rank)
+        if device.index >= torch.cuda.device_count():
+            raise ValueError(f"--device {name}: there is no {device} (this machine has "
+                             f"{torch.cuda.device_count()} CUDA devices)")
     return device
 
 

@@ -127,3 +127,14 @@ def test_empty_or_non_mapping_config_names_the_file(tmp_path):
         (path / "config.yaml").write_text(text)
         with pytest.raises(ValueError, match=r"config\.yaml: .*mapping"):
             read_checkpoint_config(path)
+
+
+def test_weights_of_another_shape_are_a_one_line_error(tmp_path):
+    # e.g. resuming with --set model.channels=...: load_state_dict lists every size mismatch on its own
+    # line, and the message called the weights "unreadable"
+    model, optimizer, scheduler = make_training(0)
+    path = save_checkpoint(tmp_path, 1, model, optimizer, scheduler, {})
+    wider = torch.nn.Sequential(torch.nn.Linear(6, 9), torch.nn.LayerNorm(9), torch.nn.Linear(9, 1))
+    with pytest.raises(ValueError, match=r"model\.safetensors: weights do not fit the model") as error:
+        load_checkpoint(path, wider)
+    assert "\n" not in str(error.value) and "size mismatch for 0.weight" in str(error.value)

@@ -179,6 +179,12 @@ def load_checkpoint(
     checkpoint = Path(checkpoint)
     try:
         missing, unexpected = load_model(model, str(checkpoint / WEIGHTS_FILE), strict=False, device=str(device))
+    except RuntimeError as exc:  # load_state_dict: one "size mismatch for NAME: ..." line per parameter
+        mismatches = [line.strip() for line in str(exc).splitlines() if line.strip().startswith("size mismatch")]
+        if not mismatches:
+            raise ValueError(f"{checkpoint / WEIGHTS_FILE}: unreadable weights ({exc})") from exc
+        raise ValueError(f"{checkpoint / WEIGHTS_FILE}: weights do not fit the model ({len(mismatches)} of another "
+                         f"shape, the first: {mismatches[0]})") from exc
     except Exception as exc:  # safetensors raises several types for a damaged file
         raise ValueError(f"{checkpoint / WEIGHTS_FILE}: unreadable weights ({exc})") from exc
     if missing or unexpected:

@@ -32,6 +32,9 @@ def test_overrides_parse_yaml_values_including_bare_exponents():
     ("optim.decay=step", "optim.decay must be one of"),
     ("runsteps=5", "not of the form section.key=value"),
     ("data.batch_size=0", "data.batch_size must be >= 1"),
+    ("model.num_heads=abc", "model.num_heads must be like"),
+    ("model.channels=5", "model.channels must be like"),
+    ("model.channels=[8,x,16,24,32,48]", "model.channels must be like"),
 ])
 def test_bad_values_are_one_line_errors_naming_the_key(override, message):
     with pytest.raises(ValueError, match=message) as info:

@@ -161,6 +161,9 @@ def _coerce(default: Any, value: Any, where: str) -> Any:
     elif isinstance(default, tuple):
         if isinstance(value, (list, tuple)) and len(value) == len(default):
             return tuple(_coerce(d, v, where) for d, v in zip(default, value))
+    elif isinstance(default, list) and default:  # any length, elements like the default's (model.channels)
+        if isinstance(value, (list, tuple)):
+            return [_coerce(default[0], v, where) for v in value]
     else:
         return value
     raise ValueError(f"{where} must be like {default!r}, got {value!r}")
@@ -176,6 +179,9 @@ def _resolve_model(spec: str | dict | None, source: str) -> ModelConfig:
     spec = dict(spec)
     preset = spec.pop("preset", None)
     base = load_model_preset(preset).to_dict() if preset else {}
+    # typed like the training sections, so that a wrong value names its key (unknown keys: from_dict)
+    defaults = ModelConfig()
+    spec = {k: _coerce(getattr(defaults, k), v, f"model.{k}") if hasattr(defaults, k) else v for k, v in spec.items()}
     return ModelConfig.from_dict({**base, **spec})
 
 

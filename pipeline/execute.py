@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import time
 from contextlib import contextmanager, nullcontext
@@ -25,7 +24,6 @@ from pipeline.plan import Plan, ShardOptions, Unit, describe_changes, make_plan,
 from pipeline.write import STATE_DIR, UnitResult, fault_point, is_temp_name, read_state, write_unit
 
 PLAN_FILE = "plan.json"
-_SHARD_RE = re.compile(r"^(?P<split>[A-Za-z0-9_]+)-\d{6}\.tar$")
 
 
 class ShardError(Exception):
@@ -121,7 +119,7 @@ def _exclusive(out: Path):
 def _check_plan(out: Path, plan: Plan, force: bool) -> None:
     path = out / STATE_DIR / PLAN_FILE
     if not path.exists():
-        stray = sorted(p.name for p in out.iterdir() if _SHARD_RE.match(p.name))
+        stray = sorted(p.name for p in out.iterdir() if fmt.is_shard_name(p.name))
         if stray and not force:
             raise ShardError(f"{out}: holds shards ({stray[0]}, ...) of unknown origin; "
                              "use --force to replace them or choose another --out")
@@ -161,7 +159,7 @@ def _split_done(out: Path, plan: Plan, options: ShardOptions) -> tuple[dict[str,
 def _stale_files(out: Path, plan: Plan, done: dict[str, UnitResult]) -> list[Path]:
     """Shards, states and indexes not proven to belong to this plan's finished units: they go, so a
     killed run never leaves an old file that could pass for a new one."""
-    stale = [p for p in out.iterdir() if _SHARD_RE.match(p.name) and p.name not in done]
+    stale = [p for p in out.iterdir() if fmt.is_shard_name(p.name) and p.name not in done]
     stale += [p for p in (out / STATE_DIR).iterdir()
               if p.name.endswith(".tar.json") and p.name[: -len(".json")] not in done]
     complete = len(done) == len(plan.units)

@@ -249,6 +249,14 @@ def shard_name(split: str, index: int) -> str:
     return f"{split}-{index:06d}.tar"
 
 
+_SHARD_NAME_RE = re.compile(r"^[A-Za-z0-9_]+-\d{6}\.tar$")
+
+
+def is_shard_name(name: str) -> bool:
+    """Whether a file name is a final shard name (as `shard_name` makes them)."""
+    return _SHARD_NAME_RE.match(name) is not None
+
+
 def index_name(split: str) -> str:
     return f"{split}.json"
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,7 +17,6 @@ import numpy as np
 
 from pipeline import format as fmt
 
-_SHARD_RE = re.compile(r"^(?P<split>[A-Za-z0-9_]+)-\d{6}\.tar$")
 
 
 @dataclass
@@ -52,7 +50,7 @@ def verify_shards(out: str | os.PathLike) -> VerifyReport:
         _verify_index(out, index_path, index, report)
         listed.update(entry.url for entry in index.shardlist)
     for path in sorted(out.iterdir()):
-        if _SHARD_RE.match(path.name) and path.name not in listed:
+        if fmt.is_shard_name(path.name) and path.name not in listed:
             report.problems.append(f"{path}: shard not listed in any index (unfinished or stale run?)")
     if not report.splits and not report.problems:
         report.problems.append(f"{out}: no shard index ({fmt.index_name('train')}, ...) found")

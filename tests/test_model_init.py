@@ -56,5 +56,5 @@ def test_presets_start_far_below_one_half():
 def test_prior_is_a_config_override_even_as_a_bare_exponent():
     assert load_config("tiny", overrides=["model.mask_prior=0.05"]).model.mask_prior == pytest.approx(0.05)
     assert load_config("tiny", overrides=["model.mask_prior=1e-4"]).model.mask_prior == pytest.approx(1e-4)
-    with pytest.raises(ValueError, match="mask_prior must be a number, got 'low'"):
+    with pytest.raises(ValueError, match="model.mask_prior must be like .*, got 'low'"):
         load_config("tiny", overrides=["model.mask_prior=low"])

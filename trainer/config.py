@@ -95,6 +95,8 @@ class TrainConfig:
                 problems.append(f"{name} must be >= 1, got {value}")
         if self.data.num_workers < 0 or self.run.steps < 0 or self.optim.warmup_steps < 0:
             problems.append("data.num_workers, run.steps and optim.warmup_steps must be >= 0")
+        if self.run.seed < 0:  # numpy's SeedSequence, which derives every stream's seed, refuses it
+            problems.append(f"run.seed must be >= 0, got {self.run.seed}")
         if not 0.0 <= self.optim.min_lr_ratio <= 1.0:
             problems.append(f"optim.min_lr_ratio must be in [0, 1], got {self.optim.min_lr_ratio}")
         if problems:

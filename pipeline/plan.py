@@ -121,6 +121,9 @@ def check_track(track: fmt.TrackRecord) -> None:
                 or (value < 0 and name != "mtime"):
             raise ValueError(f"track {track.path!r}: {name} must be a finite number"
                              f"{'' if name == 'mtime' else ' >= 0'}, got {value!r}")
+    if not fmt.is_shard_name(fmt.shard_name(track.split, 0)):  # "a/b" would write outside --out
+        raise ValueError(f"track {track.path!r}: split {track.split!r} cannot name a shard "
+                         "(letters, digits and _ only; normally train or val)")
     if track.duplicate_of is not None and not isinstance(track.duplicate_of, str):
         raise ValueError(f"track {track.path!r}: duplicate_of must be null or an id, got {track.duplicate_of!r}")
 

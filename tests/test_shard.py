@@ -285,14 +285,15 @@ def test_damaged_failures_file_is_refused_before_any_work(collection, tmp_path):
 
 
 @pytest.mark.parametrize("field, value", [("duration", None), ("duration", "3.0"), ("mtime", float("nan")),
-                                          ("size", -1), ("id", 7), ("duplicate_of", 1)])
+                                          ("size", -1), ("id", 7), ("duplicate_of", 1), ("split", "../val"),
+                                          ("split", "my-val"), ("split", "")])
 def test_mistyped_manifest_field_is_one_line_naming_file_track_and_field(collection, tmp_path, field, value):
     _, _, records = collection
     manifests = tmp_path / "manifests"
     fmt.write_jsonl_atomic(manifests / fmt.TRACKS_FILE, [records[0], fmt.TrackRecord(**{**records[1].__dict__, field: value})])
     result = run_cli("shard", "--manifests", str(manifests), "--out", str(tmp_path / "out"), *CLI_OPTIONS)
     assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
-    assert f"{manifests / fmt.TRACKS_FILE}: track {records[1].path!r}: {field} must be" in result.stderr
+    assert f"{manifests / fmt.TRACKS_FILE}: track {records[1].path!r}: {field} " in result.stderr
     assert not (tmp_path / "out").exists()
 
 

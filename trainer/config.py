@@ -14,6 +14,7 @@ the copy saved in runs/NAME/config.yaml reproduces the run without the preset fi
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 from dataclasses import dataclass, field
@@ -148,10 +149,8 @@ def _coerce(default: Any, value: Any, where: str) -> Any:
             return value
     elif isinstance(default, (int, float)):
         if isinstance(value, str):
-            try:
+            with contextlib.suppress(ValueError):  # not a number: reported below as the wrong kind
                 value = float(value)
-            except ValueError:
-                pass
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             if isinstance(default, float):
                 return float(value)

@@ -83,3 +83,18 @@ def test_forked_children_do_not_keep_the_run_locked(tmp_path):
     finally:
         os.kill(child, signal.SIGKILL)
         os.waitpid(child, 0)
+
+
+def test_a_filesystem_without_locks_only_warns(tmp_path, monkeypatch, capsys):
+    import errno
+    import fcntl
+
+    def no_locks(*args):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "lockf", no_locks)
+    log = RunLog(tmp_path, 0)
+    log.record(1, "train", {"loss": 1.0})
+    log.close()
+    assert "cannot lock (No locks available)" in capsys.readouterr().err
+    assert [r["step"] for r in read_metrics(tmp_path)] == [1]

@@ -12,6 +12,7 @@ import errno
 import fcntl
 import json
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -94,9 +95,11 @@ def lock_run(run_dir: Path):
     try:
         fcntl.lockf(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as exc:
+        if exc.errno not in (errno.EACCES, errno.EAGAIN):  # a filesystem without locks must not stop training
+            print(f"warning: {run_dir / LOCK_FILE}: cannot lock ({exc.strerror}); nothing stops a second "
+                  f"pretrain into this run", file=sys.stderr)
+            return handle
         handle.close()
-        if exc.errno not in (errno.EACCES, errno.EAGAIN):
-            raise
         raise RuntimeError(f"{run_dir}: another trainer pretrain is writing this run (it holds "
                            f"{run_dir / LOCK_FILE}); wait for it to finish or stop it first") from None
     return handle

@@ -98,3 +98,12 @@ def test_a_filesystem_without_locks_only_warns(tmp_path, monkeypatch, capsys):
     log.close()
     assert "cannot lock (No locks available)" in capsys.readouterr().err
     assert [r["step"] for r in read_metrics(tmp_path)] == [1]
+
+
+def test_read_metrics_skips_a_line_torn_by_kill_9(tmp_path):
+    log = RunLog(tmp_path, 0)
+    log.record(1, "train", {"loss": 1.0})
+    log.close()
+    with open(tmp_path / "metrics.jsonl", "a", encoding="utf-8") as metrics:
+        metrics.write('{"step": 2, "split": "tra')
+    assert [r["step"] for r in read_metrics(tmp_path)] == [1]

@@ -24,15 +24,18 @@ LOCK_FILE = ".lock"
 
 
 def read_metrics(run_dir: str | os.PathLike, split: str = "train") -> list[dict]:
+    """The rows of one split; a last line torn by kill -9 (not yet cut by a resume) is skipped."""
     path = Path(run_dir) / METRICS_FILE
     if not path.exists():
         return []
     rows = []
     for line in path.read_text(encoding="utf-8").splitlines():
-        if line.strip():
-            row = json.loads(line)
-            if row.get("split") == split:
-                rows.append(row)
+        try:
+            row = json.loads(line) if line.strip() else None
+        except json.JSONDecodeError:
+            continue
+        if row is not None and row.get("split") == split:
+            rows.append(row)
     return rows
 
 

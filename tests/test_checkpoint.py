@@ -138,3 +138,15 @@ def test_weights_of_another_shape_are_a_one_line_error(tmp_path):
     with pytest.raises(ValueError, match=r"model\.safetensors: weights do not fit the model") as error:
         load_checkpoint(path, wider)
     assert "\n" not in str(error.value) and "size mismatch for 0.weight" in str(error.value)
+
+
+def test_a_run_killed_before_its_first_last_pointer_still_evaluates(tmp_path):
+    # kill -9 between renaming step-NNNNNNN into place and writing `last`: pretrain resumes from the
+    # directory (latest_checkpoint), so evaluate and preview must find it too
+    model, optimizer, scheduler = make_training(0)
+    ckpt_dir = tmp_path / "run" / "checkpoints"
+    done = save_checkpoint(ckpt_dir, 10, model, optimizer, scheduler, {})
+    (ckpt_dir / "last").unlink()
+    assert latest_checkpoint(ckpt_dir) == done
+    assert resolve_checkpoint(tmp_path / "run") == done
+    assert resolve_checkpoint(ckpt_dir) == done

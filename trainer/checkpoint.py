@@ -145,7 +145,8 @@ def _pointer(ckpt_dir: Path, name: str) -> Path | None:
 
 def resolve_checkpoint(path: str | os.PathLike) -> Path:
     """A checkpoint directory from: itself, a `last`/`best` pointer file, a checkpoints/ directory
-    or a run directory (both via their `last`). Raises ValueError naming the path if there is none."""
+    or a run directory (both via `latest_checkpoint`, as a resume would pick). Raises ValueError
+    naming the path if there is none."""
     path = Path(path)
     if path.is_file() and path.name in (LAST, BEST):
         target = _pointer(path.parent, path.name)
@@ -156,7 +157,7 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
         return path
     for ckpt_dir in (path, path / "checkpoints"):
         if ckpt_dir.is_dir():
-            target = _pointer(ckpt_dir, LAST)
+            target = latest_checkpoint(ckpt_dir)
             if target is not None:
                 return target
     raise ValueError(f"{path}: no checkpoint found (expected a step-NNNNNNN directory, a last/best file or a run directory)")

@@ -229,3 +229,10 @@ def test_an_unusable_device_is_a_one_line_error(shards, tmp_path, monkeypatch):
     result = CliRunner().invoke(trainer_cli, ["pretrain", "--shards", str(shards), "--run", str(tmp_path / "r"),
                                               "--steps", "1", "--device", "cuda:1"])
     assert result.exit_code == 1 and "CUDA is not available" in result.output and "Traceback" not in result.output
+
+
+def test_shards_of_another_bin_count_name_the_source(shards, tmp_path):
+    result = CliRunner().invoke(trainer_cli, ["pretrain", "--shards", str(shards), "--run", str(tmp_path / "r"),
+                                              "--steps", "1", "--workers", "0", "--set", "model.first_transformer_level=5"])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert f"{shards}: samples have {BINS} frequency bins but model.bins is 1024" in result.output, result.output

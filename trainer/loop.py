@@ -198,6 +198,9 @@ def pretrain(cfg: TrainConfig, shards: str, run_dir: str | os.PathLike, val_shar
                 wait_start = time.perf_counter()
                 batch = next(stream)
                 clean = batch["spec"].to(dev, non_blocking=True).float()
+                if clean.shape[2] != cfg.model.bins:  # else the model's own shape error, naming no source
+                    raise ValueError(f"{shards}: samples have {clean.shape[2]} frequency bins but model.bins is "
+                                     f"{cfg.model.bins} (for shards of another n_fft: --set model.bins=...)")
                 group = batch["group"].to(dev, non_blocking=True)
                 data_wait += time.perf_counter() - wait_start
                 corrupted = corrupt_batch(clean, group, cfg.corrupt, generator)

@@ -34,6 +34,7 @@ def test_overrides_parse_yaml_values_including_bare_exponents():
     ("data.batch_size=0", "data.batch_size must be >= 1"),
     ("model.num_heads=abc", "model.num_heads must be like"),
     ("run.seed=-1", "run.seed must be >= 0"),
+    ("run.val_batches=0", "run.val_batches must be >= 1"),
     ("model.channels=5", "model.channels must be like"),
     ("model.channels=[8,x,16,24,32,48]", "model.channels must be like"),
 ])

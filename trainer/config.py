@@ -90,6 +90,7 @@ class TrainConfig:
             ("data.shuffle_buffer", self.data.shuffle_buffer), ("optim.accumulation", self.optim.accumulation),
             ("run.log_every", self.run.log_every), ("run.ckpt_every", self.run.ckpt_every),
             ("run.keep_last", self.run.keep_last), ("run.val_every", self.run.val_every),
+            ("run.val_batches", self.run.val_batches),
             ("run.image_every", self.run.image_every), ("run.max_bad_steps", self.run.max_bad_steps),
         ]:
             if value < 1:

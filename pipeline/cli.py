@@ -159,6 +159,8 @@ def ingest(roots, manifests_dir, workers, val_fraction) -> None:
     from pipeline.ingest import ingest as run_ingest
     from pipeline.locking import FolderBusy
 
+    if not 0.0 <= val_fraction <= 1.0:  # NaN passes click.FloatRange
+        raise click.BadParameter(f"{val_fraction} is not in [0, 1]", param_hint="--val-fraction")
     try:
         summary = run_ingest(list(roots), manifests_dir, workers=workers, val_fraction=val_fraction)
     except FolderBusy as exc:

@@ -430,3 +430,12 @@ def test_unplugged_drive_with_a_link_keeps_the_canonical_sighting(tmp_path, make
     usb.rename(tmp_path / "unplugged")
     assert ingest([str(main_drive), str(usb)], m, progress=False).root_errors
     assert manifest_bytes(m) == good
+
+
+def test_nan_val_fraction_is_a_usage_error(tmp_path):
+    """click's FloatRange lets NaN through (every comparison with it is False)."""
+    (tmp_path / "d").mkdir()
+    result = CliRunner().invoke(main, ["ingest", str(tmp_path / "d"), "--manifests", str(tmp_path / "m"),
+                                       "--val-fraction", "nan"])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert "--val-fraction" in result.output and not (tmp_path / "m").exists()

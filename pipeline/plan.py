@@ -243,8 +243,8 @@ def parse_size(text: str) -> int:
         value = float(number) * _SIZE_UNITS[unit]
     except (ValueError, KeyError) as exc:
         raise ValueError(f"not a size: {text!r} (try 1GB, 500MB, 64MiB)") from exc
-    if value < 1:
-        raise ValueError(f"size must be at least 1 byte, got {text!r}")
+    if not 1 <= value < math.inf:  # NaN fails this too
+        raise ValueError(f"size must be a finite number of at least 1 byte, got {text!r}")
     return int(value)
 
 

@@ -29,6 +29,11 @@ def killed_then_restarted(run, restart_step: int) -> None:
         log.record(step, "train", {"loss": float(step)})
         log.scalars(step, "train", {"loss": float(step)})
     log.close()
+    # TensorBoard reads event files in name order: the second, then a per-process counter compared as
+    # text ("10" < "9"); a real restart is a later process, so start the next second like one.
+    second = int(time.time())
+    while int(time.time()) == second:
+        time.sleep(0.05)
     log = RunLog(run, restart_step)
     for step in range(restart_step + 1, restart_step + 3):
         log.record(step, "train", {"loss": 10.0 + step})

@@ -216,10 +216,29 @@ def _tags(info: dict, stream: dict) -> dict[str, str]:
     return merged
 
 
-def interpret(info: dict, path: str | None = None) -> tuple[float, int, int, str, dict[str, str]]:
+def mp3_declares_length(head: bytes) -> bool:
+    """Whether an MP3's first frame is a Xing/Info/VBRI frame, which states the stream's frame count.
+
+    Without one (older VBR encoders, some rippers) ffprobe's duration is file size / first bitrate,
+    a guess that VBR audio misses by many seconds, so only the end of the audio data can be trusted.
+    An ID3v2 tag larger than `head` hides the first frame: that counts as no header.
+    """
+    start = 0
+    if head[:3] == b"ID3" and len(head) >= 10:
+        size = (head[6] & 0x7F) << 21 | (head[7] & 0x7F) << 14 | (head[8] & 0x7F) << 7 | (head[9] & 0x7F)
+        start = 10 + size + (10 if head[5] & 0x10 else 0)
+    sync = head.find(b"\xff", start)
+    while sync != -1 and (sync + 1 >= len(head) or head[sync + 1] & 0xE0 != 0xE0):
+        sync = head.find(b"\xff", sync + 1)
+    first_frame = head[sync:sync + 64] if sync != -1 else b""
+    return any(tag in first_frame for tag in (b"Xing", b"Info", b"VBRI"))
+
+
+def interpret(info: dict, path: str | None = None, length_declared: bool = True) -> tuple[float, int, int, str, dict[str, str]]:
     """ffprobe JSON -> (duration, sample_rate, channels, codec, tags); ProbeError when unusable.
     With `path`, a file where seeking past the end finds no packet is asked again for its last two
-    seconds."""
+    seconds. `length_declared=False` (an MP3 without a length header): the duration is where the
+    audio data ends, and truncation cannot be told from it."""
     streams = info.get("streams") or []
     if not streams:
         raise ProbeError("no audio stream")
@@ -237,12 +256,16 @@ def interpret(info: dict, path: str | None = None) -> tuple[float, int, int, str
     if not ends and codec.startswith("pcm_"):
         ends = [duration]  # PCM durations are computed from the data actually present
     if not ends and path is not None:
-        return interpret(run_ffprobe(path, read_from=f"{max(0.0, duration - 2.0):.3f}"))
+        return interpret(run_ffprobe(path, read_from=f"{max(0.0, duration - 2.0):.3f}"),
+                         length_declared=length_declared)
     if not ends:
         raise ProbeError("no audio packets can be read")
     start = _number(stream.get("start_time")) or 0.0
     data_end = max(ends) - start
-    if data_end < duration - max(0.5, 0.02 * duration):
+    container = info.get("format", {}).get("format_name", "")
+    if container == "aac" or (container == "mp3" and not length_declared):
+        duration = data_end  # no length field: ffprobe's duration was size / bitrate
+    elif data_end < duration - max(0.5, 0.02 * duration):
         raise ProbeError(f"truncated: the header says {duration:.1f} s but the audio data ends at {data_end:.1f} s")
     return round(duration, 6), sample_rate, channels, codec, _tags(info, stream)
 
@@ -262,5 +285,5 @@ def probe_file(path: str, by_extension: bool = True) -> ProbeResult | None:
             return None
         if find_frame_chain(head) is None:
             raise ProbeError(f"not audio: {describe_content(head[:64])}")
-    duration, sample_rate, channels, codec, tags = interpret(run_ffprobe(path), path)
+    duration, sample_rate, channels, codec, tags = interpret(run_ffprobe(path), path, mp3_declares_length(head))
     return ProbeResult(fingerprint, duration, sample_rate, channels, codec, tags)

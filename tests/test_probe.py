@@ -6,8 +6,8 @@ import re
 
 import pytest
 
-from pipeline.probe import (BLOCK_BYTES, ProbeError, describe_content, find_frame_chain, probe_file,
-                            read_head_and_fingerprint, sniff)
+from pipeline.probe import (BLOCK_BYTES, ProbeError, describe_content, find_frame_chain, mp3_declares_length,
+                            probe_file, read_head_and_fingerprint, sniff)
 
 
 def probe_failure(path) -> str:
@@ -104,6 +104,28 @@ def test_truncated_files_are_failures(tmp_path, make_track):
         cut = tmp_path / f"cut{ext}"
         cut.write_bytes(whole[: len(whole) // 8])
         assert probe_failure(cut).startswith("truncated: the header says 6.0 s")
+
+
+def test_vbr_mp3_without_length_header_is_a_track_with_its_real_duration(tmp_path):
+    """Old VBR encoders write no Xing/VBRI frame: ffprobe then guesses the duration from the first
+    bitrate (55 s for this 40 s file with a quiet intro), which must not read as truncation."""
+    from pipeline.synth import encode, synth_music
+
+    signal = synth_music(40.0, seed=3)
+    signal[: 44100 * 10] *= 0.01  # a quiet intro: a low first bitrate, so the guess overshoots
+    vbr = ["-c:a", "libmp3lame", "-q:a", "2"]
+    bare = encode(signal, 44100, tmp_path / "no header.mp3", extra_args=vbr + ["-write_xing", "0"])
+    tagged = encode(signal, 44100, tmp_path / "xing.mp3", extra_args=vbr, tags={"title": "x" * 200})
+    assert abs(probe_file(str(bare)).duration - 40.0) < 0.1
+    assert abs(probe_file(str(tagged)).duration - 40.0) < 0.1
+    assert not mp3_declares_length(bare.read_bytes()[:BLOCK_BYTES])
+    assert mp3_declares_length(tagged.read_bytes()[:BLOCK_BYTES])  # found behind the ID3v2 tag
+    # Cut in half, the headerless file is a (shorter) track; with a header it is a failure.
+    cut_bare, cut_tagged = tmp_path / "cut bare.mp3", tmp_path / "cut tagged.mp3"
+    cut_bare.write_bytes(bare.read_bytes()[: bare.stat().st_size // 2])
+    cut_tagged.write_bytes(tagged.read_bytes()[: tagged.stat().st_size // 2])
+    assert 5.0 < probe_file(str(cut_bare)).duration < 35.0
+    assert probe_failure(cut_tagged).startswith("truncated: the header says 40.0 s")
 
 
 def test_hostile_non_audio_is_a_failure_with_reason(tmp_path):

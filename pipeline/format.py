@@ -129,7 +129,7 @@ def fsync_dir(path: str | os.PathLike) -> None:
     try:
         os.fsync(fd)
     except OSError:
-        pass
+        return  # some file systems cannot fsync a directory; the rename itself already happened
     finally:
         os.close(fd)
 

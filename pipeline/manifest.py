@@ -327,7 +327,4 @@ def save_state(manifests_dir: str | os.PathLike, digest: str, counts: dict) -> N
 
 def forget_state(manifests_dir: str | os.PathLike) -> None:
     """Called before anything is written: a run killed half-way must not look unchanged."""
-    try:
-        os.unlink(Path(manifests_dir) / STATE_FILE)
-    except FileNotFoundError:
-        pass
+    (Path(manifests_dir) / STATE_FILE).unlink(missing_ok=True)

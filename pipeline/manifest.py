@@ -70,7 +70,7 @@ class ProbeJournal:
                     except (json.JSONDecodeError, KeyError, TypeError):
                         continue  # the torn last line of a killed run
         except FileNotFoundError:
-            pass
+            return  # a first run: nothing journaled yet
 
     def lookup(self, path: str, size: int, mtime: float) -> dict | None:
         outcome = self.outcomes.get(path)

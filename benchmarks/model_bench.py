@@ -65,7 +65,7 @@ class StepTimer:
 
 def attention_table(args, device: torch.device) -> None:
     """One self-attention layer alone (projections, Q/K/V convs, positions, SDPA), forward + backward."""
-    print(f"\n| tokens dims | heads | L | relative ms | rope ms | relative / rope |")
+    print("\n| tokens dims | heads | L | relative ms | rope ms | relative / rope |")
     print("|---|---|---|---|---|---|")
     for dims in (int(d) for d in args.attention_dims.split(",")):
         heads = load_model_preset("base").heads_at(dims)

@@ -291,13 +291,7 @@ def _write_indexes(out: Path, plan: Plan, results: dict[str, UnitResult]) -> Non
 
 
 def _write_json_atomic(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(data, fh, sort_keys=True)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    fmt.fsync_dir(path.parent)
+    fmt.write_text_atomic(path, json.dumps(data, sort_keys=True))
 
 
 __all__ = ["run_shard", "preflight", "ShardError", "ShardSummary", "PLAN_FILE"]

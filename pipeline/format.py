@@ -8,7 +8,6 @@ this module; nothing else may hard-code these names or layouts.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import io
 import json
@@ -91,6 +90,19 @@ def write_jsonl_atomic(path: str | os.PathLike, records: Iterable) -> None:
         for record in records:
             fh.write(record_to_json(record))
             fh.write("\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    """Write `text` to `path` via a temporary file + fsync + rename (the same temporary naming as
+    write_jsonl_atomic), so a reader or a resumed run never sees a partial file."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        fh.write(text)
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, path)
@@ -317,14 +329,7 @@ def read_index(path: str | os.PathLike) -> ShardIndex:
 
 
 def write_index_atomic(path: str | os.PathLike, index: ShardIndex) -> None:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(index.to_json())
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
+    write_text_atomic(path, index.to_json())
 
 
 __all__ = [n for n in dir() if not n.startswith("_") and n not in {"annotations", "dataclasses"}]

@@ -73,14 +73,7 @@ def read_state(out_dir: Path, shard: str) -> UnitResult | None:
 
 
 def write_state(out_dir: Path, result: UnitResult) -> None:
-    path = state_path(out_dir, result.name)
-    tmp = path.with_name(temp_name(path.name))
-    with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(asdict(result), fh, sort_keys=True)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    fmt.fsync_dir(path.parent)
+    fmt.write_text_atomic(state_path(out_dir, result.name), json.dumps(asdict(result), sort_keys=True))
 
 
 class ReproducibleTar:

@@ -1,5 +1,4 @@
 import io
-import tarfile
 
 import numpy as np
 import pytest

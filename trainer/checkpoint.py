@@ -27,7 +27,7 @@ import torch
 import yaml
 from safetensors.torch import load_model, save_model
 
-from pipeline.format import fsync_dir
+from pipeline.format import fsync_dir, write_text_atomic
 
 WEIGHTS_FILE = "model.safetensors"
 STATE_FILE = "state.pt"
@@ -44,16 +44,6 @@ def step_dir_name(step: int) -> str:
 def _fsync_file(path: Path) -> None:
     with open(path, "rb") as fh:
         os.fsync(fh.fileno())
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
 
 
 def list_checkpoints(ckpt_dir: str | os.PathLike) -> list[Path]:
@@ -114,12 +104,12 @@ def save_checkpoint(
         os.replace(tmp, final)
     fsync_dir(ckpt_dir)
 
-    _write_text_atomic(ckpt_dir / LAST, final.name + "\n")
+    write_text_atomic(ckpt_dir / LAST, final.name + "\n")
     if val_loss is not None:
         best = _pointer(ckpt_dir, BEST)
         best_loss = read_meta(best).get("val_loss") if best else None
         if best_loss is None or val_loss < best_loss:
-            _write_text_atomic(ckpt_dir / BEST, final.name + "\n")
+            write_text_atomic(ckpt_dir / BEST, final.name + "\n")
     prune(ckpt_dir, keep_last)
     return final
 

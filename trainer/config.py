@@ -247,14 +247,8 @@ def load_config(preset: str | None = None, config_file: str | os.PathLike | None
 
 def save_config(cfg: TrainConfig, path: str | os.PathLike) -> None:
     """Write the resolved config atomically (tmp + fsync + rename)."""
-    from pipeline.format import fsync_dir
+    from pipeline.format import write_text_atomic
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        yaml.safe_dump(cfg.to_dict(), fh, sort_keys=False)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
+    write_text_atomic(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))

@@ -41,7 +41,7 @@ def read_metrics(run_dir: str | os.PathLike, split: str = "train") -> list[dict]
 
 def truncate_metrics(run_dir: str | os.PathLike, last_step: int) -> None:
     """Drop lines after `last_step` (written by a run killed after its last checkpoint)."""
-    from pipeline.format import fsync_dir
+    from pipeline.format import write_text_atomic
 
     path = Path(run_dir) / METRICS_FILE
     if not path.exists():
@@ -53,10 +53,7 @@ def truncate_metrics(run_dir: str | os.PathLike, last_step: int) -> None:
                 kept.append(line + "\n")
         except (json.JSONDecodeError, KeyError, TypeError):
             continue  # a line torn by kill -9
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text("".join(kept), encoding="utf-8")
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
+    write_text_atomic(path, "".join(kept))
 
 
 def spectrogram_grid(clean: torch.Tensor, corrupted: torch.Tensor, reconstruction: torch.Tensor,

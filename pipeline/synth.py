@@ -80,7 +80,9 @@ def encode(signal: np.ndarray, sample_rate: int, path: str | Path, extra_args: l
         args += ENCODERS.get(path.suffix.lower(), [])
     for key, value in (tags or {}).items():
         args += ["-metadata", f"{key}={value}"]
-    args.append(str(path))
+    # Bit-exact muxing: Ogg/Opus would otherwise pick a random stream serial number, so the same
+    # demo collection would get other content ids (and other shards) on every machine.
+    args += ["-fflags", "+bitexact", "-flags:a", "+bitexact", str(path)]
     subprocess.run(args, input=signal.tobytes(), check=True, capture_output=True)
     return path
 

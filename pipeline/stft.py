@@ -162,7 +162,10 @@ def _magnitude(padded: np.ndarray, stft: fmt.STFTParams, window: torch.Tensor,
         frames = _frames_in(padded.shape[1], stft)
     with _one_torch_thread():
         signal = torch.from_numpy(padded)[:, :(frames - 1) * stft.hop + stft.n_fft]
-        windowed = signal.unfold(-1, stft.n_fft, stft.hop) * window  # [2, frames, n_fft]
+        # Contiguous whatever the caller's layout: MKL picks its kernel by the input strides, and a
+        # transposed (Fortran-order) buffer rounds the last bit differently on some CPUs (seen on an
+        # AVX-512 Xeon, not on the AMD dev VM), which made chunked and whole-track frames differ.
+        windowed = (signal.unfold(-1, stft.n_fft, stft.hop) * window).contiguous()  # [2, frames, n_fft]
         # A view: memory stays frame-major, as the FFT wrote it; transposing now would copy.
         spectrum = torch.fft.rfft(windowed, dim=-1)[:, :, :stft.bins].transpose(1, 2).numpy()
     magnitude = np.abs(spectrum)  # numpy's complex abs is ~15x faster than torch's here; keeps the layout

@@ -28,9 +28,9 @@ from pathlib import Path
 import soundfile
 
 from pipeline import format as fmt
-from pipeline.ingest import default_workers, ingest
-from pipeline.probe import probe_file
-from pipeline.synth import synth_music
+from pipeline.demo.synth import synth_music
+from pipeline.ingest.probe import probe_file
+from pipeline.ingest.run import default_workers, ingest
 
 BENCH_DIR = Path(".bench/ingest")
 
@@ -128,29 +128,54 @@ def main() -> None:
         touched.append(seconds)
     touched_s = min(touched)
     cli_start = time.perf_counter()
-    subprocess.run([sys.executable, "-c", "from pipeline.cli import main; main()", "ingest", *roots,
-                    "--manifests", str(manifests)], check=True, capture_output=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from pipeline.cli import main; main()",
+            "ingest",
+            *roots,
+            "--manifests",
+            str(manifests),
+        ],
+        check=True,
+        capture_output=True,
+    )
     cli_s = time.perf_counter() - cli_start
     workers = default_workers()
     threads_s, procs_s = probe_pools(args.probe_files, workers, args.repeats)
 
     n = first.files
-    print(f"tree: {n} audio files ({args.distinct} distinct, {first.probed} probed) "
-          f"+ {2 * (args.files // 12)} other files, 2 roots; {os.cpu_count()} cores")
+    print(
+        f"tree: {n} audio files ({args.distinct} distinct, {first.probed} probed) "
+        f"+ {2 * (args.files // 12)} other files, 2 roots; {os.cpu_count()} cores"
+    )
     print("| measurement | seconds | files/s | ratio to reference |")
     print("|---|---|---|---|")
     print(f"| bare os.walk + os.stat (reference) | {walk_s:.3f} | {n / walk_s:,.0f} | 1.00 |")
     print(f"| first ingest (in-process) | {first_s:.3f} | {n / first_s:,.0f} | {walk_s / first_s:.2f} |")
-    print(f"| unchanged re-ingest (in-process, best of {args.repeats}) | {again_s:.3f} | {n / again_s:,.0f} "
-          f"| {walk_s / again_s:.2f} |")
-    print(f"| re-ingest, one source file touched (in-process, best of {args.repeats}) | {touched_s:.3f} "
-          f"| {n / touched_s:,.0f} | {walk_s / touched_s:.2f} |")
-    print(f"| unchanged re-ingest (`pipeline ingest` process, incl. start-up) | {cli_s:.3f} | {n / cli_s:,.0f} "
-          f"| {walk_s / cli_s:.2f} |")
-    print(f"| probe pool: threads, {workers} workers, {args.probe_files} distinct files, median of {args.repeats} (reference) "
-          f"| {threads_s:.3f} | {args.probe_files / threads_s:,.1f} | 1.00 |")
-    print(f"| probe pool: joblib processes, {workers} workers, same files, alternating rounds | {procs_s:.3f} | {args.probe_files / procs_s:,.1f} "
-          f"| {threads_s / procs_s:.2f} |")
+    print(
+        f"| unchanged re-ingest (in-process, best of {args.repeats}) | {again_s:.3f} | {n / again_s:,.0f} "
+        f"| {walk_s / again_s:.2f} |"
+    )
+    print(
+        f"| re-ingest, one source file touched (in-process, best of {args.repeats}) | {touched_s:.3f} "
+        f"| {n / touched_s:,.0f} | {walk_s / touched_s:.2f} |"
+    )
+    print(
+        f"| unchanged re-ingest (`pipeline ingest` process, incl. start-up) | {cli_s:.3f} | {n / cli_s:,.0f} "
+        f"| {walk_s / cli_s:.2f} |"
+    )
+    print(
+        f"| probe pool: threads, {workers} workers, {args.probe_files} distinct files, "
+        f"median of {args.repeats} (reference) "
+        f"| {threads_s:.3f} | {args.probe_files / threads_s:,.1f} | 1.00 |"
+    )
+    print(
+        f"| probe pool: joblib processes, {workers} workers, same files, alternating rounds | {procs_s:.3f} "
+        f"| {args.probe_files / procs_s:,.1f} "
+        f"| {threads_s / procs_s:.2f} |"
+    )
 
 
 if __name__ == "__main__":

@@ -50,10 +50,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Iterator
 
 import numpy as np
 import torch
@@ -63,17 +63,17 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from pipeline.format import (
     DEFAULT_CLIP_FRAMES,
     SPEC_DTYPE,
-    STFTParams,
     SampleMeta,
     ShardEntry,
     ShardIndex,
+    STFTParams,
     encode_meta,
     encode_spec,
     index_name,
     read_index,
     sample_key,
     shard_name,
-    write_index_atomic,
+    write_index,
 )
 
 COPY_CHUNK_BYTES = 8 << 20
@@ -86,8 +86,10 @@ DISTINCT_SPECTRA = 8  # content does not matter for throughput; generating rando
 
 def write_bench_shards(root: Path, gigabytes: float, shards: int = 4) -> list[Path]:
     rng = np.random.default_rng(0)
-    spectra = [encode_spec(rng.random((2, BINS, DEFAULT_CLIP_FRAMES), dtype=np.float32).astype(SPEC_DTYPE))
-               for _ in range(DISTINCT_SPECTRA)]
+    spectra = [
+        encode_spec(rng.random((2, BINS, DEFAULT_CLIP_FRAMES), dtype=np.float32).astype(SPEC_DTYPE))
+        for _ in range(DISTINCT_SPECTRA)
+    ]
     total = max(shards, int(gigabytes * 1e9 // SAMPLE_BYTES))
     per_shard = total // shards
     entries, paths = [], []
@@ -96,15 +98,32 @@ def write_bench_shards(root: Path, gigabytes: float, shards: int = 4) -> list[Pa
         with wds.TarWriter(str(path)) as writer:
             for i in range(per_shard):
                 track_id = f"bench{number:02d}{i // 10:04d}"
-                meta = SampleMeta(track_id=track_id, clip=i % 10, start_frame=(i % 10) * DEFAULT_CLIP_FRAMES,
-                                  valid_frames=DEFAULT_CLIP_FRAMES, album_key=track_id)
-                writer.write({"__key__": sample_key(track_id, i % 10), "spec.npy": spectra[i % DISTINCT_SPECTRA],
-                              "json": encode_meta(meta)})
+                meta = SampleMeta(
+                    track_id=track_id,
+                    clip=i % 10,
+                    start_frame=(i % 10) * DEFAULT_CLIP_FRAMES,
+                    valid_frames=DEFAULT_CLIP_FRAMES,
+                    album_key=track_id,
+                )
+                writer.write(
+                    {
+                        "__key__": sample_key(track_id, i % 10),
+                        "spec.npy": spectra[i % DISTINCT_SPECTRA],
+                        "json": encode_meta(meta),
+                    }
+                )
         entries.append(ShardEntry(url=path.name, nsamples=per_shard, filesize=path.stat().st_size))
         paths.append(path)
-    write_index_atomic(root / index_name("train"), ShardIndex(
-        split="train", shardlist=entries, stft=STFTParams().to_dict(), clip_frames=DEFAULT_CLIP_FRAMES,
-        totals={"samples": per_shard * shards, "bytes": sum(e.filesize for e in entries)}))
+    write_index(
+        root / index_name("train"),
+        ShardIndex(
+            split="train",
+            shardlist=entries,
+            stft=STFTParams().to_dict(),
+            clip_frames=DEFAULT_CLIP_FRAMES,
+            totals={"samples": per_shard * shards, "bytes": sum(e.filesize for e in entries)},
+        ),
+    )
     return paths
 
 
@@ -181,8 +200,16 @@ def _stat_fields(pid) -> list[str]:
 def time_loader(data, root: Path, batches: int, args: argparse.Namespace) -> Pass:
     """Samples/s and CPU per sample over the batches after the first (steady state: start-up and
     the shuffle buffers' fill are left out of both)."""
-    iterator = iter(data.train_loader(str(root), batch_size=args.batch_size, crop_frames=args.crop,
-                                      num_workers=args.workers, seed=0, dtype=args.dtype))
+    iterator = iter(
+        data.train_loader(
+            str(root),
+            batch_size=args.batch_size,
+            crop_frames=args.crop,
+            num_workers=args.workers,
+            seed=0,
+            dtype=args.dtype,
+        )
+    )
     next(iterator)
     cpu, first = loader_processes_cpu_seconds(), time.perf_counter()
     keys = []
@@ -212,18 +239,26 @@ class HandOverFloor(IterableDataset):
         for number in itertools.count():
             spec = _empty_batch(self.shape, self.dtype)
             spec.fill_(0.5)
-            yield {"spec": spec, "group": torch.arange(self.shape[0]),
-                   "key": [f"{worker}_{number}_{row}" for row in range(self.shape[0])]}
+            yield {
+                "spec": spec,
+                "group": torch.arange(self.shape[0]),
+                "key": [f"{worker}_{number}_{row}" for row in range(self.shape[0])],
+            }
 
 
 class HandOverFloorLoader:
     """Stands in for trainer.data in the runs below."""
 
     @staticmethod
-    def train_loader(src, *, batch_size: int, crop_frames: int, num_workers: int, seed: int,
-                     dtype: torch.dtype) -> DataLoader:
-        return DataLoader(HandOverFloor((batch_size, 2, BINS, crop_frames), dtype), batch_size=None,
-                          num_workers=num_workers, prefetch_factor=2 if num_workers else None)
+    def train_loader(
+        src, *, batch_size: int, crop_frames: int, num_workers: int, seed: int, dtype: torch.dtype
+    ) -> DataLoader:
+        return DataLoader(
+            HandOverFloor((batch_size, 2, BINS, crop_frames), dtype),
+            batch_size=None,
+            num_workers=num_workers,
+            prefetch_factor=2 if num_workers else None,
+        )
 
 
 def load_data_module(path: Path) -> ModuleType:
@@ -265,6 +300,7 @@ def main() -> None:
     modes = args.modes.split(",")
 
     import trainer.data
+
     loaders = {"loader": trainer.data}
     if args.compare:
         loaders[f"loader ({args.compare.name})"] = load_data_module(args.compare)
@@ -282,28 +318,36 @@ def main() -> None:
         total_bytes = sum(p.stat().st_size for p in paths)
         samples_stored = sum(entry.nsamples for entry in read_index(root / index_name("train")).shardlist)
         stored_sample_bytes = total_bytes / samples_stored  # tar headers and json included
-        print(f"shards: {len(paths)} files, {total_bytes / 1e9:.2f} GB, {samples_stored} samples of "
-              f"{stored_sample_bytes / 2**20:.2f} MiB stored; loader: {args.workers} workers, batch {args.batch_size}, "
-              f"crop {args.crop}, {args.dtype}; load average {os.getloadavg()[0]:.1f}")
+        print(
+            f"shards: {len(paths)} files, {total_bytes / 1e9:.2f} GB, {samples_stored} samples of "
+            f"{stored_sample_bytes / 2**20:.2f} MiB stored; loader: {args.workers} workers, batch {args.batch_size}, "
+            f"crop {args.crop}, {args.dtype}; load average {os.getloadavg()[0]:.1f}"
+        )
 
         results: dict[tuple[str, str], list[Pass]] = {}
         for rep in range(args.reps):
             for mode in modes:
-                runs = [("cat", None), *((name, data) for name, data in loaders.items()
-                                         if not (name == FLOOR and mode == "cold"))]
+                runs = [
+                    ("cat", None),
+                    *((name, data) for name, data in loaders.items() if not (name == FLOOR and mode == "cold")),
+                ]
                 if rep % 2:
                     runs.reverse()
                 for name, data in runs:
                     result = measure(mode, root, data, samples_stored, args)
                     results.setdefault((mode, name), []).append(result)
-                    print(f"rep {rep + 1} {mode:4s} {name:28s} {result.samples_per_s:6.0f} samples/s "
-                          f"{result.samples_per_s * stored_sample_bytes / 1e9:5.2f} GB/s "
-                          f"{result.cpu_ms_per_sample:5.2f} CPU ms/sample, first reads {result.first_read_share:.0%}",
-                          flush=True)
+                    print(
+                        f"rep {rep + 1} {mode:4s} {name:28s} {result.samples_per_s:6.0f} samples/s "
+                        f"{result.samples_per_s * stored_sample_bytes / 1e9:5.2f} GB/s "
+                        f"{result.cpu_ms_per_sample:5.2f} CPU ms/sample, first reads {result.first_read_share:.0%}",
+                        flush=True,
+                    )
 
         print(f"\nload average at the end {os.getloadavg()[0]:.1f}")
-        print("| mode | reader | samples/s, median (each rep) | GB/s | ratio to cat, median (each rep) "
-              "| CPU ms/sample | first reads |")
+        print(
+            "| mode | reader | samples/s, median (each rep) | GB/s | ratio to cat, median (each rep) "
+            "| CPU ms/sample | first reads |"
+        )
         print("|---|---|---|---|---|---|---|")
         for mode in modes:
             cat = results[(mode, "cat")]
@@ -313,10 +357,12 @@ def main() -> None:
                 runs = results[(mode, name)]
                 rate = statistics.median(r.samples_per_s for r in runs)
                 ratios = [r.samples_per_s / c.samples_per_s for r, c in zip(runs, cat)]
-                print(f"| {mode} | {name} | {median_and_each([r.samples_per_s for r in runs], '.0f')} "
-                      f"| {rate * stored_sample_bytes / 1e9:.2f} | {median_and_each(ratios, '.2f')} "
-                      f"| {median_and_each([r.cpu_ms_per_sample for r in runs], '.2f')} "
-                      f"| {statistics.median(r.first_read_share for r in runs):.0%} |")
+                print(
+                    f"| {mode} | {name} | {median_and_each([r.samples_per_s for r in runs], '.0f')} "
+                    f"| {rate * stored_sample_bytes / 1e9:.2f} | {median_and_each(ratios, '.2f')} "
+                    f"| {median_and_each([r.cpu_ms_per_sample for r in runs], '.2f')} "
+                    f"| {statistics.median(r.first_read_share for r in runs):.0%} |"
+                )
     finally:
         if args.keep is None:
             shutil.rmtree(root, ignore_errors=True)

@@ -72,8 +72,12 @@ def attention_table(args, device: torch.device) -> None:
         for length in (int(f) for f in args.frames.split(",")):
             torch.manual_seed(0)
             x = torch.randn(args.batch, length, dims, device=device)
-            layers = {p: FrameAttention(dims, heads, position=p, max_distance=load_model_preset("base").max_distance,
-                                        qkv_conv_kernel=3).to(device) for p in ("relative", "rope")}
+            layers = {
+                p: FrameAttention(
+                    dims, heads, position=p, max_distance=load_model_preset("base").max_distance, qkv_conv_kernel=3
+                ).to(device)
+                for p in ("relative", "rope")
+            }
             times: dict[str, list[float]] = {p: [] for p in layers}
             for round_index in range(args.warmup + args.repeats):
                 for position, layer in layers.items():
@@ -88,8 +92,10 @@ def attention_table(args, device: torch.device) -> None:
                     if round_index >= args.warmup:
                         times[position].append(time.perf_counter() - started)
             relative, rope = (statistics.median(times[p]) for p in ("relative", "rope"))
-            print(f"| {dims} | {heads} | {length} | {1000 * relative:.1f} | {1000 * rope:.1f} | {relative / rope:.2f} |",
-                  flush=True)
+            print(
+                f"| {dims} | {heads} | {length} | {1000 * relative:.1f} | {1000 * rope:.1f} | {relative / rope:.2f} |",
+                flush=True,
+            )
 
 
 def main() -> None:
@@ -103,28 +109,44 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU).")
-    parser.add_argument("--checkpoint-blocks", action="store_true",
-                        help="Recompute transformer blocks in backward (less activation memory).")
-    parser.add_argument("--attention-dims", default="128,512",
-                        help="Token widths for the attention-only table (128 = level 3, 512 = level 1); '' skips it.")
-    parser.add_argument("--peak-tflops", type=float, default=None,
-                        help="The device's peak for --dtype (e.g. 989 for H100 SXM bf16 dense) to report MFU.")
+    parser.add_argument(
+        "--checkpoint-blocks",
+        action="store_true",
+        help="Recompute transformer blocks in backward (less activation memory).",
+    )
+    parser.add_argument(
+        "--attention-dims",
+        default="128,512",
+        help="Token widths for the attention-only table (128 = level 3, 512 = level 1); '' skips it.",
+    )
+    parser.add_argument(
+        "--peak-tflops",
+        type=float,
+        default=None,
+        help="The device's peak for --dtype (e.g. 989 for H100 SXM bf16 dense) to report MFU.",
+    )
     args = parser.parse_args()
     device = torch.device(args.device)
     positions = args.positions.split(",")
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    print(f"device {device}, dtype {args.dtype}, batch {args.batch}, torch {torch.__version__}, "
-          f"threads {torch.get_num_threads()}, median of {args.repeats} after {args.warmup} warm-up")
+    print(
+        f"device {device}, dtype {args.dtype}, batch {args.batch}, torch {torch.__version__}, "
+        f"threads {torch.get_num_threads()}, median of {args.repeats} after {args.warmup} warm-up"
+    )
     mfu_header = " MFU |" if args.peak_tflops else ""
-    print(f"\n| preset | T | position | params | train GFLOP/sample | s/step | ms/sample |{mfu_header} "
-          f"vs {positions[0]} |")
+    print(
+        f"\n| preset | T | position | params | train GFLOP/sample | s/step | ms/sample |{mfu_header} "
+        f"vs {positions[0]} |"
+    )
     print("|---|---|---|---|---|---|---|" + ("---|" if args.peak_tflops else "") + "---|")
     for preset in args.presets.split(","):
         for frames in (int(f) for f in args.frames.split(",")):
-            configs = {p: dataclasses.replace(load_model_preset(preset), position=p,
-                                              checkpoint_blocks=args.checkpoint_blocks) for p in positions}
+            configs = {
+                p: dataclasses.replace(load_model_preset(preset), position=p, checkpoint_blocks=args.checkpoint_blocks)
+                for p in positions
+            }
             timers = {p: StepTimer(cfg, args.batch, frames, device, args.dtype) for p, cfg in configs.items()}
             times: dict[str, list[float]] = {p: [] for p in positions}
             for round_index in range(args.warmup + args.repeats):
@@ -138,9 +160,11 @@ def main() -> None:
                 flops = training_flops(configs[position], args.batch, frames)
                 params = sum(p.numel() for p in timers[position].model.parameters())
                 mfu = f" {flops / seconds / (args.peak_tflops * 1e12):.1%} |" if args.peak_tflops else ""
-                print(f"| {preset} | {frames} | {position} | {params / 1e6:.1f}M | {flops / args.batch / 1e9:.1f} | "
-                      f"{seconds:.3f} | {1000 * seconds / args.batch:.1f} |{mfu} {seconds / reference:.2f} |",
-                      flush=True)
+                print(
+                    f"| {preset} | {frames} | {position} | {params / 1e6:.1f}M | {flops / args.batch / 1e9:.1f} | "
+                    f"{seconds:.3f} | {1000 * seconds / args.batch:.1f} |{mfu} {seconds / reference:.2f} |",
+                    flush=True,
+                )
             del timers
     if args.attention_dims:
         attention_table(args, device)

@@ -4,7 +4,7 @@
     .venv/bin/python benchmarks/shard_memory.py --fft-only # torch vs numpy FFT on one chunk
 
 Each track is processed by a separate worker process (this script re-run with `--worker`) that
-pulls every clip out of `pipeline.stft.track_clips` and drops it, like a shard worker that writes
+pulls every clip out of `pipeline.audio.stft.track_clips` and drops it, like a shard worker that writes
 each clip out and forgets it. Peak RSS is the kernel's VmHWM of the worker and (polled) of its
 ffmpeg child; `os.wait4`'s figure for the whole tree is printed as a cross-check. The goal is
 <= 400 MB and flat in track length. A worker that only imports the pipeline is the baseline.
@@ -38,10 +38,23 @@ def build_track(workdir: Path, codec: str, minutes: int) -> Path:
         return target
     if codec != "mp3":
         source = build_track(workdir, "mp3", minutes)
-        subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-y", "-i", str(source),
-                        "-c:a", "flac" if codec == "flac" else "pcm_s16le", str(target)], check=True)
+        subprocess.run(
+            [
+                "ffmpeg",
+                "-nostdin",
+                "-loglevel",
+                "error",
+                "-y",
+                "-i",
+                str(source),
+                "-c:a",
+                "flac" if codec == "flac" else "pcm_s16le",
+                str(target),
+            ],
+            check=True,
+        )
         return target
-    from pipeline import synth
+    from pipeline.demo import synth
 
     segments = []
     for seed in SEGMENT_SEEDS:
@@ -52,8 +65,25 @@ def build_track(workdir: Path, codec: str, minutes: int) -> Path:
     playlist = workdir / f"track-{minutes}min.txt"
     repeats = minutes * 60 // SEGMENT_SECONDS
     playlist.write_text("".join(f"file '{segments[i % len(segments)]}'\n" for i in range(repeats)))
-    subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-y", "-f", "concat", "-safe", "0",
-                    "-i", str(playlist), "-c", "copy", str(target)], check=True)
+    subprocess.run(
+        [
+            "ffmpeg",
+            "-nostdin",
+            "-loglevel",
+            "error",
+            "-y",
+            "-f",
+            "concat",
+            "-safe",
+            "0",
+            "-i",
+            str(playlist),
+            "-c",
+            "copy",
+            str(target),
+        ],
+        check=True,
+    )
     return target
 
 
@@ -116,8 +146,8 @@ class ChildPeakWatcher(threading.Thread):
 def worker(path: str, chunk_samples: int | None, ffmpeg_only: bool) -> None:
     """Decode + STFT one track, dropping each clip; print a JSON report on stdout."""
     from pipeline import format as fmt
-    from pipeline.decode import DEFAULT_CHUNK_SAMPLES, decode_chunks
-    from pipeline.stft import clips_from_chunks, track_clips
+    from pipeline.audio.decode import DEFAULT_CHUNK_SAMPLES, decode_chunks
+    from pipeline.audio.stft import clips_from_chunks, track_clips
 
     stft, chunk_samples = fmt.STFTParams(), chunk_samples or DEFAULT_CHUNK_SAMPLES
     clips = frames = 0
@@ -137,12 +167,19 @@ def worker(path: str, chunk_samples: int | None, ffmpeg_only: bool) -> None:
     watcher.stop.set()
     watcher.join()
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
-    print(json.dumps({
-        "clips": clips, "audio_seconds": frames * stft.hop / fmt.SAMPLE_RATE, "wall_seconds": seconds,
-        "worker_peak_mb": peak_rss_mb(), "ffmpeg_peak_mb": watcher.peak_mb,
-        "worker_cpu_seconds": cpu_seconds,
-        "ffmpeg_cpu_seconds": children.ru_utime + children.ru_stime,
-    }))
+    print(
+        json.dumps(
+            {
+                "clips": clips,
+                "audio_seconds": frames * stft.hop / fmt.SAMPLE_RATE,
+                "wall_seconds": seconds,
+                "worker_peak_mb": peak_rss_mb(),
+                "ffmpeg_peak_mb": watcher.peak_mb,
+                "worker_cpu_seconds": cpu_seconds,
+                "ffmpeg_cpu_seconds": children.ru_utime + children.ru_stime,
+            }
+        )
+    )
 
 
 def compare_fft(repeats: int = 30, rounds: int = 5) -> None:
@@ -153,8 +190,8 @@ def compare_fft(repeats: int = 30, rounds: int = 5) -> None:
     import numpy as np
 
     from pipeline import format as fmt
-    from pipeline.decode import DEFAULT_CHUNK_SAMPLES
-    from pipeline.stft import FLOAT16_MAX, stft_magnitude
+    from pipeline.audio.decode import DEFAULT_CHUNK_SAMPLES
+    from pipeline.audio.stft import FLOAT16_MAX, stft_magnitude
 
     stft = fmt.STFTParams()
     signal = np.random.default_rng(0).uniform(-1, 1, (DEFAULT_CHUNK_SAMPLES, 2)).astype(np.float32)
@@ -162,8 +199,8 @@ def compare_fft(repeats: int = 30, rounds: int = 5) -> None:
 
     def numpy_magnitude():  # the same steps as stft._magnitude, with numpy.fft.rfft
         padded = np.pad(signal.T, ((0, 0), (stft.n_fft // 2, stft.n_fft // 2)))
-        frames = np.lib.stride_tricks.sliding_window_view(padded, stft.n_fft, axis=-1)[:, ::stft.hop]
-        spectrum = np.fft.rfft(frames * window, axis=-1)[:, :, :stft.bins].transpose(0, 2, 1)
+        frames = np.lib.stride_tricks.sliding_window_view(padded, stft.n_fft, axis=-1)[:, :: stft.hop]
+        spectrum = np.fft.rfft(frames * window, axis=-1)[:, :, : stft.bins].transpose(0, 2, 1)
         return np.minimum(np.abs(spectrum), FLOAT16_MAX)
 
     np.testing.assert_allclose(numpy_magnitude(), stft_magnitude(signal, stft), rtol=1e-4, atol=1e-3)
@@ -188,8 +225,12 @@ def compare_fft(repeats: int = 30, rounds: int = 5) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workdir", type=Path, help="where to build the test tracks (default: a temp dir)")
-    parser.add_argument("--tracks", nargs="+", default=["mp3:10", "mp3:180", "flac:10", "flac:60", "wav:10"],
-                        help="CODEC:MINUTES for each track to measure (codec: mp3, flac or wav)")
+    parser.add_argument(
+        "--tracks",
+        nargs="+",
+        default=["mp3:10", "mp3:180", "flac:10", "flac:60", "wav:10"],
+        help="CODEC:MINUTES for each track to measure (codec: mp3, flac or wav)",
+    )
     parser.add_argument("--chunk-samples", type=int, help="decode chunk size (default: decode.py's)")
     parser.add_argument("--fft-only", action="store_true", help="only compare torch and numpy FFT")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
@@ -214,18 +255,28 @@ def measure(options: argparse.Namespace) -> None:
         for spec in options.tracks:
             codec, minutes = spec.split(":")
             started = time.perf_counter()
-            track = Path(subprocess.run([sys.executable, __file__, "--build", spec, "--workdir", scratch],
-                                        check=True, capture_output=True, text=True).stdout.strip())
-            print(f"built {track.name} ({track.stat().st_size / 1e6:.0f} MB) in "
-                  f"{time.perf_counter() - started:.1f} s", file=sys.stderr)
+            track = Path(
+                subprocess.run(
+                    [sys.executable, __file__, "--build", spec, "--workdir", scratch],
+                    check=True,
+                    capture_output=True,
+                    text=True,
+                ).stdout.strip()
+            )
+            print(
+                f"built {track.name} ({track.stat().st_size / 1e6:.0f} MB) in {time.perf_counter() - started:.1f} s",
+                file=sys.stderr,
+            )
             name = f"{minutes} min {codec.upper()}"
             if codec == "mp3":
                 rows.append((name, "ffmpeg", run_worker(track, options.chunk_samples)))
             else:
                 rows.append((name, "libsndfile", run_worker(track, options.chunk_samples)))
                 rows.append((name, "ffmpeg (forced)", run_worker(track, options.chunk_samples, ffmpeg_only=True)))
-    print("| track | decoder | clips | worker peak RSS (MB) | ffmpeg peak RSS (MB) | wait4 tree peak (MB) "
-          "| wall audio-s/s | worker CPU s | ffmpeg CPU s | audio-s per CPU-s |")
+    print(
+        "| track | decoder | clips | worker peak RSS (MB) | ffmpeg peak RSS (MB) | wait4 tree peak (MB) "
+        "| wall audio-s/s | worker CPU s | ffmpeg CPU s | audio-s per CPU-s |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|")
     speeds = {}
     for name, decoder, r in rows:
@@ -233,9 +284,11 @@ def measure(options: argparse.Namespace) -> None:
         cpu = r["worker_cpu_seconds"] + r["ffmpeg_cpu_seconds"]
         speeds[name, decoder] = audio / cpu if audio else 0.0
         wall_speed, cpu_speed = (f"{audio / r['wall_seconds']:.0f}", f"{audio / cpu:.0f}") if audio else ("-", "-")
-        print(f"| {name} | {decoder} | {r['clips']} | {r['worker_peak_mb']:.0f} | {r['ffmpeg_peak_mb']:.0f} "
-              f"| {r['tree_peak_mb']:.0f} | {wall_speed} | {r['worker_cpu_seconds']:.1f} "
-              f"| {r['ffmpeg_cpu_seconds']:.1f} | {cpu_speed} |")
+        print(
+            f"| {name} | {decoder} | {r['clips']} | {r['worker_peak_mb']:.0f} | {r['ffmpeg_peak_mb']:.0f} "
+            f"| {r['tree_peak_mb']:.0f} | {wall_speed} | {r['worker_cpu_seconds']:.1f} "
+            f"| {r['ffmpeg_cpu_seconds']:.1f} | {cpu_speed} |"
+        )
     print()
     for (name, decoder), speed in speeds.items():
         forced = speeds.get((name, "ffmpeg (forced)"))
@@ -248,8 +301,10 @@ def measure(options: argparse.Namespace) -> None:
     for (codec, decoder), peaks in by_codec.items():
         if len(peaks) >= 2:
             (short, low), (long, high) = min(peaks), max(peaks)
-            print(f"{codec} via {decoder}: worker+ffmpeg peak RSS {long} min / {short} min: {high:.0f} / {low:.0f} MB"
-                  f" = {high / low:.3f}")
+            print(
+                f"{codec} via {decoder}: worker+ffmpeg peak RSS {long} min / {short} min: {high:.0f} / {low:.0f} MB"
+                f" = {high / low:.3f}"
+            )
 
 
 if __name__ == "__main__":

@@ -36,8 +36,12 @@ N_FFT, HOP, SAMPLE_RATE = 2048, 1024, 44100
 
 
 def probe_seconds(path: Path) -> float:
-    out = subprocess.run(["ffprobe", "-v", "error", "-show_entries", "format=duration", "-of", "csv=p=0",
-                          str(path)], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        ["ffprobe", "-v", "error", "-show_entries", "format=duration", "-of", "csv=p=0", str(path)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     return float(out.strip())
 
 
@@ -49,7 +53,7 @@ def prepare_collection(music: Path, work: Path, minutes: float, clip_seconds: fl
         raise SystemExit(f"{music}: no .ogg files (see the module docstring for the download)")
     files, total = [], 0.0
     extensions = list(FORMATS)
-    for i, source in enumerate(sources):
+    for source in sources:
         if total >= minutes * 60:
             break
         seconds = min(clip_seconds, probe_seconds(source))
@@ -60,8 +64,22 @@ def prepare_collection(music: Path, work: Path, minutes: float, clip_seconds: fl
         if not target.exists():
             target.parent.mkdir(parents=True, exist_ok=True)
             tmp = target.with_name(f".tmp{ext}")
-            subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-y", "-i", str(source), "-t", str(clip_seconds),
-                            *FORMATS[ext], str(tmp)], check=True)
+            subprocess.run(
+                [
+                    "ffmpeg",
+                    "-nostdin",
+                    "-v",
+                    "error",
+                    "-y",
+                    "-i",
+                    str(source),
+                    "-t",
+                    str(clip_seconds),
+                    *FORMATS[ext],
+                    str(tmp),
+                ],
+                check=True,
+            )
             tmp.rename(target)
         files.append(target)
         total += seconds
@@ -69,6 +87,7 @@ def prepare_collection(music: Path, work: Path, minutes: float, clip_seconds: fl
 
 
 # --- reference ----------------------------------------------------------------------------
+
 
 def decode_soundfile(path: str):
     import numpy as np
@@ -83,8 +102,11 @@ def decode_soundfile(path: str):
 def decode_ffmpeg(path: str):
     import numpy as np
 
-    raw = subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-i", path, "-f", "f32le", "-ac", "2",
-                          "-ar", str(SAMPLE_RATE), "pipe:1"], capture_output=True, check=True).stdout
+    raw = subprocess.run(
+        ["ffmpeg", "-nostdin", "-v", "error", "-i", path, "-f", "f32le", "-ac", "2", "-ar", str(SAMPLE_RATE), "pipe:1"],
+        capture_output=True,
+        check=True,
+    ).stdout
     return np.frombuffer(raw, dtype=np.float32).reshape(-1, 2)
 
 
@@ -93,8 +115,9 @@ def stft_f16(signal):
 
     torch.set_num_threads(1)
     x = torch.from_numpy(signal.T.copy())
-    spec = torch.stft(x, N_FFT, HOP, window=torch.hann_window(N_FFT), center=True, pad_mode="constant",
-                      return_complex=True)
+    spec = torch.stft(
+        x, N_FFT, HOP, window=torch.hann_window(N_FFT), center=True, pad_mode="constant", return_complex=True
+    )
     return spec[:, : N_FFT // 2].abs().half()
 
 
@@ -144,8 +167,23 @@ def run_pipeline(manifests: Path, out: Path, workers: int, shard_size: str) -> t
     shutil.rmtree(out, ignore_errors=True)
     pipeline = Path(sys.executable).with_name("pipeline")
     cpu, start = children_cpu(), time.perf_counter()
-    subprocess.run([str(pipeline), "shard", "--manifests", str(manifests), "--out", str(out), "--workers",
-                    str(workers), "--shard-size", shard_size, "--quiet"], check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(
+        [
+            str(pipeline),
+            "shard",
+            "--manifests",
+            str(manifests),
+            "--out",
+            str(out),
+            "--workers",
+            str(workers),
+            "--shard-size",
+            shard_size,
+            "--quiet",
+        ],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
     return time.perf_counter() - start, children_cpu() - cpu
 
 
@@ -156,36 +194,56 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=15.0, help="Audio to use.")
     parser.add_argument("--track-seconds", type=float, default=90.0, help="Cut each source to this length.")
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--shard-size", default="16MB",
-                        help="Small enough that the subset makes several shards per worker.")
+    parser.add_argument(
+        "--shard-size", default="16MB", help="Small enough that the subset makes several shards per worker."
+    )
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
 
     files = prepare_collection(args.music, args.work, args.minutes, args.track_seconds)
     manifests = args.work / "manifests"
     pipeline = Path(sys.executable).with_name("pipeline")
-    subprocess.run([str(pipeline), "ingest", *(str(p) for p in sorted((args.work / "collection").iterdir())),
-                    "--manifests", str(manifests), "--val-fraction", "0"], check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(
+        [
+            str(pipeline),
+            "ingest",
+            *(str(p) for p in sorted((args.work / "collection").iterdir())),
+            "--manifests",
+            str(manifests),
+            "--val-fraction",
+            "0",
+        ],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
     audio = sum(probe_seconds(f) for f in files)
     decoders = pick_decoders(files)
-    print(f"{len(files)} files, {audio / 60:.1f} min of audio "
-          f"({', '.join(f'{e}: {sum(f.suffix == e for f in files)}' for e in FORMATS)}); "
-          f"reference decoders {decoders}", flush=True)
+    print(
+        f"{len(files)} files, {audio / 60:.1f} min of audio "
+        f"({', '.join(f'{e}: {sum(f.suffix == e for f in files)}' for e in FORMATS)}); "
+        f"reference decoders {decoders}",
+        flush=True,
+    )
     reference, ours = [], []
     for i in range(args.repeat):
         # Alternate who goes first so a neighbour's load burst does not always hit the same one.
-        order = [("reference", lambda: run_reference(files, decoders, args.workers)),
-                 ("pipeline", lambda: run_pipeline(manifests, args.work / "shards", args.workers, args.shard_size))]
+        order = [
+            ("reference", lambda: run_reference(files, decoders, args.workers)),
+            ("pipeline", lambda: run_pipeline(manifests, args.work / "shards", args.workers, args.shard_size)),
+        ]
         for name, run in order if i % 2 == 0 else order[::-1]:
             wall, cpu = run()
             (reference if name == "reference" else ours).append((wall, cpu))
             print(f"  {name:9s} {wall:6.1f} s wall, {cpu:6.1f} CPU-s", flush=True)
     ref_wall, ref_cpu = min(w for w, _ in reference), min(c for _, c in reference)
     our_wall, our_cpu = min(w for w, _ in ours), min(c for _, c in ours)
-    print(f"reference      : {audio / ref_wall:7.1f} audio-s/s wall, {audio / ref_cpu:7.1f} audio-s per CPU-s"
-          f"  (best of {args.repeat})")
+    print(
+        f"reference      : {audio / ref_wall:7.1f} audio-s/s wall, {audio / ref_cpu:7.1f} audio-s per CPU-s"
+        f"  (best of {args.repeat})"
+    )
     print(f"pipeline shard : {audio / our_wall:7.1f} audio-s/s wall, {audio / our_cpu:7.1f} audio-s per CPU-s")
     print(f"ratio          : {ref_wall / our_wall:.2f}x wall (goal >= 0.85x), {ref_cpu / our_cpu:.2f}x CPU")
+
 
 if __name__ == "__main__":
     main()

@@ -29,8 +29,9 @@ from pipeline import format as fmt
 from trainer.config import load_config
 from trainer.corrupt import corrupt_batch
 from trainer.logs import read_metrics
-from trainer.loop import compute_loss, make_optimizer, pretrain
+from trainer.loop import make_optimizer, pretrain
 from trainer.model import build_model
+from trainer.objective import compute_loss
 
 
 def write_shards(root: Path, bins: int, clip_frames: int, samples_per_shard: int = 16) -> None:
@@ -46,14 +47,27 @@ def write_shards(root: Path, bins: int, clip_frames: int, samples_per_shard: int
                 for i in range(samples_per_shard):
                     track = f"{split}{(shard * samples_per_shard + i) % 8:02d}"
                     spec = np.exp(rng.normal(0.0, 1.5, (2, bins, clip_frames))).astype(fmt.SPEC_DTYPE)
-                    meta = fmt.SampleMeta(track_id=track, clip=i, start_frame=0, valid_frames=clip_frames,
-                                          album_key=track, stft=stft)
-                    sink.write({"__key__": fmt.sample_key(track, i), fmt.SPEC_KEY: fmt.encode_spec(spec),
-                                fmt.META_KEY: fmt.encode_meta(meta)})
+                    meta = fmt.SampleMeta(
+                        track_id=track, clip=i, start_frame=0, valid_frames=clip_frames, album_key=track, stft=stft
+                    )
+                    sink.write(
+                        {
+                            "__key__": fmt.sample_key(track, i),
+                            fmt.SPEC_KEY: fmt.encode_spec(spec),
+                            fmt.META_KEY: fmt.encode_meta(meta),
+                        }
+                    )
             entries.append(fmt.ShardEntry(name, samples_per_shard, (root / name).stat().st_size))
-        fmt.write_index_atomic(root / fmt.index_name(split), fmt.ShardIndex(
-            split=split, shardlist=entries, stft=stft, clip_frames=clip_frames,
-            totals={"samples": shards * samples_per_shard}))
+        fmt.write_index(
+            root / fmt.index_name(split),
+            fmt.ShardIndex(
+                split=split,
+                shardlist=entries,
+                stft=stft,
+                clip_frames=clip_frames,
+                totals={"samples": shards * samples_per_shard},
+            ),
+        )
 
 
 def bare_steps_per_s(cfg, steps: int, warmup: int) -> float:
@@ -81,31 +95,45 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--bins", type=int, default=1024, help="model.bins (the tiny preset has 1024)")
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch threads of the training process (1 on a small shared machine: spinning threads contend)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads of the training process (1 on a small shared machine: spinning threads contend)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
     work = Path(tempfile.mkdtemp(prefix="train_bench_"))
     try:
-        cfg = load_config("tiny", overrides=[
-            f"model.bins={args.bins}", f"data.num_workers={args.workers}", f"run.steps={args.warmup + args.steps}",
-            "run.ckpt_every=100000", "run.val_every=100000", "run.image_every=100000"])
+        cfg = load_config(
+            "tiny",
+            overrides=[
+                f"model.bins={args.bins}",
+                f"data.num_workers={args.workers}",
+                f"run.steps={args.warmup + args.steps}",
+                "run.ckpt_every=100000",
+                "run.val_every=100000",
+                "run.image_every=100000",
+            ],
+        )
         write_shards(work / "shards", args.bins, clip_frames=2 * cfg.data.crop_frames)
 
         bare_before = bare_steps_per_s(cfg, args.steps, args.warmup)
         pretrain(cfg, str(work / "shards"), work / "run")
         rows = read_metrics(work / "run")
         loop_rate = args.steps / (rows[-1]["time"] - rows[args.warmup - 1]["time"])
-        data_wait = float(np.mean([r["data_wait"] for r in rows[args.warmup:]]))
+        data_wait = float(np.mean([r["data_wait"] for r in rows[args.warmup :]]))
         bare_rate = (bare_before + bare_steps_per_s(cfg, args.steps, args.warmup)) / 2
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
     batch = cfg.data.batch_size
     shape = f"[{batch}, 2, {args.bins}, {cfg.data.crop_frames}]"
-    print(f"tiny preset, batch {shape}, {args.workers} loader workers, {torch.get_num_threads()} torch threads, "
-          f"{args.steps} steps after {args.warmup} warm-up")
+    print(
+        f"tiny preset, batch {shape}, {args.workers} loader workers, {torch.get_num_threads()} torch threads, "
+        f"{args.steps} steps after {args.warmup} warm-up"
+    )
     print("| measurement | steps/s | samples/s | data-wait share |")
     print("|---|---|---|---|")
     print(f"| `trainer pretrain` loop | {loop_rate:.3f} | {loop_rate * batch:.2f} | {data_wait:.3f} |")

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import click
 
+from pipeline import format as fmt
+
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 def main() -> None:
@@ -15,18 +17,82 @@ def main() -> None:
 
     \b
     pipeline ingest /mnt/ssd1 /mnt/ssd2 /mnt/ssd3   # -> manifests/tracks.jsonl
+    pipeline status                                 # what is ingested, sharded, left
     pipeline shard                                  # -> shards/train-000000.tar ...
+    pipeline verify                                 # re-read every shard against its index
+    pipeline preview shards/                        # a picture of the first samples
+    pipeline make-demo                              # a synthetic collection to try it on
     """
 
 
-# Commands are added below, one block per command.
+# Commands in the order the data flows: drives -> manifests -> shards, then the tools around them.
 
 
+# --- ingest: drives -> manifests/ -----------------------------------------------------------------
+@main.command("ingest")
+@click.argument("roots", nargs=-1, required=True, type=click.Path(file_okay=False))
+@click.option(
+    "--manifests",
+    "manifests_dir",
+    default=fmt.DEFAULT_MANIFESTS_DIR,
+    show_default=True,
+    type=click.Path(file_okay=False),
+    help="Where tracks.jsonl and failures.jsonl go.",
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Parallel ffprobe runs [default: 2 per core, at most 32].",
+)
+@click.option(
+    "--val-fraction",
+    type=click.FloatRange(0.0, 1.0),
+    default=0.02,
+    show_default=True,
+    help="Share of albums in the val split (at least one album when there are two or more).",
+)
+def ingest(roots, manifests_dir, workers, val_fraction) -> None:
+    """Find and probe every audio file under ROOTS (drives, scanned concurrently).
+
+    Writes MANIFESTS/tracks.jsonl (one line per audio file, duplicates marked) and
+    MANIFESTS/failures.jsonl. Re-running probes only new or changed files; an interrupted run
+    resumes where it stopped. A root that cannot be read is an error for that root (exit code 1)
+    while the others are still ingested.
+    """
+    from pipeline.durable import FolderBusy
+    from pipeline.ingest.run import ingest as run_ingest
+
+    if not 0.0 <= val_fraction <= 1.0:  # NaN passes click.FloatRange
+        raise click.BadParameter(f"{val_fraction} is not in [0, 1]", param_hint="--val-fraction")
+    try:
+        summary = run_ingest(list(roots), manifests_dir, workers=workers, val_fraction=val_fraction)
+    except FolderBusy as exc:
+        raise click.ClickException(str(exc)) from exc
+    except OSError as exc:  # e.g. the manifests folder cannot be written; every finished probe is journaled
+        raise click.ClickException(f"{exc.filename or manifests_dir}: {exc.strerror or exc}") from exc
+    click.echo(summary.line())
+    if summary.root_errors:
+        raise SystemExit(1)
+
+
+# --- status: what is done and what is left --------------------------------------------------------
 @main.command()
-@click.option("--manifests", type=click.Path(file_okay=False), default="manifests", show_default=True,
-              help="Folder holding tracks.jsonl and failures.jsonl.")
-@click.option("--out", "shards", type=click.Path(file_okay=False), default="shards", show_default=True,
-              help="Shard folder holding train.json / val.json.")
+@click.option(
+    "--manifests",
+    type=click.Path(file_okay=False),
+    default=fmt.DEFAULT_MANIFESTS_DIR,
+    show_default=True,
+    help="Folder holding tracks.jsonl and failures.jsonl.",
+)
+@click.option(
+    "--out",
+    "shards",
+    type=click.Path(file_okay=False),
+    default=fmt.DEFAULT_SHARDS_DIR,
+    show_default=True,
+    help="Shard folder holding train.json / val.json.",
+)
 def status(manifests: str, shards: str) -> None:
     """What is ingested (per root, duplicates, failures by reason), what is sharded, what is left."""
     from pipeline.status import collect_status, format_status
@@ -37,15 +103,112 @@ def status(manifests: str, shards: str) -> None:
         raise click.ClickException(str(exc)) from exc
 
 
+# --- shard: manifests/ -> shards/ -----------------------------------------------------------------
+@main.command()
+@click.option(
+    "--manifests",
+    type=click.Path(file_okay=False),
+    default=fmt.DEFAULT_MANIFESTS_DIR,
+    show_default=True,
+    help="Folder holding tracks.jsonl (failures.jsonl gets the decode failures).",
+)
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False),
+    default=fmt.DEFAULT_SHARDS_DIR,
+    show_default=True,
+    help="Folder for {split}-NNNNNN.tar and {split}.json.",
+)
+@click.option("--workers", type=click.IntRange(1), default=None, help="Local worker processes  [default: all cores].")
+@click.option(
+    "--scheduler",
+    metavar="ADDR",
+    default=None,
+    help="Run on a Dask cluster, e.g. tcp://host:8786 (workers must see the same paths).",
+)
+@click.option(
+    "--clip-frames",
+    type=click.IntRange(1),
+    default=fmt.DEFAULT_CLIP_FRAMES,
+    show_default=True,
+    help="STFT frames per sample.",
+)
+@click.option(
+    "--shard-size", default=fmt.DEFAULT_SHARD_SIZE, show_default=True, help="Target shard size (1GB, 500MB, 64MiB)."
+)
+@click.option(
+    "--n-fft", type=click.IntRange(2), default=fmt.DEFAULT_N_FFT, show_default=True, help="FFT size (bins = n_fft/2)."
+)
+@click.option("--hop", type=click.IntRange(1), default=fmt.DEFAULT_HOP, show_default=True, help="STFT hop in samples.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the track interleaving.")
+@click.option("--force", is_flag=True, help="Rebuild when the manifest or options changed since the last run.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def shard(manifests, out, workers, scheduler, clip_frames, shard_size, n_fft, hop, seed, force, quiet) -> None:
+    """Decode every track of the manifest into STFT shards: exact, resumable, parallel."""
+    from pipeline.shard.plan import ShardOptions, parse_size
+    from pipeline.shard.run import ShardError, run_shard
+
+    try:
+        options = ShardOptions(
+            stft=fmt.STFTParams(n_fft=n_fft, hop=hop),
+            clip_frames=clip_frames,
+            shard_bytes=parse_size(shard_size),
+            seed=seed,
+        )
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from exc
+    try:
+        summary = run_shard(
+            manifests, out, options, workers=workers, scheduler=scheduler, force=force, progress=not quiet
+        )
+    except ShardError as exc:
+        raise click.ClickException(str(exc)) from exc
+    except OSError as exc:
+        where = exc.filename or out
+        raise click.ClickException(
+            f"{where}: {exc.strerror or exc}; finished shards are kept, fix this and rerun to resume"
+        ) from exc
+    splits = ", ".join(f"{split} {count}" for split, count in summary.splits.items())
+    message = (
+        f"{summary.shards} shards ({splits}) in {out}: {summary.written} written, {summary.reused} kept; "
+        f"{summary.samples} samples, {summary.seconds / 3600:.2f} h audio in {summary.wall_seconds:.0f} s"
+    )
+    if summary.failures:
+        message += f"; {summary.failures} tracks failed (see {manifests}/failures.jsonl)"
+    click.echo(message)
+
+
+@main.command()
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False),
+    default=fmt.DEFAULT_SHARDS_DIR,
+    show_default=True,
+    help="Shard folder to check.",
+)
+def verify(out) -> None:
+    """Re-read every shard against its index; exit 1 on any problem."""
+    from pipeline.shard.verify import verify_shards
+
+    report = verify_shards(out)
+    for problem in report.problems:
+        click.echo(problem, err=True)
+    click.echo(report.summary())
+    if report.problems:
+        raise SystemExit(1)
+
+
 @main.command()
 @click.argument("source", type=click.Path(exists=True))
-@click.option("--out", type=click.Path(dir_okay=False), default="preview.png", show_default=True,
-              help="PNG file to write.")
-@click.option("--n", "count", type=click.IntRange(1, 64), default=4, show_default=True,
-              help="Number of samples to show.")
+@click.option(
+    "--out", type=click.Path(dir_okay=False), default="preview.png", show_default=True, help="PNG file to write."
+)
+@click.option(
+    "--n", "count", type=click.IntRange(1, 64), default=4, show_default=True, help="Number of samples to show."
+)
 def preview(source: str, out: str, count: int) -> None:
     """Log-magnitude spectrograms of the first samples of SOURCE (a shard .tar or a shard folder)."""
-    from pipeline.preview import run_preview
+    from pipeline.shard.preview import run_preview
 
     try:
         path = run_preview(source, out, count)
@@ -54,7 +217,7 @@ def preview(source: str, out: str, count: int) -> None:
     click.echo(f"wrote {path}")
 
 
-# --- make-demo -----------------------------------------------------------------------------
+# --- make-demo: a synthetic collection ------------------------------------------------------------
 @main.command("make-demo")
 @click.argument("out_dir", type=click.Path(file_okay=False), default="demo/collection")
 @click.option("--artists", default=3, show_default=True, help="Artists (each gets its own folder).")
@@ -69,104 +232,16 @@ def make_demo(out_dir, artists, albums_per_artist, tracks_per_album, min_seconds
     Existing files are kept, so re-running only fills in what is missing. Prints the roots to
     pass to `pipeline ingest`, one per line.
     """
-    from pipeline.demo import make_demo_collection
+    from pipeline.demo.collection import make_demo_collection
 
-    roots = make_demo_collection(out_dir, artists=artists, albums_per_artist=albums_per_artist,
-                                 tracks_per_album=tracks_per_album, min_seconds=min_seconds,
-                                 max_seconds=max_seconds, seed=seed)
+    roots = make_demo_collection(
+        out_dir,
+        artists=artists,
+        albums_per_artist=albums_per_artist,
+        tracks_per_album=tracks_per_album,
+        min_seconds=min_seconds,
+        max_seconds=max_seconds,
+        seed=seed,
+    )
     for root in roots:
         click.echo(root)
-
-
-# --- shard / verify ------------------------------------------------------------------------
-@main.command()
-@click.option("--manifests", type=click.Path(file_okay=False), default="manifests", show_default=True,
-              help="Folder holding tracks.jsonl (failures.jsonl gets the decode failures).")
-@click.option("--out", type=click.Path(file_okay=False), default="shards", show_default=True,
-              help="Folder for {split}-NNNNNN.tar and {split}.json.")
-@click.option("--workers", type=click.IntRange(1), default=None,
-              help="Local worker processes  [default: all cores].")
-@click.option("--scheduler", metavar="ADDR", default=None,
-              help="Run on a Dask cluster, e.g. tcp://host:8786 (workers must see the same paths).")
-@click.option("--clip-frames", type=click.IntRange(1), default=1024, show_default=True,
-              help="STFT frames per sample.")
-@click.option("--shard-size", default="1GB", show_default=True, help="Target shard size (1GB, 500MB, 64MiB).")
-@click.option("--n-fft", type=click.IntRange(2), default=2048, show_default=True, help="FFT size (bins = n_fft/2).")
-@click.option("--hop", type=click.IntRange(1), default=1024, show_default=True, help="STFT hop in samples.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the track interleaving.")
-@click.option("--force", is_flag=True, help="Rebuild when the manifest or options changed since the last run.")
-@click.option("--quiet", is_flag=True, help="No progress bar.")
-def shard(manifests, out, workers, scheduler, clip_frames, shard_size, n_fft, hop, seed, force, quiet) -> None:
-    """Decode every track of the manifest into STFT shards: exact, resumable, parallel."""
-    from pipeline import format as fmt
-    from pipeline.execute import ShardError, run_shard
-    from pipeline.plan import ShardOptions, parse_size
-
-    try:
-        options = ShardOptions(stft=fmt.STFTParams(n_fft=n_fft, hop=hop), clip_frames=clip_frames,
-                               shard_bytes=parse_size(shard_size), seed=seed)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc)) from exc
-    try:
-        summary = run_shard(manifests, out, options, workers=workers, scheduler=scheduler, force=force,
-                            progress=not quiet)
-    except ShardError as exc:
-        raise click.ClickException(str(exc)) from exc
-    except OSError as exc:
-        where = exc.filename or out
-        raise click.ClickException(
-            f"{where}: {exc.strerror or exc}; finished shards are kept, fix this and rerun to resume") from exc
-    splits = ", ".join(f"{split} {count}" for split, count in summary.splits.items())
-    message = (f"{summary.shards} shards ({splits}) in {out}: {summary.written} written, {summary.reused} kept; "
-               f"{summary.samples} samples, {summary.seconds / 3600:.2f} h audio in {summary.wall_seconds:.0f} s")
-    if summary.failures:
-        message += f"; {summary.failures} tracks failed (see {manifests}/failures.jsonl)"
-    click.echo(message)
-
-
-@main.command()
-@click.option("--out", type=click.Path(file_okay=False), default="shards", show_default=True,
-              help="Shard folder to check.")
-def verify(out) -> None:
-    """Re-read every shard against its index; exit 1 on any problem."""
-    from pipeline.verify import verify_shards
-
-    report = verify_shards(out)
-    for problem in report.problems:
-        click.echo(problem, err=True)
-    click.echo(report.summary())
-    if report.problems:
-        raise SystemExit(1)
-
-
-# --- ingest --------------------------------------------------------------------------------
-@main.command("ingest")
-@click.argument("roots", nargs=-1, required=True, type=click.Path(file_okay=False))
-@click.option("--manifests", "manifests_dir", default="manifests", show_default=True,
-              type=click.Path(file_okay=False), help="Where tracks.jsonl and failures.jsonl go.")
-@click.option("--workers", type=click.IntRange(min=1), default=None,
-              help="Parallel ffprobe runs [default: 2 per core, at most 32].")
-@click.option("--val-fraction", type=click.FloatRange(0.0, 1.0), default=0.02, show_default=True,
-              help="Share of albums in the val split (at least one album when there are two or more).")
-def ingest(roots, manifests_dir, workers, val_fraction) -> None:
-    """Find and probe every audio file under ROOTS (drives, scanned concurrently).
-
-    Writes MANIFESTS/tracks.jsonl (one line per audio file, duplicates marked) and
-    MANIFESTS/failures.jsonl. Re-running probes only new or changed files; an interrupted run
-    resumes where it stopped. A root that cannot be read is an error for that root (exit code 1)
-    while the others are still ingested.
-    """
-    from pipeline.ingest import ingest as run_ingest
-    from pipeline.locking import FolderBusy
-
-    if not 0.0 <= val_fraction <= 1.0:  # NaN passes click.FloatRange
-        raise click.BadParameter(f"{val_fraction} is not in [0, 1]", param_hint="--val-fraction")
-    try:
-        summary = run_ingest(list(roots), manifests_dir, workers=workers, val_fraction=val_fraction)
-    except FolderBusy as exc:
-        raise click.ClickException(str(exc)) from exc
-    except OSError as exc:  # e.g. the manifests folder cannot be written; every finished probe is journaled
-        raise click.ClickException(f"{exc.filename or manifests_dir}: {exc.strerror or exc}") from exc
-    click.echo(summary.line())
-    if summary.root_errors:
-        raise SystemExit(1)

@@ -13,20 +13,31 @@ import io
 import json
 import os
 import re
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Iterable, Iterator
 
 import numpy as np
+
+from pipeline.durable import write_and_rename, write_text
 
 FORMAT_VERSION = 1
 
 # --- manifests/ ---------------------------------------------------------------------------
 
+DEFAULT_MANIFESTS_DIR = "manifests"
 TRACKS_FILE = "tracks.jsonl"
 FAILURES_FILE = "failures.jsonl"
 MANIFESTS_LOCK = ".lock"  # held by `pipeline ingest` while it runs, and by `pipeline shard` to merge failures
 SPLITS = ("train", "val")
+
+# FailureRecord.stage: where a file was given up on.
+STAGE_SCAN = "scan"  # walking the roots: broken links, unreadable folders, undecodable names
+STAGE_PROBE = "probe"  # ffprobe and content sniffing
+STAGE_DECODE = "decode"  # decoding the audio for a shard
+STAGE_SHARD = "shard"  # a track the shard stage cannot write (e.g. an id that cannot form a sample key)
+INGEST_STAGES = (STAGE_SCAN, STAGE_PROBE)  # replaced by every ingest; later stages' records are kept
+SHARD_STAGES = (STAGE_DECODE, STAGE_SHARD)  # replaced by every shard run for the tracks it plans
 
 
 @dataclass
@@ -55,7 +66,7 @@ class FailureRecord:
     """One line of failures.jsonl: a file that could not be used, and why."""
 
     path: str
-    stage: str  # "scan", "probe", "decode", ...
+    stage: str  # one of the STAGE_* constants
     reason: str  # one line
 
 
@@ -81,32 +92,14 @@ def record_from_dict(cls, data: dict):
     return cls(**{k: v for k, v in data.items() if k in known})
 
 
-def write_jsonl_atomic(path: str | os.PathLike, records: Iterable) -> None:
-    """Write records to `path` via a temporary file + fsync + rename: readers never see a partial file."""
+def write_jsonl(path: str | os.PathLike, records: Iterable) -> None:
+    """Write records to `path`, one JSON object per line, atomically (durable.write_and_rename)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as fh:
+    with write_and_rename(path) as fh:
         for record in records:
             fh.write(record_to_json(record))
             fh.write("\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
-
-
-def write_text_atomic(path: str | os.PathLike, text: str) -> None:
-    """Write `text` to `path` via a temporary file + fsync + rename (the same temporary naming as
-    write_jsonl_atomic), so a reader or a resumed run never sees a partial file."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
 
 
 def read_jsonl(path: str | os.PathLike, cls) -> Iterator:
@@ -132,25 +125,15 @@ def read_failures(manifests_dir: str | os.PathLike) -> list[FailureRecord]:
     return list(read_jsonl(Path(manifests_dir) / FAILURES_FILE, FailureRecord))
 
 
-def fsync_dir(path: str | os.PathLike) -> None:
-    """Make a rename inside `path` durable."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        return  # some file systems cannot fsync a directory; the rename itself already happened
-    finally:
-        os.close(fd)
-
-
 # --- audio and STFT -----------------------------------------------------------------------
 
 SAMPLE_RATE = 44100
 CHANNELS = 2
 SPEC_DTYPE = np.float16
+
+
+DEFAULT_N_FFT = 2048
+DEFAULT_HOP = 1024
 
 
 @dataclass(frozen=True)
@@ -160,12 +143,25 @@ class STFTParams:
     Framing is "centred with zero padding" (torch.stft(center=True, pad_mode="constant")): frame f
     covers samples [f*hop - n_fft/2, f*hop + n_fft/2), zeros outside the track, so a track of N
     samples has 1 + N // hop frames. The Nyquist bin is dropped: bins = n_fft // 2.
+    Invalid parameters are a ValueError here, where every stage builds them.
     """
 
-    n_fft: int = 2048
-    hop: int = 1024
+    n_fft: int = DEFAULT_N_FFT
+    hop: int = DEFAULT_HOP
     window: str = "hann"
     sample_rate: int = SAMPLE_RATE
+
+    def __post_init__(self) -> None:
+        values = (self.n_fft, self.hop, self.sample_rate)
+        if any(isinstance(v, bool) or not isinstance(v, int) for v in values):
+            raise ValueError(f"n_fft, hop and sample_rate must be integers, got {values}")
+        if self.n_fft < 2 or self.n_fft % 2 or self.hop < 1 or self.sample_rate < 1:
+            raise ValueError(
+                f"need an even n_fft >= 2, hop >= 1 and sample_rate >= 1, "
+                f"got n_fft={self.n_fft} hop={self.hop} sample_rate={self.sample_rate}"
+            )
+        if self.window != "hann":
+            raise ValueError(f"only the hann window is supported, got {self.window!r}")
 
     @property
     def bins(self) -> int:
@@ -175,7 +171,7 @@ class STFTParams:
         return {**asdict(self), "bins": self.bins}
 
     @classmethod
-    def from_dict(cls, data: dict) -> "STFTParams":
+    def from_dict(cls, data: dict) -> STFTParams:
         return cls(**{k: data[k] for k in ("n_fft", "hop", "window", "sample_rate") if k in data})
 
 
@@ -218,7 +214,9 @@ class SampleMeta:
 def encode_spec(spec: np.ndarray) -> bytes:
     """[2, bins, frames] float16 -> .npy bytes (no pickle)."""
     if spec.ndim != 3 or spec.shape[0] != CHANNELS or spec.dtype != SPEC_DTYPE:
-        raise ValueError(f"spec must be [{CHANNELS}, bins, frames] {np.dtype(SPEC_DTYPE)}, got {spec.shape} {spec.dtype}")
+        raise ValueError(
+            f"spec must be [{CHANNELS}, bins, frames] {np.dtype(SPEC_DTYPE)}, got {spec.shape} {spec.dtype}"
+        )
     buf = io.BytesIO()
     np.save(buf, np.ascontiguousarray(spec), allow_pickle=False)
     return buf.getvalue()
@@ -253,7 +251,9 @@ def estimated_shard_bytes(seconds: float, stft: STFTParams, clip_frames: int) ->
 
 # --- shards and index ---------------------------------------------------------------------
 
+DEFAULT_SHARDS_DIR = "shards"
 INDEX_KIND = "wids-shard-index-v1"
+DEFAULT_SHARD_SIZE = "1GB"  # what `pipeline shard --shard-size` parses by default
 DEFAULT_SHARD_BYTES = 1_000_000_000
 
 
@@ -306,7 +306,7 @@ class ShardIndex:
         return json.dumps(data, indent=1, sort_keys=False) + "\n"
 
     @classmethod
-    def from_json(cls, text: str) -> "ShardIndex":
+    def from_json(cls, text: str) -> ShardIndex:
         data = json.loads(text)
         if data.get("__kind__") != INDEX_KIND:
             raise ValueError(f"not a {INDEX_KIND} file (kind={data.get('__kind__')!r})")
@@ -328,8 +328,61 @@ def read_index(path: str | os.PathLike) -> ShardIndex:
         raise ValueError(f"{path}: unreadable shard index ({exc})") from exc
 
 
-def write_index_atomic(path: str | os.PathLike, index: ShardIndex) -> None:
-    write_text_atomic(path, index.to_json())
+def write_index(path: str | os.PathLike, index: ShardIndex) -> None:
+    write_text(path, index.to_json())
 
 
-__all__ = [n for n in dir() if not n.startswith("_") and n not in {"annotations", "dataclasses"}]
+__all__ = [
+    # manifests/
+    "DEFAULT_MANIFESTS_DIR",
+    "TRACKS_FILE",
+    "FAILURES_FILE",
+    "MANIFESTS_LOCK",
+    "SPLITS",
+    "STAGE_SCAN",
+    "STAGE_PROBE",
+    "STAGE_DECODE",
+    "STAGE_SHARD",
+    "INGEST_STAGES",
+    "SHARD_STAGES",
+    "TrackRecord",
+    "FailureRecord",
+    "record_to_json",
+    "record_from_dict",
+    "write_jsonl",
+    "read_jsonl",
+    "read_tracks",
+    "read_failures",
+    # audio and STFT
+    "SAMPLE_RATE",
+    "CHANNELS",
+    "SPEC_DTYPE",
+    "DEFAULT_N_FFT",
+    "DEFAULT_HOP",
+    "STFTParams",
+    "DEFAULT_CLIP_FRAMES",
+    "min_valid_frames",
+    # samples
+    "SPEC_KEY",
+    "META_KEY",
+    "sample_key",
+    "SampleMeta",
+    "encode_spec",
+    "decode_spec",
+    "encode_meta",
+    "decode_meta",
+    "sample_bytes",
+    "estimated_shard_bytes",
+    # shards/ and the index
+    "DEFAULT_SHARDS_DIR",
+    "INDEX_KIND",
+    "DEFAULT_SHARD_SIZE",
+    "DEFAULT_SHARD_BYTES",
+    "shard_name",
+    "is_shard_name",
+    "index_name",
+    "ShardEntry",
+    "ShardIndex",
+    "read_index",
+    "write_index",
+]

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline import format as fmt
-from pipeline.plan import check_track
+from pipeline.shard.plan import check_track
 
 
 @dataclass
@@ -96,10 +96,14 @@ def format_status(status: Status) -> str:
     per_hour = fmt.estimated_shard_bytes(3600.0, status.stft, status.clip_frames)
     lines = [f"ingested: {status.tracks} tracks, {_hours(status.seconds)}, {status.duplicates} duplicates"]
     for root, summary in sorted(status.per_root.items()):
-        lines.append(f"  {root}: {summary.tracks} tracks, {_hours(summary.seconds)}, {_gb(summary.bytes)} of audio files")
+        lines.append(
+            f"  {root}: {summary.tracks} tracks, {_hours(summary.seconds)}, {_gb(summary.bytes)} of audio files"
+        )
     for split in fmt.SPLITS:
         if split in status.per_split_tracks:
-            lines.append(f"  {split}: {status.per_split_tracks[split]} tracks, {_hours(status.per_split_seconds[split])}")
+            lines.append(
+                f"  {split}: {status.per_split_tracks[split]} tracks, {_hours(status.per_split_seconds[split])}"
+            )
     failed = sum(status.failures.values())
     lines.append(f"failures: {failed}")
     for (stage, kind), count in status.failures.most_common():
@@ -109,7 +113,8 @@ def format_status(status: Status) -> str:
         shards = status.shards.get(split)
         wanted = status.per_split_seconds.get(split, 0.0)
         if shards is None:
-            lines.append(f"  {split}: nothing yet; estimated {_gb(fmt.estimated_shard_bytes(wanted, status.stft, status.clip_frames))}")
+            estimate = fmt.estimated_shard_bytes(wanted, status.stft, status.clip_frames)
+            lines.append(f"  {split}: nothing yet; estimated {_gb(estimate)}")
             continue
         left = max(0.0, wanted - shards.seconds)
         lines.append(

@@ -1,4 +1,4 @@
-"""Shared fixtures: small audio files made on the spot with pipeline.synth (never real music)."""
+"""Shared fixtures: small audio files made on the spot with pipeline.demo.synth (never real music)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,10 @@ import numpy as np
 import pytest
 import soundfile
 
-from pipeline.synth import synth_music, write_track
+from pipeline.demo.synth import synth_music, write_track
+from pipeline.shard.run import run_shard
+
+from support import OPTIONS, make_collection
 
 _seeds = itertools.count(1000)
 
@@ -40,3 +43,20 @@ def make_wav():
         return path
 
     return make
+
+
+@pytest.fixture(scope="module")
+def collection(tmp_path_factory):
+    """(base, manifests, records): support.make_collection, made once per test module."""
+    base = tmp_path_factory.mktemp("collection")
+    manifests, records = make_collection(base)
+    return base, manifests, records
+
+
+@pytest.fixture(scope="module")
+def clean(collection):
+    """The reference shard set of `collection`: an uninterrupted run with one worker."""
+    base, manifests, _ = collection
+    out = base / "clean"
+    run_shard(manifests, out, OPTIONS, workers=1, progress=False)
+    return out

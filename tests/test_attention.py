@@ -7,8 +7,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from trainer.model.attention import (FrameAttention, TimeDepthwiseConv, relative_attention,
-                                     relative_distance_index, relative_logits, skew)
+from trainer.model.attention import (
+    FrameAttention,
+    TimeDepthwiseConv,
+    relative_attention,
+    relative_distance_index,
+    relative_logits,
+    skew,
+)
 
 
 def naive_relative_logits(q, table, max_distance):
@@ -32,8 +38,9 @@ def test_relative_logits_match_naive_lookup(length, max_distance):
     generator = torch.Generator().manual_seed(length)
     q = torch.randn(2, 3, length, 8, generator=generator)
     table = torch.randn(3, 2 * max_distance + 1, 8, generator=generator)
-    torch.testing.assert_close(relative_logits(q, table, max_distance),
-                               naive_relative_logits(q, table, max_distance), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        relative_logits(q, table, max_distance), naive_relative_logits(q, table, max_distance), atol=1e-5, rtol=1e-5
+    )
 
 
 @pytest.mark.parametrize("length,max_distance", [(1, 2), (12, 3), (12, 30)])
@@ -41,8 +48,12 @@ def test_relative_attention_matches_naive_attention(length, max_distance):
     generator = torch.Generator().manual_seed(7)
     q, k, v = (torch.randn(2, 4, length, 8, generator=generator) for _ in range(3))
     table = torch.randn(4, 2 * max_distance + 1, 8, generator=generator)
-    torch.testing.assert_close(relative_attention(q, k, v, table, max_distance),
-                               naive_relative_attention(q, k, v, table, max_distance), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        relative_attention(q, k, v, table, max_distance),
+        naive_relative_attention(q, k, v, table, max_distance),
+        atol=1e-5,
+        rtol=1e-5,
+    )
 
 
 def test_skew_lines_up_distances():
@@ -58,7 +69,7 @@ def shift_mismatch(logits_fn, length=20, shift=6, max_distance=8) -> float:
     sequence = torch.randn(1, 2, length + shift, 8, generator=generator)
     table = torch.randn(2, 2 * max_distance + 1, 8, generator=generator)
     first = logits_fn(sequence[:, :, :length], table, max_distance)
-    second = logits_fn(sequence[:, :, shift:shift + length], table, max_distance)
+    second = logits_fn(sequence[:, :, shift : shift + length], table, max_distance)
     overlap = length - shift
     return (first[..., shift:, shift:] - second[..., :overlap, :overlap]).abs().max().item()
 
@@ -72,7 +83,7 @@ def test_shift_check_catches_a_skew_that_reduces_to_absolute_positions():
         # Reading column j of Q @ E^T as if it were distance j - i: logits depend on the key's position.
         length = q.shape[-2]
         rel = q @ table[:, relative_distance_index(length, max_distance)].transpose(-1, -2)
-        return rel[..., length - 1:]
+        return rel[..., length - 1 :]
 
     assert shift_mismatch(unskewed) > 1e-2
 
@@ -89,10 +100,10 @@ def test_attention_module_is_shift_equivariant(position):
 
     def placed(start):
         x = torch.zeros(1, total, dims)
-        x[:, start:start + content_length] = content
+        x[:, start : start + content_length] = content
         ignored = torch.ones(1, total, dtype=torch.bool)
-        ignored[:, start:start + content_length] = False
-        return attention(x, key_padding_mask=ignored)[:, start:start + content_length]
+        ignored[:, start : start + content_length] = False
+        return attention(x, key_padding_mask=ignored)[:, start : start + content_length]
 
     with torch.no_grad():
         torch.testing.assert_close(placed(2), placed(2 + shift), atol=1e-5, rtol=1e-5)

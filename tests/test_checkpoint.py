@@ -86,8 +86,8 @@ def test_resolves_checkpoint_from_run_dir_pointer_or_directory(tmp_path):
 def test_interrupted_save_leaves_previous_checkpoint_usable(tmp_path):
     model, optimizer, scheduler = make_training(0)
     done = save_checkpoint(tmp_path, 5, model, optimizer, scheduler, {})
-    # What kill -9 during the next save leaves behind: a partial .tmp directory, `last` unchanged.
-    partial = tmp_path / "step-0000010.tmp"
+    # What kill -9 during the next save leaves behind: a partial temporary directory, `last` unchanged.
+    partial = tmp_path / ".step-0000010.tmp-999999999"
     partial.mkdir()
     (partial / WEIGHTS_FILE).write_bytes(b"\x00" * 10)
     assert latest_checkpoint(tmp_path) == done

@@ -14,8 +14,17 @@ def test_every_training_preset_resolves_and_names_its_model_preset():
 
 
 def test_overrides_parse_yaml_values_including_bare_exponents():
-    cfg = load_config("tiny", overrides=["model.bins=128", "optim.lr=3e-4", "run.compile=true",
-                                          "optim.betas=[0.8, 0.9]", "corrupt.select_rate=0.5", "data.batch_size=2"])
+    cfg = load_config(
+        "tiny",
+        overrides=[
+            "model.bins=128",
+            "optim.lr=3e-4",
+            "run.compile=true",
+            "optim.betas=[0.8, 0.9]",
+            "corrupt.select_rate=0.5",
+            "data.batch_size=2",
+        ],
+    )
     assert cfg.model.bins == 128 and cfg.model.channels == load_model_preset("tiny").channels
     assert cfg.optim.lr == pytest.approx(3e-4) and isinstance(cfg.optim.lr, float)
     assert cfg.run.compile is True and cfg.optim.betas == (0.8, 0.9)
@@ -23,21 +32,24 @@ def test_overrides_parse_yaml_values_including_bare_exponents():
     assert parse_overrides(["a.b=x", "a.c=2"]) == {"a": {"b": "x", "c": 2}}
 
 
-@pytest.mark.parametrize("override, message", [
-    ("run.stepz=5", "unknown key.*stepz"),
-    ("model.binz=5", "binz"),
-    ("nope.x=1", "unknown section.*nope"),
-    ("run.steps=lots", "run.steps must be like"),
-    ("run.compile=1", "run.compile must be like"),
-    ("optim.decay=step", "optim.decay must be one of"),
-    ("runsteps=5", "not of the form section.key=value"),
-    ("data.batch_size=0", "data.batch_size must be >= 1"),
-    ("model.num_heads=abc", "model.num_heads must be like"),
-    ("run.seed=-1", "run.seed must be >= 0"),
-    ("run.val_batches=0", "run.val_batches must be >= 1"),
-    ("model.channels=5", "model.channels must be like"),
-    ("model.channels=[8,x,16,24,32,48]", "model.channels must be like"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("run.stepz=5", "unknown key.*stepz"),
+        ("model.binz=5", "binz"),
+        ("nope.x=1", "unknown section.*nope"),
+        ("run.steps=lots", "run.steps must be like"),
+        ("run.compile=1", "run.compile must be like"),
+        ("optim.decay=step", "optim.decay must be one of"),
+        ("runsteps=5", "not of the form section.key=value"),
+        ("data.batch_size=0", "data.batch_size must be >= 1"),
+        ("model.num_heads=abc", "model.num_heads must be like"),
+        ("run.seed=-1", "run.seed must be >= 0"),
+        ("run.val_batches=0", "run.val_batches must be >= 1"),
+        ("model.channels=5", "model.channels must be like"),
+        ("model.channels=[8,x,16,24,32,48]", "model.channels must be like"),
+    ],
+)
 def test_bad_values_are_one_line_errors_naming_the_key(override, message):
     with pytest.raises(ValueError, match=message) as info:
         load_config("tiny", overrides=[override])
@@ -46,8 +58,11 @@ def test_bad_values_are_one_line_errors_naming_the_key(override, message):
 
 def test_config_file_with_model_preset_plus_fields(tmp_path):
     path = tmp_path / "mine.yaml"
-    path.write_text(yaml.safe_dump({"model": {"preset": "tiny", "bins": 256}, "loss": {"all_frames_weight": 0.1},
-                                    "run": {"steps": 7}}))
+    path.write_text(
+        yaml.safe_dump(
+            {"model": {"preset": "tiny", "bins": 256}, "loss": {"all_frames_weight": 0.1}, "run": {"steps": 7}}
+        )
+    )
     cfg = load_config(config_file=path)
     assert cfg.model.bins == 256 and cfg.model.num_heads == load_model_preset("tiny").num_heads
     assert cfg.loss.all_frames_weight == 0.1 and cfg.run.steps == 7

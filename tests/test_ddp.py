@@ -5,23 +5,41 @@ import subprocess
 import sys
 from pathlib import Path
 
-from test_pretrain import SMALL, write_shards
-
 from trainer.checkpoint import read_meta, resolve_checkpoint
 from trainer.logs import read_metrics
+
+from support import SMALL, write_shards
 
 TORCHRUN = str(Path(sys.executable).with_name("torchrun"))
 TRAINER = str(Path(sys.executable).with_name("trainer"))
 
 
 def test_torchrun_two_processes_gloo(tmp_path):
-    shards = write_shards(tmp_path / "shards", {f"track{i:02d}": f for i, f in enumerate([5, 7, 6, 9, 11, 13])},
-                          clips_per_track=2)
+    shards = write_shards(
+        tmp_path / "shards", {f"track{i:02d}": f for i, f in enumerate([5, 7, 6, 9, 11, 13])}, clips_per_track=2
+    )
     run = tmp_path / "run"
     overrides = SMALL + ["run.ckpt_every=3", "run.val_every=6"]
-    command = [TORCHRUN, "--standalone", "--nproc-per-node=2", "--no-python", "--", TRAINER, "pretrain",
-               "--shards", str(shards), "--run", str(run), "--preset", "tiny", "--device", "cpu", "--steps", "6",
-               *[f"--set={item}" for item in overrides]]
+    command = [
+        TORCHRUN,
+        "--standalone",
+        "--nproc-per-node=2",
+        "--no-python",
+        "--",
+        TRAINER,
+        "pretrain",
+        "--shards",
+        str(shards),
+        "--run",
+        str(run),
+        "--preset",
+        "tiny",
+        "--device",
+        "cpu",
+        "--steps",
+        "6",
+        *[f"--set={item}" for item in overrides],
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]

@@ -7,32 +7,16 @@ import pytest
 import soundfile
 
 from pipeline import format as fmt
-from pipeline import synth
-from pipeline.decode import _LIBSNDFILE_EXACT, DecodeError, decode_chunks
+from pipeline.audio.decode import _LIBSNDFILE_EXACT, DecodeError, decode_chunks
+from pipeline.demo import synth
+
+from support import ffmpeg_children
 
 FLOAT_WAV = ["-c:a", "pcm_f32le"]  # lossless float, so decoded samples can be compared exactly
 
 
 def decode_all(path, **kwargs) -> np.ndarray:
     return np.concatenate(list(decode_chunks(path, **kwargs)))
-
-
-def ffmpeg_children() -> list[int]:
-    """Live (not zombie) ffmpeg processes whose parent is this test process."""
-    pids = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as fh:
-                stat = fh.read()
-        except OSError:
-            continue
-        comm = stat[stat.index("(") + 1:stat.rindex(")")]
-        state, ppid = stat[stat.rindex(")") + 2:].split()[:2]
-        if comm == "ffmpeg" and int(ppid) == os.getpid() and state != "Z":
-            pids.append(int(entry))
-    return pids
 
 
 def dominant_hz(channel: np.ndarray, sample_rate: int = fmt.SAMPLE_RATE) -> float:
@@ -79,14 +63,18 @@ def test_surround_is_downmixed_like_ffmpeg_ac2(tmp_path):
     channels[:, 0] = sine(440, seconds, 44100)  # front left
     channels[:, 1] = sine(1000, seconds, 44100)  # front right
     channels[:, 2] = 0.25 * sine(3000, seconds, 44100)  # centre: into both sides
-    path = synth.encode(channels, 44100, tmp_path / "surround.flac",
-                        extra_args=["-c:a", "flac", "-channel_layout", "5.1"])
+    path = synth.encode(
+        channels, 44100, tmp_path / "surround.flac", extra_args=["-c:a", "flac", "-channel_layout", "5.1"]
+    )
     decoded = decode_all(path)
     assert decoded.shape == (len(channels), 2)
     assert dominant_hz(decoded[:, 0]) == pytest.approx(440, abs=5)
     assert dominant_hz(decoded[:, 1]) == pytest.approx(1000, abs=5)
-    reference = subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-i", str(path), "-ac", "2",
-                                "-f", "f32le", "pipe:1"], check=True, capture_output=True).stdout
+    reference = subprocess.run(
+        ["ffmpeg", "-nostdin", "-loglevel", "error", "-i", str(path), "-ac", "2", "-f", "f32le", "pipe:1"],
+        check=True,
+        capture_output=True,
+    ).stdout
     np.testing.assert_array_equal(decoded, np.frombuffer(reference, np.float32).reshape(-1, 2))
 
 
@@ -103,8 +91,21 @@ def test_96khz_24bit_flac_is_resampled_deterministically(tmp_path):
     seconds = 1.0
     signal = np.stack([sine(700, seconds, 96000), sine(5000, seconds, 96000)], axis=1)
     path = synth.encode(signal, 96000, tmp_path / "hires.flac", extra_args=["-c:a", "flac", "-sample_fmt", "s32"])
-    probe = subprocess.run(["ffprobe", "-v", "error", "-show_entries", "stream=sample_rate,bits_per_raw_sample",
-                            "-of", "csv=p=0", str(path)], check=True, capture_output=True, text=True).stdout
+    probe = subprocess.run(
+        [
+            "ffprobe",
+            "-v",
+            "error",
+            "-show_entries",
+            "stream=sample_rate,bits_per_raw_sample",
+            "-of",
+            "csv=p=0",
+            str(path),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
     assert probe.strip() == "96000,24"
     first = decode_all(path, chunk_samples=10_000)
     assert abs(len(first) - seconds * 44100) <= 64
@@ -115,10 +116,39 @@ def test_96khz_24bit_flac_is_resampled_deterministically(tmp_path):
 
 def test_first_audio_stream_of_a_file_with_video(tmp_path):
     path = tmp_path / "clip.mkv"
-    subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-f", "lavfi", "-i", "testsrc=d=1:s=64x64",
-                    "-f", "lavfi", "-i", "sine=f=440:d=1", "-f", "lavfi", "-i", "sine=f=2000:d=1",
-                    "-map", "0", "-map", "1", "-map", "2", "-c:v", "mpeg4", "-c:a", "flac", str(path)],
-                   check=True, capture_output=True)
+    subprocess.run(
+        [
+            "ffmpeg",
+            "-nostdin",
+            "-loglevel",
+            "error",
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc=d=1:s=64x64",
+            "-f",
+            "lavfi",
+            "-i",
+            "sine=f=440:d=1",
+            "-f",
+            "lavfi",
+            "-i",
+            "sine=f=2000:d=1",
+            "-map",
+            "0",
+            "-map",
+            "1",
+            "-map",
+            "2",
+            "-c:v",
+            "mpeg4",
+            "-c:a",
+            "flac",
+            str(path),
+        ],
+        check=True,
+        capture_output=True,
+    )
     decoded = decode_all(path)
     assert dominant_hz(decoded[:, 0]) == pytest.approx(440, abs=5)
 
@@ -166,8 +196,23 @@ def test_hostile_files_raise_one_line_errors_naming_the_file(tmp_path):
 
 def test_file_without_audio_stream(tmp_path):
     path = tmp_path / "video.mp4"
-    subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-f", "lavfi", "-i", "testsrc=d=0.5:s=64x64",
-                    "-c:v", "mpeg4", str(path)], check=True, capture_output=True)
+    subprocess.run(
+        [
+            "ffmpeg",
+            "-nostdin",
+            "-loglevel",
+            "error",
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc=d=0.5:s=64x64",
+            "-c:v",
+            "mpeg4",
+            str(path),
+        ],
+        check=True,
+        capture_output=True,
+    )
     assert error_for(path).endswith("no audio stream")
 
 
@@ -175,8 +220,16 @@ def test_file_without_audio_stream(tmp_path):
 def test_wav_with_zero_samples(tmp_path, allow_libsndfile):
     path = tmp_path / "silent.wav"
     fmt_chunk = struct.pack("<HHIIHH", 1, 2, 44100, 44100 * 4, 4, 16)
-    path.write_bytes(b"RIFF" + struct.pack("<I", 36) + b"WAVE" + b"fmt " + struct.pack("<I", 16) + fmt_chunk
-                     + b"data" + struct.pack("<I", 0))
+    path.write_bytes(
+        b"RIFF"
+        + struct.pack("<I", 36)
+        + b"WAVE"
+        + b"fmt "
+        + struct.pack("<I", 16)
+        + fmt_chunk
+        + b"data"
+        + struct.pack("<I", 0)
+    )
     assert error_for(path, allow_libsndfile=allow_libsndfile).endswith("no audio samples decoded")
 
 
@@ -192,7 +245,7 @@ def test_truncated_mp3_decodes_what_is_there_or_fails_clearly(tmp_path):
     whole = synth.write_track(tmp_path / "whole.mp3", seconds=3.0, seed=4)
     truncated = tmp_path / "truncated.mp3"
     data = whole.read_bytes()
-    truncated.write_bytes(data[:len(data) // 2 + 7])  # cut mid-frame
+    truncated.write_bytes(data[: len(data) // 2 + 7])  # cut mid-frame
     try:
         decoded = decode_all(truncated)
     except DecodeError as exc:
@@ -232,9 +285,10 @@ def decode_checking_no_ffmpeg_runs(path, **kwargs) -> np.ndarray:
 FULL_RANGE = {"PCM_32", "DOUBLE"}  # written from random full-precision values, not 16-bit music
 
 
-@pytest.mark.parametrize("container, subtype", sorted((container, subtype)
-                                                     for container, subtypes in _LIBSNDFILE_EXACT.items()
-                                                     for subtype in subtypes))
+@pytest.mark.parametrize(
+    "container, subtype",
+    sorted((container, subtype) for container, subtypes in _LIBSNDFILE_EXACT.items() for subtype in subtypes),
+)
 def test_libsndfile_reads_exactly_ffmpegs_samples_without_starting_it(tmp_path, container, subtype):
     if subtype in FULL_RANGE:
         signal = np.random.default_rng(1).uniform(-1, 1, (30_000, 2))
@@ -262,7 +316,7 @@ def test_ffmpeg_takes_over_where_libsndfile_gives_up_on_a_damaged_flac(tmp_path)
     whole = synth.write_track(tmp_path / "whole.flac", seconds=3.0, seed=13)
     damaged = tmp_path / "damaged.flac"
     data = bytearray(whole.read_bytes())
-    data[len(data) // 2:len(data) // 2 + 2000] = bytes(2000)  # a hole mid-stream
+    data[len(data) // 2 : len(data) // 2 + 2000] = bytes(2000)  # a hole mid-stream
     damaged.write_bytes(bytes(data))
     with pytest.raises(soundfile.LibsndfileError):
         soundfile.read(damaged)  # so this test really crosses from libsndfile to ffmpeg
@@ -296,11 +350,11 @@ def test_odd_wav_headers_give_the_same_samples_on_both_paths(tmp_path, damage):
     data = bytearray(path.read_bytes())
     size_field = data.index(b"data") + 4
     if damage == "truncated":
-        data = data[:len(data) // 2 + 2]  # mid-sample
+        data = data[: len(data) // 2 + 2]  # mid-sample
     elif damage == "data size 0":  # what a writer that never came back to fill it in leaves
-        data[size_field:size_field + 4] = struct.pack("<I", 0)
+        data[size_field : size_field + 4] = struct.pack("<I", 0)
     elif damage == "data size unknown":
-        data[size_field:size_field + 4] = struct.pack("<I", 0xFFFFFFFF)
+        data[size_field : size_field + 4] = struct.pack("<I", 0xFFFFFFFF)
     else:
         data += b"LIST" + struct.pack("<I", 4) + b"INFO"
     path.write_bytes(bytes(data))

@@ -20,10 +20,11 @@ from pathlib import Path
 import pytest
 
 from pipeline import format as fmt
-from pipeline import synth
-from pipeline.execute import run_shard
-from pipeline.manifest import JOURNAL_FILE
-from test_shard import CLI_OPTIONS, OPTIONS, make_collection, shard_bytes, track_record
+from pipeline.demo import synth
+from pipeline.ingest.manifest import JOURNAL_FILE
+from pipeline.shard.run import run_shard
+
+from support import CLI_OPTIONS, OPTIONS, make_collection, shard_bytes, track_record
 
 PIPELINE = [sys.executable, "-c", "from pipeline.cli import main; main()"]
 POLL_SECONDS = 0.02
@@ -33,8 +34,9 @@ def start(cmd: list[str]) -> subprocess.Popen:
     """A victim in its own process group, so the kill also takes its ffmpeg children and workers.
     Its stderr goes to a file (a pipe nobody reads could fill and stall it); see victim_stderr."""
     log = tempfile.TemporaryFile()
-    proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=log,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    proc = subprocess.Popen(
+        cmd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=log, env={**os.environ, "OMP_NUM_THREADS": "1"}
+    )
     proc.log = log
     return proc
 
@@ -70,8 +72,17 @@ def watch_until(proc: subprocess.Popen, seconds: float, observe) -> None:
 
 
 def shard_cmd(manifests: Path, out: Path, workers: int = 2) -> list[str]:
-    return [*PIPELINE, "shard", "--manifests", str(manifests), "--out", str(out), "--workers", str(workers),
-            *CLI_OPTIONS]
+    return [
+        *PIPELINE,
+        "shard",
+        "--manifests",
+        str(manifests),
+        "--out",
+        str(out),
+        "--workers",
+        str(workers),
+        *CLI_OPTIONS,
+    ]
 
 
 class ShardWatcher:
@@ -87,8 +98,9 @@ class ShardWatcher:
             return
         for path in self.out.iterdir():
             if path.name not in self.reference:
-                assert not (path.suffix in (".tar", ".json") and not path.name.startswith(".")), \
+                assert not (path.suffix in (".tar", ".json") and not path.name.startswith(".")), (
                     f"unexpected final file {path.name}"
+                )
                 continue
             try:
                 stat = path.stat()
@@ -126,13 +138,14 @@ def larger_shard_collection(tmp_path_factory):
         path = synth.write_track(root / album / f"{i:02d}{extensions[i % 6]}", seconds=seconds, seed=100 + i)
         records.append(track_record(path, f"track{i:02d}", root, album, "val" if i % 6 == 5 else "train", seconds))
     manifests = base / "manifests"
-    fmt.write_jsonl_atomic(manifests / fmt.TRACKS_FILE, records)
+    fmt.write_jsonl(manifests / fmt.TRACKS_FILE, records)
     run_shard(manifests, base / "clean", OPTIONS, workers=1, progress=False)
     return manifests, shard_bytes(base / "clean")
 
 
-def kill_shard_repeatedly(manifests: Path, out: Path, reference: dict[str, bytes], kills: int,
-                          seed: int) -> ShardWatcher:
+def kill_shard_repeatedly(
+    manifests: Path, out: Path, reference: dict[str, bytes], kills: int, seed: int
+) -> ShardWatcher:
     """`kills` runs in a row, each SIGKILLed a random 0-0.3 s after a random 0 to 2 more shards became
     final. Instants are drawn in progress rather than seconds because the same run takes a few times
     longer on the loaded machine than on an idle one; a late kill may find the run done (it must then
@@ -156,8 +169,9 @@ def kill_shard_repeatedly(manifests: Path, out: Path, reference: dict[str, bytes
     return watcher
 
 
-def finish_shard_and_compare(manifests: Path, out: Path, reference: dict[str, bytes], watcher: ShardWatcher,
-                             seed: int) -> None:
+def finish_shard_and_compare(
+    manifests: Path, out: Path, reference: dict[str, bytes], watcher: ShardWatcher, seed: int
+) -> None:
     kept = dict(watcher.finished)
     result = subprocess.run(shard_cmd(manifests, out), capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, f"seed {seed}: {result.stderr}"
@@ -285,10 +299,28 @@ def tiny_shards(tmp_path_factory):
 def pretrain_cmd(shards: Path, run: Path) -> list[str]:
     from test_pretrain import SMALL, TRAINER
 
-    overrides = SMALL + ["data.num_workers=1", f"run.ckpt_every={CKPT_EVERY}", f"run.val_every={CKPT_EVERY}",
-                         f"run.keep_last={KEEP_LAST}", "run.val_batches=1"]
-    return [TRAINER, "pretrain", "--shards", str(shards), "--preset", "tiny", "--device", "cpu",
-            "--steps", str(TRAIN_STEPS), "--run", str(run), *[f"--set={item}" for item in overrides]]
+    overrides = SMALL + [
+        "data.num_workers=1",
+        f"run.ckpt_every={CKPT_EVERY}",
+        f"run.val_every={CKPT_EVERY}",
+        f"run.keep_last={KEEP_LAST}",
+        "run.val_batches=1",
+    ]
+    return [
+        TRAINER,
+        "pretrain",
+        "--shards",
+        str(shards),
+        "--preset",
+        "tiny",
+        "--device",
+        "cpu",
+        "--steps",
+        str(TRAIN_STEPS),
+        "--run",
+        str(run),
+        *[f"--set={item}" for item in overrides],
+    ]
 
 
 def metric_rows(run: Path, split: str = "train") -> list[dict]:
@@ -302,16 +334,24 @@ def metric_rows(run: Path, split: str = "train") -> list[dict]:
 
 def checkpoints(run: Path) -> tuple[list[str], str, str]:
     folder = run / "checkpoints"
-    return (sorted(p.name for p in folder.iterdir() if p.is_dir()),
-            (folder / "last").read_text().strip(), (folder / "best").read_text().strip())
+    return (
+        sorted(p.name for p in folder.iterdir() if p.is_dir()),
+        (folder / "last").read_text().strip(),
+        (folder / "best").read_text().strip(),
+    )
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_pretrain_killed_twice_then_rerun_finishes_like_an_uninterrupted_run(tiny_shards, tmp_path):
     reference, run = tmp_path / "reference", tmp_path / "run"
-    result = subprocess.run(pretrain_cmd(tiny_shards, reference), capture_output=True, text=True, timeout=300,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    result = subprocess.run(
+        pretrain_cmd(tiny_shards, reference),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     assert result.returncode == 0, result.stderr
 
     for kill_after in (CKPT_EVERY + 2, 3 * CKPT_EVERY + 1):  # each past a checkpoint, mid-interval
@@ -325,8 +365,13 @@ def test_pretrain_killed_twice_then_rerun_finishes_like_an_uninterrupted_run(tin
         assert not kill_group(proc), f"the run ended before it could be killed: {victim_stderr(proc)}"
         last = int((run / "checkpoints" / "last").read_text().strip().removeprefix("step-"))
         assert (kill_after // CKPT_EVERY) * CKPT_EVERY <= last < TRAIN_STEPS  # a checkpoint to resume from
-    result = subprocess.run(pretrain_cmd(tiny_shards, run), capture_output=True, text=True, timeout=300,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    result = subprocess.run(
+        pretrain_cmd(tiny_shards, run),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     assert result.returncode == 0, result.stderr
 
     rows = metric_rows(run)
@@ -343,7 +388,7 @@ def test_pretrain_killed_twice_then_rerun_finishes_like_an_uninterrupted_run(tin
     assert last == f"step-{TRAIN_STEPS:07d}" and best in names
     newest = [f"step-{s:07d}" for s in range(TRAIN_STEPS - (KEEP_LAST - 1) * CKPT_EVERY, TRAIN_STEPS + 1, CKPT_EVERY)]
     assert set(names) == set(newest) | {best}
-    assert not list((run / "checkpoints").glob("*.tmp"))
+    assert not list((run / "checkpoints").glob(".*.tmp-*"))
 
 
 # --- 4. a drive that vanishes mid-run ---------------------------------------------------------
@@ -366,7 +411,7 @@ def unplug_on_call(module, name: str, calls: int, root: Path, away: Path, monkey
 
 @pytest.mark.timeout(120)
 def test_shard_drive_vanishing_mid_run_fails_its_tracks_and_rerun_completes_them(tmp_path, monkeypatch):
-    from pipeline import stft
+    from pipeline.audio import stft
 
     manifests, records = make_collection(tmp_path)
     clean = tmp_path / "clean"
@@ -396,10 +441,11 @@ def test_shard_drive_vanishing_mid_run_fails_its_tracks_and_rerun_completes_them
 
 
 @pytest.mark.timeout(120)
-def test_ingest_drive_vanishing_mid_run_is_an_error_for_it_and_rerun_completes_it(tmp_path, make_wav, monkeypatch,
-                                                                                   capsys):
-    import pipeline.ingest as ingest_module
-    from pipeline.ingest import ingest
+def test_ingest_drive_vanishing_mid_run_is_an_error_for_it_and_rerun_completes_it(
+    tmp_path, make_wav, monkeypatch, capsys
+):
+    import pipeline.ingest.run as ingest_module
+    from pipeline.ingest.run import ingest
 
     roots = [tmp_path / name for name in ("ssd1", "ssd2", "usb")]
     for i in range(12):
@@ -417,7 +463,9 @@ def test_ingest_drive_vanishing_mid_run_is_an_error_for_it_and_rerun_completes_i
     assert list(summary.root_errors) == [str(usb)]
     assert f"pipeline ingest: error: {usb}: " in capsys.readouterr().err
     tracks = fmt.read_tracks(manifests)
-    assert {t.path for t in tracks if t.root != str(usb)} == {t.path for t in fmt.read_tracks(clean) if t.root != str(usb)}
+    assert {t.path for t in tracks if t.root != str(usb)} == {
+        t.path for t in fmt.read_tracks(clean) if t.root != str(usb)
+    }
     vanished = {f.path for f in fmt.read_failures(manifests)}
     assert vanished and vanished <= {t.path for t in fmt.read_tracks(clean) if t.root == str(usb)}
 

@@ -8,11 +8,23 @@ from pipeline import format as fmt
 
 def test_track_records_roundtrip_through_jsonl(tmp_path):
     rec = fmt.TrackRecord(
-        id="ab12", path="/mnt/ssd1/A/B/01 \u00e9t\u00e9\n.flac", root="/mnt/ssd1", size=10, mtime=1.5,
-        duration=3.0, sample_rate=44100, channels=2, codec="flac", artist="A", album="B",
-        title="\u00e9t\u00e9", album_key="a/b", split="train", duplicate_of=None,
+        id="ab12",
+        path="/mnt/ssd1/A/B/01 \u00e9t\u00e9\n.flac",
+        root="/mnt/ssd1",
+        size=10,
+        mtime=1.5,
+        duration=3.0,
+        sample_rate=44100,
+        channels=2,
+        codec="flac",
+        artist="A",
+        album="B",
+        title="\u00e9t\u00e9",
+        album_key="a/b",
+        split="train",
+        duplicate_of=None,
     )
-    fmt.write_jsonl_atomic(tmp_path / fmt.TRACKS_FILE, [rec, rec])
+    fmt.write_jsonl(tmp_path / fmt.TRACKS_FILE, [rec, rec])
     lines = (tmp_path / fmt.TRACKS_FILE).read_text(encoding="utf-8").splitlines()
     assert len(lines) == 2  # the newline in the path is escaped, not a line break
     assert fmt.read_tracks(tmp_path) == [rec, rec]
@@ -44,10 +56,13 @@ def test_meta_and_index_roundtrip(tmp_path):
     meta = fmt.SampleMeta(track_id="t", clip=1, start_frame=1024, valid_frames=600, album_key="a/b")
     assert fmt.decode_meta(fmt.encode_meta(meta)) == meta
     index = fmt.ShardIndex(
-        split="train", shardlist=[fmt.ShardEntry("train-000000.tar", 3, 100)],
-        stft=fmt.STFTParams().to_dict(), clip_frames=1024, totals={"samples": 3},
+        split="train",
+        shardlist=[fmt.ShardEntry("train-000000.tar", 3, 100)],
+        stft=fmt.STFTParams().to_dict(),
+        clip_frames=1024,
+        totals={"samples": 3},
     )
-    fmt.write_index_atomic(tmp_path / "train.json", index)
+    fmt.write_index(tmp_path / "train.json", index)
     text = (tmp_path / "train.json").read_text()
     assert '"__kind__": "wids-shard-index-v1"' in text
     assert fmt.read_index(tmp_path / "train.json") == index
@@ -63,11 +78,14 @@ def test_stft_defaults_drop_nyquist():
     assert fmt.min_valid_frames(1024) == 512
 
 
-@pytest.mark.parametrize("text", [
-    '{"__kind__": "wids-shard-index-v1", "shardlist": [{"url": "train-000000.tar"}]}',  # entry fields missing
-    '{"__kind__": "wids-shard-index-v1", "shardlist": ["train-000000.tar"]}',  # entries not objects
-    '["train-000000.tar"]',  # not an object at all
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"__kind__": "wids-shard-index-v1", "shardlist": [{"url": "train-000000.tar"}]}',  # entry fields missing
+        '{"__kind__": "wids-shard-index-v1", "shardlist": ["train-000000.tar"]}',  # entries not objects
+        '["train-000000.tar"]',  # not an object at all
+    ],
+)
 def test_malformed_index_is_a_value_error_naming_the_file(tmp_path, text):
     (tmp_path / "train.json").write_text(text)
     with pytest.raises(ValueError, match=r"train.json: unreadable shard index"):

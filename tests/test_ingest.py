@@ -13,14 +13,29 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-import pipeline.ingest as ingest_module
+import pipeline.ingest.run as ingest_module
 from pipeline import format as fmt
 from pipeline.cli import main
-from pipeline.ingest import ingest
-from pipeline.manifest import JOURNAL_FILE, assign_splits
+from pipeline.ingest.manifest import JOURNAL_FILE, assign_splits
+from pipeline.ingest.run import ingest
 
-SPEC_FIELDS = ["id", "path", "root", "size", "mtime", "duration", "sample_rate", "channels", "codec",
-               "artist", "album", "title", "album_key", "split", "duplicate_of"]
+SPEC_FIELDS = [
+    "id",
+    "path",
+    "root",
+    "size",
+    "mtime",
+    "duration",
+    "sample_rate",
+    "channels",
+    "codec",
+    "artist",
+    "album",
+    "title",
+    "album_key",
+    "split",
+    "duplicate_of",
+]
 
 
 def manifest_bytes(manifests):
@@ -60,8 +75,11 @@ def test_records_names_duplicates_and_splits(two_drives, tmp_path):
     t = by_name(tracks)
     assert (summary.tracks, summary.duplicates, summary.failures, summary.probed) == (8, 3, 0, 6)
 
-    assert (t["01 First.mp3"].artist, t["01 First.mp3"].album, t["01 First.mp3"].title) == \
-        ("Tag Artist", "Tag Album", "Tagged Song")
+    assert (t["01 First.mp3"].artist, t["01 First.mp3"].album, t["01 First.mp3"].title) == (
+        "Tag Artist",
+        "Tag Album",
+        "Tagged Song",
+    )
     assert t["01 First.mp3"].album_key == t["02 Second.flac"].album_key == "tag artist/tag album"
     loose, deep = t["01 - Loose One.ogg"], t["02 Deep.m4a"]
     assert (loose.artist, loose.album, loose.title) == ("Other Artist", "Other Album", "Loose One")
@@ -75,7 +93,9 @@ def test_records_names_duplicates_and_splits(two_drives, tmp_path):
     canonical = loose
     assert canonical.duplicate_of is None
     assert all(s.duplicate_of == canonical.id for s in sightings if s is not canonical)
-    assert {(s.album_key, s.split, s.title) for s in sightings} == {("other artist/other album", loose.split, "Loose One")}
+    assert {(s.album_key, s.split, s.title) for s in sightings} == {
+        ("other artist/other album", loose.split, "Loose One")
+    }
     assert t["same.ogg"].root == str(d2) and t["fav.ogg"].path == str(d1 / "Favourites" / "fav.ogg")
 
     # Two albums: exactly one is val, and no album is in both splits.
@@ -119,11 +139,23 @@ def test_hostile_inputs_end_to_end(tmp_path, make_track):
     summary = ingest([str(root)], tmp_path / "m", progress=False)
 
     tracks = by_name(fmt.read_tracks(tmp_path / "m"))
-    assert sorted(tracks) == sorted(["good.mp3", "flac inside.mp3", "surround.wav", "lofi.wav", "hires.flac",
-                                     "tiny.opus", "ünï cødé\nnew line [1].m4a"])
+    assert sorted(tracks) == sorted(
+        [
+            "good.mp3",
+            "flac inside.mp3",
+            "surround.wav",
+            "lofi.wav",
+            "hires.flac",
+            "tiny.opus",
+            "ünï cødé\nnew line [1].m4a",
+        ]
+    )
     assert tracks["flac inside.mp3"].codec == "flac"
-    assert (tracks["surround.wav"].channels, tracks["lofi.wav"].sample_rate, tracks["hires.flac"].sample_rate) \
-        == (6, 22050, 96000)
+    assert (tracks["surround.wav"].channels, tracks["lofi.wav"].sample_rate, tracks["hires.flac"].sample_rate) == (
+        6,
+        22050,
+        96000,
+    )
     assert tracks["tiny.opus"].duration < 0.2
     assert tracks["ünï cødé\nnew line [1].m4a"].title == "ünï cødé\nnew line [1]"
     failures = {os.path.basename(f.path): (f.stage, f.reason) for f in fmt.read_failures(tmp_path / "m")}
@@ -150,8 +182,9 @@ def test_file_deleted_between_scan_and_probe_is_a_failure(tmp_path, make_wav, mo
     monkeypatch.setattr(ingest_module, "scan_roots", scan_then_delete)
     summary = ingest([str(tmp_path / "d")], tmp_path / "m", progress=False)
     assert [t.path for t in fmt.read_tracks(tmp_path / "m")] == [str(keep)]
-    assert [(f.path, f.reason) for f in fmt.read_failures(tmp_path / "m")] == \
-        [(str(doomed), "file vanished between scan and probe")]
+    assert [(f.path, f.reason) for f in fmt.read_failures(tmp_path / "m")] == [
+        (str(doomed), "file vanished between scan and probe")
+    ]
     assert summary.failures == 1
 
 
@@ -215,7 +248,7 @@ def test_later_stage_failures_survive_reingest(tmp_path, make_wav):
     ingest([str(tmp_path / "d")], tmp_path / "m", progress=False)
     decode_failure = fmt.FailureRecord(str(wav), "decode", "ffmpeg: broken frame")
     gone_failure = fmt.FailureRecord(str(tmp_path / "d" / "gone.wav"), "decode", "old")
-    fmt.write_jsonl_atomic(tmp_path / "m" / fmt.FAILURES_FILE, [decode_failure, gone_failure])
+    fmt.write_jsonl(tmp_path / "m" / fmt.FAILURES_FILE, [decode_failure, gone_failure])
     ingest([str(tmp_path / "d")], tmp_path / "m", progress=False)
     assert fmt.read_failures(tmp_path / "m") == [decode_failure]
 
@@ -241,8 +274,10 @@ def test_bad_root_is_one_line_error_others_proceed_and_kept(tmp_path, make_wav):
 
 def test_cli_prints_one_summary_line_when_not_a_terminal(tmp_path, make_wav):
     make_wav(tmp_path / "d" / "a.wav")
-    result = CliRunner().invoke(main, ["ingest", str(tmp_path / "d"), "--manifests", str(tmp_path / "m"),
-                                       "--workers", "1", "--val-fraction", "0.5"])
+    result = CliRunner().invoke(
+        main,
+        ["ingest", str(tmp_path / "d"), "--manifests", str(tmp_path / "m"), "--workers", "1", "--val-fraction", "0.5"],
+    )
     assert result.exit_code == 0, result.output
     assert result.output.startswith("ingest: 1 roots, 1 files: 1 tracks (0 duplicates), 0 failures; probed 1")
     assert result.output.count("\n") == 1
@@ -256,7 +291,16 @@ def test_kill_9_mid_probe_resumes_without_reprobing(tmp_path, make_wav):
         make_wav(root / f"Artist {i % 4}" / f"Album {i % 8}" / f"{i:02d}.wav", seconds=0.2)
     killed, clean = tmp_path / "killed", tmp_path / "clean"
     journal = killed / JOURNAL_FILE
-    cmd = [sys.executable, "-c", "from pipeline.cli import main; main()", "ingest", str(root), "--workers", "1", "--manifests"]
+    cmd = [
+        sys.executable,
+        "-c",
+        "from pipeline.cli import main; main()",
+        "ingest",
+        str(root),
+        "--workers",
+        "1",
+        "--manifests",
+    ]
     proc = subprocess.Popen(cmd + [str(killed)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and (not journal.exists() or journal.read_text().count("\n") < 5):
@@ -290,10 +334,11 @@ def test_progress_bar_on_request(tmp_path, make_wav, capsys):
 
 
 def test_demo_collection_shows_tags_folders_duplicates_and_failures(tmp_path):
-    from pipeline.demo import make_demo_collection
+    from pipeline.demo.collection import make_demo_collection
 
-    roots = make_demo_collection(tmp_path / "demo", artists=2, albums_per_artist=3, tracks_per_album=1,
-                                 min_seconds=0.5, max_seconds=1.0)
+    roots = make_demo_collection(
+        tmp_path / "demo", artists=2, albums_per_artist=3, tracks_per_album=1, min_seconds=0.5, max_seconds=1.0
+    )
     summary = ingest([str(r) for r in roots], tmp_path / "m", progress=False)
     assert (summary.tracks, summary.duplicates, summary.failures) == (8, 2, 1)
     tracks = [t for t in fmt.read_tracks(tmp_path / "m") if t.duplicate_of is None]
@@ -303,15 +348,19 @@ def test_demo_collection_shows_tags_folders_duplicates_and_failures(tmp_path):
     assert untagged and all(t.title.startswith("Song 2.") for t in untagged)  # from "01 Song 2.x.y.ext"
     [failure] = fmt.read_failures(tmp_path / "m")
     assert failure.path.endswith("liner notes.mp3") and failure.reason == "not audio: content is text, not audio"
-    again = make_demo_collection(tmp_path / "demo", artists=2, albums_per_artist=3, tracks_per_album=1,
-                                 min_seconds=0.5, max_seconds=1.0)
+    again = make_demo_collection(
+        tmp_path / "demo", artists=2, albums_per_artist=3, tracks_per_album=1, min_seconds=0.5, max_seconds=1.0
+    )
     assert again == roots and ingest([str(r) for r in roots], tmp_path / "m", progress=False).probed == 0
     # Made elsewhere, the collection has the same bytes, so the same ids, splits and shards everywhere
     # (Ogg and Opus muxing would otherwise draw a random stream serial number).
-    elsewhere = make_demo_collection(tmp_path / "other", artists=2, albums_per_artist=3, tracks_per_album=1,
-                                     min_seconds=0.5, max_seconds=1.0)
+    elsewhere = make_demo_collection(
+        tmp_path / "other", artists=2, albums_per_artist=3, tracks_per_album=1, min_seconds=0.5, max_seconds=1.0
+    )
     ingest([str(r) for r in elsewhere], tmp_path / "m2", progress=False)
-    assert sorted(t.id for t in fmt.read_tracks(tmp_path / "m2")) == sorted(t.id for t in fmt.read_tracks(tmp_path / "m"))
+    assert sorted(t.id for t in fmt.read_tracks(tmp_path / "m2")) == sorted(
+        t.id for t in fmt.read_tracks(tmp_path / "m")
+    )
 
 
 @pytest.mark.slow
@@ -320,8 +369,16 @@ def test_kill_9_at_many_instants_always_leaves_valid_manifests(tmp_path, make_wa
     for i in range(24):
         make_wav(root / f"Artist {i % 3}" / f"Album {i % 6}" / f"{i:02d}.wav", seconds=0.2)
     clean, killed = tmp_path / "clean", tmp_path / "killed"
-    cmd = [sys.executable, "-c", "from pipeline.cli import main; main()", "ingest", str(root), "--workers", "2",
-           "--manifests"]
+    cmd = [
+        sys.executable,
+        "-c",
+        "from pipeline.cli import main; main()",
+        "ingest",
+        str(root),
+        "--workers",
+        "2",
+        "--manifests",
+    ]
     subprocess.run(cmd + [str(clean)], capture_output=True, check=True)
     for delay in (0.2, 0.4, 0.6, 0.8, 1.0, 1.5, 2.0, 3.0):
         make_wav(root / "new" / f"{delay}.wav", seconds=0.2)  # every round has something to probe
@@ -387,8 +444,8 @@ def test_a_second_ingest_into_the_same_manifests_is_refused_while_the_first_runs
     from click.testing import CliRunner
 
     from pipeline.cli import main
+    from pipeline.durable import exclusive
     from pipeline.format import MANIFESTS_LOCK
-    from pipeline.locking import exclusive
 
     root = tmp_path / "drive"
     root.mkdir()
@@ -441,7 +498,8 @@ def test_unplugged_drive_with_a_link_keeps_the_canonical_sighting(tmp_path, make
 def test_nan_val_fraction_is_a_usage_error(tmp_path):
     """click's FloatRange lets NaN through (every comparison with it is False)."""
     (tmp_path / "d").mkdir()
-    result = CliRunner().invoke(main, ["ingest", str(tmp_path / "d"), "--manifests", str(tmp_path / "m"),
-                                       "--val-fraction", "nan"])
+    result = CliRunner().invoke(
+        main, ["ingest", str(tmp_path / "d"), "--manifests", str(tmp_path / "m"), "--val-fraction", "nan"]
+    )
     assert result.exit_code == 2 and "Traceback" not in result.output
     assert "--val-fraction" in result.output and not (tmp_path / "m").exists()

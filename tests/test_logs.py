@@ -11,7 +11,6 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from trainer.logs import RunLog, read_metrics
 
-
 # Another process that takes the run, records step 1, says so and waits to be killed.
 HOLD_RUN = """
 import sys, time

@@ -17,8 +17,18 @@ from trainer.model.unet import FrameEncoder
 
 def small_config(**overrides) -> ModelConfig:
     """Transformer blocks at every level (unlike tiny, which starts at 128 bins), in a few kB."""
-    fields = dict(bins=32, num_downsamples=2, channels=[4, 6, 8], num_encoders=2, num_decoders=2,
-                  num_heads=2, min_head_dim=8, max_distance=4, dropout=0.0, nsp_hidden=8)
+    fields = dict(
+        bins=32,
+        num_downsamples=2,
+        channels=[4, 6, 8],
+        num_encoders=2,
+        num_decoders=2,
+        num_heads=2,
+        min_head_dim=8,
+        max_distance=4,
+        dropout=0.0,
+        nsp_hidden=8,
+    )
     return ModelConfig(**{**fields, **overrides})
 
 
@@ -29,12 +39,15 @@ def test_config_round_trips_and_rejects_unknown_keys():
         ModelConfig.from_dict({"bins": 64, "layers": 3, "hidden_size": 8})
 
 
-@pytest.mark.parametrize("bad,reason", [
-    (dict(bins=1000), "not divisible"),
-    (dict(channels=[4, 4]), "entries"),
-    (dict(position="absolute"), "position"),
-    (dict(frame_kernel=4), "odd"),
-])
+@pytest.mark.parametrize(
+    "bad,reason",
+    [
+        (dict(bins=1000), "not divisible"),
+        (dict(channels=[4, 4]), "entries"),
+        (dict(position="absolute"), "position"),
+        (dict(frame_kernel=4), "odd"),
+    ],
+)
 def test_config_names_what_is_wrong(bad, reason):
     fields = {**small_config().to_dict(), **bad}
     if "bins" in bad:
@@ -73,7 +86,7 @@ def test_tiny_preset_shapes_for_any_frame_count(frames):
         mask, nsp_logit = model(x)
     assert mask.shape == x.shape and nsp_logit.shape == (2,)
     assert mask.dtype == torch.float32 and torch.isfinite(nsp_logit).all()
-    assert 0.0 <= mask.min() and mask.max() <= 1.0
+    assert mask.min() >= 0.0 and mask.max() <= 1.0
 
 
 @pytest.mark.parametrize("position", ["relative", "rope"])
@@ -85,7 +98,7 @@ def test_every_level_shapes_and_mask_range(position, frames):
     with torch.no_grad():
         mask, nsp_logit = model(x)
     assert mask.shape == x.shape and nsp_logit.shape == (3,)
-    assert 0.0 <= mask.min() and mask.max() <= 1.0
+    assert mask.min() >= 0.0 and mask.max() <= 1.0
 
 
 @pytest.mark.parametrize("position", ["relative", "rope"])
@@ -149,7 +162,7 @@ def test_runs_under_bf16_autocast():
         mask, nsp_logit = model(x)
         loss = (mask * x - x).abs().mean() + nsp_logit.float().square().mean()
     loss.backward()
-    assert mask.shape == x.shape and torch.isfinite(mask).all() and 0 <= mask.min() and mask.max() <= 1
+    assert mask.shape == x.shape and torch.isfinite(mask).all() and mask.min() >= 0 and mask.max() <= 1
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
 
 

@@ -10,8 +10,18 @@ from trainer.model import ModelConfig, build_model
 
 
 def small_config(**overrides) -> ModelConfig:
-    fields = dict(bins=32, num_downsamples=2, channels=[4, 6, 8], num_encoders=1, num_decoders=1,
-                  num_heads=2, min_head_dim=8, max_distance=4, dropout=0.0, nsp_hidden=8)
+    fields = dict(
+        bins=32,
+        num_downsamples=2,
+        channels=[4, 6, 8],
+        num_encoders=1,
+        num_decoders=1,
+        num_heads=2,
+        min_head_dim=8,
+        max_distance=4,
+        dropout=0.0,
+        nsp_hidden=8,
+    )
     return ModelConfig(**{**fields, **overrides})
 
 

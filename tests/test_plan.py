@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from pipeline import format as fmt
-from pipeline.plan import ShardOptions, describe_changes, expected_clips, make_plan, parse_size, plan_record
-from pipeline.stft import clips_from_chunks
+from pipeline.audio.stft import clips_from_chunks
+from pipeline.shard.plan import ShardOptions, describe_changes, expected_clips, make_plan, parse_size, plan_record
 
 
 def manifest(roots=3, albums=4, tracks=6, duration=60.0, val_albums=1):
@@ -17,11 +17,24 @@ def manifest(roots=3, albums=4, tracks=6, duration=60.0, val_albums=1):
         for a in range(albums):
             album_key = f"artist{r}/album{a}"
             for t in range(tracks):
-                records.append(fmt.TrackRecord(
-                    id=f"r{r}a{a}t{t}", path=f"/mnt/ssd{r}/artist{r}/album{a}/{t:02d}.flac", root=f"/mnt/ssd{r}",
-                    size=1000 + t, mtime=1.0, duration=duration + t, sample_rate=44100, channels=2,
-                    codec="flac", artist=f"artist{r}", album=f"album{a}", title=str(t), album_key=album_key,
-                    split="val" if a < val_albums else "train"))
+                records.append(
+                    fmt.TrackRecord(
+                        id=f"r{r}a{a}t{t}",
+                        path=f"/mnt/ssd{r}/artist{r}/album{a}/{t:02d}.flac",
+                        root=f"/mnt/ssd{r}",
+                        size=1000 + t,
+                        mtime=1.0,
+                        duration=duration + t,
+                        sample_rate=44100,
+                        channels=2,
+                        codec="flac",
+                        artist=f"artist{r}",
+                        album=f"album{a}",
+                        title=str(t),
+                        album_key=album_key,
+                        split="val" if a < val_albums else "train",
+                    )
+                )
     return records
 
 
@@ -33,15 +46,20 @@ def test_plan_is_deterministic_and_ignores_manifest_order():
     shuffled = tracks[:]
     random.Random(1).shuffle(shuffled)
     a, b = make_plan(tracks, SMALL), make_plan(shuffled, SMALL)
-    assert [(u.name, [t.id for t in u.tracks]) for u in a.units] == [(u.name, [t.id for t in u.tracks]) for u in b.units]
+    assert [(u.name, [t.id for t in u.tracks]) for u in a.units] == [
+        (u.name, [t.id for t in u.tracks]) for u in b.units
+    ]
     assert a.fingerprint == b.fingerprint
     assert [u.fingerprint(SMALL) for u in a.units] == [u.fingerprint(SMALL) for u in b.units]
 
 
 def test_every_unique_track_is_planned_once_and_splits_stay_apart():
     tracks = manifest()
-    tracks.append(fmt.TrackRecord(**{**tracks[0].__dict__, "path": "/mnt/ssd2/copy.flac", "duplicate_of": tracks[0].id,
-                                      "id": "copy0"}))
+    tracks.append(
+        fmt.TrackRecord(
+            **{**tracks[0].__dict__, "path": "/mnt/ssd2/copy.flac", "duplicate_of": tracks[0].id, "id": "copy0"}
+        )
+    )
     plan = make_plan(tracks, SMALL)
     planned = [t.id for u in plan.units for t in u.tracks]
     assert sorted(planned) == sorted(t.id for t in tracks if not t.duplicate_of)
@@ -51,7 +69,9 @@ def test_every_unique_track_is_planned_once_and_splits_stay_apart():
         assert unit.name == fmt.shard_name(unit.split, unit.index)
     assert plan.splits() == ["train", "val"]
     for split in plan.splits():
-        assert [u.index for u in plan.units if u.split == split] == list(range(sum(u.split == split for u in plan.units)))
+        assert [u.index for u in plan.units if u.split == split] == list(
+            range(sum(u.split == split for u in plan.units))
+        )
 
 
 def test_units_are_sized_from_durations():

@@ -7,67 +7,18 @@ The tiny preset is shrunk further here (64 bins, 3 levels, one block each) so th
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
-import webdataset as wds
 from click.testing import CliRunner
 
-from pipeline import format as fmt
 from trainer.cli import main as trainer_cli
 from trainer.config import load_config
 from trainer.logs import read_metrics
 from trainer.loop import pretrain, resolve_run
 
-BINS, CLIP_FRAMES = 64, 160
-TRAINER = str(Path(sys.executable).with_name("trainer"))
-# The tiny preset, shrunk to test size: every test run uses these plus its own step counts.
-SMALL = ["model.bins=64", "model.num_downsamples=3", "model.channels=[4,8,8,16]", "model.first_transformer_level=2",
-         "model.num_encoders=1", "model.num_decoders=1", "data.crop_frames=128", "data.batch_size=4", "data.val_batch_size=4",
-         "data.num_workers=0", "data.shuffle_buffer=8", "optim.warmup_steps=5", "optim.lr=1e-2",
-         "run.log_every=5", "run.val_batches=2", "run.image_every=10"]
-
-
-def synthetic_clip(rng: np.random.Generator, fundamental: int, frames: int) -> np.ndarray:
-    """Harmonic stacks switched on and off in 8-frame notes: structure a model can learn quickly."""
-    bins = np.arange(BINS)[:, None]
-    spec = np.zeros((BINS, frames))
-    for harmonic in range(1, BINS // fundamental):
-        spec += np.exp(-0.5 * ((bins - harmonic * fundamental) / 0.8) ** 2) / harmonic
-    notes = rng.random(frames // 8 + 1) < 0.7
-    envelope = np.repeat(notes, 8)[:frames] * np.exp(-(np.arange(frames) % 8) / 6.0)
-    spec = 30.0 * spec * envelope[None, :] + rng.random((BINS, frames)) * 0.3
-    stereo = np.stack([spec, spec * rng.uniform(0.6, 1.0)])
-    return stereo.astype(fmt.SPEC_DTYPE)
-
-
-def write_shards(root: Path, tracks: dict[str, int], clips_per_track: int = 4, shards_per_split: int = 2) -> Path:
-    """shards/{split}-NNNNNN.tar + {split}.json in the pipeline's format; the first 3 tracks go to val."""
-    root.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(0)
-    stft = fmt.STFTParams(n_fft=2 * BINS).to_dict()
-    for split in fmt.SPLITS:
-        track_ids = [t for i, t in enumerate(tracks) if (i < 3) == (split == "val")]
-        samples = [(t, c) for c in range(clips_per_track) for t in track_ids]  # tracks interleaved
-        entries = []
-        for shard in range(shards_per_split):
-            name = fmt.shard_name(split, shard)
-            mine = samples[shard * len(samples) // shards_per_split:(shard + 1) * len(samples) // shards_per_split]
-            with wds.TarWriter(str(root / name)) as sink:
-                for track_id, clip in mine:
-                    meta = fmt.SampleMeta(track_id=track_id, clip=clip, start_frame=clip * CLIP_FRAMES,
-                                          valid_frames=CLIP_FRAMES, album_key=f"album/{track_id}", stft=stft)
-                    sink.write({"__key__": fmt.sample_key(track_id, clip),
-                                fmt.SPEC_KEY: fmt.encode_spec(synthetic_clip(rng, tracks[track_id], CLIP_FRAMES)),
-                                fmt.META_KEY: fmt.encode_meta(meta)})
-            entries.append(fmt.ShardEntry(name, len(mine), (root / name).stat().st_size))
-        index = fmt.ShardIndex(split=split, shardlist=entries, stft=stft, clip_frames=CLIP_FRAMES,
-                               totals={"samples": len(samples), "tracks": len(track_ids)})
-        fmt.write_index_atomic(root / fmt.index_name(split), index)
-    return root
+from support import BINS, SMALL, TRAINER, write_shards
 
 
 @pytest.fixture(scope="module")
@@ -95,8 +46,9 @@ def test_tiny_pretrain_lowers_the_loss_and_evaluate_prints_the_table(shards, tmp
     run = tmp_path / "run"
     # The mask starts at 0.5, not at the default prior (tests/test_model_init.py), so the loss has far
     # to fall: this checks that the loop optimises, the prior is checked where it is set.
-    cfg = load_config("tiny", overrides=SMALL + ["run.steps=40", "run.ckpt_every=20", "run.val_every=20",
-                                                 "model.mask_prior=0.5"])
+    cfg = load_config(
+        "tiny", overrides=SMALL + ["run.steps=40", "run.ckpt_every=20", "run.val_every=20", "model.mask_prior=0.5"]
+    )
     pretrain(cfg, str(shards), run, val_shards=str(shards))
 
     rows = read_metrics(run)
@@ -113,8 +65,10 @@ def test_tiny_pretrain_lowers_the_loss_and_evaluate_prints_the_table(shards, tmp
     assert (run / "checkpoints" / "last").read_text().strip() == "step-0000040"
     assert (run / "config.yaml").is_file() and list((run / "tb").glob("events.out.tfevents.*"))
 
-    result = CliRunner().invoke(trainer_cli, ["evaluate", "--checkpoint", str(run), "--shards", str(shards),
-                                              "--batches", "2", "--device", "cpu"])
+    result = CliRunner().invoke(
+        trainer_cli,
+        ["evaluate", "--checkpoint", str(run), "--shards", str(shards), "--batches", "2", "--device", "cpu"],
+    )
     assert result.exit_code == 0, result.output
     assert "step 40" in result.output and "copy nearest frame" in result.output
     assert "linear interpolation" in result.output and "NSP accuracy" in result.output
@@ -124,8 +78,11 @@ def test_tiny_pretrain_lowers_the_loss_and_evaluate_prints_the_table(shards, tmp
 
 
 def test_non_finite_steps_are_skipped_then_the_run_stops(shards, tmp_path):
-    cfg = load_config("tiny", overrides=SMALL + ["optim.lr=1e30", "optim.warmup_steps=0", "run.steps=30",
-                                                 "run.ckpt_every=30", "run.max_bad_steps=3"])
+    cfg = load_config(
+        "tiny",
+        overrides=SMALL
+        + ["optim.lr=1e30", "optim.warmup_steps=0", "run.steps=30", "run.ckpt_every=30", "run.max_bad_steps=3"],
+    )
     with pytest.raises(RuntimeError, match="3 non-finite steps in a row"):
         pretrain(cfg, str(shards), tmp_path / "run")
     rows = read_metrics(tmp_path / "run")
@@ -134,8 +91,9 @@ def test_non_finite_steps_are_skipped_then_the_run_stops(shards, tmp_path):
 
 def run_cli(args: list[str], **kwargs) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen([TRAINER, "pretrain", *args], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True, **kwargs)
+    return subprocess.Popen(
+        [TRAINER, "pretrain", *args], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, **kwargs
+    )
 
 
 def test_kill_9_then_resume_replays_the_uninterrupted_losses(shards, tmp_path):
@@ -171,13 +129,15 @@ def test_resume_without_a_checkpoint_and_bad_sources_are_one_line_errors(shards,
     with pytest.raises(ValueError, match="no checkpoint to continue from"):
         resolve_run(tmp_path / "fresh", "tiny", None, resume=True)
     runner = CliRunner()
-    result = runner.invoke(trainer_cli, ["pretrain", "--shards", str(tmp_path / "missing"), "--run",
-                                         str(tmp_path / "r"), "--steps", "1"])
+    result = runner.invoke(
+        trainer_cli, ["pretrain", "--shards", str(tmp_path / "missing"), "--run", str(tmp_path / "r"), "--steps", "1"]
+    )
     assert result.exit_code != 0 and "missing" in result.output
     result = runner.invoke(trainer_cli, ["evaluate", "--checkpoint", str(tmp_path), "--shards", str(shards)])
     assert result.exit_code != 0 and "no checkpoint found" in result.output
-    result = runner.invoke(trainer_cli, ["pretrain", "--shards", str(shards), "--set", "run.stepz=1",
-                                         "--run", str(tmp_path / "r2")])
+    result = runner.invoke(
+        trainer_cli, ["pretrain", "--shards", str(shards), "--set", "run.stepz=1", "--run", str(tmp_path / "r2")]
+    )
     assert result.exit_code != 0 and "stepz" in result.output
     assert "Traceback" not in result.output
 
@@ -205,34 +165,64 @@ def test_loader_worker_and_os_errors_are_one_line(shards, tmp_path):
         (bad / f"train-{i:06d}.tar").write_bytes(os.urandom(3000))
     small = [arg for override in SMALL for arg in ("--set", override)]
     runner = CliRunner()
-    result = runner.invoke(trainer_cli, ["pretrain", "--shards", str(bad / "train-{000000..000001}.tar"),
-                                         "--run", str(tmp_path / "r"), "--steps", "1", "--workers", "1", *small])
+    result = runner.invoke(
+        trainer_cli,
+        [
+            "pretrain",
+            "--shards",
+            str(bad / "train-{000000..000001}.tar"),
+            "--run",
+            str(tmp_path / "r"),
+            "--steps",
+            "1",
+            "--workers",
+            "1",
+            *small,
+        ],
+    )
     assert result.exit_code == 1 and "gave no sample" in result.output
     assert "Traceback" not in result.output and "worker process" not in result.output, result.output
 
     blocker = tmp_path / "a-file"
     blocker.write_text("not a directory")
-    result = runner.invoke(trainer_cli, ["pretrain", "--shards", str(shards), "--run", str(blocker / "run"),
-                                         "--steps", "1", *small])
+    result = runner.invoke(
+        trainer_cli, ["pretrain", "--shards", str(shards), "--run", str(blocker / "run"), "--steps", "1", *small]
+    )
     assert result.exit_code == 1 and "a-file" in result.output and "Traceback" not in result.output, result.output
 
 
 def test_an_unusable_device_is_a_one_line_error(shards, tmp_path, monkeypatch):
     import torch
 
-    from trainer.loop import pick_device
+    from trainer.device import pick_device
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert pick_device("auto") == torch.device("cpu")
     with pytest.raises(ValueError, match="CUDA is not available"):
         pick_device("cuda")
-    result = CliRunner().invoke(trainer_cli, ["pretrain", "--shards", str(shards), "--run", str(tmp_path / "r"),
-                                              "--steps", "1", "--device", "cuda:1"])
+    result = CliRunner().invoke(
+        trainer_cli,
+        ["pretrain", "--shards", str(shards), "--run", str(tmp_path / "r"), "--steps", "1", "--device", "cuda:1"],
+    )
     assert result.exit_code == 1 and "CUDA is not available" in result.output and "Traceback" not in result.output
 
 
 def test_shards_of_another_bin_count_name_the_source(shards, tmp_path):
-    result = CliRunner().invoke(trainer_cli, ["pretrain", "--shards", str(shards), "--run", str(tmp_path / "r"),
-                                              "--steps", "1", "--workers", "0", "--set", "model.first_transformer_level=5"])
+    result = CliRunner().invoke(
+        trainer_cli,
+        [
+            "pretrain",
+            "--shards",
+            str(shards),
+            "--run",
+            str(tmp_path / "r"),
+            "--steps",
+            "1",
+            "--workers",
+            "0",
+            "--set",
+            "model.first_transformer_level=5",
+        ],
+    )
     assert result.exit_code == 1 and "Traceback" not in result.output
     assert f"{shards}: samples have {BINS} frequency bins but model.bins is 1024" in result.output, result.output

@@ -6,8 +6,16 @@ import re
 
 import pytest
 
-from pipeline.probe import (BLOCK_BYTES, ProbeError, describe_content, find_frame_chain, mp3_declares_length,
-                            probe_file, read_head_and_fingerprint, sniff)
+from pipeline.ingest.probe import (
+    BLOCK_BYTES,
+    ProbeError,
+    describe_content,
+    find_frame_chain,
+    mp3_declares_length,
+    probe_file,
+    read_head_and_fingerprint,
+    sniff,
+)
 
 
 def probe_failure(path) -> str:
@@ -16,11 +24,19 @@ def probe_failure(path) -> str:
     return str(info.value)
 
 
-@pytest.mark.parametrize("head, kind", [
-    (b"fLaC\x00\x00\x00\x22", "flac"), (b"OggS\x00\x02", "ogg"), (b"ID3\x04\x00", "id3"),
-    (b"RIFF\x24\x00\x00\x00WAVEfmt ", "wav"), (b"FORM\x00\x00\x00\x00AIFF", "aiff"),
-    (b"\x00\x00\x00\x20ftypM4A ", "mp4"), (b"\xff\xfb\x90\x64", "mpeg"), (b"\xff\xf1\x50\x80\x02\x1f\xfc", "adts"),
-])
+@pytest.mark.parametrize(
+    "head, kind",
+    [
+        (b"fLaC\x00\x00\x00\x22", "flac"),
+        (b"OggS\x00\x02", "ogg"),
+        (b"ID3\x04\x00", "id3"),
+        (b"RIFF\x24\x00\x00\x00WAVEfmt ", "wav"),
+        (b"FORM\x00\x00\x00\x00AIFF", "aiff"),
+        (b"\x00\x00\x00\x20ftypM4A ", "mp4"),
+        (b"\xff\xfb\x90\x64", "mpeg"),
+        (b"\xff\xf1\x50\x80\x02\x1f\xfc", "adts"),
+    ],
+)
 def test_sniff_recognises_audio_containers(head, kind):
     assert sniff(head) == kind
 
@@ -58,8 +74,10 @@ def test_fingerprint_follows_content_not_name(tmp_path):
     assert read_head_and_fingerprint(str(small))[2] != fp_small
 
 
-@pytest.mark.parametrize("ext, codec", [(".mp3", "mp3"), (".flac", "flac"), (".ogg", "vorbis"),
-                                        (".m4a", "aac"), (".opus", "opus"), (".wav", "pcm_s16le")])
+@pytest.mark.parametrize(
+    "ext, codec",
+    [(".mp3", "mp3"), (".flac", "flac"), (".ogg", "vorbis"), (".m4a", "aac"), (".opus", "opus"), (".wav", "pcm_s16le")],
+)
 def test_every_format_is_probed(tmp_path, make_track, ext, codec):
     path = make_track(tmp_path / f"t{ext}", seconds=1.5, tags={"artist": "Ä", "album": "B (1)", "title": "C"})
     result = probe_file(str(path))
@@ -88,11 +106,13 @@ def test_mp3_starting_with_junk_is_found_by_its_frame_chain(tmp_path, make_track
 def test_unusual_but_valid_audio(tmp_path, make_track):
     surround = probe_file(str(make_track(tmp_path / "51.wav", channels=6)))
     assert surround.channels == 6
-    lofi = probe_file(str(make_track(tmp_path / "lofi.wav", channels=1, sample_rate=22050,
-                                     extra_args=["-c:a", "pcm_u8"])))
+    lofi = probe_file(
+        str(make_track(tmp_path / "lofi.wav", channels=1, sample_rate=22050, extra_args=["-c:a", "pcm_u8"]))
+    )
     assert (lofi.channels, lofi.sample_rate, lofi.codec) == (1, 22050, "pcm_u8")
-    hires = probe_file(str(make_track(tmp_path / "hires.flac", sample_rate=96000,
-                                      extra_args=["-c:a", "flac", "-sample_fmt", "s32"])))
+    hires = probe_file(
+        str(make_track(tmp_path / "hires.flac", sample_rate=96000, extra_args=["-c:a", "flac", "-sample_fmt", "s32"]))
+    )
     assert hires.sample_rate == 96000 and hires.codec == "flac"
     short = probe_file(str(make_track(tmp_path / "short.mp3", seconds=0.1)))
     assert 0 < short.duration < 0.2
@@ -109,7 +129,7 @@ def test_truncated_files_are_failures(tmp_path, make_track):
 def test_vbr_mp3_without_length_header_is_a_track_with_its_real_duration(tmp_path):
     """Old VBR encoders write no Xing/VBRI frame: ffprobe then guesses the duration from the first
     bitrate (55 s for this 40 s file with a quiet intro), which must not read as truncation."""
-    from pipeline.synth import encode, synth_music
+    from pipeline.demo.synth import encode, synth_music
 
     signal = synth_music(40.0, seed=3)
     signal[: 44100 * 10] *= 0.01  # a quiet intro: a low first bitrate, so the guess overshoots
@@ -140,8 +160,10 @@ def test_hostile_non_audio_is_a_failure_with_reason(tmp_path):
 
 def test_container_without_audio_is_a_failure(tmp_path, make_track):
     video_only = tmp_path / "clip.m4a"
-    make_track(video_only, extra_args=["-f", "lavfi", "-i", "color=c=black:s=16x16:d=1", "-map", "1:v",
-                                       "-c:v", "mpeg4", "-f", "mp4"])
+    make_track(
+        video_only,
+        extra_args=["-f", "lavfi", "-i", "color=c=black:s=16x16:d=1", "-map", "1:v", "-c:v", "mpeg4", "-f", "mp4"],
+    )
     assert probe_failure(video_only) == "no audio stream"
 
 
@@ -154,7 +176,7 @@ def test_content_only_candidates_are_ignored_not_failed(tmp_path, make_track):
 
 def test_no_packet_past_the_end_asks_again_for_the_last_seconds(monkeypatch):
     """Some demuxers find nothing when seeking past the end; the tail is then read from duration - 2 s."""
-    import pipeline.probe as probe
+    import pipeline.ingest.probe as probe
 
     stream = {"codec_name": "wmav2", "sample_rate": "44100", "channels": 2, "duration": "10.0"}
     asked = []

@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from pipeline.scan import scan_root, scan_roots
+from pipeline.ingest.scan import scan_root, scan_roots
 
 
 def touch(path, data=b"x"):
@@ -66,8 +66,14 @@ def test_directory_symlink_loops_are_entered_once(tmp_path):
 
 
 def test_odd_names(tmp_path):
-    names = ["Ünïcödé 日本語.flac", "with\nnewline.mp3", "[brackets] (1) {x}.ogg", "dots...in.name.wav",
-             "  spaces  .m4a", "-starts-with-dash.opus"]
+    names = [
+        "Ünïcödé 日本語.flac",
+        "with\nnewline.mp3",
+        "[brackets] (1) {x}.ogg",
+        "dots...in.name.wav",
+        "  spaces  .m4a",
+        "-starts-with-dash.opus",
+    ]
     for name in names:
         touch(tmp_path / "Dir. With [Odd] Name" / name)
     assert found_paths(scan_root(str(tmp_path))) == sorted(f"Dir. With [Odd] Name/{n}" for n in names)
@@ -126,6 +132,7 @@ def test_unreadable_directories_are_failures_even_as_root(tmp_path, monkeypatch)
     scan = scan_root(str(tmp_path))
     assert found_paths(scan) == ["open/b.mp3"]
     assert [(f.path, f.reason) for f in scan.failures] == [
-        (str(tmp_path / "locked"), "cannot list directory: Permission denied")]
+        (str(tmp_path / "locked"), "cannot list directory: Permission denied")
+    ]
     monkeypatch.setattr(os, "access", lambda path, mode: real_access(path, mode) and "locked" not in str(path))
     assert scan_root(str(tmp_path / "locked")).error == "cannot read: permission denied"

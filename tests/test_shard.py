@@ -1,96 +1,31 @@
 """`pipeline shard` end to end on a tiny synthetic collection: contents, exactness, resume, refusals.
 
-`make_collection` and `run_cli` are shared with test_shard_faults.py and test_verify.py.
+The collection (`make_collection`, the `collection` and `clean` fixtures) is in support.py / conftest.py.
 """
 
 from __future__ import annotations
 
 import io
-import os
 import re
 import shutil
-import subprocess
-import sys
 import tarfile
-from pathlib import Path
 
 import numpy as np
 import pytest
 import webdataset as wds
 
 from pipeline import format as fmt
-from pipeline import synth
-from pipeline.execute import ShardError, run_shard
-from pipeline.plan import ShardOptions, expected_clips
+from pipeline.shard.plan import expected_clips
+from pipeline.shard.run import ShardError, run_shard
 
-CLIP_FRAMES = 16
-SHARD_BYTES = 200_000  # a few tracks per shard
-OPTIONS = ShardOptions(clip_frames=CLIP_FRAMES, shard_bytes=SHARD_BYTES)
-CLI_OPTIONS = ["--clip-frames", str(CLIP_FRAMES), "--shard-size", str(SHARD_BYTES), "--quiet"]
-# (extension, seconds, root, album, split)
-LAYOUT = [
-    (".mp3", 1.6, "ssd1", "a/one", "train"), (".flac", 1.2, "ssd1", "a/one", "train"),
-    (".wav", 0.9, "ssd1", "a/two", "train"), (".ogg", 1.4, "ssd2", "b/three", "train"),
-    (".m4a", 1.0, "ssd2", "b/three", "train"), (".opus", 1.3, "ssd2", "b/four", "train"),
-    (".flac", 0.8, "ssd3", "c/five", "train"), (".mp3", 1.1, "ssd3", "c/six", "val"),
-    (".wav", 0.7, "ssd3", "c/six", "val"),
-]
-
-
-def track_record(path: Path, track_id: str, root: Path, album_key: str, split: str, duration: float,
-                 **changes) -> fmt.TrackRecord:
-    stat = path.stat() if path.exists() else None
-    record = fmt.TrackRecord(
-        id=track_id, path=str(path), root=str(root), size=stat.st_size if stat else 0,
-        mtime=stat.st_mtime if stat else 0.0, duration=duration, sample_rate=44100, channels=2,
-        codec=path.suffix.lstrip("."), artist=album_key.split("/")[0], album=album_key.split("/")[1],
-        title=path.stem, album_key=album_key, split=split)
-    return fmt.TrackRecord(**{**record.__dict__, **changes})
-
-
-def make_collection(base: Path) -> tuple[Path, list[fmt.TrackRecord]]:
-    """Synthetic tracks on three "drives" plus a manifest in base/manifests; returns (manifests, tracks)."""
-    records = []
-    for i, (ext, seconds, root, album_key, split) in enumerate(LAYOUT):
-        root_dir = base / root
-        path = synth.write_track(root_dir / album_key / f"{i:02d}{ext}", seconds=seconds, seed=i,
-                                 channels=1 if i == 2 else 2)
-        records.append(track_record(path, f"track{i:02d}", root_dir, album_key, split, seconds))
-    # A byte-identical copy: the manifest marks it as a duplicate, so it is never sharded.
-    copy = base / "ssd3" / "copy.mp3"
-    shutil.copyfile(records[0].path, copy)
-    records.append(track_record(copy, "copy00", base / "ssd3", "a/one", "train", 1.6, duplicate_of="track00"))
-    manifests = base / "manifests"
-    fmt.write_jsonl_atomic(manifests / fmt.TRACKS_FILE, records)
-    return manifests, records
-
-
-def run_cli(*args: str, env: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
-    """The real `pipeline` console entry in a fresh process (what a user, or kill -9, sees)."""
-    return subprocess.run([sys.executable, "-c", "from pipeline.cli import main; main()", *args], capture_output=True, text=True,
-                          env={**os.environ, **(env or {})}, timeout=timeout)
-
-
-def shard_bytes(out: Path) -> dict[str, bytes]:
-    """Every final shard and index, by name: what 'byte-identical shard set' compares."""
-    return {p.name: p.read_bytes() for p in sorted(out.iterdir())
-            if p.is_file() and (p.suffix == ".tar" or p.suffix == ".json")}
-
-
-@pytest.fixture(scope="module")
-def collection(tmp_path_factory):
-    base = tmp_path_factory.mktemp("collection")
-    manifests, records = make_collection(base)
-    return base, manifests, records
-
-
-@pytest.fixture(scope="module")
-def clean(collection):
-    """The reference: an uninterrupted run with one worker."""
-    base, manifests, _ = collection
-    out = base / "clean"
-    run_shard(manifests, out, OPTIONS, workers=1, progress=False)
-    return out
+from support import (
+    CLI_OPTIONS,
+    CLIP_FRAMES,
+    OPTIONS,
+    SHARD_BYTES,
+    run_cli,
+    shard_bytes,
+)
 
 
 def test_samples_read_back_with_plain_webdataset(collection, clean):
@@ -105,7 +40,7 @@ def test_samples_read_back_with_plain_webdataset(collection, clean):
             assert sample["__key__"] == fmt.sample_key(meta.track_id, meta.clip)
             assert meta.start_frame == meta.clip * CLIP_FRAMES
             assert fmt.min_valid_frames(CLIP_FRAMES) <= meta.valid_frames <= CLIP_FRAMES
-            assert not spec[:, :, meta.valid_frames:].any() and spec[:, :, : meta.valid_frames].any()
+            assert not spec[:, :, meta.valid_frames :].any() and spec[:, :, : meta.valid_frames].any()
             assert meta.stft == index.stft
             seen.setdefault(meta.track_id, []).append(meta.clip)
     train = [r for r in records if r.split == "train" and not r.duplicate_of]
@@ -127,8 +62,14 @@ def test_tar_headers_are_fixed(clean):
             members = tar.getmembers()
         assert members, shard
         for member in members:
-            assert (member.mtime, member.uid, member.gid, member.uname, member.gname, member.mode) == \
-                (0, 0, 0, "", "", 0o644)
+            assert (member.mtime, member.uid, member.gid, member.uname, member.gname, member.mode) == (
+                0,
+                0,
+                0,
+                "",
+                "",
+                0o644,
+            )
             assert member.isreg()
         names = [m.name for m in members]
         assert names[0::2] == [n.replace(".json", ".spec.npy") for n in names[1::2]]
@@ -145,8 +86,7 @@ def test_dask_cluster_gives_the_same_bytes(collection, clean, tmp_path):
     distributed = pytest.importorskip("distributed")
     _, manifests, _ = collection
     # Worker processes, as on a real cluster: units and options must travel by pickle.
-    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                  dashboard_address=None) as cluster:
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
         run_shard(manifests, tmp_path / "dask", OPTIONS, scheduler=cluster.scheduler_address, progress=False)
         ran_on_dask = [name for name in cluster.scheduler.task_prefixes if "write_unit" in name]
     assert ran_on_dask
@@ -168,17 +108,44 @@ def test_changed_options_are_refused_then_rebuilt_with_force(collection, clean, 
     _, manifests, _ = collection
     out = tmp_path / "changed"
     shutil.copytree(clean, out)
-    result = run_cli("shard", "--manifests", str(manifests), "--out", str(out), "--workers", "1",
-                     "--clip-frames", "8", "--shard-size", str(SHARD_BYTES), "--quiet")
+    result = run_cli(
+        "shard",
+        "--manifests",
+        str(manifests),
+        "--out",
+        str(out),
+        "--workers",
+        "1",
+        "--clip-frames",
+        "8",
+        "--shard-size",
+        str(SHARD_BYTES),
+        "--quiet",
+    )
     assert result.returncode != 0
     assert "clip_frames 16 -> 8" in result.stderr and "--force" in result.stderr
     assert shard_bytes(out) == shard_bytes(clean)  # nothing touched
-    result = run_cli("shard", "--manifests", str(manifests), "--out", str(out), "--workers", "1",
-                     "--clip-frames", "8", "--shard-size", str(SHARD_BYTES), "--quiet", "--force")
+    result = run_cli(
+        "shard",
+        "--manifests",
+        str(manifests),
+        "--out",
+        str(out),
+        "--workers",
+        "1",
+        "--clip-frames",
+        "8",
+        "--shard-size",
+        str(SHARD_BYTES),
+        "--quiet",
+        "--force",
+    )
     assert result.returncode == 0, result.stderr
     assert fmt.read_index(out / "train.json").clip_frames == 8
-    assert all(p.name in {e.url for s in ("train", "val") for e in fmt.read_index(out / f"{s}.json").shardlist}
-               for p in out.glob("*.tar"))
+    assert all(
+        p.name in {e.url for s in ("train", "val") for e in fmt.read_index(out / f"{s}.json").shardlist}
+        for p in out.glob("*.tar")
+    )
 
 
 def test_changed_manifest_is_explained(collection, clean, tmp_path):
@@ -186,7 +153,7 @@ def test_changed_manifest_is_explained(collection, clean, tmp_path):
     out = tmp_path / "grown"
     shutil.copytree(clean, out)
     grown = tmp_path / "manifests"
-    fmt.write_jsonl_atomic(grown / fmt.TRACKS_FILE, records[:-2])
+    fmt.write_jsonl(grown / fmt.TRACKS_FILE, records[:-2])
     with pytest.raises(ShardError, match=r"manifest: 0 tracks added, 1 removed, 0 changed.*--force"):
         run_shard(grown, out, OPTIONS, workers=1, progress=False)
 
@@ -195,7 +162,7 @@ def test_preflight_refuses_with_needed_and_free_bytes(collection, tmp_path):
     _, _, records = collection
     manifests = tmp_path / "manifests"
     huge = [fmt.TrackRecord(**{**records[0].__dict__, "duration": 1e12})]
-    fmt.write_jsonl_atomic(manifests / fmt.TRACKS_FILE, huge)
+    fmt.write_jsonl(manifests / fmt.TRACKS_FILE, huge)
     free = shutil.disk_usage(tmp_path).free
     result = run_cli("shard", "--manifests", str(manifests), "--out", str(tmp_path / "out"), *CLI_OPTIONS)
     assert result.returncode != 0
@@ -215,8 +182,19 @@ def test_missing_manifest_is_one_clear_line(tmp_path):
 
 def test_progress_bar_shows_hours_realtime_and_eta(collection, tmp_path):
     _, manifests, _ = collection
-    result = run_cli("shard", "--manifests", str(manifests), "--out", str(tmp_path / "out"), "--workers", "1",
-                     "--clip-frames", str(CLIP_FRAMES), "--shard-size", str(SHARD_BYTES))
+    result = run_cli(
+        "shard",
+        "--manifests",
+        str(manifests),
+        "--out",
+        str(tmp_path / "out"),
+        "--workers",
+        "1",
+        "--clip-frames",
+        str(CLIP_FRAMES),
+        "--shard-size",
+        str(SHARD_BYTES),
+    )
     assert result.returncode == 0, result.stderr
     last = result.stderr.replace("\r", "\n").strip().splitlines()[-1]
     assert "100%" in last and "h audio" in last and "x realtime" in last and "<" in last  # elapsed<ETA
@@ -237,7 +215,7 @@ def test_a_second_run_on_the_same_folder_is_refused(collection, tmp_path):
 def test_manifest_without_usable_tracks_makes_no_shards(collection, tmp_path):
     _, _, records = collection
     manifests = tmp_path / "manifests"
-    fmt.write_jsonl_atomic(manifests / fmt.TRACKS_FILE, [r for r in records if r.duplicate_of])
+    fmt.write_jsonl(manifests / fmt.TRACKS_FILE, [r for r in records if r.duplicate_of])
     summary = run_shard(manifests, tmp_path / "out", OPTIONS, progress=False)
     assert summary.shards == 0 and not list((tmp_path / "out").glob("*.tar"))
     (manifests / fmt.TRACKS_FILE).write_text("{not json\n")
@@ -250,7 +228,7 @@ def test_refused_force_run_deletes_nothing(collection, clean, tmp_path):
     out = tmp_path / "kept"
     shutil.copytree(clean, out)
     manifests = tmp_path / "manifests"
-    fmt.write_jsonl_atomic(manifests / fmt.TRACKS_FILE, [fmt.TrackRecord(**{**records[0].__dict__, "duration": 1e12})])
+    fmt.write_jsonl(manifests / fmt.TRACKS_FILE, [fmt.TrackRecord(**{**records[0].__dict__, "duration": 1e12})])
     with pytest.raises(ShardError, match="not enough space.*counting .* bytes of outdated shards"):
         run_shard(manifests, out, OPTIONS, force=True, progress=False)
     assert shard_bytes(out) == shard_bytes(clean)
@@ -284,13 +262,24 @@ def test_damaged_failures_file_is_refused_before_any_work(collection, tmp_path):
         run_shard(damaged, tmp_path / "out", OPTIONS, progress=False)
 
 
-@pytest.mark.parametrize("field, value", [("duration", None), ("duration", "3.0"), ("mtime", float("nan")),
-                                          ("size", -1), ("id", 7), ("duplicate_of", 1), ("split", "../val"),
-                                          ("split", "my-val"), ("split", "")])
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("duration", None),
+        ("duration", "3.0"),
+        ("mtime", float("nan")),
+        ("size", -1),
+        ("id", 7),
+        ("duplicate_of", 1),
+        ("split", "../val"),
+        ("split", "my-val"),
+        ("split", ""),
+    ],
+)
 def test_mistyped_manifest_field_is_one_line_naming_file_track_and_field(collection, tmp_path, field, value):
     _, _, records = collection
     manifests = tmp_path / "manifests"
-    fmt.write_jsonl_atomic(manifests / fmt.TRACKS_FILE, [records[0], fmt.TrackRecord(**{**records[1].__dict__, field: value})])
+    fmt.write_jsonl(manifests / fmt.TRACKS_FILE, [records[0], fmt.TrackRecord(**{**records[1].__dict__, field: value})])
     result = run_cli("shard", "--manifests", str(manifests), "--out", str(tmp_path / "out"), *CLI_OPTIONS)
     assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
     assert f"{manifests / fmt.TRACKS_FILE}: track {records[1].path!r}: {field} " in result.stderr

@@ -18,11 +18,13 @@ from pathlib import Path
 import pytest
 
 from pipeline import format as fmt
-from pipeline import synth
-from pipeline.execute import run_shard
-from pipeline.plan import ShardOptions
-from pipeline.write import FAULT_ENV, write_unit
-from test_shard import CLI_OPTIONS, OPTIONS, clean, collection, make_collection, run_cli, shard_bytes, track_record  # noqa: F401
+from pipeline.demo import synth
+from pipeline.shard.faults import FAULT_ENV
+from pipeline.shard.plan import ShardOptions
+from pipeline.shard.run import run_shard
+from pipeline.shard.write import write_unit
+
+from support import CLI_OPTIONS, OPTIONS, make_collection, run_cli, shard_bytes, track_record
 
 
 def shard_cmd(manifests: Path, out: Path, workers: int = 1) -> list[str]:
@@ -30,8 +32,9 @@ def shard_cmd(manifests: Path, out: Path, workers: int = 1) -> list[str]:
 
 
 def leftovers(out: Path) -> list[str]:
-    return sorted(p.name for folder in (out, out / ".state") if folder.exists()
-                  for p in folder.iterdir() if ".tmp-" in p.name)
+    return sorted(
+        p.name for folder in (out, out / ".state") if folder.exists() for p in folder.iterdir() if ".tmp-" in p.name
+    )
 
 
 def assert_no_partial_final(out: Path, clean_out: Path) -> dict[str, int]:
@@ -72,9 +75,12 @@ def test_kill_at_random_instants_then_resume_equals_clean_run(collection, clean,
     seed = random.randrange(10**6)
     rng = random.Random(seed)
     for _ in range(2):
-        proc = subprocess.Popen([sys.executable, "-c", "from pipeline.cli import main; main()",
-                                 *shard_cmd(manifests, out, workers=2)], start_new_session=True,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            [sys.executable, "-c", "from pipeline.cli import main; main()", *shard_cmd(manifests, out, workers=2)],
+            start_new_session=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         time.sleep(rng.uniform(0.3, 3.0))
         try:
             os.killpg(proc.pid, signal.SIGKILL)
@@ -100,18 +106,20 @@ def test_hostile_files_are_failures_and_the_rest_completes(tmp_path):
     (bad_dir / "empty.flac").write_bytes(b"")
     (bad_dir / "text.mp3").write_text("this is not audio\n")
     vanished = synth.write_track(bad_dir / "vanished.wav", seconds=1.0, seed=12)
-    hostile = [track_record(bad_dir / name, f"bad{i}", tmp_path / "ssd1", "bad/album", "train", 2.0)
-               for i, name in enumerate(["truncated.ogg", "empty.flac", "text.mp3", "vanished.wav"])]
+    hostile = [
+        track_record(bad_dir / name, f"bad{i}", tmp_path / "ssd1", "bad/album", "train", 2.0)
+        for i, name in enumerate(["truncated.ogg", "empty.flac", "text.mp3", "vanished.wav"])
+    ]
     vanished.unlink()
     # A good file under an id that cannot form a webdataset key (a dot): refused, not mis-keyed.
     hostile.append(track_record(Path(records[0].path), "bad.id", tmp_path / "ssd1", "bad/album", "train", 1.6))
     # ... or a tar member name (ustar holds 100 bytes): a failure, not a crash of the whole job.
     long_id = "x" * 90
     hostile.append(track_record(Path(records[1].path), long_id, tmp_path / "ssd1", "bad/album", "train", 1.2))
-    fmt.write_jsonl_atomic(manifests / fmt.TRACKS_FILE, records + hostile)
+    fmt.write_jsonl(manifests / fmt.TRACKS_FILE, records + hostile)
     ingest_failure = fmt.FailureRecord("/mnt/elsewhere/x.mp3", "probe", "not audio")
     stale = fmt.FailureRecord(good[0].path, "decode", "an old failure of a file that now decodes")
-    fmt.write_jsonl_atomic(manifests / fmt.FAILURES_FILE, [ingest_failure, stale])
+    fmt.write_jsonl(manifests / fmt.FAILURES_FILE, [ingest_failure, stale])
 
     summary = run_shard(manifests, tmp_path / "out", OPTIONS, workers=2, progress=False)
 
@@ -122,11 +130,12 @@ def test_hostile_files_are_failures_and_the_rest_completes(tmp_path):
     assert all("\n" not in f.reason and f.reason for f in failed.values())
     assert {f.path: f.reason for f in failures if f.stage == "shard"} == {
         records[0].path: "track id 'bad.id' cannot form a sample key",
-        records[1].path: f"track id {long_id!r} is too long for a tar member name ({len(long_id) + 15} > 100 bytes)"}
+        records[1].path: f"track id {long_id!r} is too long for a tar member name ({len(long_id) + 15} > 100 bytes)",
+    }
     assert summary.failures == 6
     index = fmt.read_index(tmp_path / "out" / "train.json")
     assert index.totals["tracks"] == sum(r.split == "train" for r in good)
-    from pipeline.verify import verify_shards
+    from pipeline.shard.verify import verify_shards
 
     report = verify_shards(tmp_path / "out")
     assert report.problems == []
@@ -140,9 +149,9 @@ def test_hostile_files_are_failures_and_the_rest_completes(tmp_path):
 
 
 def test_a_track_failing_midway_is_cut_out_of_its_shard(collection, tmp_path, monkeypatch):
-    from pipeline import stft
-    from pipeline.decode import DecodeError
-    from pipeline.plan import Unit
+    from pipeline.audio import stft
+    from pipeline.audio.decode import DecodeError
+    from pipeline.shard.plan import Unit
 
     _, _, records = collection
     real = stft.track_clips
@@ -165,8 +174,9 @@ def test_a_track_failing_midway_is_cut_out_of_its_shard(collection, tmp_path, mo
     without = write_unit(Unit("train", 0, (tracks[0], tracks[2]), 1), tmp_path / "b", OPTIONS)
     assert (tmp_path / "a" / "train-000000.tar").read_bytes() == (tmp_path / "b" / "train-000000.tar").read_bytes()
     assert with_failure.nsamples == without.nsamples and with_failure.tracks == 2
-    assert with_failure.failures == [{"path": tracks[1].path, "stage": "decode",
-                                      "reason": f"{tracks[1].path}: broken in the middle"}]
+    assert with_failure.failures == [
+        {"path": tracks[1].path, "stage": "decode", "reason": f"{tracks[1].path}: broken in the middle"}
+    ]
 
 
 def test_injected_enospc_leaves_no_corrupt_shard_and_resumes(collection, clean, tmp_path):
@@ -198,7 +208,7 @@ def test_real_full_disk_on_a_small_tmpfs(tmp_path):
     base = tmp_path / "collection"
     manifests, records = make_collection(base)
     understated = [fmt.TrackRecord(**{**r.__dict__, "duration": r.duration / 4}) for r in records]
-    fmt.write_jsonl_atomic(manifests / fmt.TRACKS_FILE, understated)
+    fmt.write_jsonl(manifests / fmt.TRACKS_FILE, understated)
     options = ShardOptions(clip_frames=16, shard_bytes=50_000)
     reference = tmp_path / "reference"
     run_shard(manifests, reference, options, workers=1, progress=False)

@@ -10,9 +10,21 @@ from pipeline.cli import main
 
 def _track(i, root, album, split, duplicate_of=None):
     return fmt.TrackRecord(
-        id=f"t{i}", path=f"{root}/{album}/{i}.mp3", root=root, size=1000 + i, mtime=0.0, duration=1800.0,
-        sample_rate=44100, channels=2, codec="mp3", artist="a", album=album, title=str(i),
-        album_key=f"a/{album}", split=split, duplicate_of=duplicate_of,
+        id=f"t{i}",
+        path=f"{root}/{album}/{i}.mp3",
+        root=root,
+        size=1000 + i,
+        mtime=0.0,
+        duration=1800.0,
+        sample_rate=44100,
+        channels=2,
+        codec="mp3",
+        artist="a",
+        album=album,
+        title=str(i),
+        album_key=f"a/{album}",
+        split=split,
+        duplicate_of=duplicate_of,
     )
 
 
@@ -23,27 +35,49 @@ def _make_shard(out, split, n, clip_frames=32, bins=16):
     with wds.TarWriter(str(out / name)) as sink:
         for clip in range(n):
             spec = rng.random((2, bins, clip_frames)).astype(np.float16)
-            meta = fmt.SampleMeta(track_id="t0", clip=clip, start_frame=clip * clip_frames,
-                                  valid_frames=clip_frames - 5 * (clip == n - 1), album_key="a/x", stft=stft.to_dict())
-            sink.write({"__key__": fmt.sample_key("t0", clip), fmt.SPEC_KEY: fmt.encode_spec(spec),
-                        fmt.META_KEY: fmt.encode_meta(meta)})
-    index = fmt.ShardIndex(split=split, shardlist=[fmt.ShardEntry(name, n, (out / name).stat().st_size)],
-                           stft=stft.to_dict(), clip_frames=clip_frames,
-                           totals={"samples": n, "tracks": 1, "seconds": 1800.0, "bytes": (out / name).stat().st_size})
-    fmt.write_index_atomic(out / fmt.index_name(split), index)
+            meta = fmt.SampleMeta(
+                track_id="t0",
+                clip=clip,
+                start_frame=clip * clip_frames,
+                valid_frames=clip_frames - 5 * (clip == n - 1),
+                album_key="a/x",
+                stft=stft.to_dict(),
+            )
+            sink.write(
+                {
+                    "__key__": fmt.sample_key("t0", clip),
+                    fmt.SPEC_KEY: fmt.encode_spec(spec),
+                    fmt.META_KEY: fmt.encode_meta(meta),
+                }
+            )
+    index = fmt.ShardIndex(
+        split=split,
+        shardlist=[fmt.ShardEntry(name, n, (out / name).stat().st_size)],
+        stft=stft.to_dict(),
+        clip_frames=clip_frames,
+        totals={"samples": n, "tracks": 1, "seconds": 1800.0, "bytes": (out / name).stat().st_size},
+    )
+    fmt.write_index(out / fmt.index_name(split), index)
 
 
 def test_status_reports_roots_duplicates_failures_and_what_is_left(tmp_path):
     manifests, shards = tmp_path / "manifests", tmp_path / "shards"
     shards.mkdir()
-    tracks = [_track(0, "/mnt/ssd1", "x", "train"), _track(1, "/mnt/ssd2", "y", "train"),
-              _track(2, "/mnt/ssd2", "z", "val"), _track(3, "/mnt/ssd3", "x", "train", duplicate_of="t0")]
-    fmt.write_jsonl_atomic(manifests / fmt.TRACKS_FILE, tracks)
-    fmt.write_jsonl_atomic(manifests / fmt.FAILURES_FILE, [
-        fmt.FailureRecord("/mnt/ssd1/a.mp3", "probe", "not audio: no audio stream"),
-        fmt.FailureRecord("/mnt/ssd1/b.mp3", "probe", "not audio: no audio stream"),
-        fmt.FailureRecord("/mnt/ssd2/c.ogg", "decode", "ffmpeg failed: Invalid data"),
-    ])
+    tracks = [
+        _track(0, "/mnt/ssd1", "x", "train"),
+        _track(1, "/mnt/ssd2", "y", "train"),
+        _track(2, "/mnt/ssd2", "z", "val"),
+        _track(3, "/mnt/ssd3", "x", "train", duplicate_of="t0"),
+    ]
+    fmt.write_jsonl(manifests / fmt.TRACKS_FILE, tracks)
+    fmt.write_jsonl(
+        manifests / fmt.FAILURES_FILE,
+        [
+            fmt.FailureRecord("/mnt/ssd1/a.mp3", "probe", "not audio: no audio stream"),
+            fmt.FailureRecord("/mnt/ssd1/b.mp3", "probe", "not audio: no audio stream"),
+            fmt.FailureRecord("/mnt/ssd2/c.ogg", "decode", "ffmpeg failed: Invalid data"),
+        ],
+    )
     _make_shard(shards, "train", 3)
     result = CliRunner().invoke(main, ["status", "--manifests", str(manifests), "--out", str(shards)])
     assert result.exit_code == 0, result.output
@@ -81,7 +115,7 @@ def test_preview_of_garbage_is_a_one_line_error(tmp_path):
 
 def test_status_of_a_mistyped_manifest_is_a_one_line_error(tmp_path):
     bad = fmt.TrackRecord(**{**_track(1, "/mnt/ssd1", "x", "train").__dict__, "duration": None})
-    fmt.write_jsonl_atomic(tmp_path / "m" / fmt.TRACKS_FILE, [bad])
+    fmt.write_jsonl(tmp_path / "m" / fmt.TRACKS_FILE, [bad])
     result = CliRunner().invoke(main, ["status", "--manifests", str(tmp_path / "m"), "--out", str(tmp_path / "s")])
     assert result.exit_code == 1 and result.output.count("\n") == 1
     assert f"{tmp_path / 'm' / fmt.TRACKS_FILE}: track '/mnt/ssd1/x/1.mp3': duration must be" in result.output

@@ -3,18 +3,27 @@ import pytest
 import torch
 
 from pipeline import format as fmt
-from pipeline import synth
-from pipeline.decode import DecodeError, decode_chunks
-from pipeline.stft import (FLOAT16_MAX, Clip, clips_from_chunks, cut_clips, stft_frame_blocks, stft_magnitude,
-                           to_spec_dtype, track_clips)
-from test_decode import ffmpeg_children  # tests/ is on sys.path (pytest rootdir-relative imports)
+from pipeline.audio.decode import DecodeError, decode_chunks
+from pipeline.audio.stft import (
+    FLOAT16_MAX,
+    Clip,
+    clips_from_chunks,
+    cut_clips,
+    stft_frame_blocks,
+    stft_magnitude,
+    to_spec_dtype,
+    track_clips,
+)
+from pipeline.demo import synth
+
+from support import ffmpeg_children
 
 DEFAULT = fmt.STFTParams()
 SMALL = fmt.STFTParams(n_fft=64, hop=24)  # hop divides neither n_fft nor typical chunk sizes
 
 
 def split(signal: np.ndarray, size: int) -> list[np.ndarray]:
-    return [signal[i:i + size] for i in range(0, len(signal), size)]
+    return [signal[i : i + size] for i in range(0, len(signal), size)]
 
 
 def chunked_magnitude(signal: np.ndarray, stft: fmt.STFTParams, chunk: int) -> np.ndarray:
@@ -27,8 +36,15 @@ def noise(samples: int, seed: int = 0) -> np.ndarray:
 
 def test_whole_signal_reference_matches_torch_centred_stft():
     signal = noise(10 * 1024 + 300)
-    expected = torch.stft(torch.from_numpy(signal.T.copy()), 2048, 1024, window=torch.hann_window(2048),
-                          center=True, pad_mode="constant", return_complex=True).abs()[:, :1024]
+    expected = torch.stft(
+        torch.from_numpy(signal.T.copy()),
+        2048,
+        1024,
+        window=torch.hann_window(2048),
+        center=True,
+        pad_mode="constant",
+        return_complex=True,
+    ).abs()[:, :1024]
     reference = stft_magnitude(signal, DEFAULT)
     assert reference.shape == (2, 1024, 1 + len(signal) // 1024) and reference.dtype == np.float32
     np.testing.assert_allclose(reference, expected.numpy(), rtol=1e-5, atol=1e-4)
@@ -83,17 +99,20 @@ def test_huge_and_non_finite_samples_become_finite_float16():
 
 def frame_blocks(total_frames: int, bins: int = 3, block: int = 7):
     frames = np.arange(2 * bins * total_frames, dtype=np.float32).reshape(2, bins, total_frames) % 1000
-    return frames, [frames[:, :, i:i + block] for i in range(0, total_frames, block)]
+    return frames, [frames[:, :, i : i + block] for i in range(0, total_frames, block)]
 
 
-@pytest.mark.parametrize("total, expected_valid", [
-    (40, [10, 10, 10, 10]),  # exact multiple: no tail clip
-    (45, [10, 10, 10, 10, 5]),  # tail of exactly half a clip is kept
-    (44, [10, 10, 10, 10]),  # shorter tail is dropped
-    (5, [5]),  # a short track of half a clip becomes one padded clip
-    (4, []),  # shorter than that: nothing
-    (0, []),
-])
+@pytest.mark.parametrize(
+    "total, expected_valid",
+    [
+        (40, [10, 10, 10, 10]),  # exact multiple: no tail clip
+        (45, [10, 10, 10, 10, 5]),  # tail of exactly half a clip is kept
+        (44, [10, 10, 10, 10]),  # shorter tail is dropped
+        (5, [5]),  # a short track of half a clip becomes one padded clip
+        (4, []),  # shorter than that: nothing
+        (0, []),
+    ],
+)
 def test_clip_cutting_and_tail_rule(total, expected_valid):
     frames, blocks = frame_blocks(total)
     clips = list(cut_clips(blocks, clip_frames=10))
@@ -101,9 +120,9 @@ def test_clip_cutting_and_tail_rule(total, expected_valid):
     for index, clip in enumerate(clips):
         assert clip.clip == index and clip.start_frame == 10 * index
         assert clip.spec.shape == (2, 3, 10) and clip.spec.dtype == np.float16
-        valid = frames[:, :, clip.start_frame:clip.start_frame + clip.valid_frames]
-        np.testing.assert_array_equal(clip.spec[:, :, :clip.valid_frames], valid.astype(np.float16))
-        assert not clip.spec[:, :, clip.valid_frames:].any()
+        valid = frames[:, :, clip.start_frame : clip.start_frame + clip.valid_frames]
+        np.testing.assert_array_equal(clip.spec[:, :, : clip.valid_frames], valid.astype(np.float16))
+        assert not clip.spec[:, :, clip.valid_frames :].any()
 
 
 def test_odd_clip_length_needs_the_larger_half():
@@ -132,8 +151,9 @@ def test_track_clips_end_to_end_on_an_mp3(tmp_path):
     assert [c.valid_frames for c in clips] == expected
     whole = to_spec_dtype(stft_magnitude(decoded, DEFAULT))
     for clip in clips:
-        np.testing.assert_array_equal(clip.spec[:, :, :clip.valid_frames],
-                                      whole[:, :, clip.start_frame:clip.start_frame + clip.valid_frames])
+        np.testing.assert_array_equal(
+            clip.spec[:, :, : clip.valid_frames], whole[:, :, clip.start_frame : clip.start_frame + clip.valid_frames]
+        )
 
 
 def test_a_tenth_of_a_second_yields_no_clip(tmp_path):

@@ -2,12 +2,13 @@
 
 import pytest
 from click.testing import CliRunner
-from test_pretrain import SMALL, write_shards
 
 from trainer.cli import main as trainer_cli
 from trainer.config import load_config
 from trainer.loop import pretrain
 from trainer.preview import _spans, load_preview_batch
+
+from support import SMALL, write_shards
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -26,8 +27,9 @@ def test_spans_are_half_open_runs():
 
 def test_preview_without_checkpoint_shows_validation_corruptions(shards, tmp_path):
     out = tmp_path / "p.png"
-    result = CliRunner().invoke(trainer_cli, ["preview", "--shards", str(shards), "--out", str(out), "--n", "3",
-                                              "--preset", "tiny"])
+    result = CliRunner().invoke(
+        trainer_cli, ["preview", "--shards", str(shards), "--out", str(out), "--n", "3", "--preset", "tiny"]
+    )
     assert result.exit_code == 0, result.output
     assert out.read_bytes()[:8] == PNG
 
@@ -44,15 +46,18 @@ def test_preview_batches_are_the_fixed_validation_corruptions(shards, tmp_path):
     assert first.corrupted.selected.any(dim=1).all()
 
     out = tmp_path / "r.png"
-    result = CliRunner().invoke(trainer_cli, ["preview", "--shards", str(shards), "--checkpoint", str(run),
-                                              "--out", str(out)])
+    result = CliRunner().invoke(
+        trainer_cli, ["preview", "--shards", str(shards), "--checkpoint", str(run), "--out", str(out)]
+    )
     assert result.exit_code == 0, result.output
     assert out.read_bytes()[:8] == PNG
 
 
 def test_preview_of_a_missing_checkpoint_is_a_one_line_error(shards, tmp_path):
-    result = CliRunner().invoke(trainer_cli, ["preview", "--shards", str(shards), "--checkpoint", str(tmp_path / "nope"),
-                                              "--out", str(tmp_path / "x.png")])
+    result = CliRunner().invoke(
+        trainer_cli,
+        ["preview", "--shards", str(shards), "--checkpoint", str(tmp_path / "nope"), "--out", str(tmp_path / "x.png")],
+    )
     assert result.exit_code == 1 and result.output.startswith("Error: ") and "nope" in result.output
 
 

@@ -14,8 +14,9 @@ from click.testing import CliRunner
 
 from pipeline import format as fmt
 from pipeline.cli import main
-from pipeline.verify import verify_shards
-from test_shard import CLIP_FRAMES, clean, collection  # noqa: F401
+from pipeline.shard.verify import verify_shards
+
+from support import CLIP_FRAMES
 
 
 @pytest.fixture
@@ -32,7 +33,7 @@ def verify_cli(out: Path):
 def rewrite_index(out: Path, split: str, change) -> None:
     index = fmt.read_index(out / fmt.index_name(split))
     change(index)
-    fmt.write_index_atomic(out / fmt.index_name(split), index)
+    fmt.write_index(out / fmt.index_name(split), index)
 
 
 def add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
@@ -55,7 +56,11 @@ def test_clean_shards_pass(shards):
     result = verify_cli(shards)
     assert result.exit_code == 0, result.output
     index = fmt.read_index(shards / "train.json")
-    assert result.output.startswith("ok:") and f"{index.totals['samples'] + fmt.read_index(shards / 'val.json').totals['samples']} samples" in result.output
+    assert (
+        result.output.startswith("ok:")
+        and f"{index.totals['samples'] + fmt.read_index(shards / 'val.json').totals['samples']} samples"
+        in result.output
+    )
 
 
 def test_truncated_shard_is_reported(shards):
@@ -99,8 +104,12 @@ def test_bad_samples_are_reported(shards, damage):
 
     rewrite_index(shards, "train", add)
     problems = verify_shards(shards).problems
-    expected = {"float32": "float32", "shape": "(2, 512, 16)", "padding": "non-zero frames after valid_frames",
-                "stft": "differs from the index"}[damage]
+    expected = {
+        "float32": "float32",
+        "shape": "(2, 512, 16)",
+        "padding": "non-zero frames after valid_frames",
+        "stft": "differs from the index",
+    }[damage]
     assert len(problems) == 1 and "train-000050.tar: sample forged_00000" in problems[0] and expected in problems[0]
 
 

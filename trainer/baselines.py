@@ -1,4 +1,4 @@
-"""Reference reconstructions of the selected frames, and the masked-token L1 they are scored with.
+"""Reference reconstructions of the selected frames (scored with objective.masked_l1, like the model).
 
 A model is only interesting if it beats what needs no learning: copying the nearest frame the
 corruption left intact, or interpolating each frequency bin linearly across the gap. Both only
@@ -25,7 +25,9 @@ def _source_neighbours(selected: Tensor, separator: Tensor | None) -> tuple[Tens
     t = torch.arange(frames, device=selected.device).expand(batch, frames)
     previous = torch.where(source, t, torch.full_like(t, -1)).cummax(dim=1).values
     original_index_of_flipped = frames - 1 - t
-    following = torch.where(source.flip(1), original_index_of_flipped, torch.full_like(t, frames)).cummin(dim=1).values.flip(1)
+    following = (
+        torch.where(source.flip(1), original_index_of_flipped, torch.full_like(t, frames)).cummin(dim=1).values.flip(1)
+    )
     has_previous = previous >= 0
     has_next = following < frames
     return previous.clamp(min=0), following.clamp(max=frames - 1), has_previous, has_next
@@ -73,13 +75,4 @@ def interpolate(inp: Tensor, selected: Tensor, separator: Tensor | None = None) 
     return torch.where(fill[:, None, None, :], blended, inp)
 
 
-def masked_l1(pred: Tensor, target: Tensor, selected: Tensor) -> Tensor:
-    """Mean |pred - target| over the selected frames (all channels and bins); 0 when none is selected."""
-    weight = selected[:, None, None, :].to(pred.dtype)
-    per_frame_elements = pred.shape[1] * pred.shape[2]
-    total = ((pred - target).abs() * weight).sum()
-    count = weight.sum() * per_frame_elements
-    return total / count.clamp(min=1)
-
-
-__all__ = ["copy_nearest", "interpolate", "masked_l1"]
+__all__ = ["copy_nearest", "interpolate"]

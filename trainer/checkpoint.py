@@ -1,8 +1,8 @@
 """Atomic checkpoints of a run: runs/NAME/checkpoints/step-NNNNNNN/.
 
-One checkpoint is a directory, written as `step-NNNNNNN.tmp` (every file fsynced) and renamed into
-place, so a directory under a final name is always complete; a `.tmp` left by kill -9 is deleted on
-the next save. It holds
+One checkpoint is a directory, built under a temporary name (every file fsynced) and renamed into
+place (durable.staged_directory), so a directory under a final name is always complete; a temporary
+left by kill -9 is deleted on the next save. It holds
 
     model.safetensors   the weights (no pickle)
     state.pt            optimiser and scheduler state dicts (tensors + plain values: loads with
@@ -27,7 +27,7 @@ import torch
 import yaml
 from safetensors.torch import load_model, save_model
 
-from pipeline.format import fsync_dir, write_text_atomic
+from pipeline.durable import remove_stale_temporaries, staged_directory, write_text
 
 WEIGHTS_FILE = "model.safetensors"
 STATE_FILE = "state.pt"
@@ -39,11 +39,6 @@ _STEP_DIR = re.compile(r"^step-(\d{7,})$")
 
 def step_dir_name(step: int) -> str:
     return f"step-{step:07d}"
-
-
-def _fsync_file(path: Path) -> None:
-    with open(path, "rb") as fh:
-        os.fsync(fh.fileno())
 
 
 def list_checkpoints(ckpt_dir: str | os.PathLike) -> list[Path]:
@@ -80,36 +75,21 @@ def save_checkpoint(
     """
     ckpt_dir = Path(ckpt_dir)
     ckpt_dir.mkdir(parents=True, exist_ok=True)
-    for stale in ckpt_dir.glob("step-*.tmp"):
-        shutil.rmtree(stale, ignore_errors=True)
-
+    remove_stale_temporaries(ckpt_dir, only_dead_writers=False)  # the run lock makes us its only writer
     final = ckpt_dir / step_dir_name(step)
-    tmp = ckpt_dir / f"{final.name}.tmp"
-    tmp.mkdir()
-    save_model(model, str(tmp / WEIGHTS_FILE))
-    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, tmp / STATE_FILE)
-    full_meta = {**(meta or {}), "step": step, "val_loss": val_loss, "saved_at": time.time()}
-    (tmp / META_FILE).write_text(json.dumps(full_meta, indent=1) + "\n", encoding="utf-8")
-    (tmp / CONFIG_FILE).write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
-    for name in (WEIGHTS_FILE, STATE_FILE, META_FILE, CONFIG_FILE):
-        _fsync_file(tmp / name)
-    fsync_dir(tmp)
+    with staged_directory(final) as tmp:
+        save_model(model, str(tmp / WEIGHTS_FILE))
+        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, tmp / STATE_FILE)
+        full_meta = {**(meta or {}), "step": step, "val_loss": val_loss, "saved_at": time.time()}
+        (tmp / META_FILE).write_text(json.dumps(full_meta, indent=1) + "\n", encoding="utf-8")
+        (tmp / CONFIG_FILE).write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
 
-    if final.exists():  # re-saving a step (e.g. a resumed run that ends where it started)
-        old = ckpt_dir / f"{final.name}.old.tmp"
-        os.replace(final, old)
-        os.replace(tmp, final)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, final)
-    fsync_dir(ckpt_dir)
-
-    write_text_atomic(ckpt_dir / LAST, final.name + "\n")
+    write_text(ckpt_dir / LAST, final.name + "\n")
     if val_loss is not None:
         best = _pointer(ckpt_dir, BEST)
         best_loss = read_meta(best).get("val_loss") if best else None
         if best_loss is None or val_loss < best_loss:
-            write_text_atomic(ckpt_dir / BEST, final.name + "\n")
+            write_text(ckpt_dir / BEST, final.name + "\n")
     prune(ckpt_dir, keep_last)
     return final
 
@@ -150,7 +130,9 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
             target = latest_checkpoint(ckpt_dir)
             if target is not None:
                 return target
-    raise ValueError(f"{path}: no checkpoint found (expected a step-NNNNNNN directory, a last/best file or a run directory)")
+    raise ValueError(
+        f"{path}: no checkpoint found (expected a step-NNNNNNN directory, a last/best file or a run directory)"
+    )
 
 
 def latest_checkpoint(ckpt_dir: str | os.PathLike) -> Path | None:
@@ -174,8 +156,10 @@ def load_checkpoint(
         mismatches = [line.strip() for line in str(exc).splitlines() if line.strip().startswith("size mismatch")]
         if not mismatches:
             raise ValueError(f"{checkpoint / WEIGHTS_FILE}: unreadable weights ({exc})") from exc
-        raise ValueError(f"{checkpoint / WEIGHTS_FILE}: weights do not fit the model ({len(mismatches)} of another "
-                         f"shape, the first: {mismatches[0]})") from exc
+        raise ValueError(
+            f"{checkpoint / WEIGHTS_FILE}: weights do not fit the model ({len(mismatches)} of another "
+            f"shape, the first: {mismatches[0]})"
+        ) from exc
     except Exception as exc:  # safetensors raises several types for a damaged file
         raise ValueError(f"{checkpoint / WEIGHTS_FILE}: unreadable weights ({exc})") from exc
     if missing or unexpected:

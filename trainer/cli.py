@@ -38,23 +38,42 @@ def _one_line(exc: Exception) -> click.ClickException:
 
 @main.command()
 @click.option("--shards", required=True, help=f"Training shards: {_SHARDS_HELP}.")
-@click.option("--val-shards", default=None,
-              help="Validation shards (same forms). Default: the val split of --shards when it is a directory.")
+@click.option(
+    "--val-shards",
+    default=None,
+    help="Validation shards (same forms). Default: the val split of --shards when it is a directory.",
+)
 @click.option("--preset", default=None, help="Training preset: trainer/configs/NAME.yaml (tiny, small, base).")
-@click.option("--config", "config_file", default=None, type=click.Path(exists=True, dir_okay=False),
-              help="Training config YAML instead of a preset.")
-@click.option("--run", "run_dir", default=None, type=click.Path(file_okay=False),
-              help="Run directory (default runs/PRESET). An existing run continues from its last checkpoint.")
+@click.option(
+    "--config",
+    "config_file",
+    default=None,
+    type=click.Path(exists=True, dir_okay=False),
+    help="Training config YAML instead of a preset.",
+)
+@click.option(
+    "--run",
+    "run_dir",
+    default=None,
+    type=click.Path(file_okay=False),
+    help="Run directory (default runs/PRESET). An existing run continues from its last checkpoint.",
+)
 @click.option("--steps", type=click.IntRange(min=1), default=None, help="Total optimiser steps (run.steps).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Per-rank micro-batch (data.batch_size).")
 @click.option("--workers", type=click.IntRange(min=0), default=None, help="Loader workers per rank (data.num_workers).")
 @click.option("--resume", is_flag=True, help="Require a checkpoint in --run to continue from.")
 @click.option("--compile", "use_compile", is_flag=True, help="torch.compile the model (run.compile).")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
-@click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE",
-              help="Override any config value, e.g. --set model.bins=128 --set optim.lr=1e-3 (repeatable).")
-def pretrain(shards, val_shards, preset, config_file, run_dir, steps, batch_size, workers, resume, use_compile,
-             device, overrides):
+@click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="SECTION.KEY=VALUE",
+    help="Override any config value, e.g. --set model.bins=128 --set optim.lr=1e-3 (repeatable).",
+)
+def pretrain(
+    shards, val_shards, preset, config_file, run_dir, steps, batch_size, workers, resume, use_compile, device, overrides
+):
     """Pretrain on shards: masked tokens + next-sentence prediction, checkpoints and logs in --run.
 
     \b
@@ -63,26 +82,41 @@ def pretrain(shards, val_shards, preset, config_file, run_dir, steps, batch_size
     """
     from pathlib import Path
 
-    from trainer.loop import default_val_shards, pretrain as run_pretrain, resolve_run
+    from trainer.loop import default_val_shards, resolve_run
+    from trainer.loop import pretrain as run_pretrain
 
     if preset and config_file:
         raise click.UsageError("give --preset or --config, not both")
-    flags = {"run.steps": steps, "data.batch_size": batch_size, "data.num_workers": workers,
-             "run.compile": True if use_compile else None}
+    flags = {
+        "run.steps": steps,
+        "data.batch_size": batch_size,
+        "data.num_workers": workers,
+        "run.compile": True if use_compile else None,
+    }
     all_overrides = list(overrides) + [f"{key}={value}" for key, value in flags.items() if value is not None]
     name = preset or (Path(config_file).stem if config_file else "tiny")
     run_path = Path(run_dir) if run_dir else Path("runs") / name
     try:
         cfg, checkpoint = resolve_run(run_path, preset, config_file, all_overrides, resume)
-        run_pretrain(cfg, shards, run_path, val_shards=val_shards or default_val_shards(shards),
-                     checkpoint=checkpoint, device=device)
+        run_pretrain(
+            cfg,
+            shards,
+            run_path,
+            val_shards=val_shards or default_val_shards(shards),
+            checkpoint=checkpoint,
+            device=device,
+        )
     except (ValueError, RuntimeError, OSError) as exc:
         raise _one_line(exc) from exc
 
 
 @main.command()
-@click.option("--checkpoint", required=True, type=click.Path(exists=True),
-              help="A step-NNNNNNN directory, a last/best file, or a run directory (its last checkpoint).")
+@click.option(
+    "--checkpoint",
+    required=True,
+    type=click.Path(exists=True),
+    help="A step-NNNNNNN directory, a last/best file, or a run directory (its last checkpoint).",
+)
 @click.option("--shards", required=True, help=f"Evaluation shards: {_SHARDS_HELP}.")
 @click.option("--batches", type=click.IntRange(min=1), default=16, show_default=True, help="Batches to score.")
 @click.option("--split", default="val", show_default=True, help="Index used when --shards is a directory.")
@@ -101,10 +135,19 @@ def evaluate(checkpoint, shards, batches, split, batch_size, device):
 
 @main.command()
 @click.option("--preset", default="tiny", show_default=True, help="Model preset (trainer/model/presets/NAME.yaml).")
-@click.option("--frames", type=click.IntRange(min=1), default=1024, show_default=True,
-              help="Crop length T (frames) the FLOPs and activations are measured for.")
-@click.option("--position", type=click.Choice(["relative", "rope"]), default=None,
-              help="Override the preset's attention position encoding.")
+@click.option(
+    "--frames",
+    type=click.IntRange(min=1),
+    default=1024,
+    show_default=True,
+    help="Crop length T (frames) the FLOPs and activations are measured for.",
+)
+@click.option(
+    "--position",
+    type=click.Choice(["relative", "rope"]),
+    default=None,
+    help="Override the preset's attention position encoding.",
+)
 def summary(preset, frames, position):
     """Print parameters and forward FLOPs per part, and activation memory, of a model preset."""
     import dataclasses
@@ -124,8 +167,12 @@ def summary(preset, frames, position):
 @main.command()
 @click.option("--shards", required=True, help="Shards to preview (same forms as pretrain --shards).")
 @click.option("--checkpoint", default=None, help="Also show the model's reconstruction: a checkpoint or run directory.")
-@click.option("--preset", default="tiny", show_default=True,
-              help="Training preset for crop and corruption settings when no --checkpoint is given.")
+@click.option(
+    "--preset",
+    default="tiny",
+    show_default=True,
+    help="Training preset for crop and corruption settings when no --checkpoint is given.",
+)
 @click.option("--split", default="val", show_default=True, help="Split to read when --shards is a directory.")
 @click.option("--out", type=click.Path(dir_okay=False), default="preview-corruptions.png", show_default=True)
 @click.option("--n", "count", type=click.IntRange(1, 16), default=2, show_default=True, help="Samples to show.")

@@ -85,13 +85,18 @@ class TrainConfig:
         if self.optim.decay not in DECAYS:
             problems.append(f"optim.decay must be one of {DECAYS}, got {self.optim.decay!r}")
         for name, value in [
-            ("data.crop_frames", self.data.crop_frames), ("data.batch_size", self.data.batch_size),
+            ("data.crop_frames", self.data.crop_frames),
+            ("data.batch_size", self.data.batch_size),
             ("data.val_batch_size", self.data.val_batch_size),
-            ("data.shuffle_buffer", self.data.shuffle_buffer), ("optim.accumulation", self.optim.accumulation),
-            ("run.log_every", self.run.log_every), ("run.ckpt_every", self.run.ckpt_every),
-            ("run.keep_last", self.run.keep_last), ("run.val_every", self.run.val_every),
+            ("data.shuffle_buffer", self.data.shuffle_buffer),
+            ("optim.accumulation", self.optim.accumulation),
+            ("run.log_every", self.run.log_every),
+            ("run.ckpt_every", self.run.ckpt_every),
+            ("run.keep_last", self.run.keep_last),
+            ("run.val_every", self.run.val_every),
             ("run.val_batches", self.run.val_batches),
-            ("run.image_every", self.run.image_every), ("run.max_bad_steps", self.run.max_bad_steps),
+            ("run.image_every", self.run.image_every),
+            ("run.max_bad_steps", self.run.max_bad_steps),
         ]:
             if value < 1:
                 problems.append(f"{name} must be >= 1, got {value}")
@@ -112,7 +117,7 @@ class TrainConfig:
         return out
 
     @classmethod
-    def from_dict(cls, data: dict, source: str = "config") -> "TrainConfig":
+    def from_dict(cls, data: dict, source: str = "config") -> TrainConfig:
         """Build from a (possibly partial) mapping; unknown sections or keys -> ValueError naming them."""
         if not isinstance(data, dict):
             raise ValueError(f"{source}: expected a mapping of sections, got {type(data).__name__}")
@@ -122,7 +127,12 @@ class TrainConfig:
         try:
             sections: dict[str, Any] = {"model": _resolve_model(data.get("model"), source)}
             sections["corrupt"] = _section(CorruptConfig, data.get("corrupt"), f"{source}: corrupt")
-            for name, section_cls in (("data", DataConfig), ("loss", LossConfig), ("optim", OptimConfig), ("run", RunConfig)):
+            for name, section_cls in (
+                ("data", DataConfig),
+                ("loss", LossConfig),
+                ("optim", OptimConfig),
+                ("run", RunConfig),
+            ):
                 sections[name] = _section(section_cls, data.get(name), f"{source}: {name}")
             return cls(**sections)
         except (TypeError, ValueError) as exc:
@@ -225,8 +235,12 @@ def read_yaml(path: str | os.PathLike) -> dict:
     return data
 
 
-def load_config(preset: str | None = None, config_file: str | os.PathLike | None = None,
-                overrides: list[str] | tuple[str, ...] = (), base: dict | None = None) -> TrainConfig:
+def load_config(
+    preset: str | None = None,
+    config_file: str | os.PathLike | None = None,
+    overrides: list[str] | tuple[str, ...] = (),
+    base: dict | None = None,
+) -> TrainConfig:
     """Exactly one of preset / config_file / base (a dict, e.g. a run's saved config) is the starting point."""
     if sum(x is not None for x in (preset, config_file, base)) > 1:
         raise ValueError("give a preset, a config file or a base config, not several")
@@ -247,8 +261,8 @@ def load_config(preset: str | None = None, config_file: str | os.PathLike | None
 
 def save_config(cfg: TrainConfig, path: str | os.PathLike) -> None:
     """Write the resolved config atomically (tmp + fsync + rename)."""
-    from pipeline.format import write_text_atomic
+    from pipeline.durable import write_text
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))

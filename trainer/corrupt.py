@@ -70,7 +70,9 @@ def separator_frames(frames: int, token_frames: int, device: torch.device | str 
     return (t >= start) & (t < end)
 
 
-def separator_pattern(bins: int, device: torch.device | str | None = None, dtype: torch.dtype = torch.float32) -> Tensor:
+def separator_pattern(
+    bins: int, device: torch.device | str | None = None, dtype: torch.dtype = torch.float32
+) -> Tensor:
     """[F] the separator's spectrum: 1, 0, 1, 0, ... along frequency (bin 0 is 1)."""
     return (torch.arange(bins, device=device) % 2 == 0).to(dtype)
 
@@ -115,8 +117,9 @@ def _apply_nsp(clean: Tensor, group: Tensor, cfg: CorruptConfig, generator: torc
     return target, (~replace).to(clean.dtype)
 
 
-def _select_tokens(eligible: Tensor, n_eligible: int, batch: int, cfg: CorruptConfig,
-                   generator: torch.Generator) -> Tensor:
+def _select_tokens(
+    eligible: Tensor, n_eligible: int, batch: int, cfg: CorruptConfig, generator: torch.Generator
+) -> Tensor:
     """[B, n_tokens] bool: select_rate of the eligible tokens of each sample, at least one.
 
     The count is stochastically rounded (floor(rate * n + u)) so the expected share is exactly

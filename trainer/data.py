@@ -29,9 +29,9 @@ import random
 import tarfile
 import urllib.parse
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import torch
@@ -91,7 +91,9 @@ def resolve_shards(src: str, split: str = "train") -> list[str]:
     if path.is_dir():
         index_path = path / index_name(split)
         if not index_path.exists():
-            raise ValueError(f"{path}: no {index_name(split)} shard index in this directory (run `pipeline shard` first)")
+            raise ValueError(
+                f"{path}: no {index_name(split)} shard index in this directory (run `pipeline shard` first)"
+            )
         path = index_path
     if path.suffix == ".json":
         index = read_index(path)
@@ -312,7 +314,9 @@ def _crops(samples: Iterator[dict], crop_frames: int, rng: random.Random | None)
         try:
             yield crop_sample(sample, crop_frames, rng)
         except (ValueError, KeyError, TypeError, json.JSONDecodeError) as exc:
-            log.warning("skipping unreadable sample %s in shard %s: %s", sample.get("__key__"), sample.get("__url__"), exc)
+            log.warning(
+                "skipping unreadable sample %s in shard %s: %s", sample.get("__key__"), sample.get("__url__"), exc
+            )
 
 
 def _rank_and_world(rank: int | None, world_size: int | None) -> tuple[int, int]:
@@ -329,8 +333,18 @@ def _rank_and_world(rank: int | None, world_size: int | None) -> tuple[int, int]
 class TrainStream(IterableDataset):
     """Infinite shuffled batches for one rank; each DataLoader worker draws its own random stream."""
 
-    def __init__(self, shards: list[str], *, batch_size: int, crop_frames: int, seed: int, rank: int,
-                 world_size: int, shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER, dtype: torch.dtype = torch.float32):
+    def __init__(
+        self,
+        shards: list[str],
+        *,
+        batch_size: int,
+        crop_frames: int,
+        seed: int,
+        rank: int,
+        world_size: int,
+        shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER,
+        dtype: torch.dtype = torch.float32,
+    ):
         super().__init__()
         self.shards = shards[rank::world_size] if len(shards) >= world_size else list(shards)
         self.batch_size, self.crop_frames, self.dtype = batch_size, crop_frames, dtype
@@ -350,8 +364,15 @@ class TrainStream(IterableDataset):
 class EvalStream(IterableDataset):
     """The shards in order, centred crops, no swap: the same batches every time."""
 
-    def __init__(self, shards: list[str], *, batch_size: int, crop_frames: int, max_batches: int | None,
-                 dtype: torch.dtype = torch.float32):
+    def __init__(
+        self,
+        shards: list[str],
+        *,
+        batch_size: int,
+        crop_frames: int,
+        max_batches: int | None,
+        dtype: torch.dtype = torch.float32,
+    ):
         super().__init__()
         self.shards, self.batch_size, self.crop_frames, self.max_batches = shards, batch_size, crop_frames, max_batches
         self.dtype = dtype
@@ -368,9 +389,19 @@ class EvalStream(IterableDataset):
             yield batch
 
 
-def train_loader(src, *, batch_size: int, crop_frames: int, num_workers: int, seed: int, split: str = "train",
-                 rank: int | None = None, world_size: int | None = None,
-                 shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER, dtype: torch.dtype = torch.float32) -> DataLoader:
+def train_loader(
+    src,
+    *,
+    batch_size: int,
+    crop_frames: int,
+    num_workers: int,
+    seed: int,
+    split: str = "train",
+    rank: int | None = None,
+    world_size: int | None = None,
+    shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER,
+    dtype: torch.dtype = torch.float32,
+) -> DataLoader:
     """Infinite, shuffled, resampled training batches (see the module docstring).
 
     `rank`/`world_size` default to the torch.distributed process group (0 / 1 without one).
@@ -380,20 +411,36 @@ def train_loader(src, *, batch_size: int, crop_frames: int, num_workers: int, se
     """
     _check_sizes(batch_size, crop_frames)
     rank, world_size = _rank_and_world(rank, world_size)
-    stream = TrainStream(resolve_shards(src, split), batch_size=batch_size, crop_frames=crop_frames, seed=seed,
-                         rank=rank, world_size=world_size, shuffle_buffer=shuffle_buffer, dtype=dtype)
+    stream = TrainStream(
+        resolve_shards(src, split),
+        batch_size=batch_size,
+        crop_frames=crop_frames,
+        seed=seed,
+        rank=rank,
+        world_size=world_size,
+        shuffle_buffer=shuffle_buffer,
+        dtype=dtype,
+    )
     return _loader(stream, num_workers)
 
 
-def eval_loader(src, *, batch_size: int, crop_frames: int, max_batches: int | None, split: str = "val",
-                dtype: torch.dtype = torch.float32) -> DataLoader:
+def eval_loader(
+    src,
+    *,
+    batch_size: int,
+    crop_frames: int,
+    max_batches: int | None,
+    split: str = "val",
+    dtype: torch.dtype = torch.float32,
+) -> DataLoader:
     """At most `max_batches` batches (None: one pass) in shard order, the same every call.
 
     Every rank gets the same batches; the last batch may be smaller than `batch_size`.
     """
     _check_sizes(batch_size, crop_frames)
-    stream = EvalStream(resolve_shards(src, split), batch_size=batch_size, crop_frames=crop_frames,
-                        max_batches=max_batches, dtype=dtype)
+    stream = EvalStream(
+        resolve_shards(src, split), batch_size=batch_size, crop_frames=crop_frames, max_batches=max_batches, dtype=dtype
+    )
     return _loader(stream, num_workers=0)
 
 

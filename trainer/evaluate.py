@@ -8,16 +8,16 @@ over all selected frames of all batches (each frame weighted equally, not each b
 
 from __future__ import annotations
 
-import contextlib
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
-from typing import Iterable
 
 import torch
-import torch.nn.functional as F
 
-from trainer.baselines import copy_nearest, interpolate, masked_l1
+from trainer.baselines import copy_nearest, interpolate
 from trainer.config import LossConfig
 from trainer.corrupt import CorruptConfig, corrupt_batch
+from trainer.device import autocast_for, pick_device
+from trainer.objective import compute_loss, masked_l1
 
 EVAL_SEED = 1234
 
@@ -33,7 +33,7 @@ class EvalResult:
     all_frames_l1: float
     nsp_bce: float
     nsp_accuracy: float
-    loss: float  # the training objective, for choosing the best checkpoint
+    loss: float  # the training objective (objective.compute_loss), for choosing the best checkpoint
 
     @property
     def ratio_copy(self) -> float:
@@ -47,23 +47,24 @@ class EvalResult:
         return {**asdict(self), "ratio_copy": self.ratio_copy, "ratio_interpolate": self.ratio_interpolate}
 
 
-def autocast_for(device: torch.device):
-    """bf16 autocast on CUDA; full precision elsewhere (CPU bf16 is slow and not what we measure)."""
-    if device.type == "cuda":
-        return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, batches: Iterable[dict], corrupt_cfg: CorruptConfig, device: torch.device,
-             loss_cfg: LossConfig | None = None, seed: int = EVAL_SEED) -> EvalResult:
+def evaluate(
+    model: torch.nn.Module,
+    batches: Iterable[dict],
+    corrupt_cfg: CorruptConfig,
+    device: torch.device,
+    loss_cfg: LossConfig | None = None,
+    seed: int = EVAL_SEED,
+) -> EvalResult:
     """Score `model` (a bare module, not DDP-wrapped) on every batch; restores its train/eval mode."""
     loss_cfg = loss_cfg or LossConfig()
     generator = torch.Generator(device=device).manual_seed(seed)
     was_training = model.training
     model.eval()
-    sums = dict(model=0.0, copy=0.0, interp=0.0, all=0.0, bce=0.0, correct=0.0)
-    n_batches = n_samples = n_selected = n_frames = 0
+    # L1s are summed per selected frame (every frame weighs the same, not every batch); the other
+    # parts of the objective are batch means, summed per sample.
+    sums = dict(model=0.0, copy=0.0, interp=0.0, all=0.0, bce=0.0, correct=0.0, loss=0.0)
+    n_batches = n_samples = n_selected = 0
     try:
         for batch in batches:
             clean = batch["spec"].to(device, non_blocking=True)
@@ -71,41 +72,64 @@ def evaluate(model: torch.nn.Module, batches: Iterable[dict], corrupt_cfg: Corru
             corrupted = corrupt_batch(clean, group, corrupt_cfg, generator)
             with autocast_for(device):
                 mask, nsp_logit = model(corrupted.input)
-            reconstruction = mask.float() * corrupted.input
-            frames = int(corrupted.selected.sum())
-            sums["model"] += float(masked_l1(reconstruction, corrupted.target, corrupted.selected)) * frames
-            sums["copy"] += float(masked_l1(copy_nearest(corrupted.input, corrupted.selected, corrupted.separator),
-                                            corrupted.target, corrupted.selected)) * frames
-            sums["interp"] += float(masked_l1(interpolate(corrupted.input, corrupted.selected, corrupted.separator),
-                                              corrupted.target, corrupted.selected)) * frames
-            sums["all"] += float((reconstruction - corrupted.target).abs().mean()) * clean.shape[0]
-            logit = nsp_logit.float()
-            sums["bce"] += float(F.binary_cross_entropy_with_logits(logit, corrupted.nsp_label, reduction="sum"))
-            sums["correct"] += float(((logit > 0).float() == corrupted.nsp_label).sum())
+            _, parts, _ = compute_loss(mask, nsp_logit, corrupted, loss_cfg, corrupt_cfg.nsp)
+            frames, samples = int(corrupted.selected.sum()), clean.shape[0]
+            sums["model"] += float(parts["masked_l1"]) * frames
+            sums["copy"] += (
+                float(
+                    masked_l1(
+                        copy_nearest(corrupted.input, corrupted.selected, corrupted.separator),
+                        corrupted.target,
+                        corrupted.selected,
+                    )
+                )
+                * frames
+            )
+            sums["interp"] += (
+                float(
+                    masked_l1(
+                        interpolate(corrupted.input, corrupted.selected, corrupted.separator),
+                        corrupted.target,
+                        corrupted.selected,
+                    )
+                )
+                * frames
+            )
+            for key, part in (
+                ("all", "all_frames_l1"),
+                ("bce", "nsp_bce"),
+                ("correct", "nsp_accuracy"),
+                ("loss", "loss"),
+            ):
+                sums[key] += float(parts[part]) * samples
             n_batches += 1
-            n_samples += clean.shape[0]
+            n_samples += samples
             n_selected += frames
-            n_frames += clean.shape[0]
     finally:
         model.train(was_training)
     if n_batches == 0:
         raise ValueError("no validation batches: the shards are empty or unreadable")
     per_frame = max(n_selected, 1)
-    result = dict(
-        model_l1=sums["model"] / per_frame, copy_nearest_l1=sums["copy"] / per_frame,
-        interpolate_l1=sums["interp"] / per_frame, all_frames_l1=sums["all"] / n_frames,
-        nsp_bce=sums["bce"] / n_samples, nsp_accuracy=sums["correct"] / n_samples,
+    return EvalResult(
+        batches=n_batches,
+        samples=n_samples,
+        selected_frames=n_selected,
+        model_l1=sums["model"] / per_frame,
+        copy_nearest_l1=sums["copy"] / per_frame,
+        interpolate_l1=sums["interp"] / per_frame,
+        all_frames_l1=sums["all"] / n_samples,
+        nsp_bce=sums["bce"] / n_samples,
+        nsp_accuracy=sums["correct"] / n_samples,
+        loss=sums["loss"] / n_samples,
     )
-    nsp_term = loss_cfg.nsp_weight * result["nsp_bce"] if corrupt_cfg.nsp else 0.0
-    loss = result["model_l1"] + loss_cfg.all_frames_weight * result["all_frames_l1"] + nsp_term
-    return EvalResult(batches=n_batches, samples=n_samples, selected_frames=n_selected, loss=loss, **result)
 
 
 def format_table(result: EvalResult, title: str = "") -> str:
     """The printed comparison: ratio < 1 means the model reconstructs better than that baseline."""
     lines = [title] if title else []
     lines += [
-        f"{result.batches} batches, {result.samples} samples, {result.selected_frames} selected frames (fixed corruptions)",
+        f"{result.batches} batches, {result.samples} samples, {result.selected_frames} selected frames "
+        "(fixed corruptions)",
         f"{'':<24}{'masked-token L1':>16}{'model / this':>14}",
         f"{'model':<24}{result.model_l1:>16.5f}{1.0:>14.3f}",
         f"{'copy nearest frame':<24}{result.copy_nearest_l1:>16.5f}{result.ratio_copy:>14.3f}",
@@ -116,13 +140,13 @@ def format_table(result: EvalResult, title: str = "") -> str:
     return "\n".join(lines)
 
 
-def evaluate_checkpoint(checkpoint: str, shards: str, batches: int, device: str = "auto", split: str = "val",
-                        batch_size: int | None = None) -> tuple[EvalResult, str]:
+def evaluate_checkpoint(
+    checkpoint: str, shards: str, batches: int, device: str = "auto", split: str = "val", batch_size: int | None = None
+) -> tuple[EvalResult, str]:
     """Load a checkpoint (with its own config) and evaluate it; returns the result and the printed table."""
     from trainer.checkpoint import load_checkpoint, read_checkpoint_config, resolve_checkpoint
     from trainer.config import load_config
     from trainer.data import eval_loader
-    from trainer.loop import pick_device
     from trainer.model import build_model
 
     path = resolve_checkpoint(checkpoint)
@@ -130,7 +154,12 @@ def evaluate_checkpoint(checkpoint: str, shards: str, batches: int, device: str 
     dev = pick_device(device)
     model = build_model(cfg.model).to(dev)
     meta = load_checkpoint(path, model, device=dev)
-    loader = eval_loader(shards, batch_size=batch_size or cfg.data.val_batch_size, crop_frames=cfg.data.crop_frames,
-                         max_batches=batches, split=split)
+    loader = eval_loader(
+        shards,
+        batch_size=batch_size or cfg.data.val_batch_size,
+        crop_frames=cfg.data.crop_frames,
+        max_batches=batches,
+        split=split,
+    )
     result = evaluate(model, loader, cfg.corrupt, dev, cfg.loss)
     return result, format_table(result, title=f"{path} (step {meta.get('step')}) on {shards} [{split}]")

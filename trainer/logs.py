@@ -2,22 +2,23 @@
 
 Only rank 0 creates a `RunLog`; other ranks get `NullLog`, so the loop never branches on rank to log.
 metrics.jsonl has one JSON line per training step (`"split": "train"`) and per validation
-(`"split": "val"`), with the wall-clock `time` it was written. On resume it is cut back to the checkpoint's step, so the file is one consistent
-history, and TensorBoard events after that step are purged the same way.
+(`"split": "val"`), with the wall-clock `time` it was written. On resume it is cut back to the
+checkpoint's step, so the file is one consistent history, and TensorBoard events after that step
+are purged the same way.
 """
 
 from __future__ import annotations
 
-import errno
-import fcntl
+import contextlib
 import json
 import os
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from pipeline.durable import exclusive
 
 METRICS_FILE = "metrics.jsonl"
 LOCK_FILE = ".lock"
@@ -41,7 +42,7 @@ def read_metrics(run_dir: str | os.PathLike, split: str = "train") -> list[dict]
 
 def truncate_metrics(run_dir: str | os.PathLike, last_step: int) -> None:
     """Drop lines after `last_step` (written by a run killed after its last checkpoint)."""
-    from pipeline.format import write_text_atomic
+    from pipeline.durable import write_text
 
     path = Path(run_dir) / METRICS_FILE
     if not path.exists():
@@ -53,11 +54,12 @@ def truncate_metrics(run_dir: str | os.PathLike, last_step: int) -> None:
                 kept.append(line + "\n")
         except (json.JSONDecodeError, KeyError, TypeError):
             continue  # a line torn by kill -9
-    write_text_atomic(path, "".join(kept))
+    write_text(path, "".join(kept))
 
 
-def spectrogram_grid(clean: torch.Tensor, corrupted: torch.Tensor, reconstruction: torch.Tensor,
-                     selected: torch.Tensor | None = None) -> np.ndarray:
+def spectrogram_grid(
+    clean: torch.Tensor, corrupted: torch.Tensor, reconstruction: torch.Tensor, selected: torch.Tensor | None = None
+) -> np.ndarray:
     """[H, W, 3] uint8 image of one sample: clean / corrupted / reconstruction stacked top to bottom.
 
     Each panel is the channel mean of a [2, F, T] spectrogram, low frequencies at the bottom, on a
@@ -83,28 +85,6 @@ def spectrogram_grid(clean: torch.Tensor, corrupted: torch.Tensor, reconstructio
     return (rgba[..., :3] * 255).astype(np.uint8)
 
 
-def lock_run(run_dir: Path):
-    """Hold the run directory's lock: a second pretrain into a busy run would interleave metrics and
-    race the first one's checkpoints.
-
-    A POSIX record lock (lockf), not flock: the kernel drops it the moment its process dies, even by
-    kill -9, while an flock would live on in the forked DataLoader workers (they share the open file)
-    until they notice their parent is gone, refusing the resume that follows a crash.
-    """
-    handle = open(run_dir / LOCK_FILE, "a")
-    try:
-        fcntl.lockf(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as exc:
-        if exc.errno not in (errno.EACCES, errno.EAGAIN):  # a filesystem without locks must not stop training
-            print(f"warning: {run_dir / LOCK_FILE}: cannot lock ({exc.strerror}); nothing stops a second "
-                  f"pretrain into this run", file=sys.stderr)
-            return handle
-        handle.close()
-        raise RuntimeError(f"{run_dir}: another trainer pretrain is writing this run (it holds "
-                           f"{run_dir / LOCK_FILE}); wait for it to finish or stop it first") from None
-    return handle
-
-
 class RunLog:
     """TensorBoard + metrics.jsonl for rank 0, the run directory's one writer while it is open."""
 
@@ -113,7 +93,16 @@ class RunLog:
 
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.lock = lock_run(self.run_dir)
+        self._lock = contextlib.ExitStack()
+        # a second pretrain into a busy run would interleave metrics and race the first one's checkpoints
+        self._lock.enter_context(
+            exclusive(
+                self.run_dir / LOCK_FILE,
+                per_process=True,
+                busy_message=f"{self.run_dir}: another trainer pretrain is writing this run (it holds "
+                f"{self.run_dir / LOCK_FILE}); wait for it to finish or stop it first",
+            )
+        )
         truncate_metrics(self.run_dir, start_step)
         # purge from start_step + 1 also when it is 0: a run killed before its first checkpoint leaves points
         self.writer = SummaryWriter(str(self.run_dir / "tb"), purge_step=start_step + 1)
@@ -138,7 +127,7 @@ class RunLog:
     def close(self) -> None:
         self.metrics.close()
         self.writer.close()
-        self.lock.close()
+        self._lock.close()
 
 
 class NullLog:

@@ -26,40 +26,17 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from tqdm import tqdm
 
-from trainer.baselines import masked_l1
 from trainer.checkpoint import latest_checkpoint, load_checkpoint, read_checkpoint_config, save_checkpoint
-from trainer.config import LossConfig, OptimConfig, TrainConfig, load_config, save_config
-from trainer.corrupt import Corrupted, corrupt_batch
-from trainer.evaluate import autocast_for, evaluate, format_table
+from trainer.config import OptimConfig, TrainConfig, load_config, save_config
+from trainer.corrupt import corrupt_batch
+from trainer.device import autocast_for, derive_seed, pick_device
+from trainer.evaluate import evaluate, format_table
 from trainer.logs import NullLog, RunLog, spectrogram_grid
-
-
-def pick_device(name: str = "auto", local_rank: int = 0) -> torch.device:
-    """The device for `--device` (auto, cpu, cuda, cuda:N); ValueError if it is not usable here."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(name)
-    if device.type == "cuda":
-        # checked here: torch's own failure at the first CUDA call is a traceback, not a message
-        if not torch.cuda.is_available():
-            raise ValueError(f"--device {name}: CUDA is not available on this machine (use cpu or auto)")
-        if device.index is None:
-            device = torch.device("cuda", local_rank)
-        if device.index >= torch.cuda.device_count():
-            raise ValueError(f"--device {name}: there is no {device} (this machine has "
-                             f"{torch.cuda.device_count()} CUDA devices)")
-    return device
-
-
-def derive_seed(*parts: int) -> int:
-    """A well-mixed 31-bit seed from integers (seed, step, rank, purpose)."""
-    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0] & 0x7FFFFFFF)
+from trainer.objective import compute_loss
 
 
 def lr_schedule(optim: OptimConfig, total_steps: int):
@@ -86,22 +63,13 @@ def make_optimizer(model: torch.nn.Module, optim: OptimConfig, device: torch.dev
     return torch.optim.AdamW(groups, lr=optim.lr, betas=optim.betas, fused=device.type == "cuda")
 
 
-def compute_loss(mask: torch.Tensor, nsp_logit: torch.Tensor, corrupted: Corrupted, loss_cfg: LossConfig,
-                 nsp: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
-    """Masked-token L1 of mask * corrupted vs target (+ all-frames L1) + NSP BCE, in float32."""
-    reconstruction = mask.float() * corrupted.input
-    masked = masked_l1(reconstruction, corrupted.target, corrupted.selected)
-    all_frames = (reconstruction - corrupted.target).abs().mean()
-    logit = nsp_logit.float()
-    bce = F.binary_cross_entropy_with_logits(logit, corrupted.nsp_label)
-    total = masked + loss_cfg.all_frames_weight * all_frames + (loss_cfg.nsp_weight * bce if nsp else 0.0)
-    accuracy = ((logit > 0).float() == corrupted.nsp_label).float().mean()
-    parts = {"loss": total, "masked_l1": masked, "all_frames_l1": all_frames, "nsp_bce": bce, "nsp_accuracy": accuracy}
-    return total, parts, reconstruction
-
-
-def resolve_run(run_dir: str | os.PathLike, preset: str | None, config_file: str | None,
-                overrides: list[str] | tuple[str, ...] = (), resume: bool = False) -> tuple[TrainConfig, Path | None]:
+def resolve_run(
+    run_dir: str | os.PathLike,
+    preset: str | None,
+    config_file: str | None,
+    overrides: list[str] | tuple[str, ...] = (),
+    resume: bool = False,
+) -> tuple[TrainConfig, Path | None]:
     """The config and the checkpoint to continue from: an existing run continues with its saved config
     (plus overrides, e.g. more steps); a new run starts from the preset or config file."""
     checkpoint = latest_checkpoint(Path(run_dir) / "checkpoints")
@@ -110,8 +78,11 @@ def resolve_run(run_dir: str | os.PathLike, preset: str | None, config_file: str
             raise ValueError(f"{run_dir}: --resume given but there is no checkpoint to continue from")
         return load_config(preset, config_file, overrides), None
     if preset or config_file:
-        print(f"{run_dir}: continuing from {checkpoint.name} with the run's saved config; "
-              f"--preset/--config ignored (use --set to change values)", file=sys.stderr)
+        print(
+            f"{run_dir}: continuing from {checkpoint.name} with the run's saved config; "
+            f"--preset/--config ignored (use --set to change values)",
+            file=sys.stderr,
+        )
     return load_config(base=read_checkpoint_config(checkpoint), overrides=overrides), checkpoint
 
 
@@ -123,8 +94,14 @@ def default_val_shards(shards: str) -> str | None:
     return shards if path.is_dir() and (path / index_name("val")).is_file() else None
 
 
-def pretrain(cfg: TrainConfig, shards: str, run_dir: str | os.PathLike, val_shards: str | None = None,
-             checkpoint: Path | None = None, device: str = "auto") -> dict:
+def pretrain(
+    cfg: TrainConfig,
+    shards: str,
+    run_dir: str | os.PathLike,
+    val_shards: str | None = None,
+    checkpoint: Path | None = None,
+    device: str = "auto",
+) -> dict:
     """Train until cfg.run.steps; returns the final training metrics (rank 0) or {} (other ranks)."""
     from trainer.data import eval_loader, resolve_shards, train_loader
     from trainer.model import build_model
@@ -167,8 +144,10 @@ def pretrain(cfg: TrainConfig, shards: str, run_dir: str | os.PathLike, val_shar
         n_params = sum(p.numel() for p in raw_model.parameters())
         log.text("config", f"```\n{cfg.to_dict()}\n```\n{n_params:,} parameters, world size {world}, device {dev}")
         origin = f"from {checkpoint}" if checkpoint else "from scratch"
-        print(f"{run_dir}: {n_params:,} parameters on {dev} x{world}, steps {start_step}->{cfg.run.steps} {origin}",
-              file=sys.stderr)
+        print(
+            f"{run_dir}: {n_params:,} parameters on {dev} x{world}, steps {start_step}->{cfg.run.steps} {origin}",
+            file=sys.stderr,
+        )
 
     generator = torch.Generator(device=dev)
     samples_per_step = cfg.data.batch_size * cfg.optim.accumulation * world
@@ -188,9 +167,17 @@ def pretrain(cfg: TrainConfig, shards: str, run_dir: str | os.PathLike, val_shar
             if stream is None:  # at the start and after every checkpoint: reseed everything from (seed, step)
                 torch.manual_seed(derive_seed(cfg.run.seed, step, rank, 1))
                 generator.manual_seed(derive_seed(cfg.run.seed, step, rank, 2))
-                stream = iter(train_loader(shards, batch_size=cfg.data.batch_size, crop_frames=cfg.data.crop_frames,
-                                           num_workers=cfg.data.num_workers, seed=derive_seed(cfg.run.seed, step),
-                                           shuffle_buffer=cfg.data.shuffle_buffer, dtype=batch_dtype))
+                stream = iter(
+                    train_loader(
+                        shards,
+                        batch_size=cfg.data.batch_size,
+                        crop_frames=cfg.data.crop_frames,
+                        num_workers=cfg.data.num_workers,
+                        seed=derive_seed(cfg.run.seed, step),
+                        shuffle_buffer=cfg.data.shuffle_buffer,
+                        dtype=batch_dtype,
+                    )
+                )
 
             step_start, data_wait = time.perf_counter(), 0.0
             sums = None
@@ -199,8 +186,10 @@ def pretrain(cfg: TrainConfig, shards: str, run_dir: str | os.PathLike, val_shar
                 batch = next(stream)
                 clean = batch["spec"].to(dev, non_blocking=True).float()
                 if clean.shape[2] != cfg.model.bins:  # else the model's own shape error, naming no source
-                    raise ValueError(f"{shards}: samples have {clean.shape[2]} frequency bins but model.bins is "
-                                     f"{cfg.model.bins} (for shards of another n_fft: --set model.bins=...)")
+                    raise ValueError(
+                        f"{shards}: samples have {clean.shape[2]} frequency bins but model.bins is "
+                        f"{cfg.model.bins} (for shards of another n_fft: --set model.bins=...)"
+                    )
                 group = batch["group"].to(dev, non_blocking=True)
                 data_wait += time.perf_counter() - wait_start
                 corrupted = corrupt_batch(clean, group, cfg.corrupt, generator)
@@ -223,8 +212,11 @@ def pretrain(cfg: TrainConfig, shards: str, run_dir: str | os.PathLike, val_shar
             else:
                 bad_steps += 1
                 if is_main:
-                    tqdm.write(f"warning: step {step + 1}: non-finite gradient norm ({float(grad_norm)}), "
-                               f"update skipped ({bad_steps} in a row)", file=sys.stderr)
+                    tqdm.write(
+                        f"warning: step {step + 1}: non-finite gradient norm ({float(grad_norm)}), "
+                        f"update skipped ({bad_steps} in a row)",
+                        file=sys.stderr,
+                    )
             optimizer.zero_grad(set_to_none=True)
             lr = scheduler.get_last_lr()[0]
             scheduler.step()
@@ -239,38 +231,66 @@ def pretrain(cfg: TrainConfig, shards: str, run_dir: str | os.PathLike, val_shar
                 torch.cuda.synchronize()
             elapsed = time.perf_counter() - step_start
             values = dict(zip(list(parts) + ["grad_norm"], stats.tolist()))
-            values.update(lr=lr, skipped=float(not finite), samples_per_s=samples_per_step / elapsed,
-                          data_wait=data_wait / elapsed)
+            values.update(
+                lr=lr,
+                skipped=float(not finite),
+                samples_per_s=samples_per_step / elapsed,
+                data_wait=data_wait / elapsed,
+            )
             last_parts = values
             log.record(step, "train", values)
             if step % cfg.run.log_every == 0:
                 log.scalars(step, "train", values)
             if step % cfg.run.image_every == 0 and is_main:
-                log.image(step, "train/clean_corrupted_reconstruction",
-                          spectrogram_grid(corrupted.target[0], corrupted.input[0], reconstruction[0], corrupted.selected[0]))
+                log.image(
+                    step,
+                    "train/clean_corrupted_reconstruction",
+                    spectrogram_grid(corrupted.target[0], corrupted.input[0], reconstruction[0], corrupted.selected[0]),
+                )
             progress.set_postfix(loss=f"{values['loss']:.4f}", lr=f"{lr:.2e}", refresh=False)
             progress.update(1)
             if bad_steps >= cfg.run.max_bad_steps:
-                raise RuntimeError(f"{bad_steps} non-finite steps in a row (run.max_bad_steps); stopping at step "
-                                   f"{step}, the last checkpoint in {ckpt_dir} is intact")
+                raise RuntimeError(
+                    f"{bad_steps} non-finite steps in a row (run.max_bad_steps); stopping at step "
+                    f"{step}, the last checkpoint in {ckpt_dir} is intact"
+                )
 
             # --- validation (rank 0, bare model) and checkpoints ------------------------------
             at_end = step == cfg.run.steps
             if val_shards and is_main and (step % cfg.run.val_every == 0 or at_end):
                 with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
-                    loader = eval_loader(val_shards, batch_size=cfg.data.val_batch_size,
-                                         crop_frames=cfg.data.crop_frames, max_batches=cfg.run.val_batches)
+                    loader = eval_loader(
+                        val_shards,
+                        batch_size=cfg.data.val_batch_size,
+                        crop_frames=cfg.data.crop_frames,
+                        max_batches=cfg.run.val_batches,
+                    )
                     val_result = evaluate(raw_model, loader, cfg.corrupt, dev, cfg.loss)
                 log.record(step, "val", val_result.to_dict())
                 log.scalars(step, "val", val_result.to_dict())
                 tqdm.write(format_table(val_result, title=f"validation at step {step}"), file=sys.stderr)
             if step % cfg.run.ckpt_every == 0 or at_end:
                 if is_main:
-                    val_loss = val_result.loss if (val_result is not None and (step % cfg.run.val_every == 0 or at_end)) else None
-                    save_checkpoint(ckpt_dir, step, raw_model, optimizer, scheduler, cfg.to_dict(),
-                                    meta={"seed": cfg.run.seed, "world_size": world,
-                                          "data": {"stream_seed": derive_seed(cfg.run.seed, step), "restart_step": step}},
-                                    val_loss=val_loss, keep_last=cfg.run.keep_last)
+                    val_loss = (
+                        val_result.loss
+                        if (val_result is not None and (step % cfg.run.val_every == 0 or at_end))
+                        else None
+                    )
+                    save_checkpoint(
+                        ckpt_dir,
+                        step,
+                        raw_model,
+                        optimizer,
+                        scheduler,
+                        cfg.to_dict(),
+                        meta={
+                            "seed": cfg.run.seed,
+                            "world_size": world,
+                            "data": {"stream_seed": derive_seed(cfg.run.seed, step), "restart_step": step},
+                        },
+                        val_loss=val_loss,
+                        keep_last=cfg.run.keep_last,
+                    )
                 stream = None  # the next step starts a fresh stream seeded from (seed, step)
     finally:
         progress.close()

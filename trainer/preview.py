@@ -25,8 +25,9 @@ class PreviewBatch:
     reconstruction: torch.Tensor | None  # mask * corrupted input, when a checkpoint was given
 
 
-def load_preview_batch(shards: str, count: int, checkpoint: str | None, preset: str, split: str,
-                       device: str = "cpu") -> PreviewBatch:
+def load_preview_batch(
+    shards: str, count: int, checkpoint: str | None, preset: str, split: str, device: str = "cpu"
+) -> PreviewBatch:
     from trainer.config import load_config
     from trainer.data import eval_loader
 
@@ -87,8 +88,15 @@ def render(preview: PreviewBatch, out: str | os.PathLike) -> Path:
         label = "continuation" if float(preview.corrupted.nsp_label[i]) > 0.5 else "second half from another track"
         for r, (name, tensor) in enumerate(rows):
             ax = axes[i * len(rows) + r, 0]
-            ax.imshow(_db(tensor[i]), origin="lower", aspect="auto", cmap="magma", vmin=-80, vmax=0,
-                      extent=(0, frames, 0, tensor.shape[2]))
+            ax.imshow(
+                _db(tensor[i]),
+                origin="lower",
+                aspect="auto",
+                cmap="magma",
+                vmin=-80,
+                vmax=0,
+                extent=(0, frames, 0, tensor.shape[2]),
+            )
             if r > 0:
                 for start, end in _spans(selected):
                     ax.axvspan(start, end, ymin=0, ymax=0.04, color="cyan")

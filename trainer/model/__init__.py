@@ -1,8 +1,8 @@
 """Model: U-Net frame transformer (see SPEC section 4).
 
-    from trainer.model import ModelConfig, load_model_preset, build_model
-    model = build_model(load_model_preset("tiny"))
-    mask, nsp_logit = model(spec)          # spec [B, 2, bins, T]; reconstruction = mask * spec
+from trainer.model import ModelConfig, load_model_preset, build_model
+model = build_model(load_model_preset("tiny"))
+mask, nsp_logit = model(spec)          # spec [B, 2, bins, T]; reconstruction = mask * spec
 """
 
 from trainer.model.config import ModelConfig, load_model_preset, preset_names

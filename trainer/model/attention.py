@@ -38,7 +38,7 @@ def _skew_padded(padded: Tensor) -> Tensor:
     from L - 1 with row length 2L - 1 lines every row up on column j: a view, no copy.
     """
     length = padded.shape[-2]
-    rows = padded.flatten(-2)[..., length - 1: length - 1 + length * (2 * length - 1)]
+    rows = padded.flatten(-2)[..., length - 1 : length - 1 + length * (2 * length - 1)]
     return rows.unflatten(-1, (length, 2 * length - 1))[..., :length]
 
 
@@ -52,22 +52,33 @@ def relative_logits(q: Tensor, table: Tensor, max_distance: int) -> Tensor:
         # columns: a contiguous cat (an index_select gather along the last dim was 40% of a CPU layer).
         distinct = q @ table.transpose(-1, -2)
         edge_shape = distinct.shape[:-1]
-        padded = torch.cat((distinct[..., :1].expand(*edge_shape, far), distinct,
-                            distinct[..., -1:].expand(*edge_shape, far + 1)), dim=-1)
+        padded = torch.cat(
+            (distinct[..., :1].expand(*edge_shape, far), distinct, distinct[..., -1:].expand(*edge_shape, far + 1)),
+            dim=-1,
+        )
     else:
         index = relative_distance_index(length, max_distance, q.device)
         padded = q @ table[:, torch.cat((index, index[-1:]))].transpose(-1, -2)
     return _skew_padded(padded)
 
 
-def relative_attention(q: Tensor, k: Tensor, v: Tensor, table: Tensor, max_distance: int,
-                       key_padding_mask: Tensor | None = None, dropout_p: float = 0.0) -> Tensor:
+def relative_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    table: Tensor,
+    max_distance: int,
+    key_padding_mask: Tensor | None = None,
+    dropout_p: float = 0.0,
+) -> Tensor:
     """softmax((q k^T + q E_rel^T) / sqrt(D)) v with queries and keys on the same frame axis.
 
     key_padding_mask [B, L] bool, True where a key must be ignored (e.g. zero-padded clip tails).
     """
     if q.shape[-2] != k.shape[-2]:
-        raise ValueError(f"relative attention needs queries and keys on the same frames: {q.shape[-2]} vs {k.shape[-2]}")
+        raise ValueError(
+            f"relative attention needs queries and keys on the same frames: {q.shape[-2]} vs {k.shape[-2]}"
+        )
     # Scaling q (L x D) rather than the logits (L x L) saves a pass over the largest tensor.
     bias = relative_logits(q * (1.0 / math.sqrt(q.shape[-1])), table, max_distance)
     if key_padding_mask is not None:
@@ -87,8 +98,9 @@ def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     return x * cos + torch.cat((-second, first), dim=-1) * sin
 
 
-def rope_attention(q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Tensor | None = None,
-                   dropout_p: float = 0.0) -> Tensor:
+def rope_attention(
+    q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Tensor | None = None, dropout_p: float = 0.0
+) -> Tensor:
     """Rotary positions: q_i . k_j depends on i - j only, at the cost of one elementwise rotation."""
     if q.shape[-2] != k.shape[-2]:
         raise ValueError(f"rope attention needs queries and keys on the same frames: {q.shape[-2]} vs {k.shape[-2]}")
@@ -96,8 +108,9 @@ def rope_attention(q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Tensor | N
     mask = None
     if key_padding_mask is not None:
         mask = ~key_padding_mask[:, None, None, :]
-    return F.scaled_dot_product_attention(apply_rotary(q, cos, sin), apply_rotary(k, cos, sin), v,
-                                          attn_mask=mask, dropout_p=dropout_p)
+    return F.scaled_dot_product_attention(
+        apply_rotary(q, cos, sin), apply_rotary(k, cos, sin), v, attn_mask=mask, dropout_p=dropout_p
+    )
 
 
 class TimeDepthwiseConv(nn.Module):
@@ -117,8 +130,9 @@ class FrameAttention(nn.Module):
     Self-attention when `memory` is None, else cross-attention to memory tokens on the same frames.
     """
 
-    def __init__(self, dims: int, heads: int, *, position: str, max_distance: int, qkv_conv_kernel: int,
-                 dropout: float = 0.0):
+    def __init__(
+        self, dims: int, heads: int, *, position: str, max_distance: int, qkv_conv_kernel: int, dropout: float = 0.0
+    ):
         super().__init__()
         if dims % heads:
             raise ValueError(f"attention width {dims} is not divisible by {heads} heads")

@@ -54,8 +54,14 @@ class SquaredReLUFeedForward(nn.Module):
 
 
 def _attention(cfg: ModelConfig, dims: int) -> FrameAttention:
-    return FrameAttention(dims, cfg.heads_at(dims), position=cfg.position, max_distance=cfg.max_distance,
-                          qkv_conv_kernel=cfg.qkv_conv_kernel, dropout=cfg.attention_dropout)
+    return FrameAttention(
+        dims,
+        cfg.heads_at(dims),
+        position=cfg.position,
+        max_distance=cfg.max_distance,
+        qkv_conv_kernel=cfg.qkv_conv_kernel,
+        dropout=cfg.attention_dropout,
+    )
 
 
 class EvolvedEncoderBlock(nn.Module):

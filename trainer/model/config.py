@@ -14,30 +14,30 @@ POSITIONS = ("relative", "rope")
 
 @dataclass
 class ModelConfig:
-    bins: int = 1024                 # input frequency bins; the tokens of level l have bins / 2**l dims
-    audio_channels: int = 2          # stereo magnitude in, a mask per channel out
-    num_downsamples: int = 5         # frequency-only (2x1 stride) downsamplings: 1024 -> 32 bins
+    bins: int = 1024  # input frequency bins; the tokens of level l have bins / 2**l dims
+    audio_channels: int = 2  # stereo magnitude in, a mask per channel out
+    num_downsamples: int = 5  # frequency-only (2x1 stride) downsamplings: 1024 -> 32 bins
     # Conv channels of each level (num_downsamples + 1 entries, full resolution first).
     channels: list[int] = field(default_factory=lambda: [16, 32, 64, 128, 256, 512])
-    frame_kernel: int = 5            # N of the Nx1 frame convolutions
-    num_encoders: int = 2            # transformer encoder blocks per level
-    num_decoders: int = 2            # transformer decoder blocks before each frame decoder
+    frame_kernel: int = 5  # N of the Nx1 frame convolutions
+    num_encoders: int = 2  # transformer encoder blocks per level
+    num_decoders: int = 2  # transformer decoder blocks before each frame decoder
     # Levels shallower than this get no transformer blocks: a block at the full 1024-bin resolution
     # alone costs ~20 * 1024**2 parameters, so the cheap presets start deeper.
     first_transformer_level: int = 0
     num_heads: int = 8
-    min_head_dim: int = 16           # deep levels (32 bins) get fewer heads rather than tiny heads
-    ffn_expansion: int = 4           # Primer feed-forward hidden = ffn_expansion * token dims
-    conv_expansion: int = 4          # Evolved Transformer wide conv branch = conv_expansion * token dims
-    position: str = "relative"       # "relative" (Music Transformer) or "rope"
-    max_distance: int = 256          # relative embeddings for |j - i| <= max_distance, shared beyond
-    qkv_conv_kernel: int = 3         # Primer-EZ depthwise conv over time after each of Q, K, V
+    min_head_dim: int = 16  # deep levels (32 bins) get fewer heads rather than tiny heads
+    ffn_expansion: int = 4  # Primer feed-forward hidden = ffn_expansion * token dims
+    conv_expansion: int = 4  # Evolved Transformer wide conv branch = conv_expansion * token dims
+    position: str = "relative"  # "relative" (Music Transformer) or "rope"
+    max_distance: int = 256  # relative embeddings for |j - i| <= max_distance, shared beyond
+    qkv_conv_kernel: int = 3  # Primer-EZ depthwise conv over time after each of Q, K, V
     dropout: float = 0.1
     attention_dropout: float = 0.0
     nsp_hidden: int = 128
     # Initial value of the output mask (the mask head's bias is its logit): spectra normalised to the
     # sample's max are mostly far below 1, and 80% of selected tokens are 1.0 in the input, so the
-    # mask must start near the typical magnitude, not at 0.5 (README, "Learning on the demo").
+    # mask must start near the typical magnitude, not at 0.5 (docs/experiments.md, "The mask prior, on the demo").
     mask_prior: float = 1e-3
     # Recompute each transformer block during backward instead of keeping its activations: for the
     # base preset at long crops the blocks hold most of the activation memory (see `trainer summary`).
@@ -47,10 +47,11 @@ class ModelConfig:
         self.channels = [int(c) for c in self.channels]
         problems = []
         if len(self.channels) != self.num_downsamples + 1:
-            problems.append(f"channels needs num_downsamples + 1 = {self.num_downsamples + 1} entries, "
-                            f"got {len(self.channels)}")
-        if self.bins % (2 ** self.num_downsamples):
-            problems.append(f"bins={self.bins} is not divisible by 2**num_downsamples={2 ** self.num_downsamples}")
+            problems.append(
+                f"channels needs num_downsamples + 1 = {self.num_downsamples + 1} entries, got {len(self.channels)}"
+            )
+        if self.bins % (2**self.num_downsamples):
+            problems.append(f"bins={self.bins} is not divisible by 2**num_downsamples={2**self.num_downsamples}")
         if self.position not in POSITIONS:
             problems.append(f"position must be one of {POSITIONS}, got {self.position!r}")
         if not 0 <= self.first_transformer_level <= self.num_downsamples + 1:
@@ -67,15 +68,23 @@ class ModelConfig:
         for name in ("num_downsamples", "num_encoders", "num_decoders", "max_distance"):
             if getattr(self, name) < 0:
                 problems.append(f"{name} must be >= 0")
-        for name in ("audio_channels", "num_heads", "min_head_dim", "ffn_expansion", "conv_expansion",
-                     "nsp_hidden", "frame_kernel", "qkv_conv_kernel"):
+        for name in (
+            "audio_channels",
+            "num_heads",
+            "min_head_dim",
+            "ffn_expansion",
+            "conv_expansion",
+            "nsp_hidden",
+            "frame_kernel",
+            "qkv_conv_kernel",
+        ):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be >= 1")
         if problems:
             raise ValueError("invalid ModelConfig: " + "; ".join(problems))
 
     def level_bins(self, level: int) -> int:
-        return self.bins // (2 ** level)
+        return self.bins // (2**level)
 
     def heads_at(self, dims: int) -> int:
         """Heads for a token width: num_heads, fewer where heads would be narrower than min_head_dim."""
@@ -88,7 +97,7 @@ class ModelConfig:
         return level >= self.first_transformer_level
 
     @classmethod
-    def from_dict(cls, data: dict) -> "ModelConfig":
+    def from_dict(cls, data: dict) -> ModelConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:

@@ -20,9 +20,9 @@ ROOT = FrameTransformerUNet.__name__
 
 @dataclass
 class PartSummary:
-    name: str            # e.g. "encoder_stacks.0 (1024 bins)"
+    name: str  # e.g. "encoder_stacks.0 (1024 bins)"
     params: int
-    forward_flops: int   # per sample
+    forward_flops: int  # per sample
 
 
 @dataclass
@@ -31,7 +31,7 @@ class ModelSummary:
     frames: int
     parts: list[PartSummary]
     params: int
-    forward_flops: int           # per sample, measured with FlopCounterMode
+    forward_flops: int  # per sample, measured with FlopCounterMode
     saved_activation_bytes: int  # per sample: tensors autograd keeps for backward, fp32, training mode
     recomputed_activation_bytes: int  # the same with checkpoint_blocks (transformer blocks recomputed)
 
@@ -88,8 +88,15 @@ def summarize(cfg: ModelConfig, frames: int) -> ModelSummary:
             params = sum(p.numel() for p in module.parameters())
             if params:
                 parts.append(PartSummary(_part_label(model, name), params, flops_by_module.get(f"{ROOT}.{name}", 0)))
-    return ModelSummary(cfg, frames, parts, sum(p.numel() for p in model.parameters()),
-                        counter.get_total_flops(), saved_bytes, recomputed_bytes)
+    return ModelSummary(
+        cfg,
+        frames,
+        parts,
+        sum(p.numel() for p in model.parameters()),
+        counter.get_total_flops(),
+        saved_bytes,
+        recomputed_bytes,
+    )
 
 
 def _si(value: float, unit: str) -> str:
@@ -102,14 +109,16 @@ def _si(value: float, unit: str) -> str:
 def format_summary(summary: ModelSummary, title: str = "") -> str:
     cfg = summary.config
     width = max(len(part.name) for part in summary.parts)
-    lines = [f"{title or 'model'}: bins {cfg.bins}, {cfg.num_downsamples} downsamplings, "
-             f"{cfg.num_encoders} encoder / {cfg.num_decoders} decoder blocks per level from level "
-             f"{cfg.first_transformer_level}, position {cfg.position}, frames {summary.frames}",
-             "",
-             f"{'part':<{width}}  {'params':>12}  {'fwd FLOPs/sample':>17}"]
+    lines = [
+        f"{title or 'model'}: bins {cfg.bins}, {cfg.num_downsamples} downsamplings, "
+        f"{cfg.num_encoders} encoder / {cfg.num_decoders} decoder blocks per level from level "
+        f"{cfg.first_transformer_level}, position {cfg.position}, frames {summary.frames}",
+        "",
+        f"{'part':<{width}}  {'params':>12}  {'fwd FLOPs/sample':>17}",
+    ]
     for part in summary.parts:
         lines.append(f"{part.name:<{width}}  {part.params:>12,}  {_si(part.forward_flops, 'FLOP'):>17}")
-    gib = 2 ** 30
+    gib = 2**30
     lines += [
         f"{'total':<{width}}  {summary.params:>12,}  {_si(summary.forward_flops, 'FLOP'):>17}",
         "",

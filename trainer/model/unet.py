@@ -106,8 +106,9 @@ class DenseDecoderStack(nn.Module):
 
     def forward(self, x: Tensor, skip: Tensor, frames: int) -> Tensor:
         for bottleneck, memory_bottleneck, block in zip(self.bottlenecks, self.memory_bottlenecks, self.blocks):
-            tokens = run_block(block, self.recompute, to_tokens(bottleneck(x), frames),
-                               to_tokens(memory_bottleneck(skip), frames))
+            tokens = run_block(
+                block, self.recompute, to_tokens(bottleneck(x), frames), to_tokens(memory_bottleneck(skip), frames)
+            )
             x = torch.cat((x, to_channel(tokens)), dim=1)
         return x
 
@@ -119,7 +120,7 @@ def mask_head(channels: int, cfg: ModelConfig) -> nn.Conv1d:
     clean magnitude over the corrupted input, which for the 80% of selected tokens set to 1.0 is the
     normalised magnitude itself, mostly ~1e-4..1e-2. From sigmoid(0) = 0.5, AdamW moves the bias by
     about lr per step towards ~-7: a 60-step tiny run ended ~150x worse than the baselines, against
-    2.5x from this prior (README, "Learning on the demo").
+    2.5x from this prior (docs/experiments.md, "The mask prior, on the demo").
     The weights keep their default init, so the initial mask still varies with the features.
     """
     head = nn.Conv1d(channels, cfg.audio_channels, 1)
@@ -166,8 +167,9 @@ class FrameTransformerUNet(nn.Module):
             count = cfg.num_decoders if cfg.has_transformers(level) else 0
             stack = DenseDecoderStack(channels, skip_channels[level], cfg.level_bins(level), count, cfg)
             self.decoder_stacks.append(stack)
-            self.frame_decoders.append(FrameDecoder(stack.channels_out, skip_channels[level - 1],
-                                                    cfg.channels[level - 1], kernel))
+            self.frame_decoders.append(
+                FrameDecoder(stack.channels_out, skip_channels[level - 1], cfg.channels[level - 1], kernel)
+            )
             channels = cfg.channels[level - 1]
 
         self.mask_head = mask_head(channels, cfg)

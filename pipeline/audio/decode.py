@@ -30,7 +30,8 @@ import os
 import struct
 import subprocess
 import threading
-from typing import IO, Generator, Iterator
+from collections.abc import Generator, Iterator
+from typing import IO
 
 import numpy as np
 import soundfile
@@ -49,7 +50,9 @@ _STDERR_LINES_KEPT = 20
 # (format, subtype) that libsndfile decodes bit-identically to ffmpeg, each checked by a test.
 _PCM = {"PCM_U8", "PCM_16", "PCM_24", "PCM_32", "FLOAT", "DOUBLE"}
 _LIBSNDFILE_EXACT = {
-    "WAV": _PCM, "WAVEX": _PCM, "RF64": _PCM,
+    "WAV": _PCM,
+    "WAVEX": _PCM,
+    "RF64": _PCM,
     "AIFF": {"PCM_S8", "PCM_16", "PCM_24", "FLOAT"},
     "FLAC": {"PCM_S8", "PCM_16", "PCM_24"},
 }
@@ -77,17 +80,47 @@ def ffmpeg_args(path: str | os.PathLike, sample_rate: int = fmt.SAMPLE_RATE) -> 
         f"aformat=sample_fmts=flt:sample_rates={sample_rate}:channel_layouts=mono|stereo"
     )
     return [
-        "ffmpeg", "-nostdin", "-hide_banner", "-loglevel", "error",
-        "-threads", "1", "-flags", "+bitexact", "-i", source,
-        "-map", "0:a:0?", "-vn", "-sn", "-dn", "-map_metadata", "-1",
-        "-af", audio_filter, "-filter_threads", "1",
-        "-c:a", "pcm_f32le", "-f", "wav", "-fflags", "+bitexact", "-flags", "+bitexact",
+        "ffmpeg",
+        "-nostdin",
+        "-hide_banner",
+        "-loglevel",
+        "error",
+        "-threads",
+        "1",
+        "-flags",
+        "+bitexact",
+        "-i",
+        source,
+        "-map",
+        "0:a:0?",
+        "-vn",
+        "-sn",
+        "-dn",
+        "-map_metadata",
+        "-1",
+        "-af",
+        audio_filter,
+        "-filter_threads",
+        "1",
+        "-c:a",
+        "pcm_f32le",
+        "-f",
+        "wav",
+        "-fflags",
+        "+bitexact",
+        "-flags",
+        "+bitexact",
         "pipe:1",
     ]
 
 
-def decode_chunks(path: str | os.PathLike, *, sample_rate: int = fmt.SAMPLE_RATE,
-                  chunk_samples: int = DEFAULT_CHUNK_SAMPLES, allow_libsndfile: bool = True) -> Iterator[np.ndarray]:
+def decode_chunks(
+    path: str | os.PathLike,
+    *,
+    sample_rate: int = fmt.SAMPLE_RATE,
+    chunk_samples: int = DEFAULT_CHUNK_SAMPLES,
+    allow_libsndfile: bool = True,
+) -> Iterator[np.ndarray]:
     """Yield float32 `[n, 2]` chunks of the whole track, n == chunk_samples except for the last.
 
     Raises DecodeError (one line: file and reason) when the file is missing or empty, has no audio
@@ -130,23 +163,29 @@ def _open_exact_with_libsndfile(path: str | os.PathLike, sample_rate: int) -> so
     except OSError:
         return None
     # Checking the container first keeps libsndfile (and mpg123's console chatter) off MP3/Ogg files.
-    if not (magic[:4] in (b"RIFF", b"RF64") and magic[8:12] == b"WAVE"
-            or magic[:4] == b"FORM" and magic[8:12] in (b"AIFF", b"AIFC")
-            or magic[:4] == b"fLaC"):
+    if not (
+        magic[:4] in (b"RIFF", b"RF64")
+        and magic[8:12] == b"WAVE"
+        or magic[:4] == b"FORM"
+        and magic[8:12] in (b"AIFF", b"AIFC")
+        or magic[:4] == b"fLaC"
+    ):
         return None
     try:
         sound = soundfile.SoundFile(os.fsencode(path))  # bytes: names need not be valid UTF-8
     except (soundfile.LibsndfileError, RuntimeError, OSError):
         return None
-    if sound.subtype in _LIBSNDFILE_EXACT.get(sound.format, ()) and sound.samplerate == sample_rate \
-            and sound.channels in (1, 2):
+    if (
+        sound.subtype in _LIBSNDFILE_EXACT.get(sound.format, ())
+        and sound.samplerate == sample_rate
+        and sound.channels in (1, 2)
+    ):
         return sound
     sound.close()
     return None
 
 
-def _libsndfile_chunks(sound: soundfile.SoundFile,
-                       chunk_samples: int) -> Generator[np.ndarray, None, tuple[int, bool]]:
+def _libsndfile_chunks(sound: soundfile.SoundFile, chunk_samples: int) -> Generator[np.ndarray, None, tuple[int, bool]]:
     """Yield stereo chunks; returns (chunks yielded, False if libsndfile failed part way)."""
     done = 0
     while True:
@@ -163,8 +202,13 @@ def _libsndfile_chunks(sound: soundfile.SoundFile,
 
 
 def _ffmpeg_chunks(path: str | os.PathLike, sample_rate: int, chunk_samples: int) -> Iterator[np.ndarray]:
-    proc = subprocess.Popen(ffmpeg_args(path, sample_rate), stdin=subprocess.DEVNULL,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=0)
+    proc = subprocess.Popen(
+        ffmpeg_args(path, sample_rate),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        bufsize=0,
+    )
     stderr_tail: collections.deque[str] = collections.deque(maxlen=_STDERR_LINES_KEPT)
     # ffmpeg can print an error per corrupt frame; draining stderr on a thread keeps it from
     # blocking on a full pipe while we block on stdout.
@@ -255,10 +299,15 @@ def _read_wav_header(stream: IO[bytes], sample_rate: int) -> int | None:
         body = _read_exactly(stream, chunk_size + (chunk_size & 1))
         if chunk_id == b"fmt ":
             tag, channels, rate, _, _, bits = struct.unpack("<HHIIHH", body[:16])
-            if tag not in (_WAVE_FORMAT_IEEE_FLOAT, _WAVE_FORMAT_EXTENSIBLE) or bits != 32 \
-                    or channels not in (1, 2) or rate != sample_rate:
-                raise ValueError(f"unexpected ffmpeg output format: tag {tag:#x}, {channels} channels, "
-                                   f"{rate} Hz, {bits} bits")
+            if (
+                tag not in (_WAVE_FORMAT_IEEE_FLOAT, _WAVE_FORMAT_EXTENSIBLE)
+                or bits != 32
+                or channels not in (1, 2)
+                or rate != sample_rate
+            ):
+                raise ValueError(
+                    f"unexpected ffmpeg output format: tag {tag:#x}, {channels} channels, {rate} Hz, {bits} bits"
+                )
 
 
 def _read_chunks(stream: IO[bytes], channels: int, chunk_samples: int) -> Iterator[np.ndarray]:

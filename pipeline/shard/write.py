@@ -11,20 +11,18 @@ reported; the unit still completes with the other tracks.
 
 from __future__ import annotations
 
-import errno
 import json
 import os
-import signal
 import tarfile
-from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from pipeline import format as fmt
-from pipeline.plan import ShardOptions, Unit
+from pipeline.durable import write_and_rename, write_text
+from pipeline.shard.faults import fault_point, inject_enospc
+from pipeline.shard.plan import ShardOptions, Unit
 
 STATE_DIR = ".state"
-FAULT_ENV = "PIPELINE_SHARD_FAULT"
 _BLOCK = tarfile.BLOCKSIZE
 _RECORD = tarfile.RECORDSIZE
 _USTAR_NAME_BYTES = 100  # a member name without "/" cannot use ustar's prefix field
@@ -47,17 +45,8 @@ class UnitResult:
     missing: list[str] = field(default_factory=list)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "UnitResult":
+    def from_dict(cls, data: dict) -> UnitResult:
         return fmt.record_from_dict(cls, data)
-
-
-def temp_name(final_name: str) -> str:
-    """Hidden and pid-tagged: never matches a shard name, and a rerun can tell it is stale."""
-    return f".{final_name}.tmp-{os.getpid()}"
-
-
-def is_temp_name(name: str) -> bool:
-    return name.startswith(".") and ".tmp-" in name
 
 
 def state_path(out_dir: Path, shard: str) -> Path:
@@ -73,7 +62,7 @@ def read_state(out_dir: Path, shard: str) -> UnitResult | None:
 
 
 def write_state(out_dir: Path, result: UnitResult) -> None:
-    fmt.write_text_atomic(state_path(out_dir, result.name), json.dumps(asdict(result), sort_keys=True))
+    write_text(state_path(out_dir, result.name), json.dumps(asdict(result), sort_keys=True))
 
 
 class ReproducibleTar:
@@ -93,7 +82,7 @@ class ReproducibleTar:
         info.type = tarfile.REGTYPE
         header = info.tobuf(tarfile.USTAR_FORMAT, "utf-8", "strict")
         padding = -len(data) % _BLOCK
-        _inject_enospc(len(header) + len(data) + padding)
+        inject_enospc(len(header) + len(data) + padding)
         self._fh.write(header)
         self._fh.write(data)
         self._fh.write(b"\0" * padding)
@@ -108,60 +97,66 @@ class ReproducibleTar:
         """End-of-archive blocks, padded to a full record like GNU tar and Python's tarfile."""
         end = self.offset + 2 * _BLOCK
         end += -end % _RECORD
-        _inject_enospc(end - self.offset)
+        inject_enospc(end - self.offset)
         self._fh.write(b"\0" * (end - self.offset))
         self.offset = end
 
 
 def write_unit(unit: Unit, out_dir: str | os.PathLike, options: ShardOptions) -> UnitResult:
     """Decode, cut and write every track of `unit` into its shard; returns counts and failures."""
-    from pipeline.decode import DecodeError
-    from pipeline.stft import track_clips
+    from pipeline.audio.decode import DecodeError
+    from pipeline.audio.stft import track_clips
 
     out_dir = Path(out_dir)
-    final = out_dir / unit.name
-    tmp = out_dir / temp_name(unit.name)
     nsamples = tracks_done = 0
     seconds = 0.0
     failures: list[dict] = []
     missing: list[str] = []
-    try:
-        with open(tmp, "wb") as fh:
-            tar = ReproducibleTar(fh)
-            for track in unit.tracks:
-                mark, written = tar.offset, 0
-                try:
-                    for clip in _clips_of(track, options, track_clips, DecodeError):
-                        fault_point("decode")
-                        key = fmt.sample_key(track.id, clip.clip)
-                        meta = fmt.SampleMeta(track_id=track.id, clip=clip.clip, start_frame=clip.start_frame,
-                                              valid_frames=clip.valid_frames, album_key=track.album_key,
-                                              stft=options.stft.to_dict())
-                        tar.add(f"{key}.{fmt.SPEC_KEY}", fmt.encode_spec(clip.spec))
-                        fault_point("tar-member")
-                        tar.add(f"{key}.{fmt.META_KEY}", fmt.encode_meta(meta))
-                        written += 1
-                except _TrackFailed as exc:
-                    tar.rollback(mark)
-                    failures.append(asdict(fmt.FailureRecord(track.path, exc.stage, exc.reason)))
-                    if not os.path.exists(track.path):
-                        missing.append(track.path)
-                    continue
-                nsamples += written
-                tracks_done += 1
-                seconds += track.duration
-            tar.finish()
-            fh.flush()
-            os.fsync(fh.fileno())
-        result = UnitResult(unit.name, unit.split, unit.fingerprint(options), nsamples, tmp.stat().st_size,
-                            tracks_done, seconds, failures, missing)
+    # The state record is written before the tar is renamed into place: a kill in between leaves a
+    # state whose shard is missing, which the next run redoes.
+    with write_and_rename(out_dir / unit.name, "wb") as fh:
+        tar = ReproducibleTar(fh)
+        for track in unit.tracks:
+            mark, written = tar.offset, 0
+            try:
+                for clip in _clips_of(track, options, track_clips, DecodeError):
+                    fault_point("decode")
+                    key = fmt.sample_key(track.id, clip.clip)
+                    meta = fmt.SampleMeta(
+                        track_id=track.id,
+                        clip=clip.clip,
+                        start_frame=clip.start_frame,
+                        valid_frames=clip.valid_frames,
+                        album_key=track.album_key,
+                        stft=options.stft.to_dict(),
+                    )
+                    tar.add(f"{key}.{fmt.SPEC_KEY}", fmt.encode_spec(clip.spec))
+                    fault_point("tar-member")
+                    tar.add(f"{key}.{fmt.META_KEY}", fmt.encode_meta(meta))
+                    written += 1
+            except _TrackFailed as exc:
+                tar.rollback(mark)
+                failures.append(asdict(fmt.FailureRecord(track.path, exc.stage, exc.reason)))
+                if not os.path.exists(track.path):
+                    missing.append(track.path)
+                continue
+            nsamples += written
+            tracks_done += 1
+            seconds += track.duration
+        tar.finish()
+        result = UnitResult(
+            unit.name,
+            unit.split,
+            unit.fingerprint(options),
+            nsamples,
+            tar.offset,
+            tracks_done,
+            seconds,
+            failures,
+            missing,
+        )
         write_state(out_dir, result)
         fault_point("state")
-        os.replace(tmp, final)
-        fmt.fsync_dir(out_dir)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     fault_point("renamed")
     return result
 
@@ -178,10 +173,13 @@ def _clips_of(track: fmt.TrackRecord, options: ShardOptions, track_clips, decode
     try:
         member = f"{fmt.sample_key(track.id, 0)}.{fmt.SPEC_KEY}"
     except ValueError as exc:
-        raise _TrackFailed("shard", _one_line(exc)) from exc
+        raise _TrackFailed(fmt.STAGE_SHARD, _one_line(exc)) from exc
     if len(member.encode("utf-8")) > _USTAR_NAME_BYTES:  # tarfile would raise mid-unit and fail the job
-        raise _TrackFailed("shard", f"track id {track.id!r} is too long for a tar member name "
-                                    f"({len(member.encode('utf-8'))} > {_USTAR_NAME_BYTES} bytes)")
+        raise _TrackFailed(
+            fmt.STAGE_SHARD,
+            f"track id {track.id!r} is too long for a tar member name "
+            f"({len(member.encode('utf-8'))} > {_USTAR_NAME_BYTES} bytes)",
+        )
     clips = None
     try:
         try:
@@ -193,10 +191,11 @@ def _clips_of(track: fmt.TrackRecord, options: ShardOptions, track_clips, decode
                     return
                 yield clip
         except decode_error as exc:
-            raise _TrackFailed("decode", f"{track.path}: {_one_line(exc)}" if track.path not in str(exc)
-                               else _one_line(exc)) from exc
+            raise _TrackFailed(
+                fmt.STAGE_DECODE, f"{track.path}: {_one_line(exc)}" if track.path not in str(exc) else _one_line(exc)
+            ) from exc
         except (OSError, ValueError) as exc:
-            raise _TrackFailed("decode", f"{track.path}: {type(exc).__name__}: {_one_line(exc)}") from exc
+            raise _TrackFailed(fmt.STAGE_DECODE, f"{track.path}: {type(exc).__name__}: {_one_line(exc)}") from exc
     finally:
         close = getattr(clips, "close", None)
         if close is not None:
@@ -207,42 +206,4 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split()) or type(exc).__name__
 
 
-# --- fault injection for the resume tests -------------------------------------------------
-# PIPELINE_SHARD_FAULT="point:N[,point:N...]": SIGKILL this process the N-th time it reaches
-# `point` (decode, tar-member, state, renamed, index); "enospc:BYTES": the disk is "full" once this
-# process has written BYTES of shard data. Unset in normal use, where each check is one dict lookup.
-
-_fault_hits: Counter = Counter()
-_bytes_written = 0
-
-
-def _faults() -> dict[str, int]:
-    spec = os.environ.get(FAULT_ENV, "")
-    faults = {}
-    for item in filter(None, spec.split(",")):
-        point, _, count = item.partition(":")
-        faults[point.strip()] = int(count or 1)
-    return faults
-
-
-def fault_point(point: str) -> None:
-    target = _faults().get(point) if FAULT_ENV in os.environ else None
-    if target is None:
-        return
-    _fault_hits[point] += 1
-    if _fault_hits[point] == target:
-        os.kill(os.getpid(), signal.SIGKILL)
-
-
-def _inject_enospc(about_to_write: int) -> None:
-    global _bytes_written
-    if FAULT_ENV not in os.environ:
-        return
-    limit = _faults().get("enospc")
-    if limit is not None and _bytes_written + about_to_write > limit:
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC) + " (injected)")
-    _bytes_written += about_to_write
-
-
-__all__ = ["UnitResult", "ReproducibleTar", "write_unit", "read_state", "write_state", "state_path",
-           "temp_name", "is_temp_name", "fault_point", "STATE_DIR", "FAULT_ENV"]
+__all__ = ["UnitResult", "ReproducibleTar", "write_unit", "read_state", "write_state", "state_path", "STATE_DIR"]

@@ -1,4 +1,4 @@
-"""A small demo collection made with `pipeline.synth`: two "drives" of synthetic albums.
+"""A small demo collection made with `pipeline.demo.synth`: two "drives" of synthetic albums.
 
 It is built to show every kind of record `pipeline ingest` writes: tracks in six formats, albums
 that are tagged and albums known only by their folder names, a symlinked duplicate and a
@@ -15,20 +15,13 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.synth import write_track
+from pipeline.demo.synth import write_track
+from pipeline.durable import remove_stale_temporaries, staged_path
 
 DEMO_FORMATS = (".mp3", ".flac", ".ogg", ".m4a", ".opus", ".wav")
 DRIVES = ("drive1", "drive2")
 NOT_AUDIO_NAME = "liner notes.mp3"
 NOT_AUDIO_TEXT = "These are the liner notes, not audio. pipeline ingest reports this file as a failure.\n"
-
-
-def _write_atomically(path: Path, **track_args) -> None:
-    """Encode under a hidden name with the same extension, then rename: an interrupted run never
-    leaves a truncated file that a re-run would mistake for a finished one."""
-    tmp = path.with_name(f".tmp-{path.name}")
-    write_track(tmp, **track_args)
-    os.replace(tmp, path)
 
 
 def make_demo_collection(out_dir: str | os.PathLike, artists: int = 3, albums_per_artist: int = 2,
@@ -56,6 +49,7 @@ def make_demo_collection(out_dir: str | os.PathLike, artists: int = 3, albums_pe
             ext = DEMO_FORMATS[album_index % len(DEMO_FORMATS)]
             root = roots[album_index % len(roots)]
             album_index += 1
+            remove_stale_temporaries(root / artist / album)
             for t in range(tracks_per_album):
                 title = f"Song {a + 1}.{b + 1}.{t + 1}"
                 seconds = float(rng.uniform(min_seconds, max_seconds))
@@ -65,7 +59,9 @@ def make_demo_collection(out_dir: str | os.PathLike, artists: int = 3, albums_pe
                 if path.exists():
                     continue
                 tags = {"artist": artist, "album": album, "title": title, "track": str(t + 1)} if tagged else None
-                _write_atomically(path, seconds=seconds, seed=track_seed, tags=tags)
+                # staged: an interrupted run never leaves a truncated file a re-run would take as finished
+                with staged_path(path) as tmp:
+                    write_track(tmp, seconds=seconds, seed=track_seed, tags=tags)
     if first_track is not None:
         _add_duplicates(first_track, roots)
     notes = roots[0] / NOT_AUDIO_NAME
@@ -84,6 +80,5 @@ def _add_duplicates(track: Path, roots: list[Path]) -> None:
     backup = roots[-1] / "Backup" / track.name
     if not backup.exists():
         backup.parent.mkdir(parents=True, exist_ok=True)
-        tmp = backup.with_name(f".tmp-{backup.name}")
-        shutil.copyfile(track, tmp)
-        os.replace(tmp, backup)
+        with staged_path(backup) as tmp:
+            shutil.copyfile(track, tmp)

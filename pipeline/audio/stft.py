@@ -18,14 +18,14 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Iterable, Iterator
 
 import numpy as np
 import torch
 
 from pipeline import format as fmt
-from pipeline.decode import DEFAULT_CHUNK_SAMPLES, decode_chunks
+from pipeline.audio.decode import DEFAULT_CHUNK_SAMPLES, decode_chunks
 
 FLOAT16_MAX = float(np.finfo(np.float16).max)
 
@@ -40,9 +40,13 @@ class Clip:
     spec: np.ndarray  # float16 [2, bins, clip_frames]
 
 
-def track_clips(path: str | os.PathLike, stft: fmt.STFTParams = fmt.STFTParams(),
-                clip_frames: int = fmt.DEFAULT_CLIP_FRAMES, *,
-                chunk_samples: int = DEFAULT_CHUNK_SAMPLES) -> Iterator[Clip]:
+def track_clips(
+    path: str | os.PathLike,
+    stft: fmt.STFTParams = fmt.STFTParams(),
+    clip_frames: int = fmt.DEFAULT_CLIP_FRAMES,
+    *,
+    chunk_samples: int = DEFAULT_CHUNK_SAMPLES,
+) -> Iterator[Clip]:
     """Decode `path` in chunks and yield its clips in order; raises decode.DecodeError on bad files.
 
     A track shorter than `format.min_valid_frames(clip_frames)` frames yields nothing.
@@ -54,8 +58,7 @@ def track_clips(path: str | os.PathLike, stft: fmt.STFTParams = fmt.STFTParams()
         chunks.close()  # a consumer that stops early must not leave ffmpeg running
 
 
-def clips_from_chunks(chunks: Iterable[np.ndarray], stft: fmt.STFTParams,
-                      clip_frames: int) -> Iterator[Clip]:
+def clips_from_chunks(chunks: Iterable[np.ndarray], stft: fmt.STFTParams, clip_frames: int) -> Iterator[Clip]:
     """Clips of the signal given as consecutive float32 `[n, 2]` chunks of any sizes."""
     return cut_clips(stft_frame_blocks(chunks, stft), clip_frames)
 
@@ -125,7 +128,7 @@ def cut_clips(frame_blocks: Iterable[np.ndarray], clip_frames: int) -> Iterator[
             if spec is None:
                 spec = np.zeros((block.shape[0], block.shape[1], clip_frames), dtype=fmt.SPEC_DTYPE)
             take = min(clip_frames - filled, block.shape[2] - used)
-            spec[:, :, filled:filled + take] = block[:, :, used:used + take]
+            spec[:, :, filled : filled + take] = block[:, :, used : used + take]
             filled += take
             used += take
             if filled == clip_frames:
@@ -143,16 +146,11 @@ def _frames_in(padded_samples: int, stft: fmt.STFTParams) -> int:
 
 
 def _window(stft: fmt.STFTParams) -> torch.Tensor:
-    if stft.window != "hann":
-        raise ValueError(f"unsupported STFT window {stft.window!r} (only 'hann')")
-    if stft.n_fft < 2 or stft.n_fft % 2 or stft.hop < 1:
-        raise ValueError(f"need an even n_fft >= 2 and hop >= 1, got n_fft={stft.n_fft} hop={stft.hop}")
     with _one_torch_thread():
         return torch.hann_window(stft.n_fft, periodic=True, dtype=torch.float32)
 
 
-def _magnitude(padded: np.ndarray, stft: fmt.STFTParams, window: torch.Tensor,
-               frames: int | None = None) -> np.ndarray:
+def _magnitude(padded: np.ndarray, stft: fmt.STFTParams, window: torch.Tensor, frames: int | None = None) -> np.ndarray:
     """float32 `[2, bins, frames]` magnitude (a frame-major view) of the frames starting every hop from `padded[:, 0]`.
 
     Values are finite and at most the float16 maximum: decoded float WAVs can hold NaN/inf or huge
@@ -161,13 +159,13 @@ def _magnitude(padded: np.ndarray, stft: fmt.STFTParams, window: torch.Tensor,
     if frames is None:
         frames = _frames_in(padded.shape[1], stft)
     with _one_torch_thread():
-        signal = torch.from_numpy(padded)[:, :(frames - 1) * stft.hop + stft.n_fft]
+        signal = torch.from_numpy(padded)[:, : (frames - 1) * stft.hop + stft.n_fft]
         # Contiguous whatever the caller's layout: MKL picks its kernel by the input strides, and a
         # transposed (Fortran-order) buffer rounds the last bit differently on some CPUs (seen on an
         # AVX-512 Xeon, not on the AMD dev VM), which made chunked and whole-track frames differ.
         windowed = (signal.unfold(-1, stft.n_fft, stft.hop) * window).contiguous()  # [2, frames, n_fft]
         # A view: memory stays frame-major, as the FFT wrote it; transposing now would copy.
-        spectrum = torch.fft.rfft(windowed, dim=-1)[:, :, :stft.bins].transpose(1, 2).numpy()
+        spectrum = torch.fft.rfft(windowed, dim=-1)[:, :, : stft.bins].transpose(1, 2).numpy()
     magnitude = np.abs(spectrum)  # numpy's complex abs is ~15x faster than torch's here; keeps the layout
     if not np.isfinite(magnitude).all():
         np.nan_to_num(magnitude, copy=False, nan=0.0, posinf=FLOAT16_MAX)

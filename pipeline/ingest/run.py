@@ -19,12 +19,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline import format as fmt
-from pipeline.manifest import (ProbeJournal, build_records, failure_outcome, forget_state, ignored_outcome,
-                               inputs_digest, outcomes_from_manifest, remove_stale_temporaries, save_state, track_outcome,
-                               unchanged_counts, write_manifest)
-from pipeline.locking import exclusive
-from pipeline.probe import ProbeError, probe_file
-from pipeline.scan import FoundFile, RootScan, root_error, scan_roots
+from pipeline.durable import exclusive, remove_stale_temporaries
+from pipeline.ingest.manifest import (
+    ProbeJournal,
+    build_records,
+    failure_outcome,
+    forget_state,
+    ignored_outcome,
+    inputs_digest,
+    outcomes_from_manifest,
+    save_state,
+    track_outcome,
+    unchanged_counts,
+    write_manifest,
+)
+from pipeline.ingest.probe import ProbeError, probe_file
+from pipeline.ingest.scan import FoundFile, RootScan, root_error, scan_roots
 
 
 def default_workers() -> int:
@@ -45,14 +55,21 @@ class IngestSummary:
     seconds: float = 0.0
 
     def line(self) -> str:
-        return (f"ingest: {len(self.roots)} roots, {self.files} files: {self.tracks} tracks "
-                f"({self.duplicates} duplicates), {self.failures} failures; probed {self.probed}, "
-                f"reused {self.reused}; {self.seconds:.1f} s"
-                + (f"; {len(self.root_errors)} roots unreadable" if self.root_errors else ""))
+        return (
+            f"ingest: {len(self.roots)} roots, {self.files} files: {self.tracks} tracks "
+            f"({self.duplicates} duplicates), {self.failures} failures; probed {self.probed}, "
+            f"reused {self.reused}; {self.seconds:.1f} s"
+            + (f"; {len(self.root_errors)} roots unreadable" if self.root_errors else "")
+        )
 
 
-def ingest(roots: list[str], manifests_dir: str | os.PathLike = "manifests", workers: int | None = None,
-           val_fraction: float = 0.02, progress: bool | None = None) -> IngestSummary:
+def ingest(
+    roots: list[str],
+    manifests_dir: str | os.PathLike = "manifests",
+    workers: int | None = None,
+    val_fraction: float = 0.02,
+    progress: bool | None = None,
+) -> IngestSummary:
     """Ingest `roots` into `manifests_dir`/tracks.jsonl and failures.jsonl; return the counts.
 
     A root that cannot be read is reported on stderr and in `root_errors`; the others are ingested
@@ -77,7 +94,11 @@ def ingest(roots: list[str], manifests_dir: str | os.PathLike = "manifests", wor
     counts = digest and unchanged_counts(manifests_dir, digest)
     if counts:
         summary.files = summary.reused = counts["files"]
-        summary.tracks, summary.duplicates, summary.failures = counts["tracks"], counts["duplicates"], counts["failures"]
+        summary.tracks, summary.duplicates, summary.failures = (
+            counts["tracks"],
+            counts["duplicates"],
+            counts["failures"],
+        )
         summary.seconds = time.perf_counter() - start
         return summary
 
@@ -90,8 +111,13 @@ def ingest(roots: list[str], manifests_dir: str | os.PathLike = "manifests", wor
             outcomes, pending = _reuse_outcomes(found, journal, manifests_dir)
             found += _keep_unreadable_roots(scans, manifests_dir, outcomes)
             summary.reused = len(outcomes)
-            summary.probed = _probe_all(pending, journal, outcomes, workers or default_workers(),
-                                        sys.stderr.isatty() if progress is None else progress)
+            summary.probed = _probe_all(
+                pending,
+                journal,
+                outcomes,
+                workers or default_workers(),
+                sys.stderr.isatty() if progress is None else progress,
+            )
             _report_vanished_roots(roots, summary)
             tracks, probe_failures = build_records(found, outcomes, val_fraction)
             failures = scan_failures + probe_failures
@@ -109,8 +135,16 @@ def ingest(roots: list[str], manifests_dir: str | os.PathLike = "manifests", wor
     # A file that vanished while we probed (a drive unplugged mid-run) may come back unchanged: the
     # rerun must then redo it, not take the unchanged scan for an up-to-date manifest.
     if digest and not summary.root_errors and not any(o.get("vanished") for o in outcomes.values()):
-        save_state(manifests_dir, digest, {"files": summary.files, "tracks": summary.tracks,
-                                           "duplicates": summary.duplicates, "failures": summary.failures})
+        save_state(
+            manifests_dir,
+            digest,
+            {
+                "files": summary.files,
+                "tracks": summary.tracks,
+                "duplicates": summary.duplicates,
+                "failures": summary.failures,
+            },
+        )
     summary.seconds = time.perf_counter() - start
     return summary
 
@@ -129,8 +163,9 @@ def _inode_key(file: FoundFile) -> tuple:
     return file.dev, file.ino, file.size, file.mtime
 
 
-def _reuse_outcomes(found: list[FoundFile], journal: ProbeJournal, manifests_dir: Path
-                    ) -> tuple[dict[str, dict], dict[tuple, list[FoundFile]]]:
+def _reuse_outcomes(
+    found: list[FoundFile], journal: ProbeJournal, manifests_dir: Path
+) -> tuple[dict[str, dict], dict[tuple, list[FoundFile]]]:
     """Outcomes known for unchanged files, and the rest grouped by inode (a hard link or a symlink
     is probed once, through any of its paths)."""
     outcomes: dict[str, dict] = {}
@@ -176,8 +211,18 @@ def _keep_unreadable_roots(scans: list[RootScan], manifests_dir: Path, outcomes:
         record_root = _root_of(path, failed)
         if record_root is not None and path not in outcomes:
             outcomes[path] = outcome
-            kept.append(FoundFile(path, record_root, outcome["size"], outcome["mtime"], -1, -1, by_extension=True,
-                                  is_link=outcome["duplicate_of"] is not None))
+            kept.append(
+                FoundFile(
+                    path,
+                    record_root,
+                    outcome["size"],
+                    outcome["mtime"],
+                    -1,
+                    -1,
+                    by_extension=True,
+                    is_link=outcome["duplicate_of"] is not None,
+                )
+            )
     return kept
 
 
@@ -205,23 +250,29 @@ def _probe_one(group: list[FoundFile]) -> list[dict]:
     try:
         result = probe_file(file.path, file.by_extension)
     except (ProbeError, OSError) as exc:
-        return [failure_outcome(f.path, f.size, f.mtime, str(exc), vanished=not os.path.exists(f.path))
-                for f in group]
+        return [failure_outcome(f.path, f.size, f.mtime, str(exc), vanished=not os.path.exists(f.path)) for f in group]
     if result is None:
         return [ignored_outcome(f.path, f.size, f.mtime) for f in group]
     return [track_outcome(f.path, f.size, f.mtime, result) for f in group]
 
 
-def _probe_all(pending: dict[tuple, list[FoundFile]], journal: ProbeJournal, outcomes: dict[str, dict],
-               workers: int, progress: bool) -> int:
+def _probe_all(
+    pending: dict[tuple, list[FoundFile]],
+    journal: ProbeJournal,
+    outcomes: dict[str, dict],
+    workers: int,
+    progress: bool,
+) -> int:
     """Probe each pending inode once; every outcome is journaled the moment it is known."""
     if not pending:
         return 0
     from tqdm import tqdm
 
     groups = _interleave_roots(list(pending.values()))
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="probe") as pool, \
-            tqdm(total=len(groups), unit="file", desc="probe", disable=not progress, dynamic_ncols=True) as bar:
+    with (
+        ThreadPoolExecutor(max_workers=workers, thread_name_prefix="probe") as pool,
+        tqdm(total=len(groups), unit="file", desc="probe", disable=not progress, dynamic_ncols=True) as bar,
+    ):
         futures = [pool.submit(_probe_one, group) for group in groups]
         try:
             for future in as_completed(futures):

@@ -39,9 +39,9 @@ def first_shard(source: str | os.PathLike) -> Path:
 
 def read_samples(shard: str | os.PathLike, n: int) -> list[PreviewSample]:
     """The first `n` samples of a shard, decoded without pickle."""
-    import webdataset as wds
-
     import tarfile
+
+    import webdataset as wds
 
     samples = []
     dataset = wds.WebDataset(str(shard), shardshuffle=False, empty_check=False)
@@ -49,8 +49,9 @@ def read_samples(shard: str | os.PathLike, n: int) -> list[PreviewSample]:
         for raw in dataset:
             if fmt.SPEC_KEY not in raw or fmt.META_KEY not in raw:
                 raise ValueError(f"{shard}: sample {raw.get('__key__')!r} lacks {fmt.SPEC_KEY} or {fmt.META_KEY}")
-            samples.append(PreviewSample(raw["__key__"], fmt.decode_spec(raw[fmt.SPEC_KEY]),
-                                         fmt.decode_meta(raw[fmt.META_KEY])))
+            samples.append(
+                PreviewSample(raw["__key__"], fmt.decode_spec(raw[fmt.SPEC_KEY]), fmt.decode_meta(raw[fmt.META_KEY]))
+            )
             if len(samples) >= n:
                 break
     except (tarfile.TarError, OSError, EOFError) as exc:
@@ -86,8 +87,13 @@ def render_preview(samples: list[PreviewSample], out: str | os.PathLike) -> Path
     for ax, sample in zip(axes[:, 0], samples):
         frames = sample.spec.shape[-1]
         mono = sample.spec.astype(np.float32).mean(axis=0)
-        image = ax.imshow(log_magnitude_db(mono), origin="lower", aspect="auto", cmap="magma",
-                          extent=spectrogram_extent(sample.meta, frames))
+        image = ax.imshow(
+            log_magnitude_db(mono),
+            origin="lower",
+            aspect="auto",
+            cmap="magma",
+            extent=spectrogram_extent(sample.meta, frames),
+        )
         valid_end = spectrogram_extent(sample.meta, sample.meta.valid_frames)[1]
         if sample.meta.valid_frames < frames:
             ax.axvline(valid_end, color="cyan", linestyle="--", linewidth=1, label="padding starts")

@@ -19,9 +19,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline import format as fmt
-from pipeline.locking import FolderBusy, exclusive
-from pipeline.plan import Plan, ShardOptions, Unit, describe_changes, make_plan, plan_record
-from pipeline.write import STATE_DIR, UnitResult, fault_point, is_temp_name, read_state, write_unit
+from pipeline.durable import FolderBusy, exclusive, fsync_dir, remove_stale_temporaries, write_text
+from pipeline.shard.faults import fault_point
+from pipeline.shard.plan import Plan, ShardOptions, Unit, describe_changes, make_plan, plan_record
+from pipeline.shard.write import STATE_DIR, UnitResult, read_state, write_unit
 
 PLAN_FILE = "plan.json"
 
@@ -42,9 +43,15 @@ class ShardSummary:
     splits: dict[str, int] = field(default_factory=dict)  # split -> shard count
 
 
-def run_shard(manifests: str | os.PathLike, out: str | os.PathLike, options: ShardOptions,
-              workers: int | None = None, scheduler: str | None = None, force: bool = False,
-              progress: bool = True) -> ShardSummary:
+def run_shard(
+    manifests: str | os.PathLike,
+    out: str | os.PathLike,
+    options: ShardOptions,
+    workers: int | None = None,
+    scheduler: str | None = None,
+    force: bool = False,
+    progress: bool = True,
+) -> ShardSummary:
     """Build (or finish building) the shard set of `manifests` in `out`."""
     started = time.monotonic()
     manifests, out = Path(manifests), Path(out)
@@ -70,8 +77,8 @@ def run_shard(manifests: str | os.PathLike, out: str | os.PathLike, options: Sha
         preflight(out, pending, reclaimable=sum(p.stat().st_size for p in stale))
         for path in stale:
             path.unlink(missing_ok=True)
-        fmt.fsync_dir(out)
-        _write_json_atomic(out / STATE_DIR / PLAN_FILE, plan_record(plan))
+        fsync_dir(out)
+        write_text(out / STATE_DIR / PLAN_FILE, json.dumps(plan_record(plan), sort_keys=True))
         results = dict(done)
         for result in _execute(pending, out, options, workers, scheduler, plan, done, progress):
             results[result.name] = result
@@ -80,8 +87,9 @@ def run_shard(manifests: str | os.PathLike, out: str | os.PathLike, options: Sha
         _merge_failures(manifests, plan, results.values())
         fault_point("index")
         _write_indexes(out, plan, results)
-    summary = ShardSummary(shards=len(plan.units), reused=len(done), written=len(pending),
-                           wall_seconds=time.monotonic() - started)
+    summary = ShardSummary(
+        shards=len(plan.units), reused=len(done), written=len(pending), wall_seconds=time.monotonic() - started
+    )
     for unit in plan.units:
         result = results[unit.name]
         summary.samples += result.nsamples
@@ -121,24 +129,26 @@ def _check_plan(out: Path, plan: Plan, force: bool) -> None:
     if not path.exists():
         stray = sorted(p.name for p in out.iterdir() if fmt.is_shard_name(p.name))
         if stray and not force:
-            raise ShardError(f"{out}: holds shards ({stray[0]}, ...) of unknown origin; "
-                             "use --force to replace them or choose another --out")
+            raise ShardError(
+                f"{out}: holds shards ({stray[0]}, ...) of unknown origin; "
+                "use --force to replace them or choose another --out"
+            )
         return
     try:
         old = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise ShardError(f"{path}: unreadable plan state ({exc}); use --force to rebuild") from exc
     if old.get("fingerprint") != plan.fingerprint and not force:
-        raise ShardError(f"{out} was built from a different plan ({describe_changes(old, plan)}); "
-                         "rerun with --force to rebuild (shards that still match are kept)")
+        raise ShardError(
+            f"{out} was built from a different plan ({describe_changes(old, plan)}); "
+            "rerun with --force to rebuild (shards that still match are kept)"
+        )
 
 
 def _clean_temporaries(out: Path) -> None:
     """Leftovers of killed runs: nobody else writes here (we hold the lock)."""
     for folder in (out, out / STATE_DIR):
-        for path in folder.iterdir():
-            if is_temp_name(path.name):
-                path.unlink(missing_ok=True)
+        remove_stale_temporaries(folder, only_dead_writers=False)
 
 
 def _split_done(out: Path, plan: Plan, options: ShardOptions) -> tuple[dict[str, UnitResult], list[Unit]]:
@@ -147,9 +157,13 @@ def _split_done(out: Path, plan: Plan, options: ShardOptions) -> tuple[dict[str,
     for unit in plan.units:
         state = read_state(out, unit.name)
         shard = out / unit.name
-        if (state is not None and state.fingerprint == unit.fingerprint(options)
-                and shard.is_file() and shard.stat().st_size == state.filesize
-                and not any(os.path.exists(path) for path in state.missing)):
+        if (
+            state is not None
+            and state.fingerprint == unit.fingerprint(options)
+            and shard.is_file()
+            and shard.stat().st_size == state.filesize
+            and not any(os.path.exists(path) for path in state.missing)
+        ):
             done[unit.name] = state
         else:
             pending.append(unit)
@@ -160,17 +174,29 @@ def _stale_files(out: Path, plan: Plan, done: dict[str, UnitResult]) -> list[Pat
     """Shards, states and indexes not proven to belong to this plan's finished units: they go, so a
     killed run never leaves an old file that could pass for a new one."""
     stale = [p for p in out.iterdir() if fmt.is_shard_name(p.name) and p.name not in done]
-    stale += [p for p in (out / STATE_DIR).iterdir()
-              if p.name.endswith(".tar.json") and p.name[: -len(".json")] not in done]
+    stale += [
+        p for p in (out / STATE_DIR).iterdir() if p.name.endswith(".tar.json") and p.name[: -len(".json")] not in done
+    ]
     complete = len(done) == len(plan.units)
     wanted = set(plan.splits())
-    stale += [out / fmt.index_name(split) for split in set(fmt.SPLITS) | wanted
-              if (out / fmt.index_name(split)).exists() and (split not in wanted or not complete)]
+    stale += [
+        out / fmt.index_name(split)
+        for split in set(fmt.SPLITS) | wanted
+        if (out / fmt.index_name(split)).exists() and (split not in wanted or not complete)
+    ]
     return stale
 
 
-def _execute(pending: list[Unit], out: Path, options: ShardOptions, workers: int | None,
-             scheduler: str | None, plan: Plan, done: dict[str, UnitResult], progress: bool):
+def _execute(
+    pending: list[Unit],
+    out: Path,
+    options: ShardOptions,
+    workers: int | None,
+    scheduler: str | None,
+    plan: Plan,
+    done: dict[str, UnitResult],
+    progress: bool,
+):
     """Yield unit results as units finish, locally with joblib or on a Dask cluster."""
     if not pending:
         return
@@ -187,8 +213,9 @@ def _execute(pending: list[Unit], out: Path, options: ShardOptions, workers: int
     else:
         client = None
         backend, n_jobs = nullcontext(), (workers or -1)
-    bar = _AudioProgress(total_seconds=plan.seconds, enabled=progress,
-                         done_seconds=sum(u.seconds for u in plan.units if u.name in done))
+    bar = _AudioProgress(
+        total_seconds=plan.seconds, enabled=progress, done_seconds=sum(u.seconds for u in plan.units if u.name in done)
+    )
     try:
         with backend:
             # Largest units first keeps the slowest shard from starting last.
@@ -226,17 +253,22 @@ class _AudioProgress:
     def __init__(self, total_seconds: float, done_seconds: float, enabled: bool):
         from tqdm import tqdm
 
-        self._bar = tqdm(total=total_seconds / 3600, initial=done_seconds / 3600,
-                         unit="h", disable=not enabled, desc="shard",
-                         bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.3f}/{total:.3f} h audio "
-                                    "[{elapsed}<{remaining}{postfix}]")
+        self._bar = tqdm(
+            total=total_seconds / 3600,
+            initial=done_seconds / 3600,
+            unit="h",
+            disable=not enabled,
+            desc="shard",
+            bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.3f}/{total:.3f} h audio [{elapsed}<{remaining}{postfix}]",
+        )
         self._started = time.monotonic()
         self._seconds = 0.0
 
     def advance(self, seconds: float) -> None:
         self._seconds += seconds
-        self._bar.set_postfix_str(f"{self._seconds / max(1e-9, time.monotonic() - self._started):.1f}x realtime",
-                                  refresh=False)
+        self._bar.set_postfix_str(
+            f"{self._seconds / max(1e-9, time.monotonic() - self._started):.1f}x realtime", refresh=False
+        )
         self._bar.update(seconds / 3600)
 
     def complete(self) -> None:
@@ -252,16 +284,18 @@ def _merge_failures(manifests: Path, plan: Plan, results) -> None:
     """failures.jsonl = other stages' records + this plan's decode failures (old ones for the plan's
     tracks are replaced, since a fixed file must stop being reported)."""
     planned = {t.path for u in plan.units for t in u.tracks}
-    ours = {(f["path"], f["stage"]): fmt.record_from_dict(fmt.FailureRecord, f)
-            for r in results for f in r.failures}
+    ours = {(f["path"], f["stage"]): fmt.record_from_dict(fmt.FailureRecord, f) for r in results for f in r.failures}
     # `pipeline ingest` rewrites failures.jsonl too: wait for it rather than lose either's lines.
     with exclusive(manifests / fmt.MANIFESTS_LOCK, "", wait=True):
         existing = _read_failures(manifests)
-        kept = [f for f in existing
-                if not (f.stage in ("decode", "shard") and f.path in planned) and (f.path, f.stage) not in ours]
+        kept = [
+            f
+            for f in existing
+            if not (f.stage in fmt.SHARD_STAGES and f.path in planned) and (f.path, f.stage) not in ours
+        ]
         merged = kept + sorted(ours.values(), key=lambda f: (f.path, f.stage))
         if merged != existing:
-            fmt.write_jsonl_atomic(manifests / fmt.FAILURES_FILE, merged)
+            fmt.write_jsonl(manifests / fmt.FAILURES_FILE, merged)
 
 
 def _read_failures(manifests: Path) -> list[fmt.FailureRecord]:
@@ -270,8 +304,10 @@ def _read_failures(manifests: Path) -> list[fmt.FailureRecord]:
     except ValueError as exc:
         # fmt names the file and line of a bad record; a decoding error names neither.
         problem = f"{manifests / fmt.FAILURES_FILE}: not UTF-8 text" if isinstance(exc, UnicodeDecodeError) else exc
-        raise ShardError(f"{problem}; repair or delete it (`pipeline ingest` rewrites the file), "
-                         "then rerun: finished shards are kept") from exc
+        raise ShardError(
+            f"{problem}; repair or delete it (`pipeline ingest` rewrites the file), "
+            "then rerun: finished shards are kept"
+        ) from exc
 
 
 def _write_indexes(out: Path, plan: Plan, results: dict[str, UnitResult]) -> None:
@@ -283,15 +319,14 @@ def _write_indexes(out: Path, plan: Plan, results: dict[str, UnitResult]) -> Non
             shardlist=[fmt.ShardEntry(s.name, s.nsamples, s.filesize) for s in states],
             stft=plan.options.stft.to_dict(),
             clip_frames=plan.options.clip_frames,
-            totals={"samples": sum(s.nsamples for s in states), "tracks": sum(s.tracks for s in states),
-                    "seconds": round(sum(s.seconds for s in states), 3),
-                    "bytes": sum(s.filesize for s in states)},
+            totals={
+                "samples": sum(s.nsamples for s in states),
+                "tracks": sum(s.tracks for s in states),
+                "seconds": round(sum(s.seconds for s in states), 3),
+                "bytes": sum(s.filesize for s in states),
+            },
         )
-        fmt.write_index_atomic(out / fmt.index_name(split), index)
-
-
-def _write_json_atomic(path: Path, data: dict) -> None:
-    fmt.write_text_atomic(path, json.dumps(data, sort_keys=True))
+        fmt.write_index(out / fmt.index_name(split), index)
 
 
 __all__ = ["run_shard", "preflight", "ShardError", "ShardSummary", "PLAN_FILE"]

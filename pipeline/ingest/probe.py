@@ -30,17 +30,83 @@ BLOCK_BYTES = 64 * 1024
 FFPROBE_TIMEOUT_S = 120
 
 # Nominated as audio by their name; the content still has to agree.
-AUDIO_EXTENSIONS = frozenset({
-    "mp3", "mp2", "mpga", "flac", "ogg", "oga", "opus", "m4a", "m4b", "mp4", "aac", "wav", "wave",
-    "aif", "aiff", "aifc", "wma", "ape", "wv", "mpc", "mka", "webm", "alac", "tta", "dsf", "dff", "au",
-    "caf",
-})
+AUDIO_EXTENSIONS = frozenset(
+    {
+        "mp3",
+        "mp2",
+        "mpga",
+        "flac",
+        "ogg",
+        "oga",
+        "opus",
+        "m4a",
+        "m4b",
+        "mp4",
+        "aac",
+        "wav",
+        "wave",
+        "aif",
+        "aiff",
+        "aifc",
+        "wma",
+        "ape",
+        "wv",
+        "mpc",
+        "mka",
+        "webm",
+        "alac",
+        "tta",
+        "dsf",
+        "dff",
+        "au",
+        "caf",
+    }
+)
 # Known not to be audio: skipped without a stat. Anything else is sniffed and kept if it is audio.
-OTHER_EXTENSIONS = frozenset({
-    "jpg", "jpeg", "png", "gif", "bmp", "webp", "tif", "tiff", "txt", "log", "cue", "nfo", "pdf",
-    "m3u", "m3u8", "pls", "sfv", "md5", "ffp", "accurip", "db", "ini", "json", "xml", "html", "htm",
-    "url", "lnk", "doc", "docx", "rtf", "md", "csv", "zip", "rar", "7z", "par2", "exe", "iso", "torrent",
-})
+OTHER_EXTENSIONS = frozenset(
+    {
+        "jpg",
+        "jpeg",
+        "png",
+        "gif",
+        "bmp",
+        "webp",
+        "tif",
+        "tiff",
+        "txt",
+        "log",
+        "cue",
+        "nfo",
+        "pdf",
+        "m3u",
+        "m3u8",
+        "pls",
+        "sfv",
+        "md5",
+        "ffp",
+        "accurip",
+        "db",
+        "ini",
+        "json",
+        "xml",
+        "html",
+        "htm",
+        "url",
+        "lnk",
+        "doc",
+        "docx",
+        "rtf",
+        "md",
+        "csv",
+        "zip",
+        "rar",
+        "7z",
+        "par2",
+        "exe",
+        "iso",
+        "torrent",
+    }
+)
 
 
 class ProbeError(Exception):
@@ -60,10 +126,21 @@ class ProbeResult:
 # --- content sniffing ----------------------------------------------------------------------
 
 _STRONG_MAGIC = (
-    (0, b"fLaC", "flac"), (0, b"OggS", "ogg"), (0, b"ID3", "id3"), (0, b"MAC ", "ape"),
-    (0, b"wvpk", "wavpack"), (0, b"MPCK", "musepack"), (0, b"MP+", "musepack"), (0, b"TTA1", "tta"),
-    (0, b"DSD ", "dsf"), (0, b"FRM8", "dff"), (0, b".snd", "au"), (0, b"caff", "caf"),
-    (0, b"\x1aE\xdf\xa3", "matroska"), (0, b"0&\xb2u\x8ef\xcf\x11", "asf"), (4, b"ftyp", "mp4"),
+    (0, b"fLaC", "flac"),
+    (0, b"OggS", "ogg"),
+    (0, b"ID3", "id3"),
+    (0, b"MAC ", "ape"),
+    (0, b"wvpk", "wavpack"),
+    (0, b"MPCK", "musepack"),
+    (0, b"MP+", "musepack"),
+    (0, b"TTA1", "tta"),
+    (0, b"DSD ", "dsf"),
+    (0, b"FRM8", "dff"),
+    (0, b".snd", "au"),
+    (0, b"caff", "caf"),
+    (0, b"\x1aE\xdf\xa3", "matroska"),
+    (0, b"0&\xb2u\x8ef\xcf\x11", "asf"),
+    (4, b"ftyp", "mp4"),
 )
 _RIFF_FORMS = {(b"RIFF", b"WAVE"), (b"RF64", b"WAVE"), (b"FORM", b"AIFF"), (b"FORM", b"AIFC")}
 # kbit/s by bitrate index, per (MPEG-1?, layer); MPEG-2/2.5 layers II and III share a table.
@@ -130,7 +207,7 @@ def sniff(head: bytes, strong_only: bool = False) -> str | None:
     frame syncs, which random binary data matches now and then: used for files that only the
     content (not the name) nominates."""
     for offset, magic, kind in _STRONG_MAGIC:
-        if head[offset:offset + len(magic)] == magic:
+        if head[offset : offset + len(magic)] == magic:
             return kind
     if (head[:4], head[8:12]) in _RIFF_FORMS:
         return "wav" if head[8:12] == b"WAVE" else "aiff"
@@ -143,7 +220,7 @@ def describe_content(head: bytes) -> str:
         return "empty file"
     for cut in range(4):  # the head may end inside a multi-byte character
         try:
-            text = head[:len(head) - cut].decode("utf-8")
+            text = head[: len(head) - cut].decode("utf-8")
         except UnicodeDecodeError:
             continue
         if text and all(ch.isprintable() or ch in "\r\n\t" for ch in text):
@@ -153,6 +230,7 @@ def describe_content(head: bytes) -> str:
 
 
 # --- fingerprint ---------------------------------------------------------------------------
+
 
 def read_head_and_fingerprint(path: str) -> tuple[bytes, int, str]:
     """One open: the first block (up to 64 KiB, for sniffing), the size, and the content fingerprint."""
@@ -175,14 +253,26 @@ def read_head_and_fingerprint(path: str) -> tuple[bytes, int, str]:
 
 # --- ffprobe -------------------------------------------------------------------------------
 
+
 def run_ffprobe(path: str, read_from: str = "99999999") -> dict:
     """ffprobe's JSON for the first audio stream, plus the packets found by seeking to `read_from`
     seconds (by default past the end, which lands on the last packets): where the audio data really
     ends, which exposes truncated files whose header still promises the full duration. One process
     per file does both."""
-    args = ["ffprobe", "-v", "error", "-read_intervals", f"{read_from}%", "-select_streams", "a:0",
-            "-show_entries", "format:stream:packet=pts_time,duration_time", "-of", "json",
-            f"file:{path}"]
+    args = [
+        "ffprobe",
+        "-v",
+        "error",
+        "-read_intervals",
+        f"{read_from}%",
+        "-select_streams",
+        "a:0",
+        "-show_entries",
+        "format:stream:packet=pts_time,duration_time",
+        "-of",
+        "json",
+        f"file:{path}",
+    ]
     try:
         proc = subprocess.run(args, capture_output=True, timeout=FFPROBE_TIMEOUT_S)
     except subprocess.TimeoutExpired as exc:
@@ -230,11 +320,13 @@ def mp3_declares_length(head: bytes) -> bool:
     sync = head.find(b"\xff", start)
     while sync != -1 and (sync + 1 >= len(head) or head[sync + 1] & 0xE0 != 0xE0):
         sync = head.find(b"\xff", sync + 1)
-    first_frame = head[sync:sync + 64] if sync != -1 else b""
+    first_frame = head[sync : sync + 64] if sync != -1 else b""
     return any(tag in first_frame for tag in (b"Xing", b"Info", b"VBRI"))
 
 
-def interpret(info: dict, path: str | None = None, length_declared: bool = True) -> tuple[float, int, int, str, dict[str, str]]:
+def interpret(
+    info: dict, path: str | None = None, length_declared: bool = True
+) -> tuple[float, int, int, str, dict[str, str]]:
     """ffprobe JSON -> (duration, sample_rate, channels, codec, tags); ProbeError when unusable.
     With `path`, a file where seeking past the end finds no packet is asked again for its last two
     seconds. `length_declared=False` (an MP3 without a length header): the duration is where the
@@ -251,13 +343,16 @@ def interpret(info: dict, path: str | None = None, length_declared: bool = True)
         raise ProbeError("no duration: the audio stream is empty or unreadable")
     if not sample_rate or not channels or not codec:
         raise ProbeError(f"incomplete audio stream (codec={codec!r}, rate={sample_rate}, channels={channels})")
-    ends = [(_number(p.get("pts_time")) or 0.0) + (_number(p.get("duration_time")) or 0.0)
-            for p in info.get("packets") or []]
+    ends = [
+        (_number(p.get("pts_time")) or 0.0) + (_number(p.get("duration_time")) or 0.0)
+        for p in info.get("packets") or []
+    ]
     if not ends and codec.startswith("pcm_"):
         ends = [duration]  # PCM durations are computed from the data actually present
     if not ends and path is not None:
-        return interpret(run_ffprobe(path, read_from=f"{max(0.0, duration - 2.0):.3f}"),
-                         length_declared=length_declared)
+        return interpret(
+            run_ffprobe(path, read_from=f"{max(0.0, duration - 2.0):.3f}"), length_declared=length_declared
+        )
     if not ends:
         raise ProbeError("no audio packets can be read")
     start = _number(stream.get("start_time")) or 0.0

@@ -22,24 +22,34 @@ import os
 import re
 import sys
 import unicodedata
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 from pipeline import format as fmt
+from pipeline.durable import write_and_rename, write_text
 from pipeline.format import FailureRecord, TrackRecord
-from pipeline.probe import ProbeResult
+from pipeline.ingest.probe import ProbeResult
 
 JOURNAL_FILE = ".ingest-journal.jsonl"
 STATE_FILE = ".ingest-state.json"
-INGEST_STAGES = ("scan", "probe")
+
 
 # --- the probe journal ---------------------------------------------------------------------
 
 
 def track_outcome(path: str, size: int, mtime: float, result: ProbeResult) -> dict:
-    return {"path": path, "size": size, "mtime": mtime, "kind": "track", "fingerprint": result.fingerprint,
-            "duration": result.duration, "sample_rate": result.sample_rate, "channels": result.channels,
-            "codec": result.codec, "tags": result.tags}
+    return {
+        "path": path,
+        "size": size,
+        "mtime": mtime,
+        "kind": "track",
+        "fingerprint": result.fingerprint,
+        "duration": result.duration,
+        "sample_rate": result.sample_rate,
+        "channels": result.channels,
+        "codec": result.codec,
+        "tags": result.tags,
+    }
 
 
 def failure_outcome(path: str, size: int, mtime: float, reason: str, vanished: bool = False) -> dict:
@@ -74,8 +84,12 @@ class ProbeJournal:
 
     def lookup(self, path: str, size: int, mtime: float) -> dict | None:
         outcome = self.outcomes.get(path)
-        if outcome is not None and outcome["size"] == size and outcome["mtime"] == mtime \
-                and not outcome.get("vanished"):
+        if (
+            outcome is not None
+            and outcome["size"] == size
+            and outcome["mtime"] == mtime
+            and not outcome.get("vanished")
+        ):
             return outcome
         return None
 
@@ -98,14 +112,9 @@ class ProbeJournal:
     def compact(self, outcomes: Iterable[dict]) -> None:
         """Rewrite the journal to exactly `outcomes` (new file + rename)."""
         self.close()
-        tmp = self.path.with_name(f"{self.path.name}.tmp-{os.getpid()}")
-        with open(tmp, "w", encoding="utf-8") as fh:
+        with write_and_rename(self.path) as fh:
             for outcome in outcomes:
                 fh.write(json.dumps(outcome, ensure_ascii=False) + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, self.path)
-        fmt.fsync_dir(self.path.parent)
 
 
 def _ends_without_newline(path: Path) -> bool:
@@ -119,25 +128,6 @@ def _ends_without_newline(path: Path) -> bool:
         return False
 
 
-def remove_stale_temporaries(manifests_dir: str | os.PathLike) -> None:
-    """Temporary files of killed runs (`NAME.tmp-PID` whose process is gone) of the files ingest writes."""
-    for name in (f".{fmt.TRACKS_FILE}", f".{fmt.FAILURES_FILE}", JOURNAL_FILE, STATE_FILE):
-        for tmp in Path(manifests_dir).glob(f"{name}.tmp-*"):
-            pid = tmp.name.rpartition("-")[2]
-            if pid.isdigit() and not _process_alive(int(pid)):
-                tmp.unlink(missing_ok=True)
-
-
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def outcomes_from_manifest(manifests_dir: str | os.PathLike) -> dict[str, dict]:
     """The previous tracks.jsonl as a cache, for when the journal is gone. Tags are approximated by
     the recorded names (which were tags or folder names of the same path, so they rebuild the same
@@ -146,11 +136,18 @@ def outcomes_from_manifest(manifests_dir: str | os.PathLike) -> dict[str, dict]:
     cache = {}
     for record in _read_previous(fmt.read_tracks, manifests_dir, "its tracks are probed again"):
         cache[record.path] = {
-            "path": record.path, "size": record.size, "mtime": record.mtime, "kind": "track",
-            "fingerprint": record.id, "duration": record.duration, "sample_rate": record.sample_rate,
-            "channels": record.channels, "codec": record.codec,
+            "path": record.path,
+            "size": record.size,
+            "mtime": record.mtime,
+            "kind": "track",
+            "fingerprint": record.id,
+            "duration": record.duration,
+            "sample_rate": record.sample_rate,
+            "channels": record.channels,
+            "codec": record.codec,
             "tags": {"artist": record.artist, "album": record.album, "title": record.title},
-            "album_key": record.album_key, "duplicate_of": record.duplicate_of,
+            "album_key": record.album_key,
+            "duplicate_of": record.duplicate_of,
         }
     return cache
 
@@ -164,7 +161,7 @@ _TRACK_NUMBER = re.compile(r"^\d{1,3}\s*[-._ ]\s*(?=\S)")
 def folder_names(path: str, root: str) -> tuple[str, str, str]:
     """(artist, album, title) from `root/.../Artist/Album/[CD1/]NN Title.ext`; "" above the root."""
     prefix = root.rstrip(os.sep) + os.sep
-    parts = (path[len(prefix):] if path.startswith(prefix) else os.path.relpath(path, root)).split(os.sep)
+    parts = (path[len(prefix) :] if path.startswith(prefix) else os.path.relpath(path, root)).split(os.sep)
     stem = os.path.splitext(parts[-1])[0]
     title = _TRACK_NUMBER.sub("", stem, count=1) or stem
     folders = parts[:-1]
@@ -204,8 +201,9 @@ def assign_splits(album_keys: Iterable[str], val_fraction: float) -> dict[str, s
 # --- records -------------------------------------------------------------------------------
 
 
-def build_records(found: list, outcomes: dict[str, dict], val_fraction: float
-                  ) -> tuple[list[TrackRecord], list[FailureRecord]]:
+def build_records(
+    found: list, outcomes: dict[str, dict], val_fraction: float
+) -> tuple[list[TrackRecord], list[FailureRecord]]:
     """Scanned files + their probe outcomes -> (tracks sorted by path, probe failures).
 
     Sightings of the same content share its id. The canonical one is the smallest path that is not
@@ -220,7 +218,7 @@ def build_records(found: list, outcomes: dict[str, dict], val_fraction: float
         if outcome is None or outcome["kind"] == "ignored":
             continue
         if outcome["kind"] == "failure":
-            failures.append(FailureRecord(file.path, "probe", outcome["reason"]))
+            failures.append(FailureRecord(file.path, fmt.STAGE_PROBE, outcome["reason"]))
             continue
         sightings.append((file, outcome))
         rank = (file.is_link, file.path)
@@ -234,12 +232,25 @@ def build_records(found: list, outcomes: dict[str, dict], val_fraction: float
     for file, outcome in sightings:
         fp = outcome["fingerprint"]
         artist, album, title, key = names[fp]
-        tracks.append(TrackRecord(
-            id=fp, path=file.path, root=file.root, size=file.size, mtime=file.mtime,
-            duration=outcome["duration"], sample_rate=outcome["sample_rate"], channels=outcome["channels"],
-            codec=outcome["codec"], artist=artist, album=album, title=title, album_key=key,
-            split=splits[key], duplicate_of=None if canonical[fp][1] is file else fp,
-        ))
+        tracks.append(
+            TrackRecord(
+                id=fp,
+                path=file.path,
+                root=file.root,
+                size=file.size,
+                mtime=file.mtime,
+                duration=outcome["duration"],
+                sample_rate=outcome["sample_rate"],
+                channels=outcome["channels"],
+                codec=outcome["codec"],
+                artist=artist,
+                album=album,
+                title=title,
+                album_key=key,
+                split=splits[key],
+                duplicate_of=None if canonical[fp][1] is file else fp,
+            )
+        )
     tracks.sort(key=lambda t: t.path)
     return tracks, failures
 
@@ -263,30 +274,33 @@ def _read_previous(reader, manifests_dir, consequence: str) -> list:
         return []
 
 
-def write_manifest(manifests_dir: str | os.PathLike, tracks: list[TrackRecord],
-                   failures: list[FailureRecord]) -> None:
+def write_manifest(manifests_dir: str | os.PathLike, tracks: list[TrackRecord], failures: list[FailureRecord]) -> None:
     """tracks.jsonl and failures.jsonl, each atomically. Failures that later stages recorded (e.g.
     decode) are kept for files that are still tracks; ingest's own are replaced."""
     manifests_dir = Path(manifests_dir)
     paths = {t.path for t in tracks}
     previous = _read_previous(fmt.read_failures, manifests_dir, "failures of later stages in it are dropped")
-    later = [f for f in previous if f.stage not in INGEST_STAGES and f.path in paths]
-    fmt.write_jsonl_atomic(manifests_dir / fmt.TRACKS_FILE, tracks)
-    fmt.write_jsonl_atomic(manifests_dir / fmt.FAILURES_FILE,
-                           sorted(failures + later, key=lambda f: (f.path, f.stage, f.reason)))
+    later = [f for f in previous if f.stage not in fmt.INGEST_STAGES and f.path in paths]
+    fmt.write_jsonl(manifests_dir / fmt.TRACKS_FILE, tracks)
+    fmt.write_jsonl(
+        manifests_dir / fmt.FAILURES_FILE, sorted(failures + later, key=lambda f: (f.path, f.stage, f.reason))
+    )
 
 
 # --- the unchanged-run shortcut ------------------------------------------------------------
 
-_CODE_FILES = ("format.py", "scan.py", "probe.py", "manifest.py", "ingest.py")
+
+def _code_files() -> list[Path]:
+    """The modules whose code decides the manifests' content."""
+    here = Path(__file__).parent
+    return [Path(fmt.__file__)] + [here / name for name in ("scan.py", "probe.py", "manifest.py", "run.py")]
 
 
 def inputs_digest(roots: list[str], found: list, scan_failures: list[FailureRecord], val_fraction: float) -> str:
     """Digest of everything the manifests are built from, given the journal they were built with."""
     digest = hashlib.blake2b(digest_size=16)
-    here = Path(__file__).parent
-    for name in _CODE_FILES:
-        digest.update((here / name).read_bytes())
+    for path in _code_files():
+        digest.update(path.read_bytes())
     digest.update(repr((roots, val_fraction)).encode())
     digest.update(repr(sorted((f.path, f.root, f.size, f.mtime, f.is_link) for f in found)).encode())
     digest.update(repr(sorted((f.path, f.reason) for f in scan_failures)).encode())
@@ -320,9 +334,7 @@ def unchanged_counts(manifests_dir: str | os.PathLike, digest: str) -> dict | No
 def save_state(manifests_dir: str | os.PathLike, digest: str, counts: dict) -> None:
     manifests_dir = Path(manifests_dir)
     state = {"inputs": digest, "files": _written_files(manifests_dir), "counts": counts}
-    tmp = manifests_dir / f"{STATE_FILE}.tmp-{os.getpid()}"
-    tmp.write_text(json.dumps(state), encoding="utf-8")
-    os.replace(tmp, manifests_dir / STATE_FILE)
+    write_text(manifests_dir / STATE_FILE, json.dumps(state))
 
 
 def forget_state(manifests_dir: str | os.PathLike) -> None:

@@ -19,8 +19,9 @@ from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+from pipeline import format as fmt
 from pipeline.format import FailureRecord
-from pipeline.probe import AUDIO_EXTENSIONS, OTHER_EXTENSIONS
+from pipeline.ingest.probe import AUDIO_EXTENSIONS, OTHER_EXTENSIONS
 
 
 @dataclass(slots=True)
@@ -95,8 +96,11 @@ def scan_root(root: str) -> RootScan:
             with os.scandir(directory) as it:
                 entries = list(it)
         except OSError as exc:
-            failures.append(FailureRecord(printable_path(directory), "scan",
-                                          f"cannot list directory: {exc.strerror or exc}"))
+            failures.append(
+                FailureRecord(
+                    printable_path(directory), fmt.STAGE_SCAN, f"cannot list directory: {exc.strerror or exc}"
+                )
+            )
             continue
         subdirs = []
         directory_is_utf8 = _is_utf8(directory)
@@ -122,17 +126,31 @@ def scan_root(root: str) -> RootScan:
             if not stat.S_ISREG(st.st_mode):
                 continue  # fifos, sockets, devices: opening them could block
             if not (directory_is_utf8 and _is_utf8(name)):
-                failures.append(FailureRecord(printable_path(entry.path), "scan", "file name is not valid UTF-8"))
+                failures.append(
+                    FailureRecord(printable_path(entry.path), fmt.STAGE_SCAN, "file name is not valid UTF-8")
+                )
                 continue
-            files.append(FoundFile(entry.path, root, st.st_size, st.st_mtime, st.st_dev, st.st_ino,
-                                   ext in audio_ext, entry.is_symlink()))
+            files.append(
+                FoundFile(
+                    entry.path,
+                    root,
+                    st.st_size,
+                    st.st_mtime,
+                    st.st_dev,
+                    st.st_ino,
+                    ext in audio_ext,
+                    entry.is_symlink(),
+                )
+            )
         # Depth first, by name, so which path of a directory reached twice gets scanned is fixed.
         subdirs.sort(key=lambda e: e.name, reverse=True)
         for entry in subdirs:
             try:
                 st = entry.stat()
             except OSError as exc:
-                failures.append(FailureRecord(printable_path(entry.path), "scan", f"cannot enter: {exc.strerror or exc}"))
+                failures.append(
+                    FailureRecord(printable_path(entry.path), fmt.STAGE_SCAN, f"cannot enter: {exc.strerror or exc}")
+                )
                 continue
             (linked.appendleft if entry.is_symlink() else pending.append)((entry.path, (st.st_dev, st.st_ino)))
     return result
@@ -144,7 +162,7 @@ def _link_failure(path: str, exc: OSError) -> FailureRecord:
     except OSError:
         target = "?"
     reason = "broken symlink" if isinstance(exc, FileNotFoundError) else f"unresolvable symlink ({exc.strerror or exc})"
-    return FailureRecord(printable_path(path), "scan", f"{reason} -> {printable_path(target)}")
+    return FailureRecord(printable_path(path), fmt.STAGE_SCAN, f"{reason} -> {printable_path(target)}")
 
 
 def scan_roots(roots: list[str]) -> list[RootScan]:

@@ -18,7 +18,6 @@ import numpy as np
 from pipeline import format as fmt
 
 
-
 @dataclass
 class VerifyReport:
     problems: list[str] = field(default_factory=list)
@@ -29,8 +28,10 @@ class VerifyReport:
 
     def summary(self) -> str:
         verdict = f"{len(self.problems)} problems" if self.problems else "ok"
-        return (f"{verdict}: {self.shards} shards ({', '.join(self.splits) or 'no index'}), "
-                f"{self.samples} samples, {self.bytes / 1e9:.2f} GB checked")
+        return (
+            f"{verdict}: {self.shards} shards ({', '.join(self.splits) or 'no index'}), "
+            f"{self.samples} samples, {self.bytes / 1e9:.2f} GB checked"
+        )
 
 
 def verify_shards(out: str | os.PathLike) -> VerifyReport:
@@ -134,9 +135,11 @@ def _verify_sample(path: Path, sample: dict, index: fmt.ShardIndex, shape: tuple
     if meta.stft != index.stft:
         problems.append(f"{where}: stft {json.dumps(meta.stft)} differs from the index's")
     if not fmt.min_valid_frames(index.clip_frames) <= meta.valid_frames <= index.clip_frames:
-        problems.append(f"{where}: valid_frames {meta.valid_frames} outside "
-                        f"[{fmt.min_valid_frames(index.clip_frames)}, {index.clip_frames}]")
-    elif np.any(spec[:, :, meta.valid_frames:]):
+        problems.append(
+            f"{where}: valid_frames {meta.valid_frames} outside "
+            f"[{fmt.min_valid_frames(index.clip_frames)}, {index.clip_frames}]"
+        )
+    elif np.any(spec[:, :, meta.valid_frames :]):
         problems.append(f"{where}: non-zero frames after valid_frames {meta.valid_frames}")
     if not np.all(np.isfinite(spec)):
         problems.append(f"{where}: spec holds inf or NaN")

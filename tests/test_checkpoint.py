@@ -150,3 +150,12 @@ def test_a_run_killed_before_its_first_last_pointer_still_evaluates(tmp_path):
     assert latest_checkpoint(ckpt_dir) == done
     assert resolve_checkpoint(tmp_path / "run") == done
     assert resolve_checkpoint(ckpt_dir) == done
+
+
+def test_a_non_finite_val_loss_never_becomes_best(tmp_path):
+    model, optimizer, scheduler = make_training(0)
+    save_checkpoint(tmp_path, 1, model, optimizer, scheduler, {}, val_loss=float("nan"))
+    assert not (tmp_path / "best").exists()
+    save_checkpoint(tmp_path, 2, model, optimizer, scheduler, {}, val_loss=0.5)
+    save_checkpoint(tmp_path, 3, model, optimizer, scheduler, {}, val_loss=float("inf"))
+    assert (tmp_path / "best").read_text().strip() == "step-0000002"

@@ -48,6 +48,17 @@ def test_overrides_parse_yaml_values_including_bare_exponents():
         ("run.val_batches=0", "run.val_batches must be >= 1"),
         ("model.channels=5", "model.channels must be like"),
         ("model.channels=[8,x,16,24,32,48]", "model.channels must be like"),
+        # non-finite values train NaN weights; refused before anything is built
+        ("optim.lr=inf", "optim.lr must be a finite number"),
+        ("optim.lr=.inf", "optim.lr must be a finite number"),
+        ("corrupt.mask_value=nan", "corrupt.mask_value must be a finite number"),
+        ("optim.betas=[0.9, .nan]", "optim.betas must be a finite number"),
+        ("run.steps=1e400", "run.steps must be a finite number"),
+        ("run.steps=100000000000000000000000", "run.steps must be a finite number"),
+        ("model.mask_prior=-.inf", "model.mask_prior must be a finite number"),
+        # malformed YAML in a value: one line, not PyYAML's multi-line report
+        ("optim.lr=[", "override 'optim.lr=\\[': the value is not valid YAML"),
+        ("run.seed={a: [}", "not valid YAML"),
     ],
 )
 def test_bad_values_are_one_line_errors_naming_the_key(override, message):

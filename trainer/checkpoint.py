@@ -17,6 +17,7 @@ keeps the `keep_last` newest checkpoints plus the best one (lowest val loss).
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import shutil
@@ -85,10 +86,10 @@ def save_checkpoint(
         (tmp / CONFIG_FILE).write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
 
     write_text(ckpt_dir / LAST, final.name + "\n")
-    if val_loss is not None:
+    if val_loss is not None and math.isfinite(val_loss):  # a NaN loss compares as neither better nor worse
         best = _pointer(ckpt_dir, BEST)
         best_loss = read_meta(best).get("val_loss") if best else None
-        if best_loss is None or val_loss < best_loss:
+        if best_loss is None or not math.isfinite(best_loss) or val_loss < best_loss:
             write_text(ckpt_dir / BEST, final.name + "\n")
     prune(ckpt_dir, keep_last)
     return final

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -163,6 +164,9 @@ def _coerce(default: Any, value: Any, where: str) -> Any:
             with contextlib.suppress(ValueError):  # not a number: reported below as the wrong kind
                 value = float(value)
         if isinstance(value, (int, float)) and not isinstance(value, bool):
+            # inf or nan (an inf learning rate trains NaN weights); a huge integer overflows float()
+            if not (math.isfinite(value) if isinstance(value, float) else abs(value) < 2**63):
+                raise ValueError(f"{where} must be a finite number, got {value!r}")
             if isinstance(default, float):
                 return float(value)
             if float(value).is_integer():
@@ -205,7 +209,12 @@ def parse_overrides(overrides: list[str] | tuple[str, ...]) -> dict:
         parts = key.strip().split(".")
         if not sep or len(parts) != 2 or not all(parts):
             raise ValueError(f"override {item!r} is not of the form section.key=value")
-        nested.setdefault(parts[0], {})[parts[1]] = yaml.safe_load(raw) if raw.strip() else ""
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError as exc:
+            reason = getattr(exc, "problem", None) or str(exc).splitlines()[0]  # str(): lines and a caret
+            raise ValueError(f"override {item!r}: the value is not valid YAML ({reason})") from exc
+        nested.setdefault(parts[0], {})[parts[1]] = value
     return nested
 
 

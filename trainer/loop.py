@@ -30,7 +30,13 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from trainer.checkpoint import latest_checkpoint, load_checkpoint, read_checkpoint_config, save_checkpoint
+from trainer.checkpoint import (
+    latest_checkpoint,
+    load_checkpoint,
+    read_checkpoint_config,
+    save_checkpoint,
+    step_dir_name,
+)
 from trainer.config import OptimConfig, TrainConfig, load_config, save_config
 from trainer.corrupt import corrupt_batch
 from trainer.device import autocast_for, derive_seed, pick_device
@@ -61,6 +67,11 @@ def make_optimizer(model: torch.nn.Module, optim: OptimConfig, device: torch.dev
         {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
     ]
     return torch.optim.AdamW(groups, lr=optim.lr, betas=optim.betas, fused=device.type == "cuda")
+
+
+def _last_good(ckpt_dir: Path) -> str:
+    last = latest_checkpoint(ckpt_dir)
+    return f"the last good checkpoint {last} is intact" if last else f"no checkpoint was written to {ckpt_dir} yet"
 
 
 def resolve_run(
@@ -153,7 +164,6 @@ def pretrain(
     samples_per_step = cfg.data.batch_size * cfg.optim.accumulation * world
     grad_clip = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf")
     step, bad_steps, stream, last_parts = start_step, 0, None, {}
-    val_result = None
     progress = tqdm(total=cfg.run.steps, initial=start_step, disable=not is_main, dynamic_ncols=True, unit="step")
     model.train()
 
@@ -256,26 +266,35 @@ def pretrain(
                 )
 
             # --- validation (rank 0, bare model) and checkpoints ------------------------------
+            # A failed validation still writes this step's checkpoint before the run stops, and a
+            # non-finite validation loss or weight never reaches a checkpoint (nor `best`).
             at_end = step == cfg.run.steps
+            val_result, val_error = None, None
             if val_shards and is_main and (step % cfg.run.val_every == 0 or at_end):
-                with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
-                    loader = eval_loader(
-                        val_shards,
-                        batch_size=cfg.data.val_batch_size,
-                        crop_frames=cfg.data.crop_frames,
-                        max_batches=cfg.run.val_batches,
-                    )
-                    val_result = evaluate(raw_model, loader, cfg.corrupt, dev, cfg.loss)
-                log.record(step, "val", val_result.to_dict())
-                log.scalars(step, "val", val_result.to_dict())
-                tqdm.write(format_table(val_result, title=f"validation at step {step}"), file=sys.stderr)
-            if step % cfg.run.ckpt_every == 0 or at_end:
+                try:
+                    with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
+                        loader = eval_loader(
+                            val_shards,
+                            batch_size=cfg.data.val_batch_size,
+                            crop_frames=cfg.data.crop_frames,
+                            max_batches=cfg.run.val_batches,
+                        )
+                        val_result = evaluate(raw_model, loader, cfg.corrupt, dev, cfg.loss)
+                except (ValueError, RuntimeError, OSError) as exc:
+                    val_error = exc
+                else:
+                    log.record(step, "val", val_result.to_dict())
+                    log.scalars(step, "val", val_result.to_dict())
+                    tqdm.write(format_table(val_result, title=f"validation at step {step}"), file=sys.stderr)
+                    if not math.isfinite(val_result.loss):
+                        raise RuntimeError(
+                            f"validation loss at step {step} is {val_result.loss}: stopping without saving "
+                            f"these weights; {_last_good(ckpt_dir)}"
+                        )
+            if step % cfg.run.ckpt_every == 0 or at_end or val_error is not None:
+                if not all(bool(torch.isfinite(p).all()) for p in raw_model.parameters()):
+                    raise RuntimeError(f"non-finite weights at step {step}: not saving them; {_last_good(ckpt_dir)}")
                 if is_main:
-                    val_loss = (
-                        val_result.loss
-                        if (val_result is not None and (step % cfg.run.val_every == 0 or at_end))
-                        else None
-                    )
                     save_checkpoint(
                         ckpt_dir,
                         step,
@@ -288,10 +307,15 @@ def pretrain(
                             "world_size": world,
                             "data": {"stream_seed": derive_seed(cfg.run.seed, step), "restart_step": step},
                         },
-                        val_loss=val_loss,
+                        val_loss=val_result.loss if val_result is not None else None,
                         keep_last=cfg.run.keep_last,
                     )
                 stream = None  # the next step starts a fresh stream seeded from (seed, step)
+            if val_error is not None:
+                raise RuntimeError(
+                    f"validation at step {step} failed, checkpoint {ckpt_dir / step_dir_name(step)} saved "
+                    f"(resume continues from it): {val_error}"
+                ) from val_error
     finally:
         progress.close()
         log.close()

@@ -17,8 +17,10 @@ def main() -> None:
 
     \b
     pipeline ingest /mnt/ssd1 /mnt/ssd2 /mnt/ssd3   # -> manifests/tracks.jsonl
+    pipeline pairs /mnt/stems                       # -> manifests/pairs.jsonl (separation)
     pipeline status                                 # what is ingested, sharded, left
     pipeline shard                                  # -> shards/train-000000.tar ...
+    pipeline shard --pairs --out pair-shards        # pairs.jsonl -> mixture + target shards
     pipeline verify                                 # re-read every shard against its index
     pipeline preview shards/                        # a picture of the first samples
     pipeline make-demo                              # a synthetic collection to try it on
@@ -74,6 +76,81 @@ def ingest(roots, manifests_dir, workers, val_fraction) -> None:
     click.echo(summary.line())
     if summary.root_errors:
         raise SystemExit(1)
+
+
+# --- pairs: separation collections -> manifests/pairs.jsonl -------------------------------------
+@main.command()
+@click.argument("roots", nargs=-1, type=click.Path(file_okay=False))
+@click.option(
+    "--mixtures", type=click.Path(file_okay=False), default=None, help="Folder of mixtures (parallel layout)."
+)
+@click.option(
+    "--targets", type=click.Path(file_okay=False), default=None, help="Folder of instrumentals matched by file name."
+)
+@click.option(
+    "--manifests",
+    "manifests_dir",
+    default=fmt.DEFAULT_MANIFESTS_DIR,
+    show_default=True,
+    type=click.Path(file_okay=False),
+    help="Where pairs.jsonl and pair-failures.jsonl go.",
+)
+@click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True, help="Pairs checked in parallel.")
+@click.option(
+    "--val-fraction",
+    type=click.FloatRange(0.0, 1.0),
+    default=0.1,
+    show_default=True,
+    help="Share of albums (songs, when untagged) in the val split.",
+)
+@click.option(
+    "--max-offset",
+    type=click.FloatRange(0.0, 60.0),
+    default=3.0,
+    show_default=True,
+    help="Largest offset (seconds) searched between a mixture and its partner.",
+)
+@click.option(
+    "--min-correlation",
+    type=click.FloatRange(0.0, 1.0),
+    default=0.2,
+    show_default=True,
+    help="Below this peak correlation the partner is taken for another song.",
+)
+@click.option(
+    "--max-length-difference",
+    type=click.FloatRange(0.0),
+    default=1.0,
+    show_default=True,
+    help="Seconds the lengths may differ by after the offset.",
+)
+def pairs(
+    roots, mixtures, targets, manifests_dir, workers, val_fraction, max_offset, min_correlation, max_length_difference
+) -> None:
+    """Find mixture/instrumental pairs, align them and write MANIFESTS/pairs.jsonl.
+
+    \b
+    ROOTS: folders of song folders, each with mixture.<ext> and instrumental.<ext> or vocals.<ext>
+    (the target is then mixture - vocals). --mixtures DIR --targets DIR: two parallel folders whose
+    files pair by name. Each pair's offset is estimated (cross-correlation) and applied; a file
+    without a partner, a partner that does not correlate or lengths that differ are failures
+    (MANIFESTS/pair-failures.jsonl). Re-running redoes only what changed; a killed run resumes.
+    """
+    from pipeline.durable import FolderBusy
+    from pipeline.pairs.run import PairOptions, build_pairs
+
+    if not roots and mixtures is None and targets is None:
+        raise click.UsageError("give ROOTS (song folders) or --mixtures DIR --targets DIR")
+    try:
+        options = PairOptions(max_offset, min_correlation, max_length_difference, val_fraction)
+        summary = build_pairs(manifests_dir, list(roots), mixtures, targets, options, workers=workers)
+    except FolderBusy as exc:
+        raise click.ClickException(str(exc)) from exc
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from exc
+    except OSError as exc:
+        raise click.ClickException(f"{exc.filename or manifests_dir}: {exc.strerror or exc}") from exc
+    click.echo(summary.line())
 
 
 # --- status: what is done and what is left --------------------------------------------------------
@@ -142,9 +219,16 @@ def status(manifests: str, shards: str) -> None:
 @click.option("--hop", type=click.IntRange(1), default=fmt.DEFAULT_HOP, show_default=True, help="STFT hop in samples.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the track interleaving.")
 @click.option("--force", is_flag=True, help="Rebuild when the manifest or options changed since the last run.")
+@click.option("--pairs", "use_pairs", is_flag=True, help="Shard MANIFESTS/pairs.jsonl (mixture + target samples).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def shard(manifests, out, workers, scheduler, clip_frames, shard_size, n_fft, hop, seed, force, quiet) -> None:
-    """Decode every track of the manifest into STFT shards: exact, resumable, parallel."""
+def shard(
+    manifests, out, workers, scheduler, clip_frames, shard_size, n_fft, hop, seed, force, use_pairs, quiet
+) -> None:
+    """Decode every track of the manifest into STFT shards: exact, resumable, parallel.
+
+    With --pairs, every pair of MANIFESTS/pairs.jsonl instead: mixture and target magnitude on the
+    same clip grid (give another --out than the pretraining shards).
+    """
     from pipeline.shard.plan import ShardOptions, parse_size
     from pipeline.shard.run import ShardError, run_shard
 
@@ -154,6 +238,7 @@ def shard(manifests, out, workers, scheduler, clip_frames, shard_size, n_fft, ho
             clip_frames=clip_frames,
             shard_bytes=parse_size(shard_size),
             seed=seed,
+            sample_kind=fmt.SAMPLE_KIND_PAIRS if use_pairs else fmt.SAMPLE_KIND_SPEC,
         )
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from exc
@@ -174,7 +259,8 @@ def shard(manifests, out, workers, scheduler, clip_frames, shard_size, n_fft, ho
         f"{summary.samples} samples, {summary.seconds / 3600:.2f} h audio in {summary.wall_seconds:.0f} s"
     )
     if summary.failures:
-        message += f"; {summary.failures} tracks failed (see {manifests}/failures.jsonl)"
+        failures_file = fmt.PAIR_FAILURES_FILE if use_pairs else fmt.FAILURES_FILE
+        message += f"; {summary.failures} tracks failed (see {manifests}/{failures_file})"
     click.echo(message)
 
 

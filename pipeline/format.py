@@ -1,8 +1,9 @@
 """The one contract between the pipeline stages and the trainer.
 
 Everything that is written by one stage and read by another is defined here: manifest records
-(tracks.jsonl, failures.jsonl), the audio/STFT constants, sample keys, the sample payload
-(`spec.npy` + `json`), shard names and the shard index schema. Writers and readers both import
+(tracks.jsonl, failures.jsonl, pairs.jsonl), the audio/STFT constants, sample keys, the sample
+payloads (`spec.npy` + `json`; `mix.npy` + `target.npy` + `json` for separation pairs), shard names
+and the shard index schema. Writers and readers both import
 this module; nothing else may hard-code these names or layouts.
 """
 
@@ -36,6 +37,7 @@ STAGE_SCAN = "scan"  # walking the roots: broken links, unreadable folders, unde
 STAGE_PROBE = "probe"  # ffprobe and content sniffing
 STAGE_DECODE = "decode"  # decoding the audio for a shard
 STAGE_SHARD = "shard"  # a track the shard stage cannot write (e.g. an id that cannot form a sample key)
+STAGE_PAIR = "pair"  # `pipeline pairs`: no partner, no correlation, lengths that differ, unreadable
 INGEST_STAGES = (STAGE_SCAN, STAGE_PROBE)  # replaced by every ingest; later stages' records are kept
 SHARD_STAGES = (STAGE_DECODE, STAGE_SHARD)  # replaced by every shard run for the tracks it plans
 
@@ -121,8 +123,72 @@ def read_tracks(manifests_dir: str | os.PathLike) -> list[TrackRecord]:
     return list(read_jsonl(Path(manifests_dir) / TRACKS_FILE, TrackRecord))
 
 
-def read_failures(manifests_dir: str | os.PathLike) -> list[FailureRecord]:
-    return list(read_jsonl(Path(manifests_dir) / FAILURES_FILE, FailureRecord))
+def read_failures(manifests_dir: str | os.PathLike, name: str = FAILURES_FILE) -> list[FailureRecord]:
+    return list(read_jsonl(Path(manifests_dir) / name, FailureRecord))
+
+
+# --- manifests/pairs.jsonl: mixture / instrumental pairs for separation ----------------------
+
+PAIRS_FILE = "pairs.jsonl"
+PAIR_FAILURES_FILE = "pair-failures.jsonl"  # FailureRecords, stage `pair` (and `decode` from shard --pairs)
+TARGET_INSTRUMENTAL = "instrumental"  # the target is the partner file itself
+TARGET_RESIDUAL = "mixture_minus_vocals"  # the partner is a vocals stem; the target is mixture - vocals
+TARGET_KINDS = (TARGET_INSTRUMENTAL, TARGET_RESIDUAL)
+LAYOUT_STEMS = "stems"  # a folder per song: mixture.<ext> + instrumental / vocals / ... stems
+LAYOUT_PARALLEL = "parallel"  # two folders, mixtures and instrumentals, matched by file name
+
+
+@dataclass
+class PairRecord:
+    """One line of pairs.jsonl: a mixture, its separation target, and how they line up.
+
+    Alignment: the partner file's audio at time `t + offset_seconds` is the mixture's at `t`
+    (a positive offset: the instrumental starts later in its file). The shard stage and the
+    evaluation read the partner from `offset_seconds` on (zeros before its start), cut to the
+    mixture's length. `id` is derived from both contents, the target kind and the offset, so any
+    change to either file or to the alignment is a new pair.
+    """
+
+    id: str
+    name: str  # the song: its folder (stems layout) or its file name without extension (parallel)
+    layout: str  # LAYOUT_STEMS or LAYOUT_PARALLEL
+    root: str  # the ROOT (or --mixtures folder) it was found under
+    mixture_path: str  # absolute
+    mixture_id: str  # content fingerprint, as tracks.jsonl ids
+    mixture_size: int
+    mixture_mtime: float
+    duration: float  # mixture seconds: the pair's length
+    target_path: str  # the instrumental, or the vocals stem when target_kind is TARGET_RESIDUAL
+    target_id: str
+    target_size: int
+    target_mtime: float
+    target_duration: float
+    target_kind: str  # one of TARGET_KINDS
+    offset_seconds: float
+    correlation: float  # normalised cross-correlation at the offset (1 = identical up to scale)
+    album_key: str
+    split: str  # "train" or "val": a whole album (or song, when untagged) goes to one split
+
+    # The shard planner reads records by these names (as it reads TrackRecords).
+    @property
+    def path(self) -> str:
+        return self.mixture_path
+
+    @property
+    def size(self) -> int:
+        return self.mixture_size
+
+    @property
+    def mtime(self) -> float:
+        return self.mixture_mtime
+
+    @property
+    def duplicate_of(self) -> None:
+        return None
+
+
+def read_pairs(manifests_dir: str | os.PathLike) -> list[PairRecord]:
+    return list(read_jsonl(Path(manifests_dir) / PAIRS_FILE, PairRecord))
 
 
 # --- audio and STFT -----------------------------------------------------------------------
@@ -187,6 +253,11 @@ def min_valid_frames(clip_frames: int) -> int:
 
 SPEC_KEY = "spec.npy"
 META_KEY = "json"
+MIX_KEY = "mix.npy"  # pair samples: the mixture's magnitude ...
+TARGET_KEY = "target.npy"  # ... and the target's, on the same clip grid
+SAMPLE_KIND_SPEC = "spec"  # ShardIndex.sample_kind of pretraining shards
+SAMPLE_KIND_PAIRS = "pairs"  # ... and of separation pair shards
+SAMPLE_KINDS = (SAMPLE_KIND_SPEC, SAMPLE_KIND_PAIRS)
 _KEY_RE = re.compile(r"^[A-Za-z0-9_-]+$")
 
 
@@ -211,6 +282,14 @@ class SampleMeta:
     format_version: int = FORMAT_VERSION
 
 
+@dataclass
+class PairSampleMeta(SampleMeta):
+    """The `json` member of a pair sample: `track_id` is the pair id; plus the alignment applied."""
+
+    offset_seconds: float = 0.0
+    target_kind: str = TARGET_INSTRUMENTAL
+
+
 def encode_spec(spec: np.ndarray) -> bytes:
     """[2, bins, frames] float16 -> .npy bytes (no pickle)."""
     if spec.ndim != 3 or spec.shape[0] != CHANNELS or spec.dtype != SPEC_DTYPE:
@@ -230,23 +309,33 @@ def encode_meta(meta: SampleMeta) -> bytes:
     return json.dumps(asdict(meta), sort_keys=True, separators=(",", ":")).encode("utf-8")
 
 
-def decode_meta(data: bytes | str | dict) -> SampleMeta:
+def decode_meta(data: bytes | str | dict, cls=SampleMeta) -> SampleMeta:
     if isinstance(data, (bytes, str)):
         data = json.loads(data)
-    return record_from_dict(SampleMeta, data)
+    return record_from_dict(cls, data)
 
 
-def sample_bytes(stft: STFTParams, clip_frames: int) -> int:
-    """Bytes one sample occupies in a tar: two members (512-byte header each, data padded to 512)."""
+def sample_arrays(sample_kind: str) -> tuple[str, ...]:
+    """The `.npy` members of a sample of this kind."""
+    if sample_kind not in SAMPLE_KINDS:
+        raise ValueError(f"unknown sample kind {sample_kind!r} (known: {', '.join(SAMPLE_KINDS)})")
+    return (MIX_KEY, TARGET_KEY) if sample_kind == SAMPLE_KIND_PAIRS else (SPEC_KEY,)
+
+
+def sample_bytes(stft: STFTParams, clip_frames: int, sample_kind: str = SAMPLE_KIND_SPEC) -> int:
+    """Bytes one sample occupies in a tar: one member per array plus the json (512-byte header each,
+    data padded to 512)."""
     npy = 128 + CHANNELS * stft.bins * clip_frames * np.dtype(SPEC_DTYPE).itemsize
-    meta = 512  # the json member is ~250 bytes, padded to one block
-    return 512 + -(-npy // 512) * 512 + 512 + meta
+    meta = 512  # the json member is ~250-350 bytes, padded to one block
+    return len(sample_arrays(sample_kind)) * (512 + -(-npy // 512) * 512) + 512 + meta
 
 
-def estimated_shard_bytes(seconds: float, stft: STFTParams, clip_frames: int) -> int:
-    """Shard bytes for `seconds` of audio (float16 magnitude is ~4x a 320 kbps MP3)."""
+def estimated_shard_bytes(
+    seconds: float, stft: STFTParams, clip_frames: int, sample_kind: str = SAMPLE_KIND_SPEC
+) -> int:
+    """Shard bytes for `seconds` of audio (float16 magnitude is ~4x a 320 kbps MP3; pairs twice that)."""
     clips = seconds * stft.sample_rate / stft.hop / clip_frames
-    return int(clips * sample_bytes(stft, clip_frames))
+    return int(clips * sample_bytes(stft, clip_frames, sample_kind))
 
 
 # --- shards and index ---------------------------------------------------------------------
@@ -290,6 +379,7 @@ class ShardIndex:
     clip_frames: int
     totals: dict  # {"samples", "tracks", "seconds", "bytes"}
     format_version: int = FORMAT_VERSION
+    sample_kind: str = SAMPLE_KIND_SPEC  # SAMPLE_KIND_PAIRS: separation pairs (mix.npy + target.npy)
 
     def to_json(self) -> str:
         data = {
@@ -303,6 +393,8 @@ class ShardIndex:
             "clip_frames": self.clip_frames,
             "totals": self.totals,
         }
+        if self.sample_kind != SAMPLE_KIND_SPEC:  # pretraining indexes stay as they were
+            data["sample_kind"] = self.sample_kind
         return json.dumps(data, indent=1, sort_keys=False) + "\n"
 
     @classmethod
@@ -317,6 +409,7 @@ class ShardIndex:
             clip_frames=int(data.get("clip_frames", DEFAULT_CLIP_FRAMES)),
             totals=data.get("totals", {}),
             format_version=int(data.get("format_version", FORMAT_VERSION)),
+            sample_kind=str(data.get("sample_kind", SAMPLE_KIND_SPEC)),
         )
 
 
@@ -353,6 +446,17 @@ __all__ = [
     "read_jsonl",
     "read_tracks",
     "read_failures",
+    # manifests/pairs.jsonl
+    "STAGE_PAIR",
+    "PAIRS_FILE",
+    "PAIR_FAILURES_FILE",
+    "TARGET_INSTRUMENTAL",
+    "TARGET_RESIDUAL",
+    "TARGET_KINDS",
+    "LAYOUT_STEMS",
+    "LAYOUT_PARALLEL",
+    "PairRecord",
+    "read_pairs",
     # audio and STFT
     "SAMPLE_RATE",
     "CHANNELS",
@@ -365,8 +469,15 @@ __all__ = [
     # samples
     "SPEC_KEY",
     "META_KEY",
+    "MIX_KEY",
+    "TARGET_KEY",
+    "SAMPLE_KIND_SPEC",
+    "SAMPLE_KIND_PAIRS",
+    "SAMPLE_KINDS",
+    "sample_arrays",
     "sample_key",
     "SampleMeta",
+    "PairSampleMeta",
     "encode_spec",
     "decode_spec",
     "encode_meta",

@@ -64,6 +64,39 @@ def synth_music(seconds: float, sample_rate: int = 44100, channels: int = 2, see
     return out.astype(np.float32)
 
 
+def synth_voice(seconds: float, sample_rate: int = 44100, channels: int = 2, seed: int = 0) -> np.ndarray:
+    """A synthetic lead "voice" for separation pairs: sung phrases of a harmonic tone with vibrato and
+    two vowel-like formants, rests between phrases, panned near the centre; float32 `[samples,
+    channels]`, peak 0.5. Nothing like a real singer, but it has what separation needs: a pitched
+    source with its own timbre and timing on top of the accompaniment."""
+    rng = np.random.default_rng(seed)
+    n = max(1, int(round(seconds * sample_rate)))
+    t = np.arange(n) / sample_rate
+    note_seconds = rng.uniform(0.25, 0.5)
+    notes = 52 + np.array([0, 2, 4, 5, 7, 9, 11, 12])[rng.integers(0, 8, size=int(seconds / note_seconds) + 2)]
+    midi = notes[(t // note_seconds).astype(np.int64)]
+    vibrato = 0.3 * np.sin(2 * np.pi * rng.uniform(4.5, 6.0) * t)
+    f0 = 440.0 * 2.0 ** ((midi + vibrato - 69) / 12)
+    phase = 2 * np.pi * np.cumsum(f0) / sample_rate
+    formants = rng.uniform([500, 1100], [800, 1800])
+    voice = np.zeros(n)
+    for harmonic in range(1, 16):
+        freq = harmonic * f0
+        gain = sum(np.exp(-(((freq - f) / 250.0) ** 2)) for f in formants) + 0.05 / harmonic
+        voice += gain * np.sin(harmonic * phase)
+    phrase = rng.uniform(1.5, 3.0)
+    singing = ((t % (phrase * 1.5)) < phrase).astype(np.float64)
+    envelope = np.convolve(singing, np.hanning(int(0.05 * sample_rate) + 1), mode="same")
+    voice *= envelope / max(1e-9, envelope.max())
+    voice /= max(1e-9, np.abs(voice).max()) / 0.5
+    if channels == 1:
+        return voice[:, None].astype(np.float32)
+    pan = rng.uniform(0.4, 0.6)
+    gains = np.ones(channels)
+    gains[0], gains[1] = 1.0 - pan, pan
+    return (voice[:, None] * gains[None, :]).astype(np.float32)
+
+
 def encode(signal: np.ndarray, sample_rate: int, path: str | Path, extra_args: list[str] | None = None,
            tags: dict[str, str] | None = None) -> Path:
     """Encode float32 `[samples, channels]` to `path` with ffmpeg; the codec follows the extension

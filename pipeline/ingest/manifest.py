@@ -66,8 +66,9 @@ def ignored_outcome(path: str, size: int, mtime: float) -> dict:
 class ProbeJournal:
     """Append-only log of probe outcomes, loaded as {path: outcome} (the last line for a path wins)."""
 
-    def __init__(self, manifests_dir: str | os.PathLike):
-        self.path = Path(manifests_dir) / JOURNAL_FILE
+    def __init__(self, manifests_dir: str | os.PathLike, name: str = JOURNAL_FILE):
+        # `pipeline pairs` keeps its own journal (another name) with the same guarantees.
+        self.path = Path(manifests_dir) / name
         self.outcomes: dict[str, dict] = {}
         self._fh = None
         try:

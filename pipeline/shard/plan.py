@@ -31,8 +31,10 @@ class ShardOptions:
     clip_frames: int = fmt.DEFAULT_CLIP_FRAMES
     shard_bytes: int = fmt.DEFAULT_SHARD_BYTES
     seed: int = 0
+    sample_kind: str = fmt.SAMPLE_KIND_SPEC  # SAMPLE_KIND_PAIRS: units are pairs.jsonl records
 
     def __post_init__(self):
+        fmt.sample_arrays(self.sample_kind)  # ValueError for an unknown kind
         if self.clip_frames < 1:
             raise ValueError(f"clip_frames must be >= 1, got {self.clip_frames}")
         if self.shard_bytes < 1:
@@ -42,14 +44,21 @@ class ShardOptions:
                 f"need hop <= n_fft (frames that skip audio), got n_fft={self.stft.n_fft} hop={self.stft.hop}"
             )
 
+    @property
+    def pairs(self) -> bool:
+        return self.sample_kind == fmt.SAMPLE_KIND_PAIRS
+
     def to_dict(self) -> dict:
-        return {
+        out = {
             "stft": self.stft.to_dict(),
             "clip_frames": self.clip_frames,
             "shard_bytes": self.shard_bytes,
             "seed": self.seed,
             "format_version": fmt.FORMAT_VERSION,
         }
+        if self.pairs:  # absent for pretraining shards, whose existing plans must keep their fingerprints
+            out["sample_kind"] = self.sample_kind
+        return out
 
 
 # The manifest fields that decide what a track contributes to a shard; tags and drive names do not.
@@ -73,7 +82,7 @@ def expected_clips(duration: float, stft: fmt.STFTParams, clip_frames: int) -> i
 class Unit:
     split: str
     index: int
-    tracks: tuple[fmt.TrackRecord, ...]
+    tracks: tuple[fmt.TrackRecord, ...]  # or fmt.PairRecord, which the plan reads by the same names
     est_bytes: int  # tar bytes expected from the manifest durations
 
     @property
@@ -94,6 +103,8 @@ class Unit:
             "format_version": fmt.FORMAT_VERSION,
             "tracks": [[t.id, t.path, t.size, t.mtime, t.duration, t.album_key] for t in self.tracks],
         }
+        if options.pairs:
+            data["sample_kind"] = options.sample_kind
         return _sha256(data)
 
 
@@ -161,7 +172,7 @@ def make_plan(tracks: list[fmt.TrackRecord], options: ShardOptions) -> Plan:
     by_split: dict[str, list[fmt.TrackRecord]] = defaultdict(list)
     for track in unique.values():
         by_split[track.split].append(track)
-    per_clip = fmt.sample_bytes(options.stft, options.clip_frames)
+    per_clip = fmt.sample_bytes(options.stft, options.clip_frames, options.sample_kind)
     units: list[Unit] = []
     for split in sorted(by_split, key=_split_order):
         ordered = interleave(by_split[split], np.random.default_rng([options.seed, zlib.crc32(split.encode())]))

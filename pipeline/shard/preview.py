@@ -38,7 +38,8 @@ def first_shard(source: str | os.PathLike) -> Path:
 
 
 def read_samples(shard: str | os.PathLike, n: int) -> list[PreviewSample]:
-    """The first `n` samples of a shard, decoded without pickle."""
+    """The first `n` samples of a shard, decoded without pickle (a pair sample gives two rows:
+    mixture and target)."""
     import tarfile
 
     import webdataset as wds
@@ -47,6 +48,15 @@ def read_samples(shard: str | os.PathLike, n: int) -> list[PreviewSample]:
     dataset = wds.WebDataset(str(shard), shardshuffle=False, empty_check=False)
     try:
         for raw in dataset:
+            if (
+                fmt.MIX_KEY in raw and fmt.TARGET_KEY in raw and fmt.META_KEY in raw
+            ):  # a pair: both, one above the other
+                meta = fmt.decode_meta(raw[fmt.META_KEY])
+                for member, label in ((fmt.MIX_KEY, "mixture"), (fmt.TARGET_KEY, "target")):
+                    samples.append(PreviewSample(f"{raw['__key__']} {label}", fmt.decode_spec(raw[member]), meta))
+                if len(samples) >= 2 * n:
+                    break
+                continue
             if fmt.SPEC_KEY not in raw or fmt.META_KEY not in raw:
                 raise ValueError(f"{shard}: sample {raw.get('__key__')!r} lacks {fmt.SPEC_KEY} or {fmt.META_KEY}")
             samples.append(

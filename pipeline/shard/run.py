@@ -55,18 +55,23 @@ def run_shard(
     """Build (or finish building) the shard set of `manifests` in `out`."""
     started = time.monotonic()
     manifests, out = Path(manifests), Path(out)
-    tracks_file = manifests / fmt.TRACKS_FILE
+    if options.pairs:
+        tracks_file, read, making = manifests / fmt.PAIRS_FILE, fmt.read_pairs, "pipeline pairs ROOT..."
+    else:
+        tracks_file, read, making = manifests / fmt.TRACKS_FILE, fmt.read_tracks, "pipeline ingest ROOT..."
     if not tracks_file.is_file():
-        raise ShardError(f"{tracks_file}: no manifest (run `pipeline ingest ROOT...` first)")
+        raise ShardError(f"{tracks_file}: no manifest (run `{making}` first)")
     try:
-        tracks = fmt.read_tracks(manifests)  # its errors name the file and line
+        tracks = read(manifests)  # its errors name the file and line
     except ValueError as exc:
         raise ShardError(str(exc)) from exc
     try:
         plan = make_plan(tracks, options)
     except ValueError as exc:
         raise ShardError(f"{tracks_file}: {exc}") from exc
-    _read_failures(manifests)  # decode failures are merged into it at the end: refuse a damaged one now
+    _read_failures(
+        manifests, _failures_file(options)
+    )  # decode failures are merged into it at the end: refuse a damaged one now
     out.mkdir(parents=True, exist_ok=True)
     (out / STATE_DIR).mkdir(exist_ok=True)
     with _exclusive(out):
@@ -97,6 +102,10 @@ def run_shard(
         summary.seconds += result.seconds
         summary.splits[unit.split] = summary.splits.get(unit.split, 0) + 1
     return summary
+
+
+def _failures_file(options: ShardOptions) -> str:
+    return fmt.PAIR_FAILURES_FILE if options.pairs else fmt.FAILURES_FILE
 
 
 def preflight(out: Path, pending: list[Unit], reclaimable: int = 0) -> None:
@@ -283,11 +292,14 @@ class _AudioProgress:
 def _merge_failures(manifests: Path, plan: Plan, results) -> None:
     """failures.jsonl = other stages' records + this plan's decode failures (old ones for the plan's
     tracks are replaced, since a fixed file must stop being reported)."""
+    name = _failures_file(plan.options)
     planned = {t.path for u in plan.units for t in u.tracks}
+    if plan.options.pairs:
+        planned |= {t.target_path for u in plan.units for t in u.tracks}
     ours = {(f["path"], f["stage"]): fmt.record_from_dict(fmt.FailureRecord, f) for r in results for f in r.failures}
     # `pipeline ingest` rewrites failures.jsonl too: wait for it rather than lose either's lines.
     with exclusive(manifests / fmt.MANIFESTS_LOCK, "", wait=True):
-        existing = _read_failures(manifests)
+        existing = _read_failures(manifests, name)
         kept = [
             f
             for f in existing
@@ -295,18 +307,18 @@ def _merge_failures(manifests: Path, plan: Plan, results) -> None:
         ]
         merged = kept + sorted(ours.values(), key=lambda f: (f.path, f.stage))
         if merged != existing:
-            fmt.write_jsonl(manifests / fmt.FAILURES_FILE, merged)
+            fmt.write_jsonl(manifests / name, merged)
 
 
-def _read_failures(manifests: Path) -> list[fmt.FailureRecord]:
+def _read_failures(manifests: Path, name: str) -> list[fmt.FailureRecord]:
     try:
-        return fmt.read_failures(manifests)
+        return fmt.read_failures(manifests, name)
     except ValueError as exc:
         # fmt names the file and line of a bad record; a decoding error names neither.
-        problem = f"{manifests / fmt.FAILURES_FILE}: not UTF-8 text" if isinstance(exc, UnicodeDecodeError) else exc
+        problem = f"{manifests / name}: not UTF-8 text" if isinstance(exc, UnicodeDecodeError) else exc
+        writer = "pipeline pairs" if name == fmt.PAIR_FAILURES_FILE else "pipeline ingest"
         raise ShardError(
-            f"{problem}; repair or delete it (`pipeline ingest` rewrites the file), "
-            "then rerun: finished shards are kept"
+            f"{problem}; repair or delete it (`{writer}` rewrites the file), then rerun: finished shards are kept"
         ) from exc
 
 
@@ -319,6 +331,7 @@ def _write_indexes(out: Path, plan: Plan, results: dict[str, UnitResult]) -> Non
             shardlist=[fmt.ShardEntry(s.name, s.nsamples, s.filesize) for s in states],
             stft=plan.options.stft.to_dict(),
             clip_frames=plan.options.clip_frames,
+            sample_kind=plan.options.sample_kind,
             totals={
                 "samples": sum(s.nsamples for s in states),
                 "tracks": sum(s.tracks for s in states),

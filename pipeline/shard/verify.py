@@ -61,8 +61,9 @@ def verify_shards(out: str | os.PathLike) -> VerifyReport:
 def _verify_index(out: Path, index_path: Path, index: fmt.ShardIndex, report: VerifyReport) -> None:
     try:
         stft = fmt.STFTParams.from_dict(index.stft)
-    except TypeError as exc:
-        report.problems.append(f"{index_path}: bad stft parameters ({exc})")
+        fmt.sample_arrays(index.sample_kind)
+    except (TypeError, ValueError) as exc:
+        report.problems.append(f"{index_path}: bad stft parameters or sample kind ({exc})")
         return
     expected_shape = (fmt.CHANNELS, stft.bins, index.clip_frames)
     total_samples = total_bytes = 0
@@ -112,24 +113,35 @@ def _verify_shard(path: Path, index: fmt.ShardIndex, shape: tuple, problems: lis
 def _verify_sample(path: Path, sample: dict, index: fmt.ShardIndex, shape: tuple, problems: list[str]) -> None:
     key = sample.get("__key__", "?")
     where = f"{path}: sample {key}"
-    missing = [k for k in (fmt.SPEC_KEY, fmt.META_KEY) if k not in sample]
-    extra = sorted(k for k in sample if not k.startswith("__") and k not in (fmt.SPEC_KEY, fmt.META_KEY))
+    arrays = fmt.sample_arrays(index.sample_kind)
+    missing = [k for k in (*arrays, fmt.META_KEY) if k not in sample]
+    extra = sorted(k for k in sample if not k.startswith("__") and k not in (*arrays, fmt.META_KEY))
     if missing or extra:
         problems.append(f"{where}: members missing {missing} extra {extra}")
         return
+    specs = []
+    for name in arrays:
+        try:
+            spec = np.load(io.BytesIO(sample[name]), allow_pickle=False)
+        except ValueError as exc:
+            problems.append(f"{where}: {name} unreadable ({_one_line(exc)})")
+            return
+        if spec.dtype != fmt.SPEC_DTYPE or spec.shape != shape:
+            label = name.removesuffix(".npy")
+            problems.append(
+                f"{where}: {label} is {spec.shape} {spec.dtype}, expected {shape} {np.dtype(fmt.SPEC_DTYPE)}"
+            )
+            return
+        specs.append(spec)
+    pairs = index.sample_kind == fmt.SAMPLE_KIND_PAIRS
     try:
-        spec = np.load(io.BytesIO(sample[fmt.SPEC_KEY]), allow_pickle=False)
-    except ValueError as exc:
-        problems.append(f"{where}: spec.npy unreadable ({_one_line(exc)})")
-        return
-    if spec.dtype != fmt.SPEC_DTYPE or spec.shape != shape:
-        problems.append(f"{where}: spec is {spec.shape} {spec.dtype}, expected {shape} {np.dtype(fmt.SPEC_DTYPE)}")
-        return
-    try:
-        meta = fmt.decode_meta(sample[fmt.META_KEY])
+        meta = fmt.decode_meta(sample[fmt.META_KEY], fmt.PairSampleMeta if pairs else fmt.SampleMeta)
     except (ValueError, TypeError) as exc:
         problems.append(f"{where}: json unreadable ({_one_line(exc)})")
         return
+    if pairs and meta.target_kind not in fmt.TARGET_KINDS:
+        problems.append(f"{where}: json target_kind {meta.target_kind!r} is not one of {fmt.TARGET_KINDS}")
+    spec = np.concatenate(specs)
     if not _valid_id(meta.track_id) or key != fmt.sample_key(meta.track_id, meta.clip):
         problems.append(f"{where}: json names track {meta.track_id!r} clip {meta.clip}")
     if meta.stft != index.stft:

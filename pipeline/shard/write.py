@@ -107,6 +107,10 @@ def write_unit(unit: Unit, out_dir: str | os.PathLike, options: ShardOptions) ->
     from pipeline.audio.decode import DecodeError
     from pipeline.audio.stft import track_clips
 
+    if options.pairs:
+        from pipeline.pairs.clips import pair_clips
+
+        track_clips = _pair_samples(pair_clips)
     out_dir = Path(out_dir)
     nsamples = tracks_done = 0
     seconds = 0.0
@@ -122,7 +126,7 @@ def write_unit(unit: Unit, out_dir: str | os.PathLike, options: ShardOptions) ->
                 for clip in _clips_of(track, options, track_clips, DecodeError):
                     fault_point("decode")
                     key = fmt.sample_key(track.id, clip.clip)
-                    meta = fmt.SampleMeta(
+                    common = dict(
                         track_id=track.id,
                         clip=clip.clip,
                         start_frame=clip.start_frame,
@@ -130,15 +134,23 @@ def write_unit(unit: Unit, out_dir: str | os.PathLike, options: ShardOptions) ->
                         album_key=track.album_key,
                         stft=options.stft.to_dict(),
                     )
-                    tar.add(f"{key}.{fmt.SPEC_KEY}", fmt.encode_spec(clip.spec))
+                    if options.pairs:
+                        meta = fmt.PairSampleMeta(
+                            **common, offset_seconds=track.offset_seconds, target_kind=track.target_kind
+                        )
+                        tar.add(f"{key}.{fmt.MIX_KEY}", fmt.encode_spec(clip.spec))
+                        tar.add(f"{key}.{fmt.TARGET_KEY}", fmt.encode_spec(clip.target))
+                    else:
+                        meta = fmt.SampleMeta(**common)
+                        tar.add(f"{key}.{fmt.SPEC_KEY}", fmt.encode_spec(clip.spec))
                     fault_point("tar-member")
                     tar.add(f"{key}.{fmt.META_KEY}", fmt.encode_meta(meta))
                     written += 1
             except _TrackFailed as exc:
                 tar.rollback(mark)
-                failures.append(asdict(fmt.FailureRecord(track.path, exc.stage, exc.reason)))
-                if not os.path.exists(track.path):
-                    missing.append(track.path)
+                failures.append(asdict(fmt.FailureRecord(exc.path or track.path, exc.stage, exc.reason)))
+                files = (track.mixture_path, track.target_path) if options.pairs else (track.path,)
+                missing += [path for path in files if not os.path.exists(path)]
                 continue
             nsamples += written
             tracks_done += 1
@@ -161,17 +173,28 @@ def write_unit(unit: Unit, out_dir: str | os.PathLike, options: ShardOptions) ->
     return result
 
 
+def _pair_samples(pair_clips):
+    """`track_clips` for pairs: the mixture clip, carrying its target clip's spectrogram as `.target`."""
+
+    def clips(pair, stft, clip_frames):
+        for mixture, target in pair_clips(pair, stft, clip_frames):
+            mixture.target = target.spec
+            yield mixture
+
+    return clips
+
+
 class _TrackFailed(Exception):
-    def __init__(self, stage: str, reason: str):
+    def __init__(self, stage: str, reason: str, path: str | None = None):
         super().__init__(reason)
-        self.stage, self.reason = stage, reason
+        self.stage, self.reason, self.path = stage, reason, path
 
 
 def _clips_of(track: fmt.TrackRecord, options: ShardOptions, track_clips, decode_error: type):
     """The decoder's clips for one track. Its failures become _TrackFailed; ours (say ENOSPC on the
     tar, raised in the caller's loop body) pass through untouched."""
     try:
-        member = f"{fmt.sample_key(track.id, 0)}.{fmt.SPEC_KEY}"
+        member = f"{fmt.sample_key(track.id, 0)}.{fmt.sample_arrays(options.sample_kind)[-1]}"
     except ValueError as exc:
         raise _TrackFailed(fmt.STAGE_SHARD, _one_line(exc)) from exc
     if len(member.encode("utf-8")) > _USTAR_NAME_BYTES:  # tarfile would raise mid-unit and fail the job
@@ -183,7 +206,8 @@ def _clips_of(track: fmt.TrackRecord, options: ShardOptions, track_clips, decode
     clips = None
     try:
         try:
-            clips = iter(track_clips(track.path, options.stft, options.clip_frames))
+            source = track if options.pairs else track.path  # a pair decodes two files
+            clips = iter(track_clips(source, options.stft, options.clip_frames))
             while True:
                 try:
                     clip = next(clips)
@@ -191,8 +215,11 @@ def _clips_of(track: fmt.TrackRecord, options: ShardOptions, track_clips, decode
                     return
                 yield clip
         except decode_error as exc:
+            # a pair's failure is recorded under the file that failed, which the message names
+            files = (track.mixture_path, track.target_path) if options.pairs else (track.path,)
+            named = next((path for path in files if path in str(exc)), None)
             raise _TrackFailed(
-                fmt.STAGE_DECODE, f"{track.path}: {_one_line(exc)}" if track.path not in str(exc) else _one_line(exc)
+                fmt.STAGE_DECODE, _one_line(exc) if named else f"{track.path}: {_one_line(exc)}", named
             ) from exc
         except (OSError, ValueError) as exc:
             raise _TrackFailed(fmt.STAGE_DECODE, f"{track.path}: {type(exc).__name__}: {_one_line(exc)}") from exc

@@ -1,0 +1,1 @@
+"""`pipeline pairs`: find mixture / instrumental pairs, align them, write manifests/pairs.jsonl."""

@@ -23,6 +23,7 @@ from typing import IO
 
 __all__ = [
     "FolderBusy",
+    "check_writable",
     "exclusive",
     "fsync_dir",
     "fsync_file",
@@ -134,6 +135,15 @@ def write_and_rename(path: str | os.PathLike, mode: str = "w") -> Iterator[IO]:
         tmp.unlink(missing_ok=True)
         raise
     fsync_dir(path.parent)
+
+
+def check_writable(folder: str | os.PathLike) -> None:
+    """OSError (naming `folder`) unless a file can be written and renamed in `folder` now: creates
+    and removes one temporary. Asking `os.access` is not enough (a read-only mount, root)."""
+    tmp = temp_path(Path(folder) / "write-check")
+    with open(tmp, "x"):
+        pass
+    tmp.unlink()
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:

@@ -10,6 +10,7 @@ this module; nothing else may hard-code these names or layouts.
 from __future__ import annotations
 
 import functools
+import hashlib
 import io
 import json
 import os
@@ -367,6 +368,16 @@ class ShardEntry:
     url: str  # relative to the index file's directory
     nsamples: int
     filesize: int
+    sha256: str = ""  # of the whole shard file; "" in indexes written before it was recorded
+
+
+def file_sha256(path: str | os.PathLike, chunk_bytes: int = 1 << 20) -> str:
+    """The hex sha256 of a file's bytes (what `ShardEntry.sha256` records), read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(chunk_bytes):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 @dataclass
@@ -388,7 +399,8 @@ class ShardIndex:
             "name": self.split,
             "split": self.split,
             "format_version": self.format_version,
-            "shardlist": [asdict(s) for s in self.shardlist],
+            # An entry without a checksum omits the key rather than carrying "" (older readers, wids).
+            "shardlist": [{k: v for k, v in asdict(s).items() if v != "" or k != "sha256"} for s in self.shardlist],
             "stft": self.stft,
             "clip_frames": self.clip_frames,
             "totals": self.totals,
@@ -493,6 +505,7 @@ __all__ = [
     "is_shard_name",
     "index_name",
     "ShardEntry",
+    "file_sha256",
     "ShardIndex",
     "read_index",
     "write_index",

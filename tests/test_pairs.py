@@ -199,11 +199,30 @@ def test_a_pair_file_that_breaks_after_pairing_is_a_decode_failure_of_that_pair(
     broken = tmp_path / "broken.wav"
     broken.write_bytes(b"RIFF not really")
     pairs[0].target_path = str(broken)
+    pairs[0].target_size, pairs[0].target_mtime = broken.stat().st_size, broken.stat().st_mtime
     fmt.write_jsonl(manifests / fmt.PAIRS_FILE, pairs)
     summary = run_shard(manifests, tmp_path / "out", PAIR_OPTIONS, workers=1, progress=False)
     assert summary.failures == 1
     decode = [f for f in fmt.read_failures(manifests, fmt.PAIR_FAILURES_FILE) if f.stage == fmt.STAGE_DECODE]
     assert len(decode) == 1 and decode[0].path == str(broken) and decode[0].reason.startswith(str(broken))
+
+
+def test_a_pair_file_changed_after_pairing_is_a_shard_failure_not_written(hostile, tmp_path):
+    """Issue 10, class 1 for pairs: new content under the pair's old id and offset is refused."""
+    base, _ = hostile
+    manifests = tmp_path / "m"
+    shutil.copytree(base / "m", manifests)
+    pairs = fmt.read_pairs(manifests)
+    target = tmp_path / "target.wav"
+    shutil.copyfile(pairs[0].target_path, target)
+    pairs[0].target_path = str(target)
+    pairs[0].target_size, pairs[0].target_mtime = target.stat().st_size, target.stat().st_mtime
+    fmt.write_jsonl(manifests / fmt.PAIRS_FILE, pairs)
+    write(target, song(99, SECONDS * 2)[1])  # another recording, after pairing
+    summary = run_shard(manifests, tmp_path / "out", PAIR_OPTIONS, workers=1, progress=False)
+    [failure] = fmt.read_failures(manifests, fmt.PAIR_FAILURES_FILE)
+    assert summary.failures == 1 and (failure.path, failure.stage) == (str(target), fmt.STAGE_SHARD)
+    assert failure.reason.startswith("changed since it was paired: re-run pipeline pairs (size ")
 
 
 def test_pairs_cli_errors_are_one_line(tmp_path):

@@ -3,8 +3,9 @@
 State lives in `OUT/.state/`: `plan.json` (the plan the folder is being built from), one
 `{shard}.json` per finished unit (written by the unit just before its tar is renamed into place),
 and `lock`. A unit is finished when its state matches the plan, its tar has the recorded size and
-none of the files it could not find (a drive unplugged mid-run) is back; everything else is redone
-from scratch, which is exact because units are deterministic. The index `{split}.json` is written
+sha256, none of the files it could not find (a drive unplugged mid-run) is back and none of the files
+it refused as changed since ingest matches the manifest again; everything else is redone from
+scratch, which is exact because units are deterministic. The index `{split}.json` is written
 last, so its presence means the whole split is complete.
 """
 
@@ -14,15 +15,24 @@ import json
 import os
 import shutil
 import time
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline import format as fmt
-from pipeline.durable import FolderBusy, exclusive, fsync_dir, remove_stale_temporaries, write_text
+from pipeline.durable import FolderBusy, check_writable, exclusive, fsync_dir, remove_stale_temporaries, write_text
 from pipeline.shard.faults import fault_point
 from pipeline.shard.plan import Plan, ShardOptions, Unit, describe_changes, make_plan, plan_record
-from pipeline.shard.write import STATE_DIR, UnitResult, read_state, write_unit
+from pipeline.shard.write import (
+    STATE_DIR,
+    UnitResult,
+    file_changed,
+    read_state,
+    recorded_files,
+    write_state,
+    write_unit,
+)
 
 PLAN_FILE = "plan.json"
 
@@ -69,15 +79,15 @@ def run_shard(
         plan = make_plan(tracks, options)
     except ValueError as exc:
         raise ShardError(f"{tracks_file}: {exc}") from exc
-    _read_failures(
-        manifests, _failures_file(options)
-    )  # decode failures are merged into it at the end: refuse a damaged one now
+    # Decode failures are merged into it at the end: refuse a damaged one, or a folder that cannot take it, now.
+    _read_failures(manifests, _failures_file(options))
+    _check_manifests_writable(manifests, _failures_file(options))
     out.mkdir(parents=True, exist_ok=True)
     (out / STATE_DIR).mkdir(exist_ok=True)
     with _exclusive(out):
         _check_plan(out, plan, force)
         _clean_temporaries(out)
-        done, pending = _split_done(out, plan, options)
+        done, pending = _split_done(out, plan, options, workers, progress)
         stale = _stale_files(out, plan, done)
         preflight(out, pending, reclaimable=sum(p.stat().st_size for p in stale))
         for path in stale:
@@ -160,9 +170,28 @@ def _clean_temporaries(out: Path) -> None:
         remove_stale_temporaries(folder, only_dead_writers=False)
 
 
-def _split_done(out: Path, plan: Plan, options: ShardOptions) -> tuple[dict[str, UnitResult], list[Unit]]:
-    done: dict[str, UnitResult] = {}
-    pending: list[Unit] = []
+def _check_manifests_writable(manifests: Path, failures_file: str) -> None:
+    """Decode failures are merged into failures.jsonl under the manifests' lock at the end: a folder
+    where neither can be written is refused now, before hours of shards, not after them."""
+    try:
+        try:
+            with exclusive(manifests / fmt.MANIFESTS_LOCK, ""):
+                pass
+        except FolderBusy:
+            pass  # held (by an ingest or another shard run): it can be locked, which is all we ask
+        check_writable(manifests)
+    except OSError as exc:
+        raise ShardError(
+            f"{exc.filename or manifests}: cannot write ({exc.strerror or exc}); `pipeline shard` records "
+            f"decode failures in {manifests / failures_file}: make the folder writable, then rerun"
+        ) from exc
+
+
+def _split_done(
+    out: Path, plan: Plan, options: ShardOptions, workers: int | None = None, progress: bool = False
+) -> tuple[dict[str, UnitResult], list[Unit]]:
+    """Finished units (state, size, checksum and inputs as planned) and the units to (re)do."""
+    candidates: dict[str, UnitResult] = {}
     for unit in plan.units:
         state = read_state(out, unit.name)
         shard = out / unit.name
@@ -172,11 +201,39 @@ def _split_done(out: Path, plan: Plan, options: ShardOptions) -> tuple[dict[str,
             and shard.is_file()
             and shard.stat().st_size == state.filesize
             and not any(os.path.exists(path) for path in state.missing)
+            and not _changed_back(unit, state)
         ):
-            done[unit.name] = state
-        else:
-            pending.append(unit)
-    return done, pending
+            candidates[unit.name] = state
+    # Reading every finished shard again costs a pass over the output (threads: hashlib releases
+    # the GIL), and is what catches a flipped bit that keeps the size.
+    from tqdm import tqdm
+
+    total = sum(state.filesize for state in candidates.values())
+    with (
+        ThreadPoolExecutor(max_workers=workers or min(8, os.cpu_count() or 1)) as pool,
+        tqdm(total=total / 1e9, unit="GB", desc="check finished shards", disable=not (progress and total)) as bar,
+    ):
+        digests = {}
+        for name, digest in zip(candidates, pool.map(fmt.file_sha256, (out / name for name in candidates))):
+            digests[name] = digest
+            bar.update(candidates[name].filesize / 1e9)
+    done: dict[str, UnitResult] = {}
+    for name, state in candidates.items():
+        if not state.sha256:  # a state from before checksums: the size matched, adopt the file's
+            state.sha256 = digests[name]
+            write_state(out, state)
+        if digests[name] == state.sha256:
+            done[name] = state
+    return done, [u for u in plan.units if u.name not in done]
+
+
+def _changed_back(unit: Unit, state: UnitResult) -> bool:
+    """Whether a file the unit refused as changed since ingest matches its manifest record again."""
+    records = {path: (size, mtime) for track in unit.tracks for path, size, mtime in recorded_files(track)}
+    return any(
+        path in records and os.path.exists(path) and file_changed(path, *records[path]) is None
+        for path in state.changed
+    )
 
 
 def _stale_files(out: Path, plan: Plan, done: dict[str, UnitResult]) -> list[Path]:
@@ -328,7 +385,7 @@ def _write_indexes(out: Path, plan: Plan, results: dict[str, UnitResult]) -> Non
         states = [results[u.name] for u in units]
         index = fmt.ShardIndex(
             split=split,
-            shardlist=[fmt.ShardEntry(s.name, s.nsamples, s.filesize) for s in states],
+            shardlist=[fmt.ShardEntry(s.name, s.nsamples, s.filesize, s.sha256) for s in states],
             stft=plan.options.stft.to_dict(),
             clip_frames=plan.options.clip_frames,
             sample_kind=plan.options.sample_kind,

@@ -25,12 +25,14 @@ class VerifyReport:
     samples: int = 0
     bytes: int = 0
     splits: list[str] = field(default_factory=list)
+    unchecked: int = 0  # shards whose index entry has no sha256 (written by an older version)
 
     def summary(self) -> str:
         verdict = f"{len(self.problems)} problems" if self.problems else "ok"
+        unchecked = f"; {self.unchecked} without a sha256 in the index" if self.unchecked else ""
         return (
             f"{verdict}: {self.shards} shards ({', '.join(self.splits) or 'no index'}), "
-            f"{self.samples} samples, {self.bytes / 1e9:.2f} GB checked"
+            f"{self.samples} samples, {self.bytes / 1e9:.2f} GB checked{unchecked}"
         )
 
 
@@ -76,6 +78,15 @@ def _verify_index(out: Path, index_path: Path, index: fmt.ShardIndex, report: Ve
         size = path.stat().st_size
         if size != entry.filesize:
             report.problems.append(f"{path}: {size} bytes, index says {entry.filesize}")
+        elif entry.sha256:
+            digest = fmt.file_sha256(path)
+            if digest != entry.sha256:
+                report.problems.append(
+                    f"{path}: sha256 {digest} differs from the index's {entry.sha256} (damaged on disk?); "
+                    "`pipeline shard` redoes it"
+                )
+        else:
+            report.unchecked += 1
         count = _verify_shard(path, index, expected_shape, report.problems)
         if count is not None and count != entry.nsamples:
             report.problems.append(f"{path}: {count} samples, index says {entry.nsamples}")

@@ -6,11 +6,18 @@ same bytes. It goes to a hidden temporary name in the output folder, is fsynced,
 (`.state/{shard}.json`) is written, and only then is it renamed to its final name.
 
 A track that fails to decode is cut out of the tar again (truncate back to where it started) and
-reported; the unit still completes with the other tracks.
+reported; the unit still completes with the other tracks. So is a track whose file no longer has
+the size and mtime the manifest recorded (checked before and after decoding): its id and duration
+describe other content, and writing it would put new audio under an old name.
+
+The sha256 of the finished tar is computed while it is written (the hash state is copied at each
+track's start, so cutting a track out restores it) and recorded in the state and the index: resume
+and `pipeline verify` compare it to the file, which catches a flipped bit that keeps the size.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tarfile
@@ -43,6 +50,11 @@ class UnitResult:
     # Failed tracks whose file was gone at the time (an unplugged drive): a rerun redoes the unit
     # once they are back, so the shard ends up as an uninterrupted run would have written it.
     missing: list[str] = field(default_factory=list)
+    # sha256 of the finished tar; "" in states written before checksums were recorded.
+    sha256: str = ""
+    # Failed tracks whose file differed from the manifest at the time: a rerun redoes the unit once
+    # they match it again (a file restored from a backup).
+    changed: list[str] = field(default_factory=list)
 
     @classmethod
     def from_dict(cls, data: dict) -> UnitResult:
@@ -66,11 +78,25 @@ def write_state(out_dir: Path, result: UnitResult) -> None:
 
 
 class ReproducibleTar:
-    """Append-only ustar writer with fixed header fields and the ability to cut back to a mark."""
+    """Append-only ustar writer with fixed header fields, a running sha256 of everything written,
+    and the ability to cut back to a mark."""
 
     def __init__(self, fileobj):
         self._fh = fileobj
         self.offset = fileobj.tell()
+        self._sha256 = hashlib.sha256()
+
+    def _write(self, data: bytes) -> None:
+        self._fh.write(data)
+        self._sha256.update(data)
+
+    @property
+    def sha256(self) -> str:
+        return self._sha256.hexdigest()
+
+    def mark(self) -> tuple:
+        """Where the archive stands now, for `rollback`."""
+        return self.offset, self._sha256.copy()
 
     def add(self, name: str, data: bytes) -> None:
         info = tarfile.TarInfo(name)
@@ -83,22 +109,23 @@ class ReproducibleTar:
         header = info.tobuf(tarfile.USTAR_FORMAT, "utf-8", "strict")
         padding = -len(data) % _BLOCK
         inject_enospc(len(header) + len(data) + padding)
-        self._fh.write(header)
-        self._fh.write(data)
-        self._fh.write(b"\0" * padding)
+        self._write(header)
+        self._write(data)
+        self._write(b"\0" * padding)
         self.offset += len(header) + len(data) + padding
 
-    def rollback(self, mark: int) -> None:
-        self._fh.seek(mark)
+    def rollback(self, mark: tuple) -> None:
+        offset, sha256 = mark
+        self._fh.seek(offset)
         self._fh.truncate()
-        self.offset = mark
+        self.offset, self._sha256 = offset, sha256.copy()
 
     def finish(self) -> None:
         """End-of-archive blocks, padded to a full record like GNU tar and Python's tarfile."""
         end = self.offset + 2 * _BLOCK
         end += -end % _RECORD
         inject_enospc(end - self.offset)
-        self._fh.write(b"\0" * (end - self.offset))
+        self._write(b"\0" * (end - self.offset))
         self.offset = end
 
 
@@ -116,13 +143,15 @@ def write_unit(unit: Unit, out_dir: str | os.PathLike, options: ShardOptions) ->
     seconds = 0.0
     failures: list[dict] = []
     missing: list[str] = []
+    changed: list[str] = []
     # The state record is written before the tar is renamed into place: a kill in between leaves a
     # state whose shard is missing, which the next run redoes.
     with write_and_rename(out_dir / unit.name, "wb") as fh:
         tar = ReproducibleTar(fh)
         for track in unit.tracks:
-            mark, written = tar.offset, 0
+            mark, written = tar.mark(), 0
             try:
+                _check_unchanged(track)
                 for clip in _clips_of(track, options, track_clips, DecodeError):
                     fault_point("decode")
                     key = fmt.sample_key(track.id, clip.clip)
@@ -146,11 +175,14 @@ def write_unit(unit: Unit, out_dir: str | os.PathLike, options: ShardOptions) ->
                     fault_point("tar-member")
                     tar.add(f"{key}.{fmt.META_KEY}", fmt.encode_meta(meta))
                     written += 1
+                _check_unchanged(track)  # rewritten while it was decoded
             except _TrackFailed as exc:
                 tar.rollback(mark)
                 failures.append(asdict(fmt.FailureRecord(exc.path or track.path, exc.stage, exc.reason)))
                 files = (track.mixture_path, track.target_path) if options.pairs else (track.path,)
                 missing += [path for path in files if not os.path.exists(path)]
+                if exc.stage == fmt.STAGE_SHARD and exc.reason.startswith((CHANGED_REASON, CHANGED_PAIR_REASON)):
+                    changed.append(exc.path or track.path)
                 continue
             nsamples += written
             tracks_done += 1
@@ -166,6 +198,8 @@ def write_unit(unit: Unit, out_dir: str | os.PathLike, options: ShardOptions) ->
             seconds,
             failures,
             missing,
+            tar.sha256,
+            changed,
         )
         write_state(out_dir, result)
         fault_point("state")
@@ -182,6 +216,42 @@ def _pair_samples(pair_clips):
             yield mixture
 
     return clips
+
+
+CHANGED_REASON = "changed since ingest: re-run pipeline ingest"
+CHANGED_PAIR_REASON = "changed since it was paired: re-run pipeline pairs"
+
+
+def recorded_files(track: fmt.TrackRecord | fmt.PairRecord) -> list[tuple[str, int, float]]:
+    """(path, size, mtime) of every file a manifest record stands for: one track, or a pair's two."""
+    if isinstance(track, fmt.PairRecord):
+        return [
+            (track.mixture_path, track.mixture_size, track.mixture_mtime),
+            (track.target_path, track.target_size, track.target_mtime),
+        ]
+    return [(track.path, track.size, track.mtime)]
+
+
+def file_changed(path: str, size: int, mtime: float) -> str | None:
+    """How the file at `path` differs from its manifest record (size, mtime), or None when it
+    matches or is gone (a missing file is the decoder's failure to report)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    if st.st_size != size:
+        return f"size {size} -> {st.st_size} bytes"
+    if st.st_mtime != mtime:
+        return f"mtime {mtime} -> {st.st_mtime}"
+    return None
+
+
+def _check_unchanged(track: fmt.TrackRecord | fmt.PairRecord) -> None:
+    reason = CHANGED_PAIR_REASON if isinstance(track, fmt.PairRecord) else CHANGED_REASON
+    for path, size, mtime in recorded_files(track):
+        difference = file_changed(path, size, mtime)
+        if difference is not None:
+            raise _TrackFailed(fmt.STAGE_SHARD, f"{reason} ({difference})", path)
 
 
 class _TrackFailed(Exception):
@@ -233,4 +303,16 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split()) or type(exc).__name__
 
 
-__all__ = ["UnitResult", "ReproducibleTar", "write_unit", "read_state", "write_state", "state_path", "STATE_DIR"]
+__all__ = [
+    "UnitResult",
+    "ReproducibleTar",
+    "write_unit",
+    "read_state",
+    "write_state",
+    "state_path",
+    "file_changed",
+    "recorded_files",
+    "CHANGED_REASON",
+    "CHANGED_PAIR_REASON",
+    "STATE_DIR",
+]

@@ -15,6 +15,7 @@ def main() -> None:
     \b
     trainer pretrain --shards shards/ --preset tiny --run runs/demo
     trainer evaluate --checkpoint runs/demo/checkpoints/last --shards shards/val.json
+    trainer finetune --shards pair-shards/ --init runs/demo --run runs/sep   # separation
     trainer summary --preset base
     """
 
@@ -99,6 +100,99 @@ def pretrain(
     try:
         cfg, checkpoint = resolve_run(run_path, preset, config_file, all_overrides, resume)
         run_pretrain(
+            cfg,
+            shards,
+            run_path,
+            val_shards=val_shards or default_val_shards(shards),
+            checkpoint=checkpoint,
+            device=device,
+        )
+    except (ValueError, RuntimeError, OSError) as exc:
+        raise _one_line(exc) from exc
+
+
+@main.command()
+@click.option("--shards", required=True, help=f"Pair shards (`pipeline shard --pairs`): {_SHARDS_HELP}.")
+@click.option(
+    "--val-shards",
+    default=None,
+    help="Validation pair shards. Default: the val split of --shards when it is a directory.",
+)
+@click.option(
+    "--init",
+    default=None,
+    type=click.Path(exists=True),
+    help="Pretraining run or checkpoint to start from (its next-sentence head is dropped). Without: from scratch.",
+)
+@click.option("--preset", default=None, help="Training preset: trainer/configs/NAME.yaml (tiny, small, base).")
+@click.option(
+    "--config",
+    "config_file",
+    default=None,
+    type=click.Path(exists=True, dir_okay=False),
+    help="Training config YAML instead of a preset.",
+)
+@click.option(
+    "--run",
+    "run_dir",
+    default=None,
+    type=click.Path(file_okay=False),
+    help="Run directory (default runs/finetune-PRESET). An existing run continues from its last checkpoint.",
+)
+@click.option("--steps", type=click.IntRange(min=1), default=None, help="Total optimiser steps (run.steps).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Per-rank micro-batch (data.batch_size).")
+@click.option("--workers", type=click.IntRange(min=0), default=None, help="Loader workers per rank (data.num_workers).")
+@click.option("--resume", is_flag=True, help="Require a checkpoint in --run to continue from.")
+@click.option("--compile", "use_compile", is_flag=True, help="torch.compile the model (run.compile).")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="SECTION.KEY=VALUE",
+    help="Override any config value, e.g. --set optim.lr=1e-4 --set model.mask_prior=0.5 (repeatable).",
+)
+def finetune(
+    shards,
+    val_shards,
+    init,
+    preset,
+    config_file,
+    run_dir,
+    steps,
+    batch_size,
+    workers,
+    resume,
+    use_compile,
+    device,
+    overrides,
+):
+    """Fine-tune for separation on pair shards: L1 between mask * mixture and the target magnitude.
+
+    \b
+    trainer finetune --shards pair-shards/ --init runs/tiny --preset tiny --run runs/sep-pretrained
+    trainer finetune --shards pair-shards/ --preset tiny --run runs/sep-scratch   # the comparison
+    """
+    from pathlib import Path
+
+    from trainer.finetune import resolve_finetune
+    from trainer.loop import default_val_shards
+    from trainer.loop import pretrain as run_training
+
+    if preset and config_file:
+        raise click.UsageError("give --preset or --config, not both")
+    flags = {
+        "run.steps": steps,
+        "data.batch_size": batch_size,
+        "data.num_workers": workers,
+        "run.compile": True if use_compile else None,
+    }
+    all_overrides = list(overrides) + [f"{key}={value}" for key, value in flags.items() if value is not None]
+    name = preset or (Path(config_file).stem if config_file else "tiny")
+    run_path = Path(run_dir) if run_dir else Path("runs") / f"finetune-{name}"
+    try:
+        cfg, checkpoint = resolve_finetune(run_path, preset, config_file, all_overrides, init, resume)
+        run_training(
             cfg,
             shards,
             run_path,

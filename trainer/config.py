@@ -29,6 +29,9 @@ from trainer.model import ModelConfig, load_model_preset
 
 PRESETS_DIR = Path(__file__).parent / "configs"
 DECAYS = ("cosine", "linear")
+TASK_PRETRAIN = "pretrain"  # trainer pretrain: masked tokens + next-sentence prediction
+TASK_SEPARATION = "separation"  # trainer finetune: mixture -> instrumental mask (trainer/tasks.py)
+TASKS = (TASK_PRETRAIN, TASK_SEPARATION)
 
 
 @dataclass
@@ -70,6 +73,8 @@ class RunConfig:
     seed: int = 0
     compile: bool = False
     max_bad_steps: int = 10  # stop after this many non-finite steps in a row
+    task: str = TASK_PRETRAIN  # one of TASKS; set by the command (pretrain / finetune)
+    init: str = ""  # finetune --init: the pretraining checkpoint the weights came from ("" = scratch)
 
 
 @dataclass
@@ -83,6 +88,8 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         problems = []
+        if self.run.task not in TASKS:
+            problems.append(f"run.task must be one of {TASKS}, got {self.run.task!r}")
         if self.optim.decay not in DECAYS:
             problems.append(f"optim.decay must be one of {DECAYS}, got {self.optim.decay!r}")
         for name, value in [

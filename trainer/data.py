@@ -4,7 +4,9 @@ Only cheap CPU work happens here; every corruption runs later on the training de
 (trainer/corrupt.py). A batch is a dict:
 
     spec   FloatTensor [B, 2, F, crop_frames], each sample divided by its crop's max (so in [0, 1]);
-           float32 unless the loader is asked for float16
+           float32 unless the loader is asked for float16. From pair shards (`pipeline shard
+           --pairs`) [B, 4, F, crop_frames]: mixture channels then target channels, the same crop,
+           swap and scale (the max of both) applied to both
     group  LongTensor [B], a stable integer per track (NSP partners must differ in it)
     key    list[str], the webdataset sample keys
 
@@ -41,7 +43,18 @@ from webdataset.gopen import gopen
 from webdataset.shardlists import expand_urls
 from webdataset.tariterators import group_by_keys
 
-from pipeline.format import CHANNELS, META_KEY, SPEC_DTYPE, SPEC_KEY, ShardIndex, decode_meta, index_name, read_index
+from pipeline.format import (
+    CHANNELS,
+    META_KEY,
+    MIX_KEY,
+    SPEC_DTYPE,
+    SPEC_KEY,
+    TARGET_KEY,
+    ShardIndex,
+    decode_meta,
+    index_name,
+    read_index,
+)
 
 log = logging.getLogger(__name__)
 
@@ -142,17 +155,30 @@ def spec_view(data: bytes | memoryview) -> np.ndarray:
 class Crop:
     """Where a crop comes from; `collate` copies it into the batch (zero-padded to `crop_frames`)."""
 
-    frames: np.ndarray  # [2, F, <= crop_frames] float16, usually a view of the stored sample
+    frames: np.ndarray  # [2, F, <= crop_frames] float16, usually a view of the stored sample ([4, ...] for a pair)
     crop_frames: int
-    swap: bool  # the channels go to the batch in reverse order
+    swap: bool  # left and right go to the batch in reverse order (in both signals of a pair)
     group: int
     key: str
 
+    def oriented(self) -> np.ndarray:
+        """The frames with the swap applied (a view)."""
+        if not self.swap:
+            return self.frames
+        if self.frames.shape[0] == CHANNELS:
+            return self.frames[::-1]
+        return _swap_pair_channels(self.frames)
+
     def padded(self) -> np.ndarray:
-        """The crop as the batch will hold it before normalisation: [2, F, crop_frames] float16."""
-        out = np.zeros((CHANNELS, self.frames.shape[1], self.crop_frames), dtype=SPEC_DTYPE)
-        out[:, :, : self.frames.shape[2]] = self.frames[::-1] if self.swap else self.frames
+        """The crop as the batch will hold it before normalisation: [2 or 4, F, crop_frames] float16."""
+        out = np.zeros((self.frames.shape[0], self.frames.shape[1], self.crop_frames), dtype=SPEC_DTYPE)
+        out[:, :, : self.frames.shape[2]] = self.oriented()
         return out
+
+
+def _swap_pair_channels(frames: np.ndarray) -> np.ndarray:
+    """[L, R, L, R] -> [R, L, R, L]: the mixture stays first, the target second."""
+    return frames[[1, 0, 3, 2]]
 
 
 def crop_sample(sample: dict, crop_frames: int, rng: random.Random | None) -> Crop:
@@ -164,17 +190,25 @@ def crop_sample(sample: dict, crop_frames: int, rng: random.Random | None) -> Cr
     buffer holds 2 MiB rather than the whole 4 MiB sample; a view of a mapped shard is kept as is.
     """
     meta = decode_meta(sample[META_KEY])
-    spec = spec_view(sample[SPEC_KEY])
-    valid = min(int(meta.valid_frames), spec.shape[-1])
+    if SPEC_KEY in sample:
+        arrays = [spec_view(sample[SPEC_KEY])]
+    else:  # a pair: mixture and target get the same crop
+        arrays = [spec_view(sample[MIX_KEY]), spec_view(sample[TARGET_KEY])]
+        if arrays[0].shape != arrays[1].shape:
+            raise ValueError(f"sample {sample['__key__']}: mix {arrays[0].shape} and target {arrays[1].shape} differ")
+    valid = min(int(meta.valid_frames), arrays[0].shape[-1])
     if valid < 1:
         raise ValueError(f"sample {sample['__key__']} has no valid frames")
     length = min(valid, crop_frames)
     slack = valid - length
     start = rng.randint(0, slack) if rng is not None else slack // 2
     swap = rng is not None and rng.random() < 0.5
-    frames = spec[:, :, start : start + length]
-    if isinstance(sample[SPEC_KEY], bytes):
-        frames = frames.copy()
+    if len(arrays) == 1:
+        frames = arrays[0][:, :, start : start + length]
+        if isinstance(sample[SPEC_KEY], bytes):
+            frames = frames.copy()
+    else:  # one [4, F, length] copy of just the crop
+        frames = np.concatenate([a[:, :, start : start + length] for a in arrays])
     return Crop(frames, crop_frames, swap, track_group(meta.track_id), sample["__key__"])
 
 
@@ -198,13 +232,17 @@ def collate(crops: list[Crop], dtype: torch.dtype = torch.float32) -> dict:
     one pass.
     """
     first = crops[0]
-    bins = first.frames.shape[1]
-    spec = _empty_batch((len(crops), CHANNELS, bins, first.crop_frames), dtype)
-    gathered = np.empty((CHANNELS, bins, first.crop_frames), dtype=SPEC_DTYPE)
+    channels, bins = first.frames.shape[:2]
+    if any(crop.frames.shape[:2] != (channels, bins) for crop in crops):
+        raise ValueError(
+            f"samples of different shapes in one batch ({[c.key for c in crops[:4]]}...): mixed shard kinds?"
+        )
+    spec = _empty_batch((len(crops), channels, bins, first.crop_frames), dtype)
+    gathered = np.empty((channels, bins, first.crop_frames), dtype=SPEC_DTYPE)
     for row, crop in zip(spec, crops):
         length = crop.frames.shape[2]
         # numpy's strided copy beats torch's here; the swap costs nothing in it
-        np.copyto(gathered[:, :, :length], crop.frames[::-1] if crop.swap else crop.frames)
+        np.copyto(gathered[:, :, :length], crop.oriented())
         frames = torch.from_numpy(gathered)[:, :, :length]
         # a 1-element divisor of the output dtype sets the division's dtype
         peak = frames.amax().float().clamp_(min=torch.finfo(dtype).tiny).reshape(1).to(dtype)
@@ -234,7 +272,9 @@ class _ShardReader:
             read = 0
             failure: list[Exception] = []
             for sample in group_by_keys(_tar_members(url, failure)):
-                if SPEC_KEY not in sample or META_KEY not in sample:
+                if META_KEY not in sample or (
+                    SPEC_KEY not in sample and not (MIX_KEY in sample and TARGET_KEY in sample)
+                ):
                     log.warning("skipping incomplete sample %s in shard %s", sample.get("__key__"), url)
                     continue
                 read += 1

@@ -1,4 +1,7 @@
-"""`trainer pretrain`: the training loop, nanoGPT-style, readable top to bottom.
+"""`trainer pretrain` / `trainer finetune`: the training loop, nanoGPT-style, readable top to bottom.
+
+What is trained comes from a task object (trainer/tasks.py: pretraining or separation): the model,
+one micro-batch's loss, the logged image, the validation. Everything else is this one loop.
 
 Single process:  trainer pretrain --shards shards/ --preset tiny
 DDP:             torchrun --standalone --nproc-per-node=N -- $(which trainer) pretrain ...
@@ -38,11 +41,8 @@ from trainer.checkpoint import (
     step_dir_name,
 )
 from trainer.config import OptimConfig, TrainConfig, load_config, save_config
-from trainer.corrupt import corrupt_batch
-from trainer.device import autocast_for, derive_seed, pick_device
-from trainer.evaluate import evaluate, format_table
-from trainer.logs import NullLog, RunLog, spectrogram_grid
-from trainer.objective import compute_loss
+from trainer.device import derive_seed, pick_device
+from trainer.logs import NullLog, RunLog
 
 
 def lr_schedule(optim: OptimConfig, total_steps: int):
@@ -113,13 +113,15 @@ def pretrain(
     checkpoint: Path | None = None,
     device: str = "auto",
 ) -> dict:
-    """Train until cfg.run.steps; returns the final training metrics (rank 0) or {} (other ranks)."""
+    """Train the task of `cfg.run.task` until cfg.run.steps; returns the final training metrics
+    (rank 0) or {} (other ranks)."""
     from trainer.data import eval_loader, resolve_shards, train_loader
-    from trainer.model import build_model
+    from trainer.tasks import make_task
 
     resolve_shards(shards, "train")  # fail now, not after the model is built or at the first validation
     if val_shards:
         resolve_shards(val_shards, "val")
+    task = make_task(cfg, shards)
     run_dir = Path(run_dir)
     ckpt_dir = run_dir / "checkpoints"
 
@@ -138,13 +140,16 @@ def pretrain(
 
     # --- model, optimiser, schedule, state ------------------------------------------------
     torch.manual_seed(derive_seed(cfg.run.seed, 0, 0, 0))  # identical initial weights on every rank
-    raw_model = build_model(cfg.model).to(dev)
+    raw_model = task.build_model().to(dev)
     optimizer = make_optimizer(raw_model, cfg.optim, dev)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_schedule(cfg.optim, cfg.run.steps))
     start_step = 0
     if checkpoint is not None:
         meta = load_checkpoint(checkpoint, raw_model, optimizer, scheduler, device=dev)
         start_step = int(meta["step"])
+        origin = f"from {checkpoint}"
+    else:
+        origin = task.initialise(raw_model, dev)
     model = torch.compile(raw_model) if cfg.run.compile else raw_model
     if ddp:
         model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None)
@@ -154,9 +159,9 @@ def pretrain(
         save_config(cfg, run_dir / "config.yaml")
         n_params = sum(p.numel() for p in raw_model.parameters())
         log.text("config", f"```\n{cfg.to_dict()}\n```\n{n_params:,} parameters, world size {world}, device {dev}")
-        origin = f"from {checkpoint}" if checkpoint else "from scratch"
         print(
-            f"{run_dir}: {n_params:,} parameters on {dev} x{world}, steps {start_step}->{cfg.run.steps} {origin}",
+            f"{run_dir}: {task.name}, {n_params:,} parameters on {dev} x{world}, "
+            f"steps {start_step}->{cfg.run.steps} {origin}",
             file=sys.stderr,
         )
 
@@ -193,22 +198,12 @@ def pretrain(
             sums = None
             for micro in range(cfg.optim.accumulation):
                 wait_start = time.perf_counter()
-                batch = next(stream)
-                clean = batch["spec"].to(dev, non_blocking=True).float()
-                if clean.shape[2] != cfg.model.bins:  # else the model's own shape error, naming no source
-                    raise ValueError(
-                        f"{shards}: samples have {clean.shape[2]} frequency bins but model.bins is "
-                        f"{cfg.model.bins} (for shards of another n_fft: --set model.bins=...)"
-                    )
-                group = batch["group"].to(dev, non_blocking=True)
+                batch = task.to_device(next(stream), dev)
                 data_wait += time.perf_counter() - wait_start
-                corrupted = corrupt_batch(clean, group, cfg.corrupt, generator)
                 last_micro = micro == cfg.optim.accumulation - 1
                 sync = contextlib.nullcontext() if (not ddp or last_micro) else model.no_sync()
                 with sync:
-                    with autocast_for(dev):
-                        mask, nsp_logit = model(corrupted.input)
-                    loss, parts, reconstruction = compute_loss(mask, nsp_logit, corrupted, cfg.loss, cfg.corrupt.nsp)
+                    loss, parts, draw_image = task.loss(model, batch, generator, dev)
                     (loss / cfg.optim.accumulation).backward()
                 stacked = torch.stack([v.detach() for v in parts.values()])
                 sums = stacked if sums is None else sums + stacked
@@ -252,11 +247,7 @@ def pretrain(
             if step % cfg.run.log_every == 0:
                 log.scalars(step, "train", values)
             if step % cfg.run.image_every == 0 and is_main:
-                log.image(
-                    step,
-                    "train/clean_corrupted_reconstruction",
-                    spectrogram_grid(corrupted.target[0], corrupted.input[0], reconstruction[0], corrupted.selected[0]),
-                )
+                log.image(step, task.image_tag, draw_image())
             progress.set_postfix(loss=f"{values['loss']:.4f}", lr=f"{lr:.2e}", refresh=False)
             progress.update(1)
             if bad_steps >= cfg.run.max_bad_steps:
@@ -279,13 +270,13 @@ def pretrain(
                             crop_frames=cfg.data.crop_frames,
                             max_batches=cfg.run.val_batches,
                         )
-                        val_result = evaluate(raw_model, loader, cfg.corrupt, dev, cfg.loss)
+                        val_result = task.validate(raw_model, loader, dev)
                 except (ValueError, RuntimeError, OSError) as exc:
                     val_error = exc
                 else:
                     log.record(step, "val", val_result.to_dict())
                     log.scalars(step, "val", val_result.to_dict())
-                    tqdm.write(format_table(val_result, title=f"validation at step {step}"), file=sys.stderr)
+                    tqdm.write(task.format_validation(val_result, f"validation at step {step}"), file=sys.stderr)
                     if not math.isfinite(val_result.loss):
                         raise RuntimeError(
                             f"validation loss at step {step} is {val_result.loss}: stopping without saving "
@@ -303,6 +294,7 @@ def pretrain(
                         scheduler,
                         cfg.to_dict(),
                         meta={
+                            **task.checkpoint_meta(),
                             "seed": cfg.run.seed,
                             "world_size": world,
                             "data": {"stream_seed": derive_seed(cfg.run.seed, step), "restart_step": step},

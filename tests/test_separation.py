@@ -1,0 +1,166 @@
+"""Separation end to end on tiny real audio: pairs -> pair shards -> finetune (from a pretraining
+checkpoint and from scratch) -> separate -> evaluate-separation, with the test-size model of
+support.SMALL (64 bins: n_fft 128) on one core.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile
+from click.testing import CliRunner
+
+from pipeline import format as fmt
+from pipeline.demo.synth import synth_music, synth_voice
+from pipeline.pairs.run import PairOptions, build_pairs
+from pipeline.shard.plan import ShardOptions
+from pipeline.shard.run import run_shard
+from trainer.checkpoint import read_meta, resolve_checkpoint
+from trainer.cli import main as trainer_cli
+from trainer.config import load_config
+from trainer.logs import read_metrics
+from trainer.loop import pretrain
+
+from support import SMALL, write_shards
+
+SR = 44100
+STFT = fmt.STFTParams(n_fft=128, hop=64)
+FINETUNE = SMALL + ["run.ckpt_every=4", "run.val_every=4", "data.crop_frames=64"]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def pairs(tmp_path_factory):
+    """Four 3-second songs in the stems layout, their pairs manifest and pair shards."""
+    base = tmp_path_factory.mktemp("separation")
+    for seed in range(4):
+        acc = 0.6 * synth_music(3.0, SR, 2, seed=seed)
+        voice = synth_voice(3.0, SR, 2, seed=seed)
+        song = base / "songs" / f"Song {seed}"
+        song.mkdir(parents=True)
+        soundfile.write(song / "mixture.wav", acc + voice, SR, subtype="FLOAT")
+        soundfile.write(song / "instrumental.wav", acc, SR, subtype="FLOAT")
+    summary = build_pairs(base / "m", [str(base / "songs")], options=PairOptions(val_fraction=0.5))
+    assert summary.pairs == 4 and set(summary.splits) == {"train", "val"}
+    options = ShardOptions(stft=STFT, clip_frames=64, sample_kind=fmt.SAMPLE_KIND_PAIRS)
+    run_shard(base / "m", base / "shards", options, workers=1, progress=False)
+    return base
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory):
+    tracks = {f"track{i:02d}": f for i, f in enumerate([5, 7, 6, 9, 11, 13])}
+    shards = write_shards(tmp_path_factory.mktemp("pre-shards"), tracks, clips_per_track=2, shards_per_split=1)
+    run = tmp_path_factory.mktemp("pre") / "run"
+    pretrain(load_config("tiny", overrides=SMALL + ["run.steps=2", "run.val_every=1000"]), str(shards), run)
+    return run
+
+
+@pytest.fixture(scope="module")
+def finetuned(pairs, pretrained, tmp_path_factory):
+    """Two fine-tunes of 8 steps: from the pretrained run and from scratch."""
+    runs = tmp_path_factory.mktemp("runs")
+    for name, init in (("pretrained", ["--init", str(pretrained)]), ("scratch", [])):
+        args = ["finetune", "--shards", str(pairs / "shards"), "--preset", "tiny", "--run", str(runs / name)]
+        args += init + ["--steps", "8", "--device", "cpu"] + [f"--set={o}" for o in FINETUNE]
+        result = CliRunner().invoke(trainer_cli, args)
+        assert result.exit_code == 0, result.output
+    return runs
+
+
+def test_finetune_from_pretrained_and_from_scratch(finetuned, pretrained):
+    for name in ("pretrained", "scratch"):
+        rows = read_metrics(finetuned / name)
+        assert [r["step"] for r in rows] == list(range(1, 9))
+        assert all(np.isfinite(r["l1"]) and r["mixture_l1"] > 0 for r in rows)
+        checkpoint = resolve_checkpoint(finetuned / name)
+        meta = read_meta(checkpoint)
+        assert meta["task"] == "separation" and meta["stft"] == STFT.to_dict()
+        vals = read_metrics(finetuned / name, "val")
+        assert vals and all(v["ratio_mixture"] > 0 for v in vals)
+        assert not any(k.startswith("nsp_head") for k in _weights(checkpoint))
+    config = json.loads(json.dumps(read_meta(resolve_checkpoint(finetuned / "pretrained"))))
+    assert config["init"] == str(resolve_checkpoint(pretrained))
+
+
+def test_finetune_starts_from_the_pretrained_weights_with_a_fresh_mask_head(pretrained, tmp_path):
+    import torch
+
+    from trainer.finetune import resolve_finetune
+    from trainer.tasks import build_separation_model, load_pretrained
+
+    cfg, checkpoint = resolve_finetune(tmp_path / "r", "tiny", None, FINETUNE, init=str(pretrained))
+    assert checkpoint is None and cfg.run.task == "separation" and cfg.model.mask_prior == 0.9
+    model = build_separation_model(cfg)
+    load_pretrained(model, cfg.run.init, torch.device("cpu"))
+    source = _weights(resolve_checkpoint(pretrained))
+    for name, value in model.state_dict().items():
+        if name.startswith("mask_head."):
+            continue
+        assert torch.equal(value, source[name]), name
+    with torch.no_grad():
+        mask, _ = model.eval()(torch.rand(1, 2, 64, 8))
+    assert float(mask.mean()) > 0.8  # the prior: near the identity mask
+
+
+def test_finetune_refuses_what_it_cannot_use(pairs, pretrained, tmp_path):
+    write_shards(pairs / "pre", {"a": 5, "b": 7, "c": 9, "d": 6}, clips_per_track=1, shards_per_split=1)
+    runner = CliRunner()
+    base = ["finetune", "--preset", "tiny", "--steps", "2", "--device", "cpu"] + [f"--set={o}" for o in FINETUNE]
+    # pretraining shards are not pairs
+    result = runner.invoke(trainer_cli, base + ["--shards", str(pairs / "pre"), "--run", str(tmp_path / "a")])
+    assert result.exit_code == 1 and "not pair shards" in result.output, result.output
+    # an architecture that does not fit the pretrained weights
+    result = runner.invoke(
+        trainer_cli,
+        base
+        + ["--shards", str(pairs / "shards"), "--init", str(pretrained), "--run", str(tmp_path / "b")]
+        + ["--set=model.channels=[4,8,8,8]"],
+    )
+    assert result.exit_code == 1 and "weights do not fit the model" in result.output
+    assert len(result.output.strip().splitlines()) == 1
+
+
+def _weights(checkpoint: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(checkpoint / "model.safetensors"))
+
+
+def test_a_pair_sample_crops_and_swaps_mixture_and_target_together():
+    import random
+
+    from trainer.data import collate, crop_sample
+
+    frames = np.arange(40, dtype=np.float32)[None, None, :].repeat(64, axis=1)
+    mixture = np.concatenate([frames + 100, frames + 200]).astype(np.float16)  # L, R
+    target = np.concatenate([frames + 300, frames + 400]).astype(np.float16)
+    meta = fmt.PairSampleMeta(track_id="p", clip=0, start_frame=0, valid_frames=40, album_key="a")
+    sample = {
+        "__key__": "p_00000",
+        fmt.MIX_KEY: fmt.encode_spec(mixture),
+        fmt.TARGET_KEY: fmt.encode_spec(target),
+        fmt.META_KEY: fmt.encode_meta(meta),
+    }
+    swapped = next(c for seed in range(20) if (c := crop_sample(sample, 16, random.Random(seed))).swap)
+    batch = collate([swapped, crop_sample(sample, 16, None)])["spec"][:, :, 0, :].double().numpy()
+    assert batch.shape == (2, 4, 16)
+    for row, order in zip(batch, ([200, 100, 400, 300], [100, 200, 300, 400])):
+        peak = 1.0 / (row[3] - row[2])[0] * (order[3] - order[2])  # one scale for both signals
+        values = row * peak
+        start = values[0] - order[0]  # the crop's first frame, the same in every channel
+        for channel, base in enumerate(order):
+            np.testing.assert_allclose(values[channel] - base, start, atol=0.5)
+        np.testing.assert_allclose(start, start[0] + np.arange(16), atol=0.5)

@@ -1,0 +1,68 @@
+"""`trainer finetune`: the config of a separation run, from scratch or from a pretraining checkpoint.
+
+The training sections (data, optim, run) come from `--preset`/`--config` as for pretraining; the
+model comes from the `--init` checkpoint when there is one (its architecture must match the weights),
+else from the preset, so a scratch run with the same preset is the comparison the fine-tune needs.
+The separation mask prior (`model.mask_prior`, default SEPARATION_MASK_PRIOR) and `run.task` are set
+here; `--set` still overrides anything. Resuming a run uses its saved config, as pretraining does.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from trainer.checkpoint import latest_checkpoint, read_checkpoint_config, resolve_checkpoint
+from trainer.config import TASK_PRETRAIN, TASK_SEPARATION, TrainConfig, load_config, merge, parse_overrides
+
+# The mask starts near the identity: the first estimate is about the mixture (the floor) rather than
+# half of it, and the loss starts where "do nothing" is (vocal-remover's masks start unconstrained;
+# the pretrained U-Net's own head was trained to output ~1e-3, which would start near silence).
+SEPARATION_MASK_PRIOR = 0.9
+
+
+def resolve_finetune(
+    run_dir: str | os.PathLike,
+    preset: str | None,
+    config_file: str | None,
+    overrides: list[str] | tuple[str, ...] = (),
+    init: str | None = None,
+    resume: bool = False,
+) -> tuple[TrainConfig, Path | None]:
+    """(config, checkpoint to continue from or None) for `trainer finetune`."""
+    checkpoint = latest_checkpoint(Path(run_dir) / "checkpoints")
+    if checkpoint is not None:
+        saved = read_checkpoint_config(checkpoint)
+        if saved.get("run", {}).get("task") != TASK_SEPARATION:
+            raise ValueError(f"{run_dir} is a pretraining run; give finetune another --run")
+        if init or preset or config_file:
+            print(
+                f"{run_dir}: continuing from {checkpoint.name} with the run's saved config; "
+                "--init/--preset/--config ignored (use --set to change values)",
+                file=sys.stderr,
+            )
+        return load_config(base=saved, overrides=overrides), checkpoint
+    if resume:
+        raise ValueError(f"{run_dir}: --resume given but there is no checkpoint to continue from")
+    base = load_config(preset, config_file).to_dict()
+    if init:
+        source = resolve_checkpoint(init)
+        init_config = read_checkpoint_config(source)
+        if init_config.get("run", {}).get("task", TASK_PRETRAIN) != TASK_PRETRAIN:
+            raise ValueError(f"{source}: --init takes a pretraining checkpoint, this one is a fine-tune")
+        try:
+            base["model"] = TrainConfig.from_dict({"model": init_config.get("model")}, str(source)).model.to_dict()
+        except ValueError as exc:
+            raise ValueError(f"{source}: unusable model config ({exc})") from exc
+        base["run"]["init"] = str(source)
+    base["model"]["mask_prior"] = SEPARATION_MASK_PRIOR
+    base["run"]["task"] = TASK_SEPARATION
+    data = merge(base, parse_overrides(overrides)) if overrides else base
+    cfg = TrainConfig.from_dict(data, "finetune config" + (" + overrides" if overrides else ""))
+    if cfg.run.task != TASK_SEPARATION:
+        raise ValueError("trainer finetune trains run.task=separation; use trainer pretrain to pretrain")
+    return cfg, None
+
+
+__all__ = ["resolve_finetune", "SEPARATION_MASK_PRIOR"]

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.durable import write_and_rename, write_text
+from pipeline.records import RecordError, record_from_dict
 
 FORMAT_VERSION = 1
 
@@ -90,11 +91,6 @@ def record_to_json(record) -> str:
     return json.dumps(data, ensure_ascii=False, sort_keys=False)
 
 
-def record_from_dict(cls, data: dict):
-    known = {f.name for f in fields(cls)}
-    return cls(**{k: v for k, v in data.items() if k in known})
-
-
 def write_jsonl(path: str | os.PathLike, records: Iterable) -> None:
     """Write records to `path`, one JSON object per line, atomically (durable.write_and_rename)."""
     path = Path(path)
@@ -116,7 +112,7 @@ def read_jsonl(path: str | os.PathLike, cls) -> Iterator:
                 continue
             try:
                 yield record_from_dict(cls, json.loads(line))
-            except (json.JSONDecodeError, TypeError) as exc:
+            except ValueError as exc:  # json.JSONDecodeError and RecordError are both ValueErrors
                 raise ValueError(f"{path}:{lineno}: not a valid {cls.__name__} line ({exc})") from exc
 
 
@@ -311,9 +307,13 @@ def encode_meta(meta: SampleMeta) -> bytes:
 
 
 def decode_meta(data: bytes | str | dict, cls=SampleMeta) -> SampleMeta:
+    """A sample's `json` member; ValueError (naming the field) for anything but a `cls` object."""
     if isinstance(data, (bytes, str)):
-        data = json.loads(data)
-    return record_from_dict(cls, data)
+        try:
+            data = json.loads(data)
+        except UnicodeDecodeError as exc:  # a ValueError too, but its message names bytes, not the member
+            raise ValueError(f"{META_KEY} is not UTF-8 text ({exc.reason})") from exc
+    return record_from_dict(cls, data, where=META_KEY)
 
 
 def sample_arrays(sample_kind: str) -> tuple[str, ...]:
@@ -386,9 +386,9 @@ class ShardIndex:
 
     split: str
     shardlist: list[ShardEntry]
-    stft: dict
+    stft: dict  # STFTParams.to_dict()
     clip_frames: int
-    totals: dict  # {"samples", "tracks", "seconds", "bytes"}
+    totals: dict[str, int | float]  # {"samples", "tracks", "seconds", "bytes"}
     format_version: int = FORMAT_VERSION
     sample_kind: str = SAMPLE_KIND_SPEC  # SAMPLE_KIND_PAIRS: separation pairs (mix.npy + target.npy)
 
@@ -412,24 +412,22 @@ class ShardIndex:
     @classmethod
     def from_json(cls, text: str) -> ShardIndex:
         data = json.loads(text)
-        if data.get("__kind__") != INDEX_KIND:
-            raise ValueError(f"not a {INDEX_KIND} file (kind={data.get('__kind__')!r})")
-        return cls(
-            split=data.get("split", data.get("name", "")),
-            shardlist=[record_from_dict(ShardEntry, s) for s in data["shardlist"]],
-            stft=data.get("stft", STFTParams().to_dict()),
-            clip_frames=int(data.get("clip_frames", DEFAULT_CLIP_FRAMES)),
-            totals=data.get("totals", {}),
-            format_version=int(data.get("format_version", FORMAT_VERSION)),
-            sample_kind=str(data.get("sample_kind", SAMPLE_KIND_SPEC)),
-        )
+        if not isinstance(data, dict) or data.get("__kind__") != INDEX_KIND:
+            kind = data.get("__kind__") if isinstance(data, dict) else None
+            raise ValueError(f"not a {INDEX_KIND} file (kind={kind!r})")
+        # a plain wids index (another tool's) names no split, STFT or clip length: ours are the defaults
+        defaults = {"split": data.get("name", ""), "stft": STFTParams().to_dict(), "clip_frames": DEFAULT_CLIP_FRAMES}
+        index = record_from_dict(cls, {"totals": {}, **defaults, **data}, where="index")
+        STFTParams.from_dict(index.stft)  # every reader builds them: refuse bad ones here, naming the file
+        sample_arrays(index.sample_kind)  # an unknown kind is a ValueError naming it
+        return index
 
 
 def read_index(path: str | os.PathLike) -> ShardIndex:
     path = Path(path)
     try:
         return ShardIndex.from_json(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:  # the last two: wrong JSON shapes
+    except (OSError, ValueError) as exc:
         raise ValueError(f"{path}: unreadable shard index ({exc})") from exc
 
 
@@ -454,6 +452,7 @@ __all__ = [
     "FailureRecord",
     "record_to_json",
     "record_from_dict",
+    "RecordError",
     "write_jsonl",
     "read_jsonl",
     "read_tracks",

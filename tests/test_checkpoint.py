@@ -159,3 +159,13 @@ def test_a_non_finite_val_loss_never_becomes_best(tmp_path):
     save_checkpoint(tmp_path, 2, model, optimizer, scheduler, {}, val_loss=0.5)
     save_checkpoint(tmp_path, 3, model, optimizer, scheduler, {}, val_loss=float("inf"))
     assert (tmp_path / "best").read_text().strip() == "step-0000002"
+
+
+@pytest.mark.parametrize("text", ["[]", "null", '{"step": "3"}', '{"step": 3, "val_loss": "low"}', "{}"])
+def test_malformed_meta_json_is_one_line_naming_the_file(tmp_path, text):
+    model, optimizer, scheduler = make_training(0)
+    path = save_checkpoint(tmp_path, 3, model, optimizer, scheduler, {})
+    (path / "meta.json").write_text(text)
+    with pytest.raises(ValueError, match=f"^{path / 'meta.json'}: unreadable checkpoint metadata") as info:
+        load_checkpoint(path, model)
+    assert "\n" not in str(info.value)

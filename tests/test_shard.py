@@ -263,26 +263,30 @@ def test_damaged_failures_file_is_refused_before_any_work(collection, tmp_path):
 
 
 @pytest.mark.parametrize(
-    "field, value",
+    "field, value, message",
     [
-        ("duration", None),
-        ("duration", "3.0"),
-        ("mtime", float("nan")),
-        ("size", -1),
-        ("id", 7),
-        ("duplicate_of", 1),
-        ("split", "../val"),
-        ("split", "my-val"),
-        ("split", ""),
+        # the wrong type: refused where the manifest is read (pipeline/records.py), naming file and line
+        ("duration", None, "{file}:2: not a valid TrackRecord line (TrackRecord.duration: expected a finite number"),
+        ("duration", "3.0", "{file}:2: not a valid TrackRecord line (TrackRecord.duration: expected a finite"),
+        ("duration", 1e308, "{file}:2: not a valid TrackRecord line (TrackRecord.duration: expected a finite"),
+        ("mtime", float("nan"), "{file}:2: not a valid TrackRecord line (TrackRecord.mtime: expected a finite"),
+        ("id", 7, "{file}:2: not a valid TrackRecord line (TrackRecord.id: expected a string, got 7)"),
+        ("duplicate_of", 1, "{file}:2: not a valid TrackRecord line (TrackRecord.duplicate_of: expected a string or"),
+        # the right type, a value the planner cannot use: refused by plan.check_track, naming the track
+        ("size", -1, "{file}: track {path!r}: size must be >= 0"),
+        ("split", "../val", "{file}: track {path!r}: split '../val' cannot name a shard"),
+        ("split", "my-val", "{file}: track {path!r}: split 'my-val' cannot name a shard"),
+        ("split", "", "{file}: track {path!r}: split '' cannot name a shard"),
     ],
 )
-def test_mistyped_manifest_field_is_one_line_naming_file_track_and_field(collection, tmp_path, field, value):
+def test_mistyped_manifest_field_is_one_line_naming_file_track_and_field(collection, tmp_path, field, value, message):
     _, _, records = collection
     manifests = tmp_path / "manifests"
     fmt.write_jsonl(manifests / fmt.TRACKS_FILE, [records[0], fmt.TrackRecord(**{**records[1].__dict__, field: value})])
     result = run_cli("shard", "--manifests", str(manifests), "--out", str(tmp_path / "out"), *CLI_OPTIONS)
     assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
-    assert f"{manifests / fmt.TRACKS_FILE}: track {records[1].path!r}: {field} " in result.stderr
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert message.format(file=manifests / fmt.TRACKS_FILE, path=records[1].path) in result.stderr, result.stderr
     assert not (tmp_path / "out").exists()
 
 

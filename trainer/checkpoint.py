@@ -22,6 +22,7 @@ import os
 import re
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -29,6 +30,7 @@ import yaml
 from safetensors.torch import load_model, save_model
 
 from pipeline.durable import remove_stale_temporaries, staged_directory, write_text
+from pipeline.records import record_from_dict
 
 WEIGHTS_FILE = "model.safetensors"
 STATE_FILE = "state.pt"
@@ -51,12 +53,22 @@ def list_checkpoints(ckpt_dir: str | os.PathLike) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
+@dataclass
+class CheckpointMeta:
+    """The fields of meta.json that are read back (the rest is a record for people)."""
+
+    step: int
+    val_loss: float | None = None
+
+
 def read_meta(checkpoint: str | os.PathLike) -> dict:
     path = Path(checkpoint) / META_FILE
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+        record_from_dict(CheckpointMeta, meta, where=META_FILE)
+    except (OSError, ValueError) as exc:
         raise ValueError(f"{path}: unreadable checkpoint metadata ({exc})") from exc
+    return meta
 
 
 def save_checkpoint(
@@ -81,15 +93,16 @@ def save_checkpoint(
     with staged_directory(final) as tmp:
         save_model(model, str(tmp / WEIGHTS_FILE))
         torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, tmp / STATE_FILE)
-        full_meta = {**(meta or {}), "step": step, "val_loss": val_loss, "saved_at": time.time()}
+        finite_loss = val_loss if val_loss is not None and math.isfinite(val_loss) else None  # JSON has no NaN
+        full_meta = {**(meta or {}), "step": step, "val_loss": finite_loss, "saved_at": time.time()}
         (tmp / META_FILE).write_text(json.dumps(full_meta, indent=1) + "\n", encoding="utf-8")
         (tmp / CONFIG_FILE).write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
 
     write_text(ckpt_dir / LAST, final.name + "\n")
-    if val_loss is not None and math.isfinite(val_loss):  # a NaN loss compares as neither better nor worse
+    if finite_loss is not None:  # a NaN loss compares as neither better nor worse: never `best`
         best = _pointer(ckpt_dir, BEST)
         best_loss = read_meta(best).get("val_loss") if best else None
-        if best_loss is None or not math.isfinite(best_loss) or val_loss < best_loss:
+        if best_loss is None or finite_loss < best_loss:
             write_text(ckpt_dir / BEST, final.name + "\n")
     prune(ckpt_dir, keep_last)
     return final

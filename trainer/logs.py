@@ -13,15 +13,37 @@ import contextlib
 import json
 import os
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from pipeline.durable import exclusive
+from pipeline.records import record_from_dict
 
 METRICS_FILE = "metrics.jsonl"
 LOCK_FILE = ".lock"
+
+
+@dataclass
+class MetricsRow:
+    """The fields of a metrics.jsonl line that are read back (the values vary by split)."""
+
+    step: int
+    split: str
+
+
+def _rows(path: Path) -> Iterator[tuple[str, dict]]:
+    """(line, row) for each well-formed line; a line torn by kill -9, or of the wrong shape, is skipped."""
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            row = json.loads(line)
+            record_from_dict(MetricsRow, row)
+        except ValueError:
+            continue
+        yield line, row
 
 
 def read_metrics(run_dir: str | os.PathLike, split: str = "train") -> list[dict]:
@@ -29,15 +51,7 @@ def read_metrics(run_dir: str | os.PathLike, split: str = "train") -> list[dict]
     path = Path(run_dir) / METRICS_FILE
     if not path.exists():
         return []
-    rows = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            row = json.loads(line) if line.strip() else None
-        except json.JSONDecodeError:
-            continue
-        if row is not None and row.get("split") == split:
-            rows.append(row)
-    return rows
+    return [row for _, row in _rows(path) if row["split"] == split]
 
 
 def truncate_metrics(run_dir: str | os.PathLike, last_step: int) -> None:
@@ -47,14 +61,7 @@ def truncate_metrics(run_dir: str | os.PathLike, last_step: int) -> None:
     path = Path(run_dir) / METRICS_FILE
     if not path.exists():
         return
-    kept = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            if line.strip() and json.loads(line)["step"] <= last_step:
-                kept.append(line + "\n")
-        except (json.JSONDecodeError, KeyError, TypeError):
-            continue  # a line torn by kill -9
-    write_text(path, "".join(kept))
+    write_text(path, "".join(line + "\n" for line, row in _rows(path) if row["step"] <= last_step))
 
 
 def spectrogram_grid(

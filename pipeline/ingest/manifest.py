@@ -23,6 +23,7 @@ import re
 import sys
 import unicodedata
 from collections.abc import Iterable
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from pipeline import format as fmt
@@ -63,6 +64,42 @@ def ignored_outcome(path: str, size: int, mtime: float) -> dict:
     return {"path": path, "size": size, "mtime": mtime, "kind": "ignored"}
 
 
+@dataclass
+class _Outcome:
+    path: str
+    size: int
+    mtime: float
+    kind: str
+
+
+@dataclass
+class _TrackOutcome(_Outcome):
+    fingerprint: str
+    duration: float
+    sample_rate: int
+    channels: int
+    codec: str
+    tags: dict[str, str]
+
+
+@dataclass
+class _FailureOutcome(_Outcome):
+    reason: str
+    vanished: bool = False
+
+
+_OUTCOME_KINDS = {"track": _TrackOutcome, "failure": _FailureOutcome, "ignored": _Outcome}
+
+
+def checked_outcome(data) -> dict:
+    """A journal line as the outcome dict it was written from, or ValueError (the line is then unusable)."""
+    kind = data.get("kind") if isinstance(data, dict) else None
+    if kind not in _OUTCOME_KINDS:
+        raise ValueError(f"not a probe outcome (kind {kind!r})")
+    fmt.record_from_dict(_OUTCOME_KINDS[kind], data)
+    return data
+
+
 class ProbeJournal:
     """Append-only log of probe outcomes, loaded as {path: outcome} (the last line for a path wins)."""
 
@@ -71,17 +108,29 @@ class ProbeJournal:
         self.path = Path(manifests_dir) / name
         self.outcomes: dict[str, dict] = {}
         self._fh = None
+        malformed = 0
         try:
             # errors="replace": a line torn inside a multi-byte character must not stop the load.
             with open(self.path, encoding="utf-8", errors="replace") as fh:
                 for line in fh:
                     try:
-                        outcome = json.loads(line)
-                        self.outcomes[outcome["path"]] = outcome
-                    except (json.JSONDecodeError, KeyError, TypeError):
+                        data = json.loads(line)
+                    except json.JSONDecodeError:
                         continue  # the torn last line of a killed run
+                    try:
+                        outcome = checked_outcome(data)
+                    except ValueError:
+                        malformed += 1
+                        continue
+                    self.outcomes[outcome["path"]] = outcome
         except FileNotFoundError:
             return  # a first run: nothing journaled yet
+        if malformed:
+            print(
+                f"pipeline ingest: warning: {self.path}: {malformed} line(s) of the wrong shape ignored "
+                "(those files are probed again)",
+                file=sys.stderr,
+            )
 
     def lookup(self, path: str, size: int, mtime: float) -> dict | None:
         outcome = self.outcomes.get(path)
@@ -320,16 +369,37 @@ def _written_files(manifests_dir: Path) -> dict[str, list[int] | None]:
     return {name: _stat_of(manifests_dir / name) for name in (fmt.TRACKS_FILE, fmt.FAILURES_FILE, JOURNAL_FILE)}
 
 
+@dataclass
+class IngestCounts:
+    files: int
+    tracks: int
+    duplicates: int
+    failures: int
+
+
+@dataclass
+class IngestState:
+    """`.ingest-state.json`."""
+
+    inputs: str  # inputs_digest()
+    files: dict[str, list[int] | None]  # _written_files(): the stat of each file written
+    counts: IngestCounts
+
+
 def unchanged_counts(manifests_dir: str | os.PathLike, digest: str) -> dict | None:
-    """The counts saved with the manifests if they are still exactly what `digest` would build."""
-    manifests_dir = Path(manifests_dir)
+    """The counts saved with the manifests if they are still exactly what `digest` would build.
+    A missing, unreadable or malformed state only means the manifests are rebuilt."""
+    path = Path(manifests_dir) / STATE_FILE
     try:
-        state = json.loads((manifests_dir / STATE_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        state = fmt.record_from_dict(IngestState, json.loads(path.read_text(encoding="utf-8")))
+    except OSError:  # none yet, or unreachable (then writing the manifests reports it)
         return None
-    if state.get("inputs") != digest or state.get("files") != _written_files(manifests_dir):
+    except ValueError as exc:
+        print(f"pipeline ingest: warning: {path}: ignored, rebuilding the manifests ({exc})", file=sys.stderr)
         return None
-    return state.get("counts")
+    if state.inputs != digest or state.files != _written_files(Path(manifests_dir)):
+        return None
+    return asdict(state.counts)
 
 
 def save_state(manifests_dir: str | os.PathLike, digest: str, counts: dict) -> None:

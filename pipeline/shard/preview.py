@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,21 +49,18 @@ def read_samples(shard: str | os.PathLike, n: int) -> list[PreviewSample]:
     dataset = wds.WebDataset(str(shard), shardshuffle=False, empty_check=False)
     try:
         for raw in dataset:
-            if (
-                fmt.MIX_KEY in raw and fmt.TARGET_KEY in raw and fmt.META_KEY in raw
-            ):  # a pair: both, one above the other
-                meta = fmt.decode_meta(raw[fmt.META_KEY])
-                for member, label in ((fmt.MIX_KEY, "mixture"), (fmt.TARGET_KEY, "target")):
-                    samples.append(PreviewSample(f"{raw['__key__']} {label}", fmt.decode_spec(raw[member]), meta))
-                if len(samples) >= 2 * n:
-                    break
-                continue
-            if fmt.SPEC_KEY not in raw or fmt.META_KEY not in raw:
+            pair = fmt.MIX_KEY in raw and fmt.TARGET_KEY in raw  # a pair: both, one above the other
+            members = ((fmt.MIX_KEY, " mixture"), (fmt.TARGET_KEY, " target")) if pair else ((fmt.SPEC_KEY, ""),)
+            if fmt.META_KEY not in raw or any(member not in raw for member, _ in members):
                 raise ValueError(f"{shard}: sample {raw.get('__key__')!r} lacks {fmt.SPEC_KEY} or {fmt.META_KEY}")
-            samples.append(
-                PreviewSample(raw["__key__"], fmt.decode_spec(raw[fmt.SPEC_KEY]), fmt.decode_meta(raw[fmt.META_KEY]))
-            )
-            if len(samples) >= n:
+            try:
+                meta = fmt.decode_meta(raw[fmt.META_KEY], fmt.PairSampleMeta if pair else fmt.SampleMeta)
+            except ValueError as exc:  # one bad sample does not hide the others
+                print(f"warning: {shard}: sample {raw['__key__']!r} skipped ({exc})", file=sys.stderr)
+                continue
+            for member, label in members:
+                samples.append(PreviewSample(raw["__key__"] + label, fmt.decode_spec(raw[member]), meta))
+            if len(samples) >= len(members) * n:
                 break
     except (tarfile.TarError, OSError, EOFError) as exc:
         raise ValueError(f"{shard}: not a readable shard ({exc.__class__.__name__}: {exc})") from exc

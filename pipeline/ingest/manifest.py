@@ -88,23 +88,24 @@ class _FailureOutcome(_Outcome):
     vanished: bool = False
 
 
-_OUTCOME_KINDS = {"track": _TrackOutcome, "failure": _FailureOutcome, "ignored": _Outcome}
+PROBE_OUTCOMES = {"track": _TrackOutcome, "failure": _FailureOutcome, "ignored": _Outcome}
 
 
-def checked_outcome(data) -> dict:
-    """A journal line as the outcome dict it was written from, or ValueError (the line is then unusable)."""
+def checked_outcome(data, kinds: dict[str, type]) -> dict:
+    """A journal line as the outcome dict it was written from, or ValueError (the line is then
+    unusable); `kinds` maps each outcome kind to the record its line must fit."""
     kind = data.get("kind") if isinstance(data, dict) else None
-    if kind not in _OUTCOME_KINDS:
-        raise ValueError(f"not a probe outcome (kind {kind!r})")
-    fmt.record_from_dict(_OUTCOME_KINDS[kind], data)
+    if kind not in kinds:
+        raise ValueError(f"not a journal outcome (kind {kind!r})")
+    fmt.record_from_dict(kinds[kind], data)
     return data
 
 
 class ProbeJournal:
     """Append-only log of probe outcomes, loaded as {path: outcome} (the last line for a path wins)."""
 
-    def __init__(self, manifests_dir: str | os.PathLike, name: str = JOURNAL_FILE):
-        # `pipeline pairs` keeps its own journal (another name) with the same guarantees.
+    def __init__(self, manifests_dir: str | os.PathLike, name: str = JOURNAL_FILE, outcome_kinds: dict | None = None):
+        # `pipeline pairs` keeps its own journal (another name and outcome records) with the same guarantees.
         self.path = Path(manifests_dir) / name
         self.outcomes: dict[str, dict] = {}
         self._fh = None
@@ -118,7 +119,7 @@ class ProbeJournal:
                     except json.JSONDecodeError:
                         continue  # the torn last line of a killed run
                     try:
-                        outcome = checked_outcome(data)
+                        outcome = checked_outcome(data, outcome_kinds or PROBE_OUTCOMES)
                     except ValueError:
                         malformed += 1
                         continue

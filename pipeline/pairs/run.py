@@ -72,6 +72,35 @@ class PairsSummary:
         )
 
 
+@dataclass
+class _Outcome:
+    path: str  # _journal_key()
+    size: list[int] | None  # mixture's, target's
+    mtime: list[float] | None
+    kind: str
+
+
+@dataclass
+class _PairOutcome(_Outcome):
+    id: str
+    mixture_id: str
+    duration: float
+    target_id: str
+    target_duration: float
+    offset_seconds: float
+    correlation: float
+    album_key: str
+
+
+@dataclass
+class _FailureOutcome(_Outcome):
+    failed: str
+    reason: str
+
+
+PAIR_OUTCOMES = {"pair": _PairOutcome, "failure": _FailureOutcome}  # what a journal line must fit
+
+
 def _journal_key(candidate: Candidate, options: PairOptions) -> str:
     alignment = [options.max_offset, options.min_correlation, options.max_length_difference]
     return json.dumps([candidate.mixture, candidate.target, candidate.target_kind, alignment], ensure_ascii=False)
@@ -189,7 +218,7 @@ def build_pairs(
     busy = f"{manifests_dir}: another `pipeline ingest` or `pipeline pairs` is writing here"
     with exclusive(manifests_dir / fmt.MANIFESTS_LOCK, busy):
         remove_stale_temporaries(manifests_dir)
-        journal = ProbeJournal(manifests_dir, JOURNAL_FILE)
+        journal = ProbeJournal(manifests_dir, JOURNAL_FILE, PAIR_OUTCOMES)
         try:
             outcomes = _outcomes(candidates, journal, options, workers, summary, progress)
             journal.compact(outcomes[_journal_key(c, options)] for c in candidates)

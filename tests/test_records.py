@@ -274,3 +274,17 @@ def test_metrics_lines_of_the_wrong_shape_are_skipped_like_torn_ones(tmp_path):
     assert [r["step"] for r in read_metrics(tmp_path)] == [1, 3]
     truncate_metrics(tmp_path, 2)
     assert (tmp_path / METRICS_FILE).read_text() == rows[0] + "\n"
+
+
+@pytest.mark.parametrize("text", ["[]", '{"fingerprint": 5}', '{"fingerprint": "x", "options": {}, "tracks": []}'])
+def test_a_malformed_plan_state_is_one_line_naming_the_file(collection, tmp_path, text):
+    from pipeline.shard.run import PLAN_FILE, ShardError, run_shard
+
+    from support import OPTIONS
+
+    _, manifests, _ = collection
+    (tmp_path / "out" / STATE_DIR).mkdir(parents=True)
+    (tmp_path / "out" / STATE_DIR / PLAN_FILE).write_text(text)
+    with pytest.raises(ShardError, match=rf"^{tmp_path / 'out' / STATE_DIR / PLAN_FILE}: unreadable plan state \("):
+        run_shard(manifests, tmp_path / "out", OPTIONS, progress=False)
+    assert not list((tmp_path / "out").glob("*.tar"))

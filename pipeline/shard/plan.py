@@ -224,6 +224,16 @@ def describe_changes(old: dict, new: Plan) -> str:
     return "; ".join(reasons) or "plan fingerprint differs"
 
 
+@dataclass
+class PlanRecord:
+    """`.state/plan.json` as read back (what `plan_record` writes)."""
+
+    fingerprint: str
+    options: dict
+    tracks: dict[str, str]  # track id -> track_signature
+    units: list[str]
+
+
 def plan_record(plan: Plan) -> dict:
     """What the executor stores to recognise (and explain) a changed plan on the next run."""
     return {

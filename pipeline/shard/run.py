@@ -23,7 +23,7 @@ from pathlib import Path
 from pipeline import format as fmt
 from pipeline.durable import FolderBusy, check_writable, exclusive, fsync_dir, remove_stale_temporaries, write_text
 from pipeline.shard.faults import fault_point
-from pipeline.shard.plan import Plan, ShardOptions, Unit, describe_changes, make_plan, plan_record
+from pipeline.shard.plan import Plan, PlanRecord, ShardOptions, Unit, describe_changes, make_plan, plan_record
 from pipeline.shard.write import (
     STATE_DIR,
     UnitResult,
@@ -155,6 +155,7 @@ def _check_plan(out: Path, plan: Plan, force: bool) -> None:
         return
     try:
         old = json.loads(path.read_text(encoding="utf-8"))
+        fmt.record_from_dict(PlanRecord, old, where=PLAN_FILE)
     except (OSError, ValueError) as exc:
         raise ShardError(f"{path}: unreadable plan state ({exc}); use --force to rebuild") from exc
     if old.get("fingerprint") != plan.fingerprint and not force:

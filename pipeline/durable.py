@@ -53,6 +53,11 @@ def is_temp_name(name: str) -> bool:
     return name.startswith(".") and ".tmp-" in name
 
 
+def _final_name(temp_name: str) -> str:
+    """`.{name}.tmp-{pid}[suffix]` -> name (`keep_suffix` temporaries lose their suffix here)."""
+    return temp_name[1:].rpartition(".tmp-")[0]
+
+
 def _writer_pid(name: str) -> int | None:
     digits = name.rpartition(".tmp-")[2].partition(".")[0]
     return int(digits) if digits.isdigit() else None
@@ -68,17 +73,20 @@ def _process_alive(pid: int) -> bool:
     return True
 
 
-def remove_stale_temporaries(folder: str | os.PathLike, only_dead_writers: bool = True) -> int:
+def remove_stale_temporaries(
+    folder: str | os.PathLike, only_dead_writers: bool = True, only: Callable[[str], bool] | None = None
+) -> int:
     """Delete the temporaries in `folder` left by killed runs; returns how many. With
     `only_dead_writers=False` (the caller holds the folder's lock, so nobody else writes there) every
-    temporary goes, including one whose pid a new process happens to have reused."""
+    temporary goes, including one whose pid a new process happens to have reused. `only(final name)`
+    limits it to the temporaries of the caller's own names, in a folder shared with other files."""
     removed = 0
     try:
         entries = list(os.scandir(folder))
     except FileNotFoundError:
         return 0
     for entry in entries:
-        if not is_temp_name(entry.name):
+        if not is_temp_name(entry.name) or (only is not None and not only(_final_name(entry.name))):
             continue
         pid = _writer_pid(entry.name)
         if only_dead_writers and pid is not None and _process_alive(pid):

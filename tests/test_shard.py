@@ -206,6 +206,7 @@ def test_a_second_run_on_the_same_folder_is_refused(collection, tmp_path):
     _, manifests, _ = collection
     out = tmp_path / "busy"
     (out / ".state").mkdir(parents=True)
+    (out / ".state" / "owner").write_text("{}")  # as the first run wrote it
     with open(out / ".state" / "lock", "w") as held:
         fcntl.flock(held, fcntl.LOCK_EX)
         with pytest.raises(ShardError, match="another `pipeline shard` is writing here"):
@@ -239,6 +240,12 @@ def test_shards_without_state_are_not_adopted(collection, clean, tmp_path):
     out = tmp_path / "orphans"
     shutil.copytree(clean, out)
     shutil.rmtree(out / ".state")
+    for force in (False, True):  # without its .state the folder is not the tool's: nothing is replaced
+        with pytest.raises(ShardError, match="not written by `pipeline shard` here.*move them away"):
+            run_shard(manifests, out, OPTIONS, workers=1, force=force, progress=False)
+        assert shard_bytes(out) == shard_bytes(clean)
+    out.joinpath(".state", "owner").parent.mkdir()
+    out.joinpath(".state", "owner").write_text("{}")  # the user hands the folder back to the tool
     with pytest.raises(ShardError, match="unknown origin.*--force"):
         run_shard(manifests, out, OPTIONS, workers=1, progress=False)
     summary = run_shard(manifests, out, OPTIONS, workers=1, force=True, progress=False)

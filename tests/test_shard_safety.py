@@ -2,7 +2,8 @@
 
 - a track whose file changed since ingest is a failure, not new audio under the old id (issue 10, class 1);
 - a manifests folder that cannot take the decode failures is refused before any shard (class 11);
-- every shard's sha256 is in its state and index; resume redoes, and `verify` reports, a damaged one (class 12).
+- every shard's sha256 is in its state and index; resume redoes, and `verify` reports, a damaged one (class 12);
+- `--out` files under the tool's names that it did not write are refused, never removed (class 2).
 """
 
 from __future__ import annotations
@@ -18,11 +19,12 @@ import soundfile
 import webdataset as wds
 
 from pipeline import format as fmt
+from pipeline.shard.outdir import OWNER_FILE
 from pipeline.shard.run import ShardError, run_shard
 from pipeline.shard.verify import verify_shards
 from pipeline.shard.write import STATE_DIR, read_state, state_path
 
-from support import OPTIONS, shard_bytes, track_record
+from support import CLI_OPTIONS, OPTIONS, run_cli, shard_bytes, track_record
 
 
 def track_ids(out: Path) -> set[str]:
@@ -138,3 +140,60 @@ def test_a_state_from_before_checksums_is_adopted_not_redone(collection, clean, 
     assert summary.written == 0 and shard_bytes(out) == shard_bytes(clean)
     assert read_state(out, "train-000000.tar").sha256 == fmt.file_sha256(out / "train-000000.tar")
     assert state_path(out, "train-000000.tar").is_file()
+
+
+# --- class 2: the output folder holds only what the tool wrote -------------------------------------
+
+
+def test_user_files_under_the_tools_names_are_refused_and_kept(collection, tmp_path):
+    _, manifests, _ = collection
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "train.json").write_text('{"my": "own training config"}\n')
+    (out / "val.json").write_text("[1, 2, 3]\n")
+    before = shard_bytes(out)
+    for force in ([], ["--force"]):
+        result = run_cli("shard", "--manifests", str(manifests), "--out", str(out), *CLI_OPTIONS, *force)
+        assert result.returncode == 1 and result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+        assert f"{out}: holds train.json, val.json, not written by `pipeline shard` here" in result.stderr
+        assert shard_bytes(out) == before and sorted(p.name for p in out.iterdir()) == ["train.json", "val.json"]
+
+
+@pytest.mark.parametrize(
+    "foreign",
+    ["train-000000.tar", "val-000003.tar", ".state/notes.txt", ".state"],
+    ids=["shard", "val", "state-dir", "state-file"],
+)
+def test_foreign_shards_or_state_folder_are_refused_even_with_force(collection, tmp_path, foreign):
+    _, manifests, _ = collection
+    out = tmp_path / "other-dataset"
+    (out / foreign).parent.mkdir(parents=True, exist_ok=True)
+    (out / foreign).write_bytes(b"someone else's data")
+    with pytest.raises(ShardError, match="move (it|them) away or choose another --out"):
+        run_shard(manifests, out, OPTIONS, workers=1, force=True, progress=False)
+    assert (out / foreign).read_bytes() == b"someone else's data"
+    assert [p.name for p in out.iterdir()] == [foreign.split("/")[0]]
+
+
+def test_a_user_file_dropped_into_a_shard_folder_is_refused_and_others_are_left_alone(collection, clean, tmp_path):
+    _, manifests, _ = collection
+    out = tmp_path / "out"
+    shutil.copytree(clean, out)
+    others = {"notes.json": b"{}", "README.txt": b"mine", ".draft.tmp-1": b"an editor's temporary"}
+    for name, data in others.items():
+        (out / name).write_bytes(data)
+    summary = run_shard(manifests, out, OPTIONS, workers=1, force=True, progress=False)
+    assert summary.written == 0 and all((out / n).read_bytes() == d for n, d in others.items())
+    (out / "val.json").write_text('{"my": "val config"}')
+    with pytest.raises(ShardError, match=r"val.json: not a shard index written by `pipeline shard`"):
+        run_shard(manifests, out, OPTIONS, workers=1, force=True, progress=False)
+    assert (out / "val.json").read_text() == '{"my": "val config"}'
+
+
+def test_a_shard_folder_from_before_the_owner_record_is_still_the_tools(collection, clean, tmp_path):
+    _, manifests, _ = collection
+    out = tmp_path / "out"
+    shutil.copytree(clean, out)
+    (out / STATE_DIR / OWNER_FILE).unlink()
+    summary = run_shard(manifests, out, OPTIONS, workers=1, progress=False)
+    assert summary.written == 0 and (out / STATE_DIR / OWNER_FILE).is_file()

@@ -21,8 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline import format as fmt
-from pipeline.durable import FolderBusy, check_writable, exclusive, fsync_dir, remove_stale_temporaries, write_text
+from pipeline.durable import FolderBusy, check_writable, exclusive, fsync_dir, write_text
 from pipeline.shard.faults import fault_point
+from pipeline.shard.outdir import ForeignFiles, check_indexes, claim, remove_own_temporaries
 from pipeline.shard.plan import Plan, PlanRecord, ShardOptions, Unit, describe_changes, make_plan, plan_record
 from pipeline.shard.write import (
     STATE_DIR,
@@ -82,11 +83,9 @@ def run_shard(
     # Decode failures are merged into it at the end: refuse a damaged one, or a folder that cannot take it, now.
     _read_failures(manifests, _failures_file(options))
     _check_manifests_writable(manifests, _failures_file(options))
-    out.mkdir(parents=True, exist_ok=True)
-    (out / STATE_DIR).mkdir(exist_ok=True)
-    with _exclusive(out):
+    with _owned_and_locked(out, plan.splits()):
         _check_plan(out, plan, force)
-        _clean_temporaries(out)
+        remove_own_temporaries(out, STATE_DIR, plan.splits())
         done, pending = _split_done(out, plan, options, workers, progress)
         stale = _stale_files(out, plan, done)
         preflight(out, pending, reclaimable=sum(p.stat().st_size for p in stale))
@@ -135,11 +134,15 @@ def preflight(out: Path, pending: list[Unit], reclaimable: int = 0) -> None:
 
 
 @contextmanager
-def _exclusive(out: Path):
+def _owned_and_locked(out: Path, splits: list[str]):
+    """Claim `out` (outdir.py: refused when it holds files this tool did not write under its names),
+    then hold its lock for the block."""
     try:
+        claim(out, STATE_DIR, splits)
         with exclusive(out / STATE_DIR / "lock", f"{out}: another `pipeline shard` is writing here"):
+            check_indexes(out, splits)  # again, now that no other run can write here
             yield
-    except FolderBusy as exc:
+    except (FolderBusy, ForeignFiles) as exc:
         raise ShardError(str(exc)) from exc
 
 
@@ -163,12 +166,6 @@ def _check_plan(out: Path, plan: Plan, force: bool) -> None:
             f"{out} was built from a different plan ({describe_changes(old, plan)}); "
             "rerun with --force to rebuild (shards that still match are kept)"
         )
-
-
-def _clean_temporaries(out: Path) -> None:
-    """Leftovers of killed runs: nobody else writes here (we hold the lock)."""
-    for folder in (out, out / STATE_DIR):
-        remove_stale_temporaries(folder, only_dead_writers=False)
 
 
 def _check_manifests_writable(manifests: Path, failures_file: str) -> None:

@@ -80,8 +80,8 @@ def bare_steps_per_s(cfg, steps: int, warmup: int) -> float:
     for i in range(warmup + steps):
         if i == warmup:
             start = time.perf_counter()
-        mask, nsp_logit = model(corrupted.input)
-        loss, _, _ = compute_loss(mask, nsp_logit, corrupted, cfg.loss, cfg.corrupt.nsp)
+        head, nsp_logit = model(corrupted.input)
+        loss, _, _ = compute_loss(head, nsp_logit, corrupted, cfg.loss, cfg.corrupt.nsp, cfg.model.output)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
         optimizer.step()

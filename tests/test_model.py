@@ -2,6 +2,7 @@
 frequency-only convs, autocast, torch.compile, and the summary."""
 
 import dataclasses
+import re
 import shutil
 
 import pytest
@@ -108,7 +109,13 @@ def test_gradient_reaches_every_parameter(position):
     x = torch.rand(2, 2, 32, 12)
     mask, nsp_logit = model(x)
     ((mask * x - x.flip(-1)).abs().mean() + nsp_logit.square().mean()).backward()
-    missing = [name for name, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    # A memory bottleneck's bias shifts every memory token by a constant, which the decoder block's
+    # memory LayerNorm removes: its gradient is zero up to rounding (exactly zero on some CPUs).
+    missing = [
+        name
+        for name, p in model.named_parameters()
+        if (p.grad is None or not p.grad.abs().sum() > 0) and not re.search(r"memory_bottlenecks\.\d+\.bias$", name)
+    ]
     assert not missing, f"no gradient reaches: {missing}"
 
 

@@ -58,9 +58,18 @@ def test_prior_outside_the_open_unit_interval_is_refused(prior):
         small_config(mask_prior=prior)
 
 
-def test_presets_start_far_below_one_half():
-    for name in ("tiny", "small", "base"):
-        assert load_config(name).model.mask_prior <= 0.01
+def test_every_preset_output_starts_where_its_head_means_no_change():
+    # a plain mask multiplies the input, so it starts near the magnitude (the original objective); a
+    # gate-and-fill output starts its fill there instead; a gate-and-refine output starts at factor 1
+    # on the interpolation (odds of 0.5)
+    for name in ("original", "tiny", "small", "base"):
+        model = load_config(name).model
+        if model.output == "mask":
+            assert model.mask_prior <= 0.01
+        elif model.output == "mask_fill":
+            assert model.fill_prior <= 0.01
+        else:
+            assert model.fill_prior == 0.5
 
 
 def test_prior_is_a_config_override_even_as_a_bare_exponent():

@@ -44,10 +44,11 @@ def mean(values):
 
 def test_tiny_pretrain_lowers_the_loss_and_evaluate_prints_the_table(shards, tmp_path):
     run = tmp_path / "run"
-    # The mask starts at 0.5, not at the default prior (tests/test_model_init.py), so the loss has far
-    # to fall: this checks that the loop optimises, the prior is checked where it is set.
+    # The original objective (a sigmoid mask x input) with its mask starting at 0.5, not at the default
+    # prior (tests/test_model_init.py), so the loss has far to fall: this checks that the loop
+    # optimises, the prior is checked where it is set.
     cfg = load_config(
-        "tiny", overrides=SMALL + ["run.steps=40", "run.ckpt_every=20", "run.val_every=20", "model.mask_prior=0.5"]
+        "original", overrides=SMALL + ["run.steps=40", "run.ckpt_every=20", "run.val_every=20", "model.mask_prior=0.5"]
     )
     pretrain(cfg, str(shards), run, val_shards=str(shards))
 

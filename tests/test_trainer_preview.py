@@ -43,6 +43,10 @@ def test_preview_batches_are_the_fixed_validation_corruptions(shards, tmp_path):
     assert first.reconstruction is not None and first.reconstruction.shape == first.clean.shape
     assert (first.corrupted.input == again.corrupted.input).all()
     assert (first.corrupted.selected == again.corrupted.selected).all()
+    # the reconstruction row is the model's output on the selected frames and the input elsewhere
+    outside = ~first.corrupted.selected[:, None, None, :].expand_as(first.clean)
+    assert (first.reconstruction[outside] == first.corrupted.input[outside]).all()
+    assert not (first.reconstruction[~outside] == first.corrupted.input[~outside]).all()
     assert first.corrupted.selected.any(dim=1).all()
 
     out = tmp_path / "r.png"

@@ -228,6 +228,36 @@ def evaluate(checkpoint, shards, batches, split, batch_size, device):
 
 
 @main.command()
+@click.option("--shards", required=True, help=f"Training shards: {_SHARDS_HELP}.")
+@click.option("--val-shards", default=None, help="Evaluation shards. Default: the val split of --shards.")
+@click.option(
+    "--variants",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="YAML list of {name, preset, set: [...]} rows. Default: trainer/ablations/objectives.yaml.",
+)
+@click.option("--out", type=click.Path(file_okay=False), default="runs/ablate", show_default=True)
+@click.option("--steps", type=click.IntRange(min=1), required=True, help="Training steps of every row.")
+@click.option("--batches", type=click.IntRange(min=1), default=16, show_default=True, help="Val batches to score.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE", help="Applied to every row.")
+def ablate(shards, val_shards, variants, out, steps, batches, device, overrides):
+    """Train config variants with the same seed and budget; one yardstick table (OUT/ablation.md).
+
+    \b
+    trainer ablate --shards demo/shards --steps 60 --out runs/ablate
+    """
+    from trainer.ablate import DEFAULT_VARIANTS, read_variants, run_ablation
+
+    try:
+        rows = read_variants(variants or DEFAULT_VARIANTS)
+        table = run_ablation(rows, shards, out, steps, list(overrides), val_shards, batches, device)
+    except (ValueError, RuntimeError, OSError) as exc:
+        raise _one_line(exc) from exc
+    click.echo(table)
+
+
+@main.command()
 @click.option("--preset", default="tiny", show_default=True, help="Model preset (trainer/model/presets/NAME.yaml).")
 @click.option(
     "--frames",

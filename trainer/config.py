@@ -43,10 +43,21 @@ class DataConfig:
     val_batch_size: int = 8
 
 
+LOSS_DOMAINS = ("linear", "log")
+
+
 @dataclass
 class LossConfig:
     all_frames_weight: float = 0.0  # weight of the L1 over every frame, next to the masked-token L1
     nsp_weight: float = 1.0
+    domain: str = "linear"  # "linear": L1 of magnitudes; "log": L1 of log(x + log_eps) (trainer.objective)
+    log_eps: float = 1e-3  # of the crop-max-normalised magnitudes: -60 dB
+
+    def __post_init__(self) -> None:
+        if self.domain not in LOSS_DOMAINS:
+            raise ValueError(f"loss.domain must be one of {LOSS_DOMAINS}, got {self.domain!r}")
+        if not self.log_eps > 0:
+            raise ValueError(f"loss.log_eps must be > 0, got {self.log_eps}")
 
 
 @dataclass

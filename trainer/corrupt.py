@@ -9,6 +9,8 @@ Layout of one crop of T frames (SPEC section 3):
     tokens   |t0|t1|t2| ... |  separator  | ... |tN|    token = `token_frames` frames from the crop start
     halves   [---- first half ----][---- second half ----]   join at T // 2
     NSP      second half kept (label 1) or taken from another group's sample (label 0)
+    SOP      (`pair_task: sop`, ALBERT's sentence-order prediction) halves kept in order (label 1) or
+             swapped (label 0): the two halves always come from the same track
 
 The separator (bins alternating 1, 0 along frequency) overwrites `token_frames // 2` frames on each
 side of the join in input and target whenever NSP is on, whatever the label, so it carries no hint.
@@ -24,6 +26,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+PAIR_TASKS = ("nsp", "sop")
+
 
 @dataclass
 class CorruptConfig:
@@ -32,8 +36,9 @@ class CorruptConfig:
     mask_prob: float = 0.8
     noise_prob: float = 0.1  # the remaining 1 - mask_prob - noise_prob of selected tokens are kept
     mask_value: float = 1.0
-    nsp_prob: float = 0.5  # probability that the second half is replaced (label 0)
-    nsp: bool = True
+    nsp_prob: float = 0.5  # probability that the pair is altered (label 0)
+    nsp: bool = True  # the pair task on/off (separator and label); which task: pair_task
+    pair_task: str = "nsp"  # "nsp": second half from another track; "sop": the two halves swapped
 
     def __post_init__(self) -> None:
         if self.token_frames < 1:
@@ -44,6 +49,8 @@ class CorruptConfig:
             raise ValueError(
                 f"mask_prob ({self.mask_prob}) and noise_prob ({self.noise_prob}) must be >= 0 and sum to <= 1"
             )
+        if self.pair_task not in PAIR_TASKS:
+            raise ValueError(f"pair_task must be one of {PAIR_TASKS}, got {self.pair_task!r}")
         if not 0.0 <= self.nsp_prob <= 1.0:
             raise ValueError(f"nsp_prob must be in [0, 1], got {self.nsp_prob}")
 
@@ -54,7 +61,16 @@ class Corrupted:
     target: Tensor  # [B, 2, F, T] clean crop (partner's second half if replaced) + separator
     selected: Tensor  # [B, T] bool: frames of selected tokens, where the masked-token loss counts
     separator: Tensor  # [B, T] bool: frames overwritten by the separator
-    nsp_label: Tensor  # [B] float: 1.0 = second half is the continuation, 0.0 = from another track
+    nsp_label: Tensor  # [B] float: 1.0 = second half is the continuation, 0.0 = altered (see pair_task)
+    masked: Tensor | None = None  # [B, T] bool: selected frames set to mask_value (a subset of selected)
+    noised: Tensor | None = None  # [B, T] bool: selected frames overlaid with noise; the rest of selected is intact
+
+    def changed(self) -> Tensor:
+        """[B, T] bool: frames whose content differs from the clean crop's (masked or noised); the
+        kept tenth of the selected tokens is intact and may be copied (baselines do, the model can)."""
+        if self.masked is None or self.noised is None:
+            return self.selected
+        return self.masked | self.noised
 
 
 def separator_span(frames: int, token_frames: int) -> tuple[int, int]:
@@ -117,6 +133,14 @@ def _apply_nsp(clean: Tensor, group: Tensor, cfg: CorruptConfig, generator: torc
     return target, (~replace).to(clean.dtype)
 
 
+def _apply_sop(clean: Tensor, cfg: CorruptConfig, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+    """Swap the two halves with probability nsp_prob (label 0): order, not topic, decides the label."""
+    batch, frames = clean.shape[0], clean.shape[-1]
+    swap = torch.rand(batch, generator=generator, device=clean.device) < cfg.nsp_prob
+    swapped = torch.roll(clean, shifts=frames - frames // 2, dims=-1)  # [second half | first half]
+    return torch.where(swap[:, None, None, None], swapped, clean), (~swap).to(clean.dtype)
+
+
 def _select_tokens(
     eligible: Tensor, n_eligible: int, batch: int, cfg: CorruptConfig, generator: torch.Generator
 ) -> Tensor:
@@ -162,7 +186,10 @@ def corrupt_batch(clean: Tensor, group: Tensor, cfg: CorruptConfig, generator: t
             f"a crop of {frames} frames has no token of {tf} frames outside the NSP separator; use a longer crop"
         )
     if cfg.nsp:
-        target, nsp_label = _apply_nsp(clean, group.to(device), cfg, generator)
+        if cfg.pair_task == "sop":
+            target, nsp_label = _apply_sop(clean, cfg, generator)
+        else:
+            target, nsp_label = _apply_nsp(clean, group.to(device), cfg, generator)
         target[..., span[0] : span[1]] = separator_pattern(bins, device, clean.dtype)[:, None]  # [F, 1] over frames
         sep_frames = separator_frames(frames, tf, device)
     else:
@@ -189,10 +216,13 @@ def corrupt_batch(clean: Tensor, group: Tensor, cfg: CorruptConfig, generator: t
         selected=_tokens_to_frames(selected_tokens, tf, frames),
         separator=sep_frames[None, :].expand(batch, frames).clone(),
         nsp_label=nsp_label,
+        masked=masked[:, 0, 0, :].clone(),
+        noised=noised[:, 0, 0, :].clone(),
     )
 
 
 __all__ = [
+    "PAIR_TASKS",
     "CorruptConfig",
     "Corrupted",
     "corrupt_batch",

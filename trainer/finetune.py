@@ -57,6 +57,7 @@ def resolve_finetune(
             raise ValueError(f"{source}: unusable model config ({exc})") from exc
         base["run"]["init"] = str(source)
     base["model"]["mask_prior"] = SEPARATION_MASK_PRIOR
+    base["model"]["output"] = "mask"  # separation predicts a mask of the mixture, whatever pretraining's head was
     base["run"]["task"] = TASK_SEPARATION
     data = merge(base, parse_overrides(overrides)) if overrides else base
     cfg = TrainConfig.from_dict(data, "finetune config" + (" + overrides" if overrides else ""))

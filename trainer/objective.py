@@ -1,20 +1,34 @@
 """The training objectives, each defined once: the training step minimises it and validation reports
 it (the lowest validation value picks the `best` checkpoint), so the two can never disagree.
 
-- pretraining (`compute_loss`): masked-token L1 (+ all-frames L1) + next-sentence BCE;
+- pretraining (`compute_loss`): masked-token L1 (+ all-frames L1) + pair-task BCE;
 - separation (`separation_loss`): L1 between `mask * mixture` and the target magnitude, the
   objective of vocal-remover (tsurumeso/vocal-remover), which the user's own code descends from.
+
+Two choices of pretraining are config values (docs/experiments.md says why each exists):
+- what the head means (`model.output`, `reconstruct`): "mask", the original sigmoid mask times the
+  corrupted input; "mask_fill", a gate on the input plus a predicted fill value, gate 0 on [MASK]
+  frames (their input is the mask value, not music, so a mask of it cannot be the answer);
+  "mask_refine", the same gate, but the fill is a learned per-bin factor on the linear interpolation
+  across the [MASK] frames (which the model sees as such): the network starts at that estimate and
+  learns corrections from context instead of the whole spectrum;
+- where the L1 is taken (`loss.domain`): "linear" magnitudes (normalised to the crop's max), or
+  "log": log(x + loss.log_eps), where a quiet bin counts as much as a loud one.
 """
 
 from __future__ import annotations
 
+import math
+
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from trainer.config import LossConfig
+from trainer.baselines import interpolate
+from trainer.config import LOSS_DOMAINS, LossConfig
 from trainer.corrupt import Corrupted
 
-__all__ = ["compute_loss", "masked_l1", "separation_loss"]
+__all__ = ["compute_loss", "masked_l1", "reconstruct", "separation_loss", "to_loss_domain", "LOSS_DOMAINS"]
 
 
 def masked_l1(pred: Tensor, target: Tensor, selected: Tensor) -> Tensor:
@@ -26,17 +40,44 @@ def masked_l1(pred: Tensor, target: Tensor, selected: Tensor) -> Tensor:
     return total / count.clamp(min=1)
 
 
-def compute_loss(
-    mask: Tensor, nsp_logit: Tensor, corrupted: Corrupted, loss_cfg: LossConfig, nsp: bool
-) -> tuple[Tensor, dict[str, Tensor], Tensor]:
-    """Masked-token L1 of mask * corrupted vs target (+ all-frames L1) + NSP BCE, in float32.
+def reconstruct(head: Tensor, corrupted: Corrupted, output: str = "mask") -> Tensor:
+    """The model's estimate of the clean target from its head output (see the module docstring)."""
+    inp = corrupted.input
+    head = head.float()
+    if output == "mask":
+        return head * inp
+    if output not in ("mask_fill", "mask_refine"):
+        raise ValueError(f"unknown model output {output!r}")
+    channels = inp.shape[1]
+    gate, fill = head[:, :channels], head[:, channels:]
+    if output == "mask_refine" and corrupted.masked is not None:
+        # the sigmoid's odds s / (1 - s) as the factor: 1 at s = 0.5 (fill_prior 0.5 starts at the estimate)
+        factor = fill / (1.0 - fill).clamp(min=1e-6)
+        fill = (interpolate(inp, corrupted.masked, corrupted.separator) * factor).clamp(max=1.0)
+    if corrupted.masked is not None:
+        gate = gate.masked_fill(corrupted.masked[:, None, None, :], 0.0)
+    return gate * inp + (1.0 - gate) * fill
 
-    Returns (total, parts, reconstruction); `parts` holds the total and each term as 0-d tensors
-    (`loss`, `masked_l1`, `all_frames_l1`, `nsp_bce`, `nsp_accuracy`), batch means.
+
+def to_loss_domain(x: Tensor, loss_cfg: LossConfig) -> Tensor:
+    if loss_cfg.domain == "linear":
+        return x
+    return torch.log(x.clamp(min=0) + loss_cfg.log_eps) - math.log(loss_cfg.log_eps)
+
+
+def compute_loss(
+    head: Tensor, nsp_logit: Tensor, corrupted: Corrupted, loss_cfg: LossConfig, nsp: bool, output: str = "mask"
+) -> tuple[Tensor, dict[str, Tensor], Tensor]:
+    """Masked-token L1 of the reconstruction vs target (+ all-frames L1) + pair-task BCE, in float32.
+
+    Both L1s are in `loss_cfg.domain`. Returns (total, parts, reconstruction); `parts` holds the total
+    and each term as 0-d tensors (`loss`, `masked_l1`, `all_frames_l1`, `nsp_bce`, `nsp_accuracy`),
+    batch means; `masked_l1` is in the loss domain (evaluation always adds linear L1).
     """
-    reconstruction = mask.float() * corrupted.input
-    masked = masked_l1(reconstruction, corrupted.target, corrupted.selected)
-    all_frames = (reconstruction - corrupted.target).abs().mean()
+    reconstruction = reconstruct(head, corrupted, output)
+    pred, target = to_loss_domain(reconstruction, loss_cfg), to_loss_domain(corrupted.target, loss_cfg)
+    masked = masked_l1(pred, target, corrupted.selected)
+    all_frames = (pred - target).abs().mean()
     logit = nsp_logit.float()
     bce = F.binary_cross_entropy_with_logits(logit, corrupted.nsp_label)
     total = masked + loss_cfg.all_frames_weight * all_frames + (loss_cfg.nsp_weight * bce if nsp else 0.0)

@@ -1,7 +1,9 @@
 """`trainer preview`: what the model is asked to do — clean / corrupted / reconstruction, per sample.
 
-The corruptions are the validation ones (freshly seeded generator, fixed crops), so the picture
-matches the numbers `trainer evaluate` prints for the same shards.
+The corruptions are the validation ones (the evaluation yardstick, freshly seeded generator, fixed
+crops), so the picture matches the numbers `trainer evaluate` prints for the same shards. The
+reconstruction row is what the model proposes for the selected tokens, pasted into the input: a good
+model's row looks like the clean row.
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ import numpy as np
 import torch
 
 from trainer.corrupt import Corrupted, corrupt_batch
-from trainer.evaluate import EVAL_SEED
+from trainer.evaluate import EVAL_SEED, yardstick
+from trainer.objective import reconstruct
 
 
 @dataclass
@@ -22,7 +25,7 @@ class PreviewBatch:
     keys: list[str]
     corrupted: Corrupted
     clean: torch.Tensor  # [B, 2, F, T]
-    reconstruction: torch.Tensor | None  # mask * corrupted input, when a checkpoint was given
+    reconstruction: torch.Tensor | None  # the model's output on selected frames, the input elsewhere
 
 
 def load_preview_batch(
@@ -49,12 +52,13 @@ def load_preview_batch(
         raise ValueError(f"{shards}: no {split} samples to preview")
     clean = batch["spec"].to(device)
     generator = torch.Generator(device=device).manual_seed(EVAL_SEED)
-    corrupted = corrupt_batch(clean, batch["group"].to(device), cfg.corrupt, generator)
+    corrupted = corrupt_batch(clean, batch["group"].to(device), yardstick(cfg.corrupt), generator)
     reconstruction = None
     if model is not None:
         with torch.no_grad():
-            mask, _ = model(corrupted.input)
-        reconstruction = mask.float() * corrupted.input
+            head, _ = model(corrupted.input)
+        predicted = reconstruct(head, corrupted, cfg.model.output)
+        reconstruction = torch.where(corrupted.selected[:, None, None, :], predicted, corrupted.input)
     return PreviewBatch(list(batch["key"]), corrupted, clean, reconstruction)
 
 
@@ -78,7 +82,7 @@ def render(preview: PreviewBatch, out: str | os.PathLike) -> Path:
 
     rows = [("clean", preview.clean), ("corrupted (model input)", preview.corrupted.input)]
     if preview.reconstruction is not None:
-        rows.append(("reconstruction (mask x input)", preview.reconstruction))
+        rows.append(("reconstruction (model on selected tokens, input elsewhere)", preview.reconstruction))
     n = len(preview.keys)
     fig, axes = plt.subplots(n * len(rows), 1, figsize=(11, 2.1 * n * len(rows)), squeeze=False)
     frames = preview.clean.shape[-1]

@@ -63,8 +63,10 @@ class PretrainTask:
 
         corrupted = corrupt_batch(batch["spec"], batch["group"], self.cfg.corrupt, generator)
         with autocast_for(device):
-            mask, nsp_logit = model(corrupted.input)
-        loss, parts, reconstruction = compute_loss(mask, nsp_logit, corrupted, self.cfg.loss, self.cfg.corrupt.nsp)
+            head, nsp_logit = model(corrupted.input)
+        loss, parts, reconstruction = compute_loss(
+            head, nsp_logit, corrupted, self.cfg.loss, self.cfg.corrupt.nsp, self.cfg.model.output
+        )
         return (
             loss,
             parts,
@@ -72,9 +74,9 @@ class PretrainTask:
         )
 
     def validate(self, model: nn.Module, loader, device: torch.device):
-        from trainer.evaluate import evaluate
+        from trainer.evaluate import evaluate, yardstick
 
-        return evaluate(model, loader, self.cfg.corrupt, device, self.cfg.loss)
+        return evaluate(model, loader, yardstick(self.cfg.corrupt), device, self.cfg.loss, output=self.cfg.model.output)
 
     def format_validation(self, result, title: str) -> str:
         from trainer.evaluate import format_table

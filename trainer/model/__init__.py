@@ -2,7 +2,7 @@
 
 from trainer.model import ModelConfig, load_model_preset, build_model
 model = build_model(load_model_preset("tiny"))
-mask, nsp_logit = model(spec)          # spec [B, 2, bins, T]; reconstruction = mask * spec
+head, nsp_logit = model(spec)          # spec [B, 2, bins, T]; trainer.objective.reconstruct(head, ...)
 """
 
 from trainer.model.config import ModelConfig, load_model_preset, preset_names

@@ -70,10 +70,12 @@ def relative_attention(
     max_distance: int,
     key_padding_mask: Tensor | None = None,
     dropout_p: float = 0.0,
+    extra_bias: Tensor | None = None,
 ) -> Tensor:
-    """softmax((q k^T + q E_rel^T) / sqrt(D)) v with queries and keys on the same frame axis.
+    """softmax((q k^T + q E_rel^T) / sqrt(D) + extra_bias) v with queries and keys on the same frame axis.
 
-    key_padding_mask [B, L] bool, True where a key must be ignored (e.g. zero-padded clip tails).
+    key_padding_mask [B, L] bool, True where a key must be ignored (e.g. zero-padded clip tails);
+    extra_bias broadcasts to [B, H, L, L] (e.g. `distance_bias`).
     """
     if q.shape[-2] != k.shape[-2]:
         raise ValueError(
@@ -81,6 +83,8 @@ def relative_attention(
         )
     # Scaling q (L x D) rather than the logits (L x L) saves a pass over the largest tensor.
     bias = relative_logits(q * (1.0 / math.sqrt(q.shape[-1])), table, max_distance)
+    if extra_bias is not None:
+        bias = bias + extra_bias
     if key_padding_mask is not None:
         bias = bias.masked_fill(key_padding_mask[:, None, None, :], float("-inf"))
     return F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype), dropout_p=dropout_p)
@@ -99,7 +103,12 @@ def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
 
 
 def rope_attention(
-    q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Tensor | None = None, dropout_p: float = 0.0
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    key_padding_mask: Tensor | None = None,
+    dropout_p: float = 0.0,
+    extra_bias: Tensor | None = None,
 ) -> Tensor:
     """Rotary positions: q_i . k_j depends on i - j only, at the cost of one elementwise rotation."""
     if q.shape[-2] != k.shape[-2]:
@@ -108,6 +117,8 @@ def rope_attention(
     mask = None
     if key_padding_mask is not None:
         mask = ~key_padding_mask[:, None, None, :]
+    if extra_bias is not None:
+        mask = extra_bias.to(q.dtype) if mask is None else extra_bias.to(q.dtype).masked_fill(~mask, float("-inf"))
     return F.scaled_dot_product_attention(
         apply_rotary(q, cos, sin), apply_rotary(k, cos, sin), v, attn_mask=mask, dropout_p=dropout_p
     )
@@ -131,7 +142,15 @@ class FrameAttention(nn.Module):
     """
 
     def __init__(
-        self, dims: int, heads: int, *, position: str, max_distance: int, qkv_conv_kernel: int, dropout: float = 0.0
+        self,
+        dims: int,
+        heads: int,
+        *,
+        position: str,
+        max_distance: int,
+        qkv_conv_kernel: int,
+        dropout: float = 0.0,
+        distance_bias: bool = False,
     ):
         super().__init__()
         if dims % heads:
@@ -151,6 +170,15 @@ class FrameAttention(nn.Module):
             self.relative_table = nn.Parameter(torch.randn(heads, 2 * max_distance + 1, self.head_dim) * 0.02)
         elif position != "rope":
             raise ValueError(f"unknown position {position!r}")
+        # one scalar per head and clipped distance, zero at init (ModelConfig.distance_bias)
+        self.distance_bias = nn.Parameter(torch.zeros(heads, 2 * max_distance + 1)) if distance_bias else None
+
+    def _distance_bias(self, length: int) -> Tensor | None:
+        if self.distance_bias is None:
+            return None
+        t = torch.arange(length, device=self.distance_bias.device)
+        index = (t[None, :] - t[:, None]).clamp(-self.max_distance, self.max_distance) + self.max_distance
+        return self.distance_bias[:, index]  # [H, L, L]
 
     def _heads(self, x: Tensor) -> Tensor:
         return x.unflatten(-1, (self.heads, self.head_dim)).transpose(1, 2)
@@ -161,8 +189,11 @@ class FrameAttention(nn.Module):
         k = self._heads(self.k_conv(self.k_proj(memory)))
         v = self._heads(self.v_conv(self.v_proj(memory)))
         dropout_p = self.dropout if self.training else 0.0
+        extra = self._distance_bias(q.shape[-2])
         if self.position == "relative":
-            out = relative_attention(q, k, v, self.relative_table, self.max_distance, key_padding_mask, dropout_p)
+            out = relative_attention(
+                q, k, v, self.relative_table, self.max_distance, key_padding_mask, dropout_p, extra_bias=extra
+            )
         else:
-            out = rope_attention(q, k, v, key_padding_mask, dropout_p)
+            out = rope_attention(q, k, v, key_padding_mask, dropout_p, extra_bias=extra)
         return self.out_proj(out.transpose(1, 2).flatten(-2))

@@ -61,6 +61,7 @@ def _attention(cfg: ModelConfig, dims: int) -> FrameAttention:
         max_distance=cfg.max_distance,
         qkv_conv_kernel=cfg.qkv_conv_kernel,
         dropout=cfg.attention_dropout,
+        distance_bias=cfg.distance_bias,
     )
 
 

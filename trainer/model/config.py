@@ -10,6 +10,8 @@ import yaml
 
 PRESETS_DIR = Path(__file__).with_name("presets")
 POSITIONS = ("relative", "rope")
+INPUT_SCALES = ("linear", "log")
+OUTPUTS = ("mask", "mask_fill", "mask_refine")
 
 
 @dataclass
@@ -39,6 +41,19 @@ class ModelConfig:
     # sample's max are mostly far below 1, and 80% of selected tokens are 1.0 in the input, so the
     # mask must start near the typical magnitude, not at 0.5 (docs/experiments.md, "The mask prior, on the demo").
     mask_prior: float = 1e-3
+    # What the network sees: "linear" magnitudes, or "log": (log(x + log_eps) - log(log_eps)) /
+    # -log(log_eps), i.e. 0 at silence and 1 at the crop's max, so quiet bins are not all ~0.
+    input_scale: str = "linear"
+    log_eps: float = 1e-3
+    # What the head predicts (trainer.objective.reconstruct): "mask", a sigmoid mask times the input
+    # (the original design); "mask_fill", that mask as a gate g plus a fill value f (sigmoid, starting at
+    # fill_prior): g * input + (1 - g) * f, with g = 0 on [MASK] frames, where the input holds no music;
+    # "mask_refine", f is the interpolation across the [MASK] frames times the fill's odds f / (1 - f).
+    output: str = "mask"
+    fill_prior: float = 1e-3
+    # A learned per-head bias for each clipped frame distance, added to the attention logits (zero at
+    # init): lets a head prefer near frames without first learning it from content.
+    distance_bias: bool = False
     # Recompute each transformer block during backward instead of keeping its activations: for the
     # base preset at long crops the blocks hold most of the activation memory (see `trainer summary`).
     checkpoint_blocks: bool = False
@@ -54,17 +69,22 @@ class ModelConfig:
             problems.append(f"bins={self.bins} is not divisible by 2**num_downsamples={2**self.num_downsamples}")
         if self.position not in POSITIONS:
             problems.append(f"position must be one of {POSITIONS}, got {self.position!r}")
+        if self.input_scale not in INPUT_SCALES:
+            problems.append(f"input_scale must be one of {INPUT_SCALES}, got {self.input_scale!r}")
+        if self.output not in OUTPUTS:
+            problems.append(f"output must be one of {OUTPUTS}, got {self.output!r}")
         if not 0 <= self.first_transformer_level <= self.num_downsamples + 1:
             problems.append(f"first_transformer_level must be in 0..{self.num_downsamples + 1}")
         if self.frame_kernel % 2 == 0 or self.qkv_conv_kernel % 2 == 0:
             problems.append("frame_kernel and qkv_conv_kernel must be odd (symmetric padding keeps sizes)")
-        try:  # YAML reads exponents without a dot ("1e-4") as text
-            self.mask_prior = float(self.mask_prior)
-        except (TypeError, ValueError):
-            problems.append(f"mask_prior must be a number, got {self.mask_prior!r}")
-        else:
-            if not 0.0 < self.mask_prior < 1.0:
-                problems.append(f"mask_prior must be in (0, 1), got {self.mask_prior}")
+        for name in ("mask_prior", "fill_prior", "log_eps"):
+            try:  # YAML reads exponents without a dot ("1e-4") as text
+                setattr(self, name, float(getattr(self, name)))
+            except (TypeError, ValueError):
+                problems.append(f"{name} must be a number, got {getattr(self, name)!r}")
+            else:
+                if not 0.0 < getattr(self, name) < 1.0:
+                    problems.append(f"{name} must be in (0, 1), got {getattr(self, name)}")
         for name in ("num_downsamples", "num_encoders", "num_decoders", "max_distance"):
             if getattr(self, name) < 0:
                 problems.append(f"{name} must be >= 0")

@@ -113,8 +113,13 @@ class DenseDecoderStack(nn.Module):
         return x
 
 
+def _logit(p: float) -> float:
+    return math.log(p / (1.0 - p))
+
+
 def mask_head(channels: int, cfg: ModelConfig) -> nn.Conv1d:
-    """1x1 conv to one mask logit per audio channel, its bias at logit(mask_prior).
+    """1x1 conv to one mask logit per audio channel, its bias at logit(mask_prior); with
+    `output: mask_fill` also one fill logit per channel (after the mask logits), at logit(fill_prior).
 
     A prior, like the bias init of focal-loss detectors: where the loss counts, the ideal mask is the
     clean magnitude over the corrupted input, which for the 80% of selected tokens set to 1.0 is the
@@ -123,9 +128,23 @@ def mask_head(channels: int, cfg: ModelConfig) -> nn.Conv1d:
     2.5x from this prior (docs/experiments.md, "The mask prior, on the demo").
     The weights keep their default init, so the initial mask still varies with the features.
     """
-    head = nn.Conv1d(channels, cfg.audio_channels, 1)
-    nn.init.constant_(head.bias, math.log(cfg.mask_prior / (1.0 - cfg.mask_prior)))
+    outputs = cfg.audio_channels * (1 if cfg.output == "mask" else 2)
+    head = nn.Conv1d(channels, outputs, 1)
+    with torch.no_grad():
+        head.bias[: cfg.audio_channels] = _logit(cfg.mask_prior)
+        head.bias[cfg.audio_channels :] = _logit(cfg.fill_prior)
+        # the fill starts exactly at its prior (for mask_refine: the interpolation itself), so the first
+        # steps are not spent undoing a random per-bin factor on loud bins
+        head.weight[cfg.audio_channels :] = 0.0
     return head
+
+
+def scale_input(x: Tensor, cfg: ModelConfig) -> Tensor:
+    """ModelConfig.input_scale: "log" maps [0, 1] magnitudes to [0, 1] log magnitudes (0 at silence)."""
+    if cfg.input_scale == "linear":
+        return x
+    floor = math.log(cfg.log_eps)
+    return (torch.log(x.clamp(min=0) + cfg.log_eps) - floor) / -floor
 
 
 class NextSentenceHead(nn.Module):
@@ -143,7 +162,11 @@ class NextSentenceHead(nn.Module):
 
 
 class FrameTransformerUNet(nn.Module):
-    """forward(x [B, 2, bins, T]) -> (mask [B, 2, bins, T] in [0, 1], nsp_logit [B])."""
+    """forward(x [B, 2, bins, T]) -> (head [B, 2, bins, T] in [0, 1], nsp_logit [B]).
+
+    With `output: mask` the head is the mask; with `mask_fill` or `mask_refine` it is [B, 4, bins, T]: the gate for
+    each audio channel, then the fill value for each (trainer.objective.reconstruct combines them).
+    """
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -179,7 +202,7 @@ class FrameTransformerUNet(nn.Module):
         if x.dim() != 4 or x.shape[1] != self.cfg.audio_channels or x.shape[2] != self.cfg.bins:
             raise ValueError(f"expected input [B, {self.cfg.audio_channels}, {self.cfg.bins}, T], got {tuple(x.shape)}")
         batch, channels, bins, frames = x.shape
-        h = x.permute(0, 3, 1, 2).reshape(batch * frames, channels, bins)
+        h = scale_input(x, self.cfg).permute(0, 3, 1, 2).reshape(batch * frames, channels, bins)
         skips = []
         for frame_encoder, stack in zip(self.frame_encoders, self.encoder_stacks):
             h = stack(frame_encoder(h), frames)
@@ -188,8 +211,8 @@ class FrameTransformerUNet(nn.Module):
         for offset, (stack, frame_decoder) in enumerate(zip(self.decoder_stacks, self.frame_decoders)):
             level = self.cfg.num_downsamples - offset
             h = frame_decoder(stack(h, skips[level], frames), skips[level - 1])
-        mask = torch.sigmoid(self.mask_head(h))
-        return mask.reshape(batch, frames, channels, bins).permute(0, 2, 3, 1).contiguous(), nsp_logit
+        head = torch.sigmoid(self.mask_head(h))
+        return head.reshape(batch, frames, -1, bins).permute(0, 2, 3, 1).contiguous(), nsp_logit
 
 
 def build_model(cfg: ModelConfig) -> FrameTransformerUNet:

@@ -1,0 +1,59 @@
+"""`trainer ablate`: variants file checks, and two rows trained and scored into one table."""
+
+import pytest
+from click.testing import CliRunner
+
+from trainer.ablate import DEFAULT_VARIANTS, read_variants
+from trainer.cli import main as trainer_cli
+
+from support import SMALL, write_shards
+
+
+def test_the_default_variants_cover_the_issue_rows():
+    names = [v.name for v in read_variants(DEFAULT_VARIANTS)]
+    assert names[:2] == ["original", "recipe"] and len(names) == len(set(names)) == 10
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("not a list", "expected a non-empty list"),
+        ("[]", "expected a non-empty list"),
+        ("- {preset: tiny}", "row 1 needs a name"),
+        ("- {name: a, preset: tiny, steps: 3}", "unknown key\\(s\\) steps"),
+        ("- {name: a, preset: nope}", "row 'a': unknown training preset 'nope'"),
+        ("- {name: a, set: [corrupt.select_rate=2]}", "row 'a': .*select_rate must be in"),
+        ("- {name: a, set: corrupt.nsp=false}", "set must be a list"),
+        ("- {name: a b}\n- {name: a-b}", "two rows named like"),
+        ("- [unclosed", "unreadable variants file"),
+    ],
+)
+def test_bad_variants_files_are_one_line_errors_naming_the_file(tmp_path, text, message):
+    path = tmp_path / "v.yaml"
+    path.write_text(text)
+    with pytest.raises(ValueError, match=message) as info:
+        read_variants(path)
+    assert str(path) in str(info.value)
+
+
+def test_two_rows_train_with_the_same_budget_into_one_table(tmp_path):
+    shards = write_shards(tmp_path / "shards", {f"t{i}": 5 + i for i in range(6)})
+    variants = tmp_path / "v.yaml"
+    variants.write_text(
+        "- {name: original, preset: original}\n- {name: no pair, preset: tiny, set: [corrupt.nsp=false]}\n"
+    )
+    args = ["ablate", "--shards", str(shards), "--variants", str(variants), "--out", str(tmp_path / "out")]
+    args += ["--steps", "2", "--batches", "1", "--device", "cpu"]
+    for override in SMALL + ["data.num_workers=0", "run.ckpt_every=2"]:
+        args += ["--set", override]
+    result = CliRunner().invoke(trainer_cli, args)
+    assert result.exit_code == 0, result.output
+    table = (tmp_path / "out" / "ablation.md").read_text()
+    rows = [line for line in table.splitlines() if line.startswith("| ") and "variant" not in line]
+    assert [r.split("|")[1].strip() for r in rows] == ["original", "no pair"]
+    assert "| none |" in rows[1] and (tmp_path / "out" / "no-pair" / "checkpoints" / "last").is_file()
+    # a second call finds both runs at their steps and only scores them again: the same table
+    again = CliRunner().invoke(trainer_cli, args)
+    assert again.exit_code == 0, again.output
+    strip = lambda text: [r.rsplit("|", 2)[0] for r in text.splitlines()]  # noqa: E731 (timings differ)
+    assert strip((tmp_path / "out" / "ablation.md").read_text()) == strip(table)

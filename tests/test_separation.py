@@ -28,7 +28,7 @@ from support import SMALL, write_shards
 
 SR = 44100
 STFT = fmt.STFTParams(n_fft=128, hop=64)
-FINETUNE = SMALL + ["run.ckpt_every=4", "run.val_every=4", "data.crop_frames=64"]
+FINETUNE = SMALL + ["run.ckpt_every=2", "run.val_every=2", "data.crop_frames=64", "data.batch_size=2"]
 
 
 @pytest.fixture(autouse=True)
@@ -70,11 +70,11 @@ def pretrained(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def finetuned(pairs, pretrained, tmp_path_factory):
-    """Two fine-tunes of 8 steps: from the pretrained run and from scratch."""
+    """Two fine-tunes of 4 steps: from the pretrained run and from scratch."""
     runs = tmp_path_factory.mktemp("runs")
     for name, init in (("pretrained", ["--init", str(pretrained)]), ("scratch", [])):
         args = ["finetune", "--shards", str(pairs / "shards"), "--preset", "tiny", "--run", str(runs / name)]
-        args += init + ["--steps", "8", "--device", "cpu"] + [f"--set={o}" for o in FINETUNE]
+        args += init + ["--steps", "4", "--device", "cpu"] + [f"--set={o}" for o in FINETUNE]
         result = CliRunner().invoke(trainer_cli, args)
         assert result.exit_code == 0, result.output
     return runs
@@ -83,7 +83,7 @@ def finetuned(pairs, pretrained, tmp_path_factory):
 def test_finetune_from_pretrained_and_from_scratch(finetuned, pretrained):
     for name in ("pretrained", "scratch"):
         rows = read_metrics(finetuned / name)
-        assert [r["step"] for r in rows] == list(range(1, 9))
+        assert [r["step"] for r in rows] == list(range(1, 5))
         assert all(np.isfinite(r["l1"]) and r["mixture_l1"] > 0 for r in rows)
         checkpoint = resolve_checkpoint(finetuned / name)
         meta = read_meta(checkpoint)
@@ -164,3 +164,72 @@ def test_a_pair_sample_crops_and_swaps_mixture_and_target_together():
         for channel, base in enumerate(order):
             np.testing.assert_allclose(values[channel] - base, start, atol=0.5)
         np.testing.assert_allclose(start, start[0] + np.arange(16), atol=0.5)
+
+
+class _Identity(__import__("torch").nn.Module):
+    def forward(self, x):
+        import torch
+
+        return torch.ones_like(x), None
+
+
+@pytest.mark.parametrize("overlap", [0.0, 0.25, 0.5])
+def test_windows_cross_fade_without_seams(overlap):
+    """With a mask of ones the separator must give back the mixture itself, whatever the length,
+    the chunking and the overlap: windows, cross-fades and the inverse STFT add nothing."""
+    from trainer.separate import Separator
+
+    rng = np.random.default_rng(0)
+    for n in (1, 1000, 4096, 5000, 44100):
+        separator = Separator(_Identity(), fmt.STFTParams(n_fft=256, hop=64), 32, overlap, batch_size=3)
+        x = rng.standard_normal((n, 2)).astype(np.float32)
+        out = np.concatenate(list(separator.instrumental_chunks(x[i : i + 777] for i in range(0, n, 777))))
+        assert out.shape == x.shape
+        np.testing.assert_allclose(out, x, atol=1e-4)
+
+
+def test_separate_writes_both_parts_and_a_bad_file_does_not_stop_the_others(pairs, finetuned, tmp_path):
+    broken = tmp_path / "broken.mp3"
+    broken.write_text("not audio")
+    songs = pairs / "songs"
+    result = CliRunner().invoke(
+        trainer_cli,
+        ["separate", str(broken), str(songs / "Song 0" / "mixture.wav"), str(songs / "Song 1")]
+        + ["--checkpoint", str(finetuned / "pretrained"), "--out", str(tmp_path / "out"), "--device", "cpu"],
+    )
+    assert result.exit_code == 1
+    errors = [line for line in result.output.splitlines() if line.startswith("trainer separate: error:")]
+    assert len(errors) == 1 and str(broken) in errors[0]
+    names = sorted(p.name for p in (tmp_path / "out").iterdir())
+    stems = ("Song 0 - mixture", "Song 1 - mixture", "instrumental")  # two mixture.wav: their folders tell them apart
+    assert names == sorted(f"{stem}_{part}.flac" for stem in stems for part in ("instrumental", "vocals"))
+    mixture, rate = soundfile.read(songs / "Song 0" / "mixture.wav", dtype="float32")
+    instrumental, rate_out = soundfile.read(tmp_path / "out" / "Song 0 - mixture_instrumental.flac", dtype="float32")
+    vocals, _ = soundfile.read(tmp_path / "out" / "Song 0 - mixture_vocals.flac", dtype="float32")
+    assert rate_out == 44100 and instrumental.shape == vocals.shape == mixture.shape
+    np.testing.assert_allclose(instrumental + vocals, mixture, atol=1e-4)  # 24-bit FLAC rounding
+    assert np.abs(instrumental).max() > 0.01  # a mask near the 0.9 prior, not silence
+
+
+def test_separate_refuses_a_pretraining_checkpoint(pretrained, tmp_path):
+    result = CliRunner().invoke(
+        trainer_cli, ["separate", str(tmp_path), "--checkpoint", str(pretrained), "--out", str(tmp_path / "o")]
+    )
+    assert result.exit_code == 1 and "not a separation checkpoint" in result.output
+
+
+def test_evaluate_separation_table_has_a_row_per_checkpoint_and_both_references(pairs, finetuned):
+    from trainer.evaluate_separation import FLOOR, ORACLE, evaluate_separation, mdx_sdr
+
+    checkpoints = [str(finetuned / "pretrained"), str(finetuned / "scratch")]
+    scores, table = evaluate_separation(checkpoints, pairs / "m", tracks=1, device="cpu", progress=False)
+    assert len(scores) == 4 and FLOOR in scores and ORACLE in scores
+    val = sorted((p for p in fmt.read_pairs(pairs / "m") if p.split == "val"), key=lambda p: p.name)[0]
+    mixture, _ = soundfile.read(val.mixture_path, dtype="float32")
+    instrumental, _ = soundfile.read(val.target_path, dtype="float32")
+    assert scores[FLOOR].instrumental_mdx[0] == pytest.approx(mdx_sdr(instrumental, mixture), abs=1e-3)
+    assert scores[FLOOR].vocals_mdx[0] == pytest.approx(0.0, abs=1e-6)  # silence as the vocals estimate
+    assert scores[ORACLE].instrumental_mdx[0] > scores[FLOOR].instrumental_mdx[0] + 3
+    assert np.isfinite(scores[ORACLE].instrumental_bss[0]) and np.isnan(scores[FLOOR].vocals_bss[0])
+    for row in ("pretrained/step-0000004", "scratch/step-0000004", FLOOR, ORACLE):
+        assert row in table

@@ -227,6 +227,95 @@ def evaluate(checkpoint, shards, batches, split, batch_size, device):
     click.echo(table)
 
 
+# --- separate / evaluate-separation: trainer/separate.py, trainer/evaluate_separation.py -----------
+
+
+@main.command()
+@click.argument("inputs", nargs=-1, required=True)
+@click.option(
+    "--checkpoint",
+    required=True,
+    type=click.Path(exists=True),
+    help="A fine-tuned run or checkpoint (trainer finetune).",
+)
+@click.option(
+    "--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Folder for the separated files."
+)
+@click.option("--format", "output_format", type=click.Choice(["flac", "wav"]), default="flac", show_default=True)
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option(
+    "--batch-size",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Windows per model call [default: 2 on CPU, 16 on GPU].",
+)
+@click.option(
+    "--window",
+    "window_frames",
+    type=click.IntRange(min=2),
+    default=None,
+    help="Frames per window [default: the run's crop].",
+)
+@click.option(
+    "--overlap", type=click.FloatRange(0.0, 0.9), default=0.25, show_default=True, help="Cross-faded share of a window."
+)
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def separate(inputs, checkpoint, out_dir, output_format, device, batch_size, window_frames, overlap, quiet):
+    """Separate songs (files or folders) into OUT/<name>_instrumental and OUT/<name>_vocals (44.1 kHz stereo).
+
+    A file that cannot be read is a one-line error (exit code 1); the others are still separated.
+    """
+    from trainer.separate import separate_files
+
+    try:
+        written, errors = separate_files(
+            list(inputs),
+            checkpoint,
+            out_dir,
+            output_format,
+            device,
+            batch_size,
+            window_frames,
+            overlap,
+            progress=False if quiet else None,
+        )
+    except (ValueError, RuntimeError, OSError) as exc:
+        raise _one_line(exc) from exc
+    for error in errors:
+        click.echo(f"trainer separate: error: {error}", err=True)
+    click.echo(f"separated {len(written) // 2} files into {out_dir}" + (f"; {len(errors)} failed" if errors else ""))
+    if errors:
+        raise SystemExit(1)
+
+
+@main.command("evaluate-separation")
+@click.option(
+    "--checkpoint",
+    "checkpoints",
+    multiple=True,
+    type=click.Path(exists=True),
+    help="A fine-tuned run or checkpoint; repeat for one row each (e.g. from pretrained and from scratch).",
+)
+@click.option(
+    "--manifests", default="manifests", show_default=True, type=click.Path(file_okay=False), help="Holds pairs.jsonl."
+)
+@click.option("--split", default="val", show_default=True, help="Pairs of this split are scored.")
+@click.option("--tracks", type=click.IntRange(min=1), default=None, help="At most this many tracks (by name).")
+@click.option("--bsseval/--no-bsseval", default=True, show_default=True, help="Also BSSEval v4 (museval; slow).")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Windows per model call.")
+def evaluate_separation(checkpoints, manifests, split, tracks, bsseval, device, batch_size):
+    """SDR (MDX and BSSEval v4) of the instrumental and the vocals per track and the median, for each
+    checkpoint and for the mixture (floor) and the oracle ratio mask (ceiling), on whole tracks."""
+    from trainer.evaluate_separation import evaluate_separation as run
+
+    try:
+        _, table = run(list(checkpoints), manifests, split, tracks, bsseval, device, batch_size)
+    except (ValueError, RuntimeError, OSError) as exc:
+        raise _one_line(exc) from exc
+    click.echo(table)
+
+
 @main.command()
 @click.option("--shards", required=True, help=f"Training shards: {_SHARDS_HELP}.")
 @click.option("--val-shards", default=None, help="Evaluation shards. Default: the val split of --shards.")

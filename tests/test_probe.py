@@ -126,6 +126,38 @@ def test_truncated_files_are_failures(tmp_path, make_track):
         assert probe_failure(cut).startswith("truncated: the header says 6.0 s")
 
 
+@pytest.mark.parametrize("ext, codec", [(".aif", "pcm_s16be"), (".aiff", "pcm_s24be")])
+def test_plain_aiff_is_a_track(tmp_path, make_track, ext, codec):
+    """ffprobe's seek past the end fails on AIFF: it must not make the file a failure (issue 10, class 5)."""
+    path = make_track(tmp_path / f"t{ext}", seconds=1.5, extra_args=["-c:a", codec, "-f", "aiff"])
+    result = probe_file(str(path))
+    assert result.codec == codec and abs(result.duration - 1.5) < 0.01
+
+
+@pytest.mark.parametrize(
+    "ext, args, reason",
+    [
+        (".wav", [], "truncated: the WAV header says"),
+        (".aiff", ["-c:a", "pcm_s16be", "-f", "aiff"], "truncated: the AIFF header says"),
+        (".flac", [], "truncated: the header says 4.0 s"),
+        (".mp3", [], "truncated: the header says 4.0 s"),
+        (".m4a", [], "truncated: the MP4 'mdat' box"),
+        (".m4a", ["-c:a", "aac", "-movflags", "+faststart", "-f", "ipod"], "truncated: the MP4 'mdat' box"),
+        (".ogg", [], "truncated: the Ogg stream has no end-of-stream page"),
+        (".opus", [], "truncated: the Ogg stream has no end-of-stream page"),
+        (".wv", ["-c:a", "wavpack", "-f", "wv"], "truncated: the header says 4.0 s"),
+    ],
+    ids=["wav", "aiff", "flac", "mp3", "m4a", "m4a-faststart", "ogg", "opus", "wavpack"],
+)
+def test_a_truncated_file_of_any_container_is_a_failure_never_a_shorter_track(tmp_path, make_track, ext, args, reason):
+    whole = make_track(tmp_path / f"whole{ext}", seconds=4.0, extra_args=args or None)
+    assert abs(probe_file(str(whole)).duration - 4.0) < 0.1
+    data = whole.read_bytes()
+    cut = tmp_path / f"cut{ext}"
+    cut.write_bytes(data[: len(data) * 6 // 10])
+    assert probe_failure(cut).startswith(reason)
+
+
 def test_vbr_mp3_without_length_header_is_a_track_with_its_real_duration(tmp_path):
     """Old VBR encoders write no Xing/VBRI frame: ffprobe then guesses the duration from the first
     bitrate (55 s for this 40 s file with a quiet intro), which must not read as truncation."""

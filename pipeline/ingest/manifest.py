@@ -344,7 +344,9 @@ def write_manifest(manifests_dir: str | os.PathLike, tracks: list[TrackRecord], 
 def _code_files() -> list[Path]:
     """The modules whose code decides the manifests' content."""
     here = Path(__file__).parent
-    return [Path(fmt.__file__)] + [here / name for name in ("scan.py", "probe.py", "manifest.py", "run.py")]
+    return [Path(fmt.__file__)] + [
+        here / name for name in ("scan.py", "probe.py", "containers.py", "manifest.py", "run.py")
+    ]
 
 
 def inputs_digest(roots: list[str], found: list, scan_failures: list[FailureRecord], val_fraction: float) -> str:

@@ -26,6 +26,8 @@ import json
 import subprocess
 from dataclasses import dataclass, field
 
+from pipeline.ingest.containers import truncation
+
 BLOCK_BYTES = 64 * 1024
 FFPROBE_TIMEOUT_S = 120
 
@@ -254,21 +256,25 @@ def read_head_and_fingerprint(path: str) -> tuple[bytes, int, str]:
 # --- ffprobe -------------------------------------------------------------------------------
 
 
-def run_ffprobe(path: str, read_from: str = "99999999") -> dict:
+SEEK_FAILED = "Could not read packets in interval"  # ffprobe, when a container cannot seek there
+
+
+def run_ffprobe(path: str, read_from: str | None = "99999999") -> dict:
     """ffprobe's JSON for the first audio stream, plus the packets found by seeking to `read_from`
     seconds (by default past the end, which lands on the last packets): where the audio data really
     ends, which exposes truncated files whose header still promises the full duration. One process
-    per file does both."""
+    per file does both. `read_from=None`: no packets, only format and stream."""
+    intervals = ["-read_intervals", f"{read_from}%"] if read_from is not None else []
+    entries = "format:stream" + (":packet=pts_time,duration_time" if read_from is not None else "")
     args = [
         "ffprobe",
         "-v",
         "error",
-        "-read_intervals",
-        f"{read_from}%",
+        *intervals,
         "-select_streams",
         "a:0",
         "-show_entries",
-        "format:stream:packet=pts_time,duration_time",
+        entries,
         "-of",
         "json",
         f"file:{path}",
@@ -380,5 +386,16 @@ def probe_file(path: str, by_extension: bool = True) -> ProbeResult | None:
             return None
         if find_frame_chain(head) is None:
             raise ProbeError(f"not audio: {describe_content(head[:64])}")
-    duration, sample_rate, channels, codec, tags = interpret(run_ffprobe(path), path, mp3_declares_length(head))
+    reason = truncation(path, head, size)
+    if reason is not None:
+        raise ProbeError(reason)
+    try:
+        info = run_ffprobe(path)
+    except ProbeError as exc:
+        if SEEK_FAILED not in str(exc):
+            raise
+        # Some demuxers (AIFF) refuse a seek past the end instead of landing on the last packets:
+        # ask for format and stream only; interpret() then reads the last seconds if it needs them.
+        info = run_ffprobe(path, read_from=None)
+    duration, sample_rate, channels, codec, tags = interpret(info, path, mp3_declares_length(head))
     return ProbeResult(fingerprint, duration, sample_rate, channels, codec, tags)

@@ -32,7 +32,9 @@ def main() -> None:
 
 # --- ingest: drives -> manifests/ -----------------------------------------------------------------
 @main.command("ingest")
-@click.argument("roots", nargs=-1, required=True, type=click.Path(file_okay=False))
+# No checks here: a missing, unreadable or non-folder root is an error of that root alone (exit 1
+# after the others are ingested), which click's checks would turn into a usage error for all.
+@click.argument("roots", nargs=-1, required=True, type=click.Path(readable=False))
 @click.option(
     "--manifests",
     "manifests_dir",
@@ -54,7 +56,12 @@ def main() -> None:
     show_default=True,
     help="Share of albums in the val split (at least one album when there are two or more).",
 )
-def ingest(roots, manifests_dir, workers, val_fraction) -> None:
+@click.option(
+    "--follow-outside-links",
+    is_flag=True,
+    help="Enter directory symlinks that lead outside every root (recorded as scan failures otherwise).",
+)
+def ingest(roots, manifests_dir, workers, val_fraction, follow_outside_links) -> None:
     """Find and probe every audio file under ROOTS (drives, scanned concurrently).
 
     Writes MANIFESTS/tracks.jsonl (one line per audio file, duplicates marked) and
@@ -68,7 +75,13 @@ def ingest(roots, manifests_dir, workers, val_fraction) -> None:
     if not 0.0 <= val_fraction <= 1.0:  # NaN passes click.FloatRange
         raise click.BadParameter(f"{val_fraction} is not in [0, 1]", param_hint="--val-fraction")
     try:
-        summary = run_ingest(list(roots), manifests_dir, workers=workers, val_fraction=val_fraction)
+        summary = run_ingest(
+            list(roots),
+            manifests_dir,
+            workers=workers,
+            val_fraction=val_fraction,
+            follow_outside_links=follow_outside_links,
+        )
     except FolderBusy as exc:
         raise click.ClickException(str(exc)) from exc
     except OSError as exc:  # e.g. the manifests folder cannot be written; every finished probe is journaled

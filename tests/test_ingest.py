@@ -174,8 +174,8 @@ def test_file_deleted_between_scan_and_probe_is_a_failure(tmp_path, make_wav, mo
     keep, doomed = make_wav(tmp_path / "d" / "keep.wav"), make_wav(tmp_path / "d" / "doomed.wav")
     real_scan = ingest_module.scan_roots
 
-    def scan_then_delete(roots):
-        scans = real_scan(roots)
+    def scan_then_delete(roots, *options):
+        scans = real_scan(roots, *options)
         doomed.unlink()
         return scans
 
@@ -503,3 +503,35 @@ def test_nan_val_fraction_is_a_usage_error(tmp_path):
     )
     assert result.exit_code == 2 and "Traceback" not in result.output
     assert "--val-fraction" in result.output and not (tmp_path / "m").exists()
+
+
+def test_roots_that_are_files_missing_or_unreadable_are_errors_of_that_root_only(tmp_path, make_wav, monkeypatch):
+    """Issue 10, class 6: each bad root is one line, the others are ingested, exit code 1 (not a usage error)."""
+    make_wav(tmp_path / "good" / "Artist" / "Album" / "01 a.wav")
+    (tmp_path / "locked").mkdir()
+    a_file = make_wav(tmp_path / "file.wav")
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode: "locked" not in str(p) and real_access(p, mode))  # root reads all
+    args = [str(tmp_path / "good"), str(a_file), str(tmp_path / "missing"), str(tmp_path / "locked")]
+    result = CliRunner().invoke(main, ["ingest", *args, "--manifests", str(tmp_path / "m")])
+    assert result.exit_code == 1, result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("pipeline ingest: error:")]
+    assert errors == [
+        f"pipeline ingest: error: {a_file}: not a directory",
+        f"pipeline ingest: error: {tmp_path / 'missing'}: no such directory",
+        f"pipeline ingest: error: {tmp_path / 'locked'}: cannot read: permission denied",
+    ]
+    [track] = fmt.read_tracks(tmp_path / "m")
+    assert (track.artist, track.album) == ("Artist", "Album")
+
+
+def test_nested_roots_give_the_same_names_in_either_order(tmp_path, make_wav):
+    outer = tmp_path / "drive"
+    inner = outer / "Artist"
+    make_wav(inner / "Album" / "01 Song.wav")
+    records = []
+    for order, manifests in (([outer, inner], "m1"), ([inner, outer], "m2")):
+        ingest([str(r) for r in order], tmp_path / manifests, progress=False)
+        [track] = fmt.read_tracks(tmp_path / manifests)
+        records.append((track.root, track.artist, track.album, track.album_key, track.title))
+    assert records[0] == records[1] == (str(outer), "Artist", "Album", "artist/album", "Song")

@@ -136,3 +136,37 @@ def test_unreadable_directories_are_failures_even_as_root(tmp_path, monkeypatch)
     ]
     monkeypatch.setattr(os, "access", lambda path, mode: real_access(path, mode) and "locked" not in str(path))
     assert scan_root(str(tmp_path / "locked")).error == "cannot read: permission denied"
+
+
+def test_directory_links_outside_every_root_are_recorded_not_followed(tmp_path):
+    """Issue 10, class 4: a link to / walked the whole machine."""
+    root, outside, other = tmp_path / "root", tmp_path / "outside", tmp_path / "other-root"
+    touch(root / "A" / "B" / "t.mp3")
+    touch(outside / "x" / "far.mp3")
+    touch(other / "near.mp3")
+    (root / "A" / "away").symlink_to(outside)
+    (root / "A" / "sibling").symlink_to(other)  # another root of the same run: inside the collection
+    [scan, _] = scan_roots([str(root), str(other)])
+    assert found_paths(scan) == ["A/B/t.mp3", "A/sibling/near.mp3"]
+    [failure] = scan.failures
+    assert (failure.path, failure.stage) == (str(root / "A" / "away"), "scan")
+    assert failure.reason == (
+        f"directory symlink leads outside every root (-> {outside}): not followed (--follow-outside-links follows it)"
+    )
+    [followed, _] = scan_roots([str(root), str(other)], follow_outside_links=True)
+    assert found_paths(followed) == ["A/B/t.mp3", "A/away/x/far.mp3", "A/sibling/near.mp3"]
+    assert followed.failures == []
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs a mounted /proc")
+def test_pseudo_filesystems_are_never_entered(tmp_path):
+    touch(tmp_path / "A" / "t.mp3")
+    (tmp_path / "A" / "kernel").symlink_to("/proc")
+    (tmp_path / "A" / "devices").symlink_to("/sys")
+    scan = scan_roots([str(tmp_path)], follow_outside_links=True)[0]
+    assert found_paths(scan) == ["A/t.mp3"]
+    assert sorted(f.reason for f in scan.failures) == [
+        "directory symlink to a proc pseudo-filesystem: not scanned",
+        "directory symlink to a sysfs pseudo-filesystem: not scanned",
+    ]
+    assert scan_root("/proc").error == "a proc pseudo-filesystem, not a collection"

@@ -69,26 +69,29 @@ def ingest(
     workers: int | None = None,
     val_fraction: float = 0.02,
     progress: bool | None = None,
+    follow_outside_links: bool = False,
 ) -> IngestSummary:
     """Ingest `roots` into `manifests_dir`/tracks.jsonl and failures.jsonl; return the counts.
 
     A root that cannot be read is reported on stderr and in `root_errors`; the others are ingested
     and the tracks previously recorded for that root are kept (an unplugged drive does not erase its
     part of the collection). Only files whose (path, size, mtime) changed are probed, and when
-    nothing changed at all the manifests are left as they are (see manifest.py, "ingest state")."""
+    nothing changed at all the manifests are left as they are (see manifest.py, "ingest state").
+    `follow_outside_links`: enter directory symlinks that lead outside every root (scan.py)."""
     start = time.perf_counter()
     if not 0.0 <= val_fraction <= 1.0:
         raise ValueError(f"val_fraction must be in [0, 1], got {val_fraction}")
     roots = list(dict.fromkeys(os.path.abspath(r) for r in roots))
     manifests_dir = Path(manifests_dir)
     summary = IngestSummary(roots)
-    scans = scan_roots(roots)
+    scans = scan_roots(roots, follow_outside_links)
     for scan in scans:
         if scan.error:
             summary.root_errors[scan.root] = scan.error
             print(f"pipeline ingest: error: {scan.root}: {scan.error}", file=sys.stderr)
-    found = list({f.path: f for scan in reversed(scans) for f in scan.files}.values())  # nested roots: the first wins
-    scan_failures = [f for scan in scans for f in scan.failures]
+    found = _outermost_sightings(scans)
+    # Nested roots report a broken link or unreadable folder once per root that reaches it.
+    scan_failures = list({(f.path, f.reason): f for scan in scans for f in scan.failures}.values())
 
     digest = None if summary.root_errors else inputs_digest(roots, found, scan_failures, val_fraction)
     counts = digest and unchanged_counts(manifests_dir, digest)
@@ -147,6 +150,19 @@ def ingest(
         )
     summary.seconds = time.perf_counter() - start
     return summary
+
+
+def _outermost_sightings(scans: list[RootScan]) -> list[FoundFile]:
+    """One sighting per path. A file under nested roots (/a and /a/b) is taken from the outermost,
+    so its root, and the artist/album read from the folders below it, do not depend on the order
+    the roots were given in."""
+    found: dict[str, FoundFile] = {}
+    for scan in scans:
+        for file in scan.files:
+            known = found.get(file.path)
+            if known is None or len(file.root) < len(known.root):
+                found[file.path] = file
+    return list(found.values())
 
 
 def _report_vanished_roots(roots: list[str], summary: IngestSummary) -> None:

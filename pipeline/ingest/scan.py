@@ -2,6 +2,10 @@
 
 - File and directory symlinks are followed; a directory reached twice (symlink loop, bind mount, a
   link to an ancestor) is entered once, by its (st_dev, st_ino), in a deterministic order.
+- Scanning stays in the collection: a directory symlink whose target is outside every root is a
+  scan failure and is not followed (unless `follow_outside_links`), and pseudo-filesystems (proc,
+  sysfs, devtmpfs, cgroup, ...: found by device number in /proc/self/mountinfo) are never entered,
+  whichever way they are reached (a link to /, a root of /).
 - Broken or looping file links and unreadable directories become scan failures, never exceptions.
 - Names with spaces, brackets, dots, newlines and any Unicode work; names that are not valid UTF-8
   cannot be written to the JSON manifest and are reported as failures (path shown with \\x escapes).
@@ -57,7 +61,57 @@ def _is_utf8(name: str) -> bool:
     return True
 
 
-def root_error(root: str) -> str | None:
+# Kernel and virtual file systems: their "files" are not audio, and reading some of them blocks.
+PSEUDO_FILESYSTEMS = frozenset(
+    {
+        "proc",
+        "sysfs",
+        "devtmpfs",
+        "devpts",
+        "cgroup",
+        "cgroup2",
+        "securityfs",
+        "debugfs",
+        "tracefs",
+        "pstore",
+        "bpf",
+        "configfs",
+        "fusectl",
+        "mqueue",
+        "hugetlbfs",
+        "binfmt_misc",
+        "autofs",
+        "efivarfs",
+        "rpc_pipefs",
+        "nsfs",
+        "selinuxfs",
+        "nfsd",
+    }
+)
+
+
+def pseudo_filesystems(mountinfo: str = "/proc/self/mountinfo") -> dict[int, str]:
+    """st_dev -> file system type of every mounted pseudo-filesystem (empty when /proc is absent)."""
+    devices = {}
+    try:
+        with open(mountinfo, encoding="utf-8", errors="replace") as fh:
+            for line in fh:
+                fields, _, rest = line.partition(" - ")
+                fstype = rest.split(" ", 1)[0]
+                major_minor = fields.split(" ")[2:3]
+                if fstype in PSEUDO_FILESYSTEMS and major_minor and ":" in major_minor[0]:
+                    major, minor = major_minor[0].split(":")
+                    devices[os.makedev(int(major), int(minor))] = fstype
+    except (OSError, ValueError):
+        pass
+    return devices
+
+
+def _inside(path: str, real_roots: list[str]) -> bool:
+    return any(path == root or path.startswith(root.rstrip(os.sep) + os.sep) for root in real_roots)
+
+
+def root_error(root: str, pseudo: dict[int, str] | None = None) -> str | None:
     """Why a root cannot be scanned, or None."""
     try:
         st = os.stat(root)
@@ -67,16 +121,28 @@ def root_error(root: str) -> str | None:
         return f"cannot access: {exc.strerror or exc}"
     if not stat.S_ISDIR(st.st_mode):
         return "not a directory"
+    if pseudo and st.st_dev in pseudo:
+        return f"a {pseudo[st.st_dev]} pseudo-filesystem, not a collection"
     if not os.access(root, os.R_OK | os.X_OK):
         return "cannot read: permission denied"
     return None
 
 
-def scan_root(root: str) -> RootScan:
-    """All candidate files under `root` (absolute paths, unsorted)."""
+def scan_root(
+    root: str,
+    roots: list[str] | None = None,
+    follow_outside_links: bool = False,
+    pseudo: dict[int, str] | None = None,
+) -> RootScan:
+    """All candidate files under `root` (absolute paths, unsorted). `roots`: every root of the run
+    (default: this one); a directory symlink leading outside all of them is recorded, not followed,
+    unless `follow_outside_links`. `pseudo`: st_dev -> type of the pseudo-filesystems never entered
+    (default: those mounted now)."""
     root = os.path.abspath(root)
+    pseudo = pseudo_filesystems() if pseudo is None else pseudo
+    real_roots = [os.path.realpath(r) for r in (roots or [root])]
     result = RootScan(root)
-    result.error = root_error(root)
+    result.error = root_error(root, pseudo)
     if result.error:
         return result
     root_stat = os.stat(root)
@@ -152,7 +218,30 @@ def scan_root(root: str) -> RootScan:
                     FailureRecord(printable_path(entry.path), fmt.STAGE_SCAN, f"cannot enter: {exc.strerror or exc}")
                 )
                 continue
-            (linked.appendleft if entry.is_symlink() else pending.append)((entry.path, (st.st_dev, st.st_ino)))
+            is_link = entry.is_symlink()
+            if st.st_dev in pseudo:
+                if is_link:  # a mount point met on the way (a root of /) is skipped without a word
+                    failures.append(
+                        FailureRecord(
+                            printable_path(entry.path),
+                            fmt.STAGE_SCAN,
+                            f"directory symlink to a {pseudo[st.st_dev]} pseudo-filesystem: not scanned",
+                        )
+                    )
+                continue
+            if is_link and not follow_outside_links:
+                target = os.path.realpath(entry.path)
+                if not _inside(target, real_roots):
+                    failures.append(
+                        FailureRecord(
+                            printable_path(entry.path),
+                            fmt.STAGE_SCAN,
+                            f"directory symlink leads outside every root (-> {printable_path(target)}): "
+                            "not followed (--follow-outside-links follows it)",
+                        )
+                    )
+                    continue
+            (linked.appendleft if is_link else pending.append)((entry.path, (st.st_dev, st.st_ino)))
     return result
 
 
@@ -165,10 +254,11 @@ def _link_failure(path: str, exc: OSError) -> FailureRecord:
     return FailureRecord(printable_path(path), fmt.STAGE_SCAN, f"{reason} -> {printable_path(target)}")
 
 
-def scan_roots(roots: list[str]) -> list[RootScan]:
+def scan_roots(roots: list[str], follow_outside_links: bool = False) -> list[RootScan]:
     """Scan every root at once, one thread each: roots are separate drives, and stat/readdir release
     the GIL, so a slow USB drive does not hold up the fast ones."""
     if not roots:
         return []
+    pseudo = pseudo_filesystems()
     with ThreadPoolExecutor(max_workers=len(roots), thread_name_prefix="scan") as pool:
-        return list(pool.map(scan_root, roots))
+        return list(pool.map(lambda root: scan_root(root, roots, follow_outside_links, pseudo), roots))

@@ -7,10 +7,13 @@
 
 from __future__ import annotations
 
+import io
+import json
 import os
 import shutil
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -178,6 +181,29 @@ def write_shards(root: Path, tracks: dict[str, int], clips_per_track: int = 4, s
         )
         fmt.write_index(root / fmt.index_name(split), index)
     return root
+
+
+def sample_members(key: str, meta: dict | list | str | None = None, spec: np.ndarray | None = None) -> tuple:
+    """(key, spec.npy bytes, json bytes) of one hand-made sample: by default a valid one of BINS bins
+    and 40 frames; `meta` or `spec` replace what is written (any JSON value, any array)."""
+    if spec is None:
+        spec = np.ones((2, BINS, 40), dtype=fmt.SPEC_DTYPE)
+    buf = io.BytesIO()
+    np.save(buf, spec, allow_pickle=False)
+    if meta is None:
+        meta = {"track_id": key.rsplit("_", 1)[0], "clip": 0, "start_frame": 0, "valid_frames": 40, "album_key": "a/b"}
+    return key, buf.getvalue(), json.dumps(meta).encode()
+
+
+def write_sample_tar(path: Path, samples: list[tuple]) -> Path:
+    """A tar of `sample_members` tuples, in order (no index)."""
+    with tarfile.open(path, "w") as tar:
+        for key, spec, meta in samples:
+            for name, data in ((f"{key}.{fmt.SPEC_KEY}", spec), (f"{key}.{fmt.META_KEY}", meta)):
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    return path
 
 
 # --- processes ----------------------------------------------------------------------------------

@@ -7,14 +7,11 @@ file (or, for a sample, a warning naming the shard and the sample, which is skip
 
 from __future__ import annotations
 
-import io
 import json
 import logging
-import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import pytest
 from click.testing import CliRunner
 
@@ -25,7 +22,7 @@ from pipeline.ingest.run import ingest
 from pipeline.records import RecordError, record_from_dict
 from pipeline.shard.write import STATE_DIR, read_state
 
-from support import BINS, write_shards
+from support import BINS, sample_members, write_sample_tar, write_shards
 
 # --- the mechanism --------------------------------------------------------------------------------
 
@@ -199,28 +196,12 @@ def test_a_malformed_index_is_one_line_naming_the_file_for_every_reader(shards, 
 # --- samples: skipped with a warning naming the shard and the sample ---------------------------------
 
 
-def tar_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
-    info = tarfile.TarInfo(name)
-    info.size = len(data)
-    tar.addfile(info, io.BytesIO(data))
+def write_samples(path: Path, samples: list[tuple]) -> Path:
+    return write_sample_tar(path, samples)
 
 
-def write_samples(path: Path, samples: list[tuple[str, bytes, bytes]]) -> Path:
-    with tarfile.open(path, "w") as tar:
-        for key, spec, meta in samples:
-            tar_member(tar, f"{key}.{fmt.SPEC_KEY}", spec)
-            tar_member(tar, f"{key}.{fmt.META_KEY}", meta)
-    return path
-
-
-def sample(key: str, meta=None, spec: np.ndarray | None = None) -> tuple[str, bytes, bytes]:
-    if spec is None:
-        spec = np.ones((2, BINS, 40), dtype=np.float16)
-    buf = io.BytesIO()
-    np.save(buf, spec, allow_pickle=False)
-    if meta is None:
-        meta = {"track_id": key.rsplit("_", 1)[0], "clip": 0, "start_frame": 0, "valid_frames": 40, "album_key": "a/b"}
-    return key, buf.getvalue(), json.dumps(meta).encode()
+def sample(key: str, meta=None) -> tuple:
+    return sample_members(key, meta)
 
 
 BAD_METAS = {
@@ -242,7 +223,7 @@ def test_a_sample_json_of_the_wrong_shape_is_skipped_with_a_warning(tmp_path, ca
     warnings = [r.getMessage() for r in caplog.records]
     for key in BAD_METAS:
         [line] = [w for w in warnings if f" {key} " in w]
-        assert f"skipping unreadable sample {key} in shard {shard}: json" in line and "\n" not in line
+        assert f"skipping sample {key} in shard {shard}: json" in line and "\n" not in line
 
 
 def test_verify_and_preview_name_the_shard_and_sample_of_a_bad_json(tmp_path, capsys):

@@ -41,6 +41,7 @@ class DataConfig:
     num_workers: int = 2
     shuffle_buffer: int = 64  # cropped samples per loader worker
     val_batch_size: int = 8
+    read_timeout: float = 60.0  # seconds an http(s) shard may send nothing before it is skipped
 
 
 LOSS_DOMAINS = ("linear", "log")
@@ -123,6 +124,8 @@ class TrainConfig:
             problems.append("data.num_workers, run.steps and optim.warmup_steps must be >= 0")
         if self.run.seed < 0:  # numpy's SeedSequence, which derives every stream's seed, refuses it
             problems.append(f"run.seed must be >= 0, got {self.run.seed}")
+        if not self.data.read_timeout > 0:
+            problems.append(f"data.read_timeout must be > 0 seconds, got {self.data.read_timeout}")
         if not 0.0 <= self.optim.min_lr_ratio <= 1.0:
             problems.append(f"optim.min_lr_ratio must be in [0, 1], got {self.optim.min_lr_ratio}")
         if problems:

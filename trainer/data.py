@@ -14,19 +14,20 @@ The training stream is infinite: each rank takes its share of the shards (stride
 at least as many shards as ranks) and every loader worker resamples shards from that share with its
 own random stream seeded by (seed, rank, worker). Everything random (shard choice, crop, swap,
 shuffle buffer) comes from that stream, so the same seed and worker count replay the same batches.
-A shard that cannot be read (missing, truncated, garbage, HTTP error) is logged with its URL and
-skipped; the samples read before the error are kept.
+A shard that cannot be read (missing, truncated, garbage, HTTP error, a transfer stalled for
+`read_timeout` seconds) is logged with its URL and skipped; the samples read before the error are
+kept. A sample that must not be trained on (a `json` or `spec.npy` of the wrong type, dtype or shape,
+or values that are not finite and >= 0) is logged with its shard and key and skipped, with a running
+count; one bad sample never ends a run. Shards are read with bounded reads, never memory-mapped, so
+a file that shrinks while it is read is a truncated shard, not a SIGBUS.
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
 import hashlib
 import io
-import json
 import logging
-import mmap
 import random
 import tarfile
 import urllib.parse
@@ -51,6 +52,7 @@ from pipeline.format import (
     SPEC_KEY,
     TARGET_KEY,
     ShardIndex,
+    STFTParams,
     decode_meta,
     index_name,
     read_index,
@@ -58,14 +60,15 @@ from pipeline.format import (
 
 log = logging.getLogger(__name__)
 
-# Samples per worker waiting to be drawn. From local shards they are views of the memory-mapped
-# file (no heap memory); from HTTP, 2 MiB float16 crops (at the default sizes).
+# Crops per worker waiting to be drawn: 2 MiB float16 each at the default sizes.
 DEFAULT_SHUFFLE_BUFFER = 64
 # For shards read as a stream (HTTP): tarfile's default 10 KiB records mean ~400 Python-level reads
-# and a join per 4 MiB sample. Local shards are memory-mapped instead.
+# and a join per 4 MiB sample.
 TAR_READ_BYTES = 1 << 20
-# Members at least this large are passed on as views of the memory-mapped shard instead of bytes.
-ZERO_COPY_MIN_BYTES = 1 << 16
+# Seconds an HTTP shard transfer may deliver nothing before it counts as failed (data.read_timeout).
+DEFAULT_READ_TIMEOUT = 60.0
+# A stream that skipped this many samples in a row holds nothing to train on: stop instead of spinning.
+MAX_SKIPPED_IN_A_ROW = 10_000
 
 
 # --- where the shards are -------------------------------------------------------------------
@@ -91,14 +94,19 @@ def resolve_shards(src: str, split: str = "train") -> list[str]:
     - a brace pattern ("shards/train-{000000..000009}.tar", also as a URL), or one tar.
     Raises ValueError naming `src` when nothing usable is found.
     """
+    return _resolve(src, split)[0]
+
+
+def _resolve(src: str, split: str) -> tuple[list[str], int | None]:
+    """(shard URLs/paths, the frequency bins the index declares, or None without an index)."""
     src = str(src)
     if _is_url(src):
         if src.endswith("/"):
             src = urllib.parse.urljoin(src, index_name(split))
         if src.endswith(".json"):
             index = _fetch_index(src)
-            return _nonempty(src, [urllib.parse.urljoin(src, entry.url) for entry in index.shardlist])
-        return _nonempty(src, expand_urls(src))
+            return _nonempty(src, [urllib.parse.urljoin(src, entry.url) for entry in index.shardlist]), _bins(index)
+        return _nonempty(src, expand_urls(src)), None
 
     path = Path(src).expanduser()
     if path.is_dir():
@@ -110,12 +118,16 @@ def resolve_shards(src: str, split: str = "train") -> list[str]:
         path = index_path
     if path.suffix == ".json":
         index = read_index(path)
-        return _nonempty(src, [str(path.parent / entry.url) for entry in index.shardlist])
+        return _nonempty(src, [str(path.parent / entry.url) for entry in index.shardlist]), _bins(index)
     if "{" in src:
-        return _nonempty(src, expand_urls(str(path)))
+        return _nonempty(src, expand_urls(str(path))), None
     if path.is_file():
-        return [str(path)]
+        return [str(path)], None
     raise ValueError(f"{src}: not a shard directory, index JSON, brace pattern or tar file")
+
+
+def _bins(index: ShardIndex) -> int:
+    return STFTParams.from_dict(index.stft).bins  # read_index has checked the parameters
 
 
 def _nonempty(src: str, shards: list[str]) -> list[str]:
@@ -146,8 +158,12 @@ def spec_view(data: bytes | memoryview) -> np.ndarray:
         shape, fortran_order, dtype = np.lib.format.read_array_header_2_0(stream)
     else:
         raise ValueError(f"spec.npy has unsupported .npy format version {version}")
-    if dtype.hasobject or fortran_order or len(shape) != 3 or shape[0] != CHANNELS:
-        raise ValueError(f"spec.npy must be a C-order [{CHANNELS}, bins, frames] array, got {shape} {dtype}")
+    if dtype != SPEC_DTYPE or fortran_order or len(shape) != 3 or shape[0] != CHANNELS:
+        raise ValueError(
+            f"spec.npy must be a C-order [{CHANNELS}, bins, frames] {np.dtype(SPEC_DTYPE)} array, got {shape} {dtype}"
+        )
+    if stream.tell() + int(np.prod(shape)) * dtype.itemsize > len(data):
+        raise ValueError(f"spec.npy holds fewer values than its header's shape {shape}")
     return np.frombuffer(data, dtype=dtype, count=int(np.prod(shape)), offset=stream.tell()).reshape(shape)
 
 
@@ -160,6 +176,7 @@ class Crop:
     swap: bool  # left and right go to the batch in reverse order (in both signals of a pair)
     group: int
     key: str
+    url: str = ""  # the shard it came from, for warnings
 
     def oriented(self) -> np.ndarray:
         """The frames with the swap applied (a view)."""
@@ -209,7 +226,7 @@ def crop_sample(sample: dict, crop_frames: int, rng: random.Random | None) -> Cr
             frames = frames.copy()
     else:  # one [4, F, length] copy of just the crop
         frames = np.concatenate([a[:, :, start : start + length] for a in arrays])
-    return Crop(frames, crop_frames, swap, track_group(meta.track_id), sample["__key__"])
+    return Crop(frames, crop_frames, swap, track_group(meta.track_id), sample["__key__"], sample.get("__url__", ""))
 
 
 def _empty_batch(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
@@ -225,11 +242,19 @@ def _empty_batch(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
 
 def collate(crops: list[Crop], dtype: torch.dtype = torch.float32) -> dict:
     """Stack crops into a `dtype` batch normalised per sample by its max (silence stays 0).
+    ValueError when a crop holds values that are not finite and >= 0 (the streams skip those)."""
+    batch, bad = _collate_checked(crops, dtype)
+    if bad:
+        raise ValueError(f"samples {[crops[i].key for i in bad]} hold values that are not finite and >= 0")
+    return batch
 
-    Each crop is gathered from where it lies (often the page cache, through the shard's memory
-    map) into one reused contiguous buffer, because torch's reductions and conversions run about
-    twice as fast on contiguous input; it is then converted, scaled and written into the batch in
-    one pass.
+
+def _collate_checked(crops: list[Crop], dtype: torch.dtype) -> tuple[dict, list[int]]:
+    """The batch, and the rows whose values are not all finite and >= 0 (magnitudes never are).
+
+    Each crop is gathered into one reused contiguous buffer, because torch's reductions and
+    conversions run about twice as fast on contiguous input; one min/max pass both checks it and
+    gives the normalisation peak, then it is converted, scaled and written into the batch in one pass.
     """
     first = crops[0]
     channels, bins = first.frames.shape[:2]
@@ -239,21 +264,27 @@ def collate(crops: list[Crop], dtype: torch.dtype = torch.float32) -> dict:
         )
     spec = _empty_batch((len(crops), channels, bins, first.crop_frames), dtype)
     gathered = np.empty((channels, bins, first.crop_frames), dtype=SPEC_DTYPE)
-    for row, crop in zip(spec, crops):
+    bad = []
+    for number, (row, crop) in enumerate(zip(spec, crops)):
         length = crop.frames.shape[2]
         # numpy's strided copy beats torch's here; the swap costs nothing in it
         np.copyto(gathered[:, :, :length], crop.oriented())
         frames = torch.from_numpy(gathered)[:, :, :length]
+        low, high = torch.aminmax(frames)
+        if not (bool(low >= 0) and bool(torch.isfinite(high))):  # NaN fails both
+            bad.append(number)
+            continue
         # a 1-element divisor of the output dtype sets the division's dtype
-        peak = frames.amax().float().clamp_(min=torch.finfo(dtype).tiny).reshape(1).to(dtype)
+        peak = high.float().clamp_(min=torch.finfo(dtype).tiny).reshape(1).to(dtype)
         torch.div(frames, peak, out=row[:, :, :length])
         if length < first.crop_frames:
             row[:, :, length:] = 0
-    return {
+    batch = {
         "spec": spec,
         "group": torch.tensor([c.group for c in crops], dtype=torch.long),
         "key": [c.key for c in crops],
     }
+    return batch, bad
 
 
 # --- streams of samples -------------------------------------------------------------------------
@@ -262,16 +293,17 @@ def collate(crops: list[Crop], dtype: torch.dtype = torch.float32) -> dict:
 class _ShardReader:
     """Samples of one shard after another; unreadable shards are logged (URL and reason) and skipped."""
 
-    def __init__(self, max_empty_in_a_row: int | None):
+    def __init__(self, max_empty_in_a_row: int | None, read_timeout: float = DEFAULT_READ_TIMEOUT):
         # an infinite stream over shards that are all unreadable would otherwise spin forever
         self.max_empty_in_a_row = max_empty_in_a_row
         self.empty_in_a_row = 0
+        self.read_timeout = read_timeout
 
     def samples(self, urls: Iterator[str]) -> Iterator[dict]:
         for url in urls:
             read = 0
             failure: list[Exception] = []
-            for sample in group_by_keys(_tar_members(url, failure)):
+            for sample in group_by_keys(_tar_members(url, failure, self.read_timeout)):
                 if META_KEY not in sample or (
                     SPEC_KEY not in sample and not (MIX_KEY in sample and TARGET_KEY in sample)
                 ):
@@ -287,15 +319,15 @@ class _ShardReader:
                 raise RuntimeError(f"{self.empty_in_a_row} shards in a row gave no sample (last: {url}); giving up")
 
 
-def _tar_members(url: str, failure: list[Exception]) -> Iterator[dict]:
-    """The regular files of one tar (local path or any URL webdataset's gopen opens), in order.
+def _tar_members(url: str, failure: list[Exception], read_timeout: float = DEFAULT_READ_TIMEOUT) -> Iterator[dict]:
+    """The regular files of one tar (local path, http(s) URL or any URL webdataset's gopen opens), in order.
 
     A read error ends the shard quietly and is appended to `failure`, so that the sample completed
     just before it still comes out of webdataset's key grouping (which drops it on an exception).
     """
     stream = None
     try:
-        stream = gopen(url)
+        stream = _open(url, read_timeout)
         yield from _regular_files(stream, url)
         stream.close()  # a transfer that failed at the end (curl's exit status) surfaces here
     except Exception as exc:
@@ -305,6 +337,14 @@ def _tar_members(url: str, failure: list[Exception]) -> Iterator[dict]:
             with contextlib.suppress(Exception):
                 stream.close()
         raise
+
+
+def _open(url: str, read_timeout: float):
+    """http(s) in this process, with a timeout on every read: a server that stops sending mid-shard
+    (webdataset's curl pipe would wait for it forever) is a TimeoutError after `read_timeout` seconds."""
+    if _is_url(url):
+        return urllib.request.urlopen(url, timeout=read_timeout)
+    return gopen(url)
 
 
 def _transport_error(stream) -> Exception | None:
@@ -319,22 +359,17 @@ def _transport_error(stream) -> Exception | None:
 
 
 def _regular_files(stream, url: str) -> Iterator[dict]:
-    """A local file is memory-mapped and large members come out as views of the map (no copy, no
-    heap memory; the map lives as long as a view of it does); a pipe (HTTP) is read as a tar stream."""
+    """Each member is read into bytes with a bounded read, never memory-mapped: a local shard that
+    shrinks while it is read (deleted, rewritten, a drive going away) then gives a short read, which
+    is a truncated shard, where a memory map would kill the process with SIGBUS."""
     seekable = getattr(stream, "seekable", lambda: False)()
     mode = "r:" if seekable else "r|"
     with tarfile.open(fileobj=stream, mode=mode, bufsize=TAR_READ_BYTES) as tar:
-        mapped = memoryview(mmap.mmap(stream.fileno(), 0, access=mmap.ACCESS_READ)) if seekable else None
         for info in tar:
             if info.isreg():
-                if mapped is not None:
-                    data = mapped[info.offset_data : info.offset_data + info.size]
-                    if len(data) != info.size:
-                        raise tarfile.ReadError(f"unexpected end of data in {info.name}")
-                    if info.size < ZERO_COPY_MIN_BYTES:
-                        data = bytes(data)
-                else:
-                    data = tar.extractfile(info).read()
+                data = tar.extractfile(info).read()
+                if len(data) != info.size:
+                    raise tarfile.ReadError(f"unexpected end of data in {info.name}")
                 yield {"fname": info.name, "data": data, "__url__": url}
             tar.members = []  # tarfile would otherwise keep every header of the shard
         if seekable:
@@ -349,14 +384,70 @@ def _resampled(shards: list[str], rng: random.Random) -> Iterator[str]:
         yield rng.choice(shards)
 
 
-def _crops(samples: Iterator[dict], crop_frames: int, rng: random.Random | None) -> Iterator[Crop]:
-    for sample in samples:
-        try:
-            yield crop_sample(sample, crop_frames, rng)
-        except (ValueError, KeyError, TypeError, json.JSONDecodeError) as exc:
-            log.warning(
-                "skipping unreadable sample %s in shard %s: %s", sample.get("__key__"), sample.get("__url__"), exc
-            )
+class _SampleFilter:
+    """Crops and batches of the samples fit to train on; the others are logged (shard, key, reason,
+    a running count) and skipped. A sample is unfit when its json or spec.npy cannot be read as the
+    contract says (pipeline/format.py), its bins differ from the index's (else the first sample's),
+    its channels from the first sample's, or its values are not all finite and >= 0."""
+
+    def __init__(self, bins: int | None):
+        self.bins = bins
+        self.shape: tuple[int, int] | None = None  # (channels, bins) of the stream
+        self.skipped = 0
+        self.skipped_in_a_row = 0
+
+    def skip(self, key, url, reason) -> None:
+        self.skipped += 1
+        self.skipped_in_a_row += 1
+        log.warning("skipping sample %s in shard %s: %s (%d skipped so far)", key, url, reason, self.skipped)
+        if self.skipped_in_a_row >= MAX_SKIPPED_IN_A_ROW:
+            raise RuntimeError(f"{self.skipped_in_a_row} samples in a row were unfit to train on (last: {url})")
+
+    def crops(self, samples: Iterator[dict], crop_frames: int, rng: random.Random | None) -> Iterator[Crop]:
+        for sample in samples:
+            try:
+                crop = crop_sample(sample, crop_frames, rng)
+            except (ValueError, KeyError, TypeError) as exc:
+                self.skip(sample.get("__key__"), sample.get("__url__"), exc)
+                continue
+            shape = crop.frames.shape[:2]
+            if self.shape is None and (self.bins is None or shape[1] == self.bins):
+                self.shape = shape
+            if shape != self.shape:
+                expected = self.shape or (shape[0], self.bins)
+                self.skip(
+                    crop.key,
+                    crop.url,
+                    f"{shape[0]} channels x {shape[1]} bins, the shards' samples have {expected[0]} x {expected[1]}",
+                )
+                continue
+            yield crop
+
+    def batches(self, crops: Iterator[Crop], batch_size: int, dtype: torch.dtype, partial: bool) -> Iterator[dict]:
+        """Like webdataset's batched(): full batches (and, if `partial`, a last smaller one) of fit crops."""
+        pending: list[Crop] = []
+        for crop in crops:
+            pending.append(crop)
+            if len(pending) == batch_size:
+                batch, pending = self._collate(pending, dtype)
+                if batch is not None:
+                    yield batch
+        if partial and pending:
+            batch, pending = self._collate(pending, dtype)
+            if batch is None and pending:  # what is left after dropping the unfit ones is all fit
+                batch, _ = self._collate(pending, dtype)
+            if batch is not None:
+                yield batch
+
+    def _collate(self, crops: list[Crop], dtype: torch.dtype) -> tuple[dict | None, list[Crop]]:
+        """(the batch, []) or, when some crops are unfit, (None, the fit ones) to be topped up."""
+        batch, bad = _collate_checked(crops, dtype)
+        if not bad:
+            self.skipped_in_a_row = 0
+            return batch, []
+        for i in bad:
+            self.skip(crops[i].key, crops[i].url, "values that are not finite and >= 0")
+        return None, [c for i, c in enumerate(crops) if i not in bad]
 
 
 def _rank_and_world(rank: int | None, world_size: int | None) -> tuple[int, int]:
@@ -384,21 +475,24 @@ class TrainStream(IterableDataset):
         world_size: int,
         shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER,
         dtype: torch.dtype = torch.float32,
+        bins: int | None = None,
+        read_timeout: float = DEFAULT_READ_TIMEOUT,
     ):
         super().__init__()
         self.shards = shards[rank::world_size] if len(shards) >= world_size else list(shards)
         self.batch_size, self.crop_frames, self.dtype = batch_size, crop_frames, dtype
         self.seed, self.rank, self.shuffle_buffer = seed, rank, shuffle_buffer
+        self.bins, self.read_timeout = bins, read_timeout
 
     def __iter__(self) -> Iterator[dict]:
         info = get_worker_info()
         worker = info.id if info is not None else 0
         rng = random.Random(f"train:{self.seed}:{self.rank}:{worker}")
-        reader = _ShardReader(max_empty_in_a_row=4 * len(self.shards) + 16)
-        crops = _crops(reader.samples(_resampled(self.shards, rng)), self.crop_frames, rng)
+        reader = _ShardReader(max_empty_in_a_row=4 * len(self.shards) + 16, read_timeout=self.read_timeout)
+        fit = _SampleFilter(self.bins)
+        crops = fit.crops(reader.samples(_resampled(self.shards, rng)), self.crop_frames, rng)
         shuffled = wds.filters.shuffle(self.shuffle_buffer, self.shuffle_buffer, rng=rng)(crops)
-        batch = functools.partial(collate, dtype=self.dtype)
-        return wds.filters.batched(self.batch_size, collation_fn=batch, partial=False)(shuffled)
+        return fit.batches(shuffled, self.batch_size, self.dtype, partial=False)
 
 
 class EvalStream(IterableDataset):
@@ -412,17 +506,18 @@ class EvalStream(IterableDataset):
         crop_frames: int,
         max_batches: int | None,
         dtype: torch.dtype = torch.float32,
+        bins: int | None = None,
+        read_timeout: float = DEFAULT_READ_TIMEOUT,
     ):
         super().__init__()
         self.shards, self.batch_size, self.crop_frames, self.max_batches = shards, batch_size, crop_frames, max_batches
-        self.dtype = dtype
+        self.dtype, self.bins, self.read_timeout = dtype, bins, read_timeout
 
     def __iter__(self) -> Iterator[dict]:
-        reader = _ShardReader(max_empty_in_a_row=None)
-        batch = functools.partial(collate, dtype=self.dtype)
-        batches = wds.filters.batched(self.batch_size, collation_fn=batch, partial=True)(
-            _crops(reader.samples(iter(self.shards)), self.crop_frames, None)
-        )
+        reader = _ShardReader(max_empty_in_a_row=None, read_timeout=self.read_timeout)
+        fit = _SampleFilter(self.bins)
+        crops = fit.crops(reader.samples(iter(self.shards)), self.crop_frames, None)
+        batches = fit.batches(crops, self.batch_size, self.dtype, partial=True)
         for number, batch in enumerate(batches):
             if self.max_batches is not None and number >= self.max_batches:
                 return
@@ -441,6 +536,7 @@ def train_loader(
     world_size: int | None = None,
     shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER,
     dtype: torch.dtype = torch.float32,
+    read_timeout: float = DEFAULT_READ_TIMEOUT,
 ) -> DataLoader:
     """Infinite, shuffled, resampled training batches (see the module docstring).
 
@@ -449,10 +545,11 @@ def train_loader(
     `dtype=torch.float16` halves the loader's CPU cost and the host-to-device copy (see
     benchmarks/README.md); convert on the device then.
     """
-    _check_sizes(batch_size, crop_frames)
+    _check_sizes(batch_size, crop_frames, read_timeout)
     rank, world_size = _rank_and_world(rank, world_size)
+    shards, bins = _resolve(src, split)
     stream = TrainStream(
-        resolve_shards(src, split),
+        shards,
         batch_size=batch_size,
         crop_frames=crop_frames,
         seed=seed,
@@ -460,6 +557,8 @@ def train_loader(
         world_size=world_size,
         shuffle_buffer=shuffle_buffer,
         dtype=dtype,
+        bins=bins,
+        read_timeout=read_timeout,
     )
     return _loader(stream, num_workers)
 
@@ -472,21 +571,31 @@ def eval_loader(
     max_batches: int | None,
     split: str = "val",
     dtype: torch.dtype = torch.float32,
+    read_timeout: float = DEFAULT_READ_TIMEOUT,
 ) -> DataLoader:
     """At most `max_batches` batches (None: one pass) in shard order, the same every call.
 
     Every rank gets the same batches; the last batch may be smaller than `batch_size`.
     """
-    _check_sizes(batch_size, crop_frames)
+    _check_sizes(batch_size, crop_frames, read_timeout)
+    shards, bins = _resolve(src, split)
     stream = EvalStream(
-        resolve_shards(src, split), batch_size=batch_size, crop_frames=crop_frames, max_batches=max_batches, dtype=dtype
+        shards,
+        batch_size=batch_size,
+        crop_frames=crop_frames,
+        max_batches=max_batches,
+        dtype=dtype,
+        bins=bins,
+        read_timeout=read_timeout,
     )
     return _loader(stream, num_workers=0)
 
 
-def _check_sizes(batch_size: int, crop_frames: int) -> None:
+def _check_sizes(batch_size: int, crop_frames: int, read_timeout: float) -> None:
     if batch_size < 1 or crop_frames < 1:
         raise ValueError(f"batch_size ({batch_size}) and crop_frames ({crop_frames}) must be >= 1")
+    if not read_timeout > 0:
+        raise ValueError(f"read_timeout must be > 0 seconds, got {read_timeout}")
 
 
 def _loader(stream: IterableDataset, num_workers: int) -> DataLoader:

@@ -248,6 +248,7 @@ def evaluate_checkpoint(
             crop_frames=cfg.data.crop_frames,
             max_batches=batches,
             split=split,
+            read_timeout=cfg.data.read_timeout,
         )
         return evaluate(model, loader, corruption, dev, cfg.loss, output=cfg.model.output)
 

@@ -191,6 +191,7 @@ def pretrain(
                         seed=derive_seed(cfg.run.seed, step),
                         shuffle_buffer=cfg.data.shuffle_buffer,
                         dtype=batch_dtype,
+                        read_timeout=cfg.data.read_timeout,
                     )
                 )
 
@@ -269,6 +270,7 @@ def pretrain(
                             batch_size=cfg.data.val_batch_size,
                             crop_frames=cfg.data.crop_frames,
                             max_batches=cfg.run.val_batches,
+                            read_timeout=cfg.data.read_timeout,
                         )
                         val_result = task.validate(raw_model, loader, dev)
                 except (ValueError, RuntimeError, OSError) as exc:

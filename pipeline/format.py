@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import io
 import json
 import os
 import re
@@ -21,10 +20,14 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline import codec
+from pipeline.codec import DEFAULT_ENCODING, ENCODINGS, StoredSpec
 from pipeline.durable import write_and_rename, write_text
 from pipeline.records import RecordError, record_from_dict
 
-FORMAT_VERSION = 1
+# 2: samples carry `encoding` and `codec` (log8 members `*.npy.gz`); indexes carry `encoding`.
+# Version-1 shards (float16, no such fields) are still read.
+FORMAT_VERSION = 2
 
 # --- manifests/ ---------------------------------------------------------------------------
 
@@ -248,13 +251,14 @@ def min_valid_frames(clip_frames: int) -> int:
 
 # --- samples ------------------------------------------------------------------------------
 
-SPEC_KEY = "spec.npy"
+SPEC_KEY = "spec.npy"  # the float16 members; sample_arrays() names them for every encoding
 META_KEY = "json"
 MIX_KEY = "mix.npy"  # pair samples: the mixture's magnitude ...
 TARGET_KEY = "target.npy"  # ... and the target's, on the same clip grid
 SAMPLE_KIND_SPEC = "spec"  # ShardIndex.sample_kind of pretraining shards
 SAMPLE_KIND_PAIRS = "pairs"  # ... and of separation pair shards
 SAMPLE_KINDS = (SAMPLE_KIND_SPEC, SAMPLE_KIND_PAIRS)
+_ARRAY_NAMES = {SAMPLE_KIND_SPEC: ("spec",), SAMPLE_KIND_PAIRS: ("mix", "target")}
 _KEY_RE = re.compile(r"^[A-Za-z0-9_-]+$")
 
 
@@ -277,6 +281,10 @@ class SampleMeta:
     album_key: str
     stft: dict = field(default_factory=lambda: STFTParams().to_dict())
     format_version: int = FORMAT_VERSION
+    encoding: str = codec.FLOAT16  # how the magnitude members are stored (a version-1 json has no field)
+    # per array name ("spec", or "mix" and "target"): what decoding needs (log8: reference, range_db,
+    # chunk_frames, members); {} for float16
+    codec: dict[str, dict] = field(default_factory=dict)
 
 
 @dataclass
@@ -288,18 +296,49 @@ class PairSampleMeta(SampleMeta):
 
 
 def encode_spec(spec: np.ndarray) -> bytes:
-    """[2, bins, frames] float16 -> .npy bytes (no pickle)."""
-    if spec.ndim != 3 or spec.shape[0] != CHANNELS or spec.dtype != SPEC_DTYPE:
-        raise ValueError(
-            f"spec must be [{CHANNELS}, bins, frames] {np.dtype(SPEC_DTYPE)}, got {spec.shape} {spec.dtype}"
-        )
-    buf = io.BytesIO()
-    np.save(buf, np.ascontiguousarray(spec), allow_pickle=False)
-    return buf.getvalue()
+    """[2, bins, frames] float16 -> the float16 `.npy` bytes (no pickle)."""
+    return codec.encode(spec, codec.FLOAT16)[0]
 
 
-def decode_spec(data: bytes) -> np.ndarray:
-    return np.load(io.BytesIO(data), allow_pickle=False)
+def encode_sample(arrays: dict[str, np.ndarray], meta: SampleMeta, encoding: str) -> dict[str, bytes]:
+    """A sample's members (suffix -> bytes, in tar order): each array ("spec", or "mix" and
+    "target") in `encoding`, then the json, which records the encoding and what decoding needs."""
+    members, descriptions = {}, {}
+    for name, spec in arrays.items():
+        members[f"{name}.{codec.MEMBER_SUFFIXES[encoding]}"], description = codec.encode(spec, encoding)
+        if description:
+            descriptions[name] = description
+    meta.encoding, meta.codec = encoding, descriptions
+    members[META_KEY] = encode_meta(meta)
+    return members
+
+
+def read_sample(sample: dict) -> tuple[list[StoredSpec], SampleMeta]:
+    """The one way to read a sample (member suffix -> bytes, as webdataset groups them): its json
+    (PairSampleMeta for a pair) and its magnitudes ([spec], or [mix, target]), each opened for
+    reading frames (`.read(start, stop)` decodes only those). ValueError when a member is missing,
+    the json is not a sample's, or a magnitude disagrees with it (or a pair's with each other).
+    Never unpickles anything."""
+    if META_KEY not in sample:
+        raise ValueError(f"no {META_KEY} member")
+    pairs = any(str(k).split(".")[0] == "mix" for k in sample)
+    meta = decode_meta(sample[META_KEY], PairSampleMeta if pairs else SampleMeta)
+    if meta.encoding not in ENCODINGS:
+        raise ValueError(f"{META_KEY}: unknown encoding {meta.encoding!r}")
+    stored = []
+    for name in _ARRAY_NAMES[SAMPLE_KIND_PAIRS if pairs else SAMPLE_KIND_SPEC]:
+        member = f"{name}.{codec.MEMBER_SUFFIXES[meta.encoding]}"
+        if member not in sample:
+            present = sorted(k for k in sample if str(k).split(".")[0] == name)
+            raise ValueError(f"{META_KEY} says {meta.encoding} but there is no {member} member (found {present})")
+        try:
+            stored.append(codec.open_spec(sample[member], meta.encoding, meta.codec.get(name)))
+        except ValueError as exc:
+            raise ValueError(f"{member}: {exc}") from exc
+    if len({(array.bins, array.frames) for array in stored}) > 1:
+        shapes = " and ".join(f"[2, {a.bins}, {a.frames}]" for a in stored)
+        raise ValueError(f"mix and target differ in shape: {shapes}")
+    return stored, meta
 
 
 def encode_meta(meta: SampleMeta) -> bytes:
@@ -316,27 +355,44 @@ def decode_meta(data: bytes | str | dict, cls=SampleMeta) -> SampleMeta:
     return record_from_dict(cls, data, where=META_KEY)
 
 
-def sample_arrays(sample_kind: str) -> tuple[str, ...]:
-    """The `.npy` members of a sample of this kind."""
+def sample_arrays(sample_kind: str, encoding: str = codec.FLOAT16) -> tuple[str, ...]:
+    """The magnitude members of a sample of this kind and encoding (e.g. `spec.npy.gz` for log8)."""
     if sample_kind not in SAMPLE_KINDS:
         raise ValueError(f"unknown sample kind {sample_kind!r} (known: {', '.join(SAMPLE_KINDS)})")
-    return (MIX_KEY, TARGET_KEY) if sample_kind == SAMPLE_KIND_PAIRS else (SPEC_KEY,)
+    if encoding not in ENCODINGS:
+        raise ValueError(f"unknown encoding {encoding!r} (known: {', '.join(ENCODINGS)})")
+    return tuple(f"{name}.{codec.MEMBER_SUFFIXES[encoding]}" for name in _ARRAY_NAMES[sample_kind])
 
 
-def sample_bytes(stft: STFTParams, clip_frames: int, sample_kind: str = SAMPLE_KIND_SPEC) -> int:
+def is_complete_sample(sample: dict) -> bool:
+    """Whether a grouped sample has its json and every magnitude member of some kind and encoding."""
+    return META_KEY in sample and any(
+        all(member in sample for member in sample_arrays(kind, encoding))
+        for kind in SAMPLE_KINDS
+        for encoding in ENCODINGS
+    )
+
+
+def sample_bytes(
+    stft: STFTParams, clip_frames: int, sample_kind: str = SAMPLE_KIND_SPEC, encoding: str = DEFAULT_ENCODING
+) -> int:
     """Bytes one sample occupies in a tar: one member per array plus the json (512-byte header each,
-    data padded to 512)."""
-    npy = 128 + CHANNELS * stft.bins * clip_frames * np.dtype(SPEC_DTYPE).itemsize
-    meta = 512  # the json member is ~250-350 bytes, padded to one block
-    return len(sample_arrays(sample_kind)) * (512 + -(-npy // 512) * 512) + 512 + meta
+    data padded to 512); for log8 an estimate from real music (codec.LOG8_ESTIMATED_RATIO)."""
+    array = 128 + codec.stored_bytes_per_frame(stft.bins, encoding) * clip_frames
+    meta = 512 if encoding == codec.FLOAT16 else 1024  # ~250-350 bytes of json, + ~150 per log8 array
+    return int(len(sample_arrays(sample_kind)) * (512 + -(-array // 512) * 512) + 512 + meta)
 
 
 def estimated_shard_bytes(
-    seconds: float, stft: STFTParams, clip_frames: int, sample_kind: str = SAMPLE_KIND_SPEC
+    seconds: float,
+    stft: STFTParams,
+    clip_frames: int,
+    sample_kind: str = SAMPLE_KIND_SPEC,
+    encoding: str = DEFAULT_ENCODING,
 ) -> int:
-    """Shard bytes for `seconds` of audio (float16 magnitude is ~4x a 320 kbps MP3; pairs twice that)."""
+    """Shard bytes for `seconds` of audio (float16 is ~4.4x a 320 kbps MP3, log8 ~1.1x; pairs twice that)."""
     clips = seconds * stft.sample_rate / stft.hop / clip_frames
-    return int(clips * sample_bytes(stft, clip_frames, sample_kind))
+    return int(clips * sample_bytes(stft, clip_frames, sample_kind, encoding))
 
 
 # --- shards and index ---------------------------------------------------------------------
@@ -391,6 +447,7 @@ class ShardIndex:
     totals: dict[str, int | float]  # {"samples", "tracks", "seconds", "bytes"}
     format_version: int = FORMAT_VERSION
     sample_kind: str = SAMPLE_KIND_SPEC  # SAMPLE_KIND_PAIRS: separation pairs (mix.npy + target.npy)
+    encoding: str = codec.FLOAT16  # every sample's encoding (a version-1 index has no field)
 
     def to_json(self) -> str:
         data = {
@@ -403,6 +460,7 @@ class ShardIndex:
             "shardlist": [{k: v for k, v in asdict(s).items() if v != "" or k != "sha256"} for s in self.shardlist],
             "stft": self.stft,
             "clip_frames": self.clip_frames,
+            "encoding": self.encoding,
             "totals": self.totals,
         }
         if self.sample_kind != SAMPLE_KIND_SPEC:  # pretraining indexes stay as they were
@@ -419,7 +477,7 @@ class ShardIndex:
         defaults = {"split": data.get("name", ""), "stft": STFTParams().to_dict(), "clip_frames": DEFAULT_CLIP_FRAMES}
         index = record_from_dict(cls, {"totals": {}, **defaults, **data}, where="index")
         STFTParams.from_dict(index.stft)  # every reader builds them: refuse bad ones here, naming the file
-        sample_arrays(index.sample_kind)  # an unknown kind is a ValueError naming it
+        sample_arrays(index.sample_kind, index.encoding)  # an unknown kind or encoding is a ValueError naming it
         return index
 
 
@@ -486,11 +544,16 @@ __all__ = [
     "SAMPLE_KIND_PAIRS",
     "SAMPLE_KINDS",
     "sample_arrays",
+    "is_complete_sample",
     "sample_key",
     "SampleMeta",
     "PairSampleMeta",
+    "ENCODINGS",
+    "DEFAULT_ENCODING",
+    "StoredSpec",
     "encode_spec",
-    "decode_spec",
+    "encode_sample",
+    "read_sample",
     "encode_meta",
     "decode_meta",
     "sample_bytes",

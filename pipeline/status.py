@@ -39,6 +39,15 @@ class Status:
     shards: dict[str, SplitShards] = field(default_factory=dict)
     stft: fmt.STFTParams = field(default_factory=fmt.STFTParams)
     clip_frames: int = fmt.DEFAULT_CLIP_FRAMES
+    encoding: str = fmt.DEFAULT_ENCODING  # of the shards found, else what `pipeline shard` writes by default
+
+    def bytes_per_second(self) -> tuple[float, str]:
+        """Shard bytes per second of audio: measured on the shards so far, else estimated."""
+        seconds = sum(s.seconds for s in self.shards.values())
+        if seconds > 0:
+            return sum(s.bytes for s in self.shards.values()) / seconds, f"{self.encoding}, measured on these shards"
+        estimate = fmt.estimated_shard_bytes(3600.0, self.stft, self.clip_frames, encoding=self.encoding) / 3600.0
+        return estimate, f"{self.encoding}, estimated at these STFT settings"
 
 
 def failure_kind(reason: str) -> str:
@@ -74,6 +83,7 @@ def collect_status(manifests: str | os.PathLike, shards: str | os.PathLike) -> S
         index = fmt.read_index(index_path)
         status.stft = fmt.STFTParams.from_dict(index.stft)
         status.clip_frames = index.clip_frames
+        status.encoding = index.encoding
         status.shards[split] = SplitShards(
             shards=len(index.shardlist),
             samples=sum(s.nsamples for s in index.shardlist),
@@ -93,7 +103,7 @@ def _gb(n: float) -> str:
 
 
 def format_status(status: Status) -> str:
-    per_hour = fmt.estimated_shard_bytes(3600.0, status.stft, status.clip_frames)
+    per_second, basis = status.bytes_per_second()
     lines = [f"ingested: {status.tracks} tracks, {_hours(status.seconds)}, {status.duplicates} duplicates"]
     for root, summary in sorted(status.per_root.items()):
         lines.append(
@@ -108,18 +118,17 @@ def format_status(status: Status) -> str:
     lines.append(f"failures: {failed}")
     for (stage, kind), count in status.failures.most_common():
         lines.append(f"  {count:6d}  {stage}: {kind}")
-    lines.append(f"sharded ({per_hour / 1e9:.2f} GB per hour of audio at these STFT settings):")
+    lines.append(f"sharded ({per_second * 3600 / 1e9:.2f} GB per hour of audio, {basis}):")
     for split in fmt.SPLITS:
         shards = status.shards.get(split)
         wanted = status.per_split_seconds.get(split, 0.0)
         if shards is None:
-            estimate = fmt.estimated_shard_bytes(wanted, status.stft, status.clip_frames)
-            lines.append(f"  {split}: nothing yet; estimated {_gb(estimate)}")
+            lines.append(f"  {split}: nothing yet; estimated {_gb(wanted * per_second)}")
             continue
         left = max(0.0, wanted - shards.seconds)
         lines.append(
             f"  {split}: {shards.shards} shards, {shards.samples} samples, {_gb(shards.bytes)}, "
             f"{shards.tracks} tracks, {_hours(shards.seconds)}; left {_hours(left)} "
-            f"(estimated {_gb(fmt.estimated_shard_bytes(left, status.stft, status.clip_frames))})"
+            f"(estimated {_gb(left * per_second)})"
         )
     return "\n".join(lines)

@@ -25,7 +25,7 @@ echo "-- demo/manifests/failures.jsonl:"
 cat demo/manifests/failures.jsonl
 pipeline status --manifests demo/manifests --out demo/shards
 
-step "4. shard the manifest -> demo/shards (STFT float16 clips in webdataset tars)"
+step "4. shard the manifest -> demo/shards (STFT magnitude clips, 8-bit log scale, in webdataset tars)"
 # 64 MB shards instead of the default 1 GB so the ~20 minutes of demo audio spread over several.
 pipeline shard --manifests demo/manifests --out demo/shards --shard-size 64MB
 pipeline verify --out demo/shards

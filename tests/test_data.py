@@ -26,13 +26,15 @@ from pipeline.format import (
     ShardIndex,
     STFTParams,
     encode_meta,
+    encode_sample,
     encode_spec,
     index_name,
+    read_sample,
     sample_key,
     shard_name,
     write_index,
 )
-from trainer.data import collate, crop_sample, eval_loader, resolve_shards, spec_view, track_group, train_loader
+from trainer.data import collate, crop_sample, eval_loader, resolve_shards, track_group, train_loader
 
 BINS = 32
 CLIP = 64
@@ -136,10 +138,23 @@ def test_resolve_errors_name_the_source(tmp_path, shard_dir):
 # --- one sample ---------------------------------------------------------------------------------
 
 
-def test_spec_view_matches_the_stored_array():
-    spec = clip_spec(40)
-    view = spec_view(encode_spec(spec))
-    assert view.dtype == SPEC_DTYPE and np.array_equal(view, spec)
+def test_a_float16_sample_is_read_as_a_view_of_its_payload():
+    raw = sample("t", 0, valid=40)
+    (stored,), _ = read_sample(raw)
+    view = stored.read(3, 9)
+    assert stored.views_payload and view.dtype == SPEC_DTYPE and np.array_equal(view, clip_spec(40)[:, :, 3:9])
+    assert np.shares_memory(view, np.frombuffer(raw["spec.npy"], dtype=np.uint8))
+
+
+def test_a_log8_sample_crops_like_its_float16_original_within_the_quantisation():
+    float16 = sample("t", 0, valid=50)
+    meta = SampleMeta("t", 0, 0, 50, "a", stft=STFTParams(n_fft=2 * BINS).to_dict())
+    log8 = {"__key__": float16["__key__"], **encode_sample({"spec": clip_spec(50)}, meta, "log8")}
+    for seed in range(5):
+        exact, coded = crop_sample(float16, CROP, random.Random(seed)), crop_sample(log8, CROP, random.Random(seed))
+        assert (exact.swap, exact.frames.shape) == (coded.swap, coded.frames.shape)
+        ratio = coded.frames.astype(np.float32) / exact.frames.astype(np.float32)
+        assert np.all(np.abs(20 * np.log10(ratio)) < 0.17)  # half a 0.315 dB step, + float16 rounding
 
 
 def test_random_crop_stays_within_valid_frames_and_swaps_half_the_time():

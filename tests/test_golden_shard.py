@@ -6,12 +6,15 @@ payload, the json) across upgrades of Python, numpy, torch and libsndfile. Its i
 that its spectrum is exact whatever FFT code computes it: 16-bit WAVs that are silent except for
 single-sample clicks at multiples of the hop, spaced more than n_fft apart. A frame centred on a
 click sees it at the Hann window's peak (1.0), so its spectrum is flat at the click's amplitude,
-a power of two that float16 holds exactly; every other frame is zero. (The spectra of real music
+a power of two that float16 holds exactly; every other frame is zero (in log8 a click frame is one
+code across the bins: its level relative to the sample's loudest click). (The spectra of real music
 are tested against a whole-track reference in test_stft.py.)
 
 On a deliberate change of the shard format: bump `pipeline.format.FORMAT_VERSION`, run this test,
 check the new layout with `pipeline verify` and the trainer, and paste the sha256 the failure
-prints into GOLDEN_SHA256 in the same commit (shards/README.md says the same).
+prints into GOLDEN_SHA256 in the same commit (shards/README.md says the same). The log8 hash also
+pins the deflate implementation (Python's zlib module; zlib-ng in zlib-compatible mode gives
+different, equally valid bytes, so a build that swaps it fails here first).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from __future__ import annotations
 import hashlib
 
 import numpy as np
+import pytest
 import soundfile
 import torch
 
@@ -29,10 +33,15 @@ from trainer.data import eval_loader, train_loader
 
 from support import track_record
 
-GOLDEN_SHA256 = "6e648e7d7baca4c1bc78946029f084f6f34ed597fd8e8ac9244375b6a3528f4a"
+# Format version 2 (encodings): log8 is the default (shards/README.md, docs/terabyte.md say why);
+# float16 is pinned too, since it stays available. Version 1's float16 hash was 6e648e7d…3528f4a.
+GOLDEN_SHA256 = {
+    "log8": "04913edccfe0f2bdb75529282885854c8889e69b763f3cdc0cd1b2f8a367b9b9",
+    "float16": "2634e142180d01780c05019f3ff53df578ba8675971b4472c96cf0425f705f68",
+}
 HOP = fmt.DEFAULT_HOP
 CLIP_FRAMES = 32
-OPTIONS = ShardOptions(clip_frames=CLIP_FRAMES, shard_bytes=50_000_000)  # one shard per split
+SHARD_BYTES = 50_000_000  # one shard per split
 AMPLITUDES = (0.5, 0.25, 0.125, 0.75)  # 16-bit values n / 32768, exact in float16
 
 
@@ -47,7 +56,8 @@ def click_track(path, clicks: int, first_amplitude: int) -> float:
     return len(samples) / fmt.SAMPLE_RATE
 
 
-def test_pipeline_shard_output_feeds_the_trainer_loaders_and_its_bytes_are_pinned(tmp_path):
+@pytest.mark.parametrize("encoding", [fmt.DEFAULT_ENCODING, "float16"])
+def test_pipeline_shard_output_feeds_the_trainer_loaders_and_its_bytes_are_pinned(tmp_path, encoding):
     records = []
     for i, (split, clicks) in enumerate([("train", 30), ("train", 24), ("train", 20), ("val", 22)]):
         path = tmp_path / "drive" / f"{i:02d}.wav"
@@ -59,11 +69,15 @@ def test_pipeline_shard_output_feeds_the_trainer_loaders_and_its_bytes_are_pinne
     manifests = tmp_path / "manifests"
     fmt.write_jsonl(manifests / fmt.TRACKS_FILE, records)
     out = tmp_path / "shards"
-    summary = run_shard(manifests, out, OPTIONS, workers=1, progress=False)
+    options = ShardOptions(clip_frames=CLIP_FRAMES, shard_bytes=SHARD_BYTES, encoding=encoding)
+    summary = run_shard(manifests, out, options, workers=1, progress=False)
     assert summary.failures == 0 and summary.splits == {"train": 1, "val": 1}
 
     digest = hashlib.sha256((out / fmt.shard_name("train", 0)).read_bytes()).hexdigest()
-    assert digest == GOLDEN_SHA256, f"the shard format changed: new sha256 {digest} (see this module's docstring)"
+    assert digest == GOLDEN_SHA256[encoding], (
+        f"the {encoding} shard format changed: new sha256 {digest} (see this module's docstring)"
+    )
+    assert fmt.read_index(out / fmt.index_name("train")).encoding == encoding
 
     train = next(iter(train_loader(out, batch_size=4, crop_frames=16, num_workers=0, seed=0, shuffle_buffer=4)))
     assert train["spec"].shape == (4, 2, fmt.STFTParams().bins, 16) and train["spec"].dtype == torch.float32

@@ -172,7 +172,7 @@ def test_pair_shards_hold_the_aligned_target_are_exact_and_verify(hostile, tmp_p
             if sample["__key__"] == fmt.sample_key(late.id, 0):
                 meta = json.loads(sample["json"])
                 assert meta["offset_seconds"] == late.offset_seconds
-                target = fmt.decode_spec(sample[fmt.TARGET_KEY]).astype(np.float32)
+                target = fmt.read_sample(sample)[0][1].read().astype(np.float32)
                 np.testing.assert_allclose(target, expected.astype(np.float32), rtol=2e-2, atol=2e-2)
                 return
     raise AssertionError("no sample of the Late pair")

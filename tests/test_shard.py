@@ -5,7 +5,6 @@ The collection (`make_collection`, the `collection` and `clean` fixtures) is in 
 
 from __future__ import annotations
 
-import io
 import re
 import shutil
 import tarfile
@@ -34,8 +33,9 @@ def test_samples_read_back_with_plain_webdataset(collection, clean):
     seen = {}
     for entry in index.shardlist:
         for sample in wds.WebDataset(str(clean / entry.url), shardshuffle=False, empty_check=False):
-            spec = np.load(io.BytesIO(sample["spec.npy"]), allow_pickle=False)
-            meta = fmt.decode_meta(sample["json"])
+            (stored,), meta = fmt.read_sample(sample)
+            spec = stored.read()
+            assert meta.encoding == index.encoding == fmt.DEFAULT_ENCODING
             assert spec.dtype == np.float16 and spec.shape == (2, 1024, CLIP_FRAMES)
             assert sample["__key__"] == fmt.sample_key(meta.track_id, meta.clip)
             assert meta.start_frame == meta.clip * CLIP_FRAMES
@@ -72,7 +72,8 @@ def test_tar_headers_are_fixed(clean):
             )
             assert member.isreg()
         names = [m.name for m in members]
-        assert names[0::2] == [n.replace(".json", ".spec.npy") for n in names[1::2]]
+        (spec_member,) = fmt.sample_arrays(OPTIONS.sample_kind, OPTIONS.encoding)
+        assert names[0::2] == [n.replace(".json", "." + spec_member) for n in names[1::2]]
 
 
 def test_two_workers_give_the_same_bytes(collection, clean, tmp_path):

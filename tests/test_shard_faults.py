@@ -128,9 +128,11 @@ def test_hostile_files_are_failures_and_the_rest_completes(tmp_path):
     failed = {f.path: f for f in failures if f.stage == "decode"}
     assert set(failed) == {str(bad_dir / n) for n in ["truncated.ogg", "empty.flac", "text.mp3", "vanished.wav"]}
     assert all("\n" not in f.reason and f.reason for f in failed.values())
+    (spec_member,) = fmt.sample_arrays(OPTIONS.sample_kind, OPTIONS.encoding)
+    member_bytes = len(fmt.sample_key(long_id, 0)) + 1 + len(spec_member)
     assert {f.path: f.reason for f in failures if f.stage == "shard"} == {
         records[0].path: "track id 'bad.id' cannot form a sample key",
-        records[1].path: f"track id {long_id!r} is too long for a tar member name ({len(long_id) + 15} > 100 bytes)",
+        records[1].path: f"track id {long_id!r} is too long for a tar member name ({member_bytes} > 100 bytes)",
     }
     assert summary.failures == 6
     index = fmt.read_index(tmp_path / "out" / "train.json")

@@ -42,13 +42,18 @@ def add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     tar.addfile(info, io.BytesIO(data))
 
 
-def forged_shard(path: Path, spec: np.ndarray, meta: fmt.SampleMeta) -> int:
-    buf = io.BytesIO()
-    np.save(buf, spec, allow_pickle=False)
+def forged_shard(path: Path, spec: np.ndarray, meta: fmt.SampleMeta, encoding: str | None) -> int:
+    """A one-sample shard; `encoding` None: `spec` as a plain .npy whatever its dtype, with the json as is."""
+    if encoding is None:
+        buf = io.BytesIO()
+        np.save(buf, spec, allow_pickle=False)
+        members = {"spec.npy": buf.getvalue(), "json": fmt.encode_meta(meta)}
+    else:
+        members = fmt.encode_sample({"spec": spec}, meta, encoding)
     with tarfile.open(path, "w") as tar:
         key = fmt.sample_key(meta.track_id, meta.clip)
-        add_member(tar, f"{key}.spec.npy", buf.getvalue())
-        add_member(tar, f"{key}.json", fmt.encode_meta(meta))
+        for suffix, data in members.items():
+            add_member(tar, f"{key}.{suffix}", data)
     return path.stat().st_size
 
 
@@ -86,7 +91,7 @@ def test_wrong_counts_missing_and_stray_shards_are_reported(shards):
     assert any("totals.samples" in p for p in problems)
 
 
-@pytest.mark.parametrize("damage", ["float32", "shape", "padding", "stft"])
+@pytest.mark.parametrize("damage", ["float32", "float16 in log8", "shape", "padding", "stft"])
 def test_bad_samples_are_reported(shards, damage):
     good = np.zeros((2, 1024, CLIP_FRAMES), dtype=np.float16)
     good[:, :, :10] = 1.0
@@ -94,8 +99,10 @@ def test_bad_samples_are_reported(shards, damage):
     spec = {"float32": good.astype(np.float32), "shape": good[:, :512], "padding": good + 1}.get(damage, good)
     if damage == "stft":
         meta.stft = {**meta.stft, "hop": 512}
+    if damage == "float32":  # a float16 set
+        rewrite_index(shards, "train", lambda index: setattr(index, "encoding", "float16"))
     path = shards / "train-000050.tar"
-    size = forged_shard(path, spec, meta)
+    size = forged_shard(path, spec, meta, None if damage in ("float32", "float16 in log8") else fmt.DEFAULT_ENCODING)
 
     def add(index):
         index.shardlist.append(fmt.ShardEntry(path.name, 1, size))
@@ -104,9 +111,12 @@ def test_bad_samples_are_reported(shards, damage):
 
     rewrite_index(shards, "train", add)
     problems = verify_shards(shards).problems
+    if damage == "float32":  # the real shards are log8 under an index now saying float16
+        problems = [p for p in problems if "train-000050.tar" in p]
     expected = {
         "float32": "float32",
-        "shape": "(2, 512, 16)",
+        "float16 in log8": "members missing ['spec.npy.gz'] extra ['spec.npy'] (the index says log8)",
+        "shape": "spec is (2, 512, 16), expected (2, 1024, 16)",
         "padding": "non-zero frames after valid_frames",
         "stft": "differs from the index",
     }[damage]
@@ -118,6 +128,7 @@ def test_pickled_npy_is_refused(shards):
     buf = io.BytesIO()
     np.save(buf, np.array([{"a": 1}], dtype=object), allow_pickle=True)
     meta = fmt.SampleMeta(track_id="pickled", clip=0, start_frame=0, valid_frames=CLIP_FRAMES, album_key="x/y")
+    rewrite_index(shards, "train", lambda index: setattr(index, "encoding", "float16"))
     with tarfile.open(path, "w") as tar:
         add_member(tar, "pickled_00000.spec.npy", buf.getvalue())
         add_member(tar, "pickled_00000.json", fmt.encode_meta(meta))
@@ -127,7 +138,7 @@ def test_pickled_npy_is_refused(shards):
 
     rewrite_index(shards, "train", add)
     problems = verify_shards(shards).problems
-    assert any("pickled_00000: spec.npy unreadable" in p for p in problems)
+    assert any("pickled_00000: unreadable magnitude (spec.npy: " in p and "array of numbers" in p for p in problems)
 
 
 def test_empty_folder_and_bad_index_fail(tmp_path):

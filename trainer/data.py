@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import io
 import logging
 import random
 import tarfile
@@ -46,16 +45,14 @@ from webdataset.tariterators import group_by_keys
 
 from pipeline.format import (
     CHANNELS,
-    META_KEY,
-    MIX_KEY,
     SPEC_DTYPE,
     SPEC_KEY,
-    TARGET_KEY,
     ShardIndex,
     STFTParams,
-    decode_meta,
     index_name,
+    is_complete_sample,
     read_index,
+    read_sample,
 )
 
 log = logging.getLogger(__name__)
@@ -144,34 +141,12 @@ def track_group(track_id: str) -> int:
     return int.from_bytes(hashlib.blake2b(track_id.encode("utf-8"), digest_size=8).digest(), "little") >> 1
 
 
-def spec_view(data: bytes | memoryview) -> np.ndarray:
-    """A read-only view of a `spec.npy` payload without copying it (4 MiB per sample).
-
-    Same format as pipeline.format.decode_spec (plain .npy, never pickled objects); the copy is
-    deferred to the batch, which only touches the frames it keeps.
-    """
-    stream = io.BytesIO(bytes(data[: (1 << 16) + 16]))  # room for the largest version-1 header
-    version = np.lib.format.read_magic(stream)
-    if version == (1, 0):
-        shape, fortran_order, dtype = np.lib.format.read_array_header_1_0(stream)
-    elif version == (2, 0):
-        shape, fortran_order, dtype = np.lib.format.read_array_header_2_0(stream)
-    else:
-        raise ValueError(f"spec.npy has unsupported .npy format version {version}")
-    if dtype != SPEC_DTYPE or fortran_order or len(shape) != 3 or shape[0] != CHANNELS:
-        raise ValueError(
-            f"spec.npy must be a C-order [{CHANNELS}, bins, frames] {np.dtype(SPEC_DTYPE)} array, got {shape} {dtype}"
-        )
-    if stream.tell() + int(np.prod(shape)) * dtype.itemsize > len(data):
-        raise ValueError(f"spec.npy holds fewer values than its header's shape {shape}")
-    return np.frombuffer(data, dtype=dtype, count=int(np.prod(shape)), offset=stream.tell()).reshape(shape)
-
-
 @dataclass
 class Crop:
     """Where a crop comes from; `collate` copies it into the batch (zero-padded to `crop_frames`)."""
 
-    frames: np.ndarray  # [2, F, <= crop_frames] float16, usually a view of the stored sample ([4, ...] for a pair)
+    # [2, F, <= crop_frames] float16 ([4, ...] for a pair): a view of a float16 sample, else the decoded crop
+    frames: np.ndarray
     crop_frames: int
     swap: bool  # left and right go to the batch in reverse order (in both signals of a pair)
     group: int
@@ -203,17 +178,12 @@ def crop_sample(sample: dict, crop_frames: int, rng: random.Random | None) -> Cr
 
     With `rng` the start is uniform and the channels are swapped with p = 0.5; without it the crop
     is centred on the valid frames and the channels stay (the deterministic evaluation crop).
-    A payload in `bytes` (read from a stream) is copied out, so that a crop waiting in the shuffle
-    buffer holds 2 MiB rather than the whole 4 MiB sample; a view of a mapped shard is kept as is.
+    Only the crop's frames are decoded (log8: the gzip chunks that hold them; float16: a view). A
+    float16 payload in `bytes` (read from a stream) is copied out, so that a crop waiting in the
+    shuffle buffer holds 2 MiB rather than the whole 4 MiB sample; a view of a mapped shard is kept.
     """
-    meta = decode_meta(sample[META_KEY])
-    if SPEC_KEY in sample:
-        arrays = [spec_view(sample[SPEC_KEY])]
-    else:  # a pair: mixture and target get the same crop
-        arrays = [spec_view(sample[MIX_KEY]), spec_view(sample[TARGET_KEY])]
-        if arrays[0].shape != arrays[1].shape:
-            raise ValueError(f"sample {sample['__key__']}: mix {arrays[0].shape} and target {arrays[1].shape} differ")
-    valid = min(int(meta.valid_frames), arrays[0].shape[-1])
+    arrays, meta = read_sample(sample)  # a pair: mixture and target (same shape), given the same crop
+    valid = min(int(meta.valid_frames), arrays[0].frames)
     if valid < 1:
         raise ValueError(f"sample {sample['__key__']} has no valid frames")
     length = min(valid, crop_frames)
@@ -221,11 +191,11 @@ def crop_sample(sample: dict, crop_frames: int, rng: random.Random | None) -> Cr
     start = rng.randint(0, slack) if rng is not None else slack // 2
     swap = rng is not None and rng.random() < 0.5
     if len(arrays) == 1:
-        frames = arrays[0][:, :, start : start + length]
-        if isinstance(sample[SPEC_KEY], bytes):
+        frames = arrays[0].read(start, start + length)
+        if arrays[0].views_payload and isinstance(sample[SPEC_KEY], bytes):
             frames = frames.copy()
-    else:  # one [4, F, length] copy of just the crop
-        frames = np.concatenate([a[:, :, start : start + length] for a in arrays])
+    else:  # one [4, F, length] array of just the crop
+        frames = np.concatenate([a.read(start, start + length) for a in arrays])
     return Crop(frames, crop_frames, swap, track_group(meta.track_id), sample["__key__"], sample.get("__url__", ""))
 
 
@@ -304,9 +274,7 @@ class _ShardReader:
             read = 0
             failure: list[Exception] = []
             for sample in group_by_keys(_tar_members(url, failure, self.read_timeout)):
-                if META_KEY not in sample or (
-                    SPEC_KEY not in sample and not (MIX_KEY in sample and TARGET_KEY in sample)
-                ):
+                if not is_complete_sample(sample):
                     log.warning("skipping incomplete sample %s in shard %s", sample.get("__key__"), url)
                     continue
                 read += 1
@@ -608,4 +576,4 @@ def _loader(stream: IterableDataset, num_workers: int) -> DataLoader:
     )
 
 
-__all__ = ["resolve_shards", "train_loader", "eval_loader", "crop_sample", "collate", "spec_view", "track_group"]
+__all__ = ["resolve_shards", "train_loader", "eval_loader", "crop_sample", "collate", "track_group"]

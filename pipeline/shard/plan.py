@@ -32,9 +32,10 @@ class ShardOptions:
     shard_bytes: int = fmt.DEFAULT_SHARD_BYTES
     seed: int = 0
     sample_kind: str = fmt.SAMPLE_KIND_SPEC  # SAMPLE_KIND_PAIRS: units are pairs.jsonl records
+    encoding: str = fmt.DEFAULT_ENCODING
 
     def __post_init__(self):
-        fmt.sample_arrays(self.sample_kind)  # ValueError for an unknown kind
+        fmt.sample_arrays(self.sample_kind, self.encoding)  # ValueError for an unknown kind or encoding
         if self.clip_frames < 1:
             raise ValueError(f"clip_frames must be >= 1, got {self.clip_frames}")
         if self.shard_bytes < 1:
@@ -54,6 +55,7 @@ class ShardOptions:
             "clip_frames": self.clip_frames,
             "shard_bytes": self.shard_bytes,
             "seed": self.seed,
+            "encoding": self.encoding,
             "format_version": fmt.FORMAT_VERSION,
         }
         if self.pairs:  # absent for pretraining shards, whose existing plans must keep their fingerprints
@@ -100,6 +102,7 @@ class Unit:
             "name": self.name,
             "stft": options.stft.to_dict(),
             "clip_frames": options.clip_frames,
+            "encoding": options.encoding,
             "format_version": fmt.FORMAT_VERSION,
             "tracks": [[t.id, t.path, t.size, t.mtime, t.duration, t.album_key] for t in self.tracks],
         }
@@ -158,7 +161,7 @@ def make_plan(tracks: list[fmt.TrackRecord], options: ShardOptions) -> Plan:
     by_split: dict[str, list[fmt.TrackRecord]] = defaultdict(list)
     for track in unique.values():
         by_split[track.split].append(track)
-    per_clip = fmt.sample_bytes(options.stft, options.clip_frames, options.sample_kind)
+    per_clip = fmt.sample_bytes(options.stft, options.clip_frames, options.sample_kind, options.encoding)
     units: list[Unit] = []
     for split in sorted(by_split, key=_split_order):
         ordered = interleave(by_split[split], np.random.default_rng([options.seed, zlib.crc32(split.encode())]))

@@ -49,18 +49,16 @@ def read_samples(shard: str | os.PathLike, n: int) -> list[PreviewSample]:
     dataset = wds.WebDataset(str(shard), shardshuffle=False, empty_check=False)
     try:
         for raw in dataset:
-            pair = fmt.MIX_KEY in raw and fmt.TARGET_KEY in raw  # a pair: both, one above the other
-            members = ((fmt.MIX_KEY, " mixture"), (fmt.TARGET_KEY, " target")) if pair else ((fmt.SPEC_KEY, ""),)
-            if fmt.META_KEY not in raw or any(member not in raw for member, _ in members):
-                raise ValueError(f"{shard}: sample {raw.get('__key__')!r} lacks {fmt.SPEC_KEY} or {fmt.META_KEY}")
             try:
-                meta = fmt.decode_meta(raw[fmt.META_KEY], fmt.PairSampleMeta if pair else fmt.SampleMeta)
+                stored, meta = fmt.read_sample(raw)
+                arrays = [array.read() for array in stored]
             except ValueError as exc:  # one bad sample does not hide the others
                 print(f"warning: {shard}: sample {raw['__key__']!r} skipped ({exc})", file=sys.stderr)
                 continue
-            for member, label in members:
-                samples.append(PreviewSample(raw["__key__"] + label, fmt.decode_spec(raw[member]), meta))
-            if len(samples) >= len(members) * n:
+            labels = (" mixture", " target") if len(arrays) == 2 else ("",)  # a pair: one above the other
+            for array, label in zip(arrays, labels):
+                samples.append(PreviewSample(raw["__key__"] + label, array, meta))
+            if len(samples) >= len(labels) * n:
                 break
     except (tarfile.TarError, OSError, EOFError) as exc:
         raise ValueError(f"{shard}: not a readable shard ({exc.__class__.__name__}: {exc})") from exc

@@ -387,6 +387,7 @@ def _write_indexes(out: Path, plan: Plan, results: dict[str, UnitResult]) -> Non
             stft=plan.options.stft.to_dict(),
             clip_frames=plan.options.clip_frames,
             sample_kind=plan.options.sample_kind,
+            encoding=plan.options.encoding,
             totals={
                 "samples": sum(s.nsamples for s in states),
                 "tracks": sum(s.tracks for s in states),

@@ -167,13 +167,14 @@ def write_unit(unit: Unit, out_dir: str | os.PathLike, options: ShardOptions) ->
                         meta = fmt.PairSampleMeta(
                             **common, offset_seconds=track.offset_seconds, target_kind=track.target_kind
                         )
-                        tar.add(f"{key}.{fmt.MIX_KEY}", fmt.encode_spec(clip.spec))
-                        tar.add(f"{key}.{fmt.TARGET_KEY}", fmt.encode_spec(clip.target))
+                        arrays = {"mix": clip.spec, "target": clip.target}
                     else:
                         meta = fmt.SampleMeta(**common)
-                        tar.add(f"{key}.{fmt.SPEC_KEY}", fmt.encode_spec(clip.spec))
-                    fault_point("tar-member")
-                    tar.add(f"{key}.{fmt.META_KEY}", fmt.encode_meta(meta))
+                        arrays = {"spec": clip.spec}
+                    for suffix, data in fmt.encode_sample(arrays, meta, options.encoding).items():
+                        if suffix == fmt.META_KEY:
+                            fault_point("tar-member")
+                        tar.add(f"{key}.{suffix}", data)
                     written += 1
                 _check_unchanged(track)  # rewritten while it was decoded
             except _TrackFailed as exc:
@@ -264,7 +265,8 @@ def _clips_of(track: fmt.TrackRecord, options: ShardOptions, track_clips, decode
     """The decoder's clips for one track. Its failures become _TrackFailed; ours (say ENOSPC on the
     tar, raised in the caller's loop body) pass through untouched."""
     try:
-        member = f"{fmt.sample_key(track.id, 0)}.{fmt.sample_arrays(options.sample_kind)[-1]}"
+        longest = max(fmt.sample_arrays(options.sample_kind, options.encoding), key=len)
+        member = f"{fmt.sample_key(track.id, 0)}.{longest}"
     except ValueError as exc:
         raise _TrackFailed(fmt.STAGE_SHARD, _one_line(exc)) from exc
     if len(member.encode("utf-8")) > _USTAR_NAME_BYTES:  # tarfile would raise mid-unit and fail the job

@@ -1,0 +1,146 @@
+"""Sample encodings (pipeline/codec.py through format.read_sample): fidelity of log8, partial reads,
+what plain webdataset makes of a log8 member, and damaged or hostile payloads."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import zlib
+
+import numpy as np
+import pytest
+import webdataset as wds
+
+from pipeline import codec
+from pipeline import format as fmt
+
+BINS, FRAMES = 16, 150  # 150 = two full chunks of 64 and a short one
+STEP_DB = codec.LOG8_RANGE_DB / 254
+
+
+def music_like(seed: int = 0, frames: int = FRAMES) -> np.ndarray:
+    """Log-normal magnitudes over ~100 dB, some exact zeros, a zero-padded tail."""
+    rng = np.random.default_rng(seed)
+    spec = np.exp(rng.normal(0.0, 2.5, (2, BINS, frames))).astype(np.float16)
+    spec[rng.random(spec.shape) < 0.05] = 0
+    spec[:, :, frames - 20 :] = 0
+    return spec
+
+
+def log8_sample(spec: np.ndarray) -> dict:
+    meta = fmt.SampleMeta("t", 0, 0, spec.shape[2], "a/b", stft=fmt.STFTParams(n_fft=2 * BINS).to_dict())
+    return {"__key__": "t_00000", **fmt.encode_sample({"spec": spec}, meta, codec.LOG8)}
+
+
+def test_log8_is_within_half_a_step_over_its_range_and_silent_below_it():
+    spec = music_like()
+    (stored,), meta = fmt.read_sample(log8_sample(spec))
+    back = stored.read().astype(np.float32)
+    original = spec.astype(np.float32)
+    reference = original.max()
+    assert meta.encoding == "log8" and meta.codec["spec"]["reference"] == float(reference) and back.max() == reference
+    audible = original >= reference * 10 ** (-codec.LOG8_RANGE_DB / 20)
+    error_db = np.abs(20 * np.log10(back[audible] / original[audible]))
+    # float16 rounding of the decoded level adds up to 2^-11 relative (0.004 dB)
+    assert error_db.max() <= STEP_DB / 2 + 0.01 and 0.05 < error_db.mean() < STEP_DB / 2
+    assert not back[~audible].any()
+
+
+def test_silent_sample_decodes_to_zeros():
+    (stored,), _ = fmt.read_sample(log8_sample(np.zeros((2, BINS, 70), dtype=np.float16)))
+    assert stored.frames == 70 and not stored.read().any()
+
+
+@pytest.mark.parametrize("start, stop", [(0, FRAMES), (0, 1), (63, 65), (64, 128), (10, 140), (149, 150), (5, 5)])
+def test_a_partial_read_equals_the_same_frames_of_a_whole_read(start, stop):
+    (stored,), _ = fmt.read_sample(log8_sample(music_like()))
+    part = stored.read(start, stop)
+    assert part.shape == (2, BINS, stop - start) and part.flags.c_contiguous and part.dtype == np.float16
+    np.testing.assert_array_equal(part, stored.read()[:, :, start:stop])
+    with pytest.raises(ValueError, match="outside the stored 150"):
+        stored.read(0, FRAMES + 1)
+
+
+def test_encoding_is_reproducible_and_plain_webdataset_decodes_the_codes(tmp_path):
+    spec = music_like(1)
+    sample = log8_sample(spec)
+    assert log8_sample(spec) == sample
+    shard = tmp_path / "s.tar"
+    import tarfile
+
+    with tarfile.open(shard, "w") as tar:
+        for suffix, data in sample.items():
+            if suffix != "__key__":
+                info = tarfile.TarInfo(f"t_00000.{suffix}")
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    (decoded,) = list(wds.WebDataset(str(shard), shardshuffle=False, empty_check=False).decode())
+    codes, description = decoded["spec.npy.gz"], decoded["json"]["codec"]["spec"]
+    assert codes.dtype == np.uint8 and codes.shape == (FRAMES, 2, BINS)
+    levels = codec.log8_levels(description["reference"], description["range_db"])
+    np.testing.assert_array_equal(levels[codes].transpose(1, 2, 0), fmt.read_sample(sample)[0][0].read())
+
+
+def _members(sample: dict) -> list[bytes]:
+    meta = json.loads(sample["json"])
+    data, out, at = sample["spec.npy.gz"], [], 0
+    for n in meta["codec"]["spec"]["members"]:
+        out.append(data[at : at + n])
+        at += n
+    return out
+
+
+def _with(sample: dict, parts: list[bytes] | None = None, **codec_fields) -> dict:
+    """The sample with its payload made of `parts` (and the json's member lengths to match) and
+    `codec_fields` overriding the json's codec description."""
+    meta = json.loads(sample["json"])
+    if parts is not None:
+        meta["codec"]["spec"]["members"] = [len(m) for m in parts]
+    meta["codec"]["spec"].update(codec_fields)
+    payload = b"".join(parts) if parts is not None else sample["spec.npy.gz"]
+    return {**sample, "spec.npy.gz": payload, "json": json.dumps(meta).encode()}
+
+
+def _gz(data: bytes) -> bytes:
+    return gzip.compress(data, mtime=0)
+
+
+def _npy_header(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, array, allow_pickle=True)
+    return buf.getvalue()
+
+
+def test_damaged_and_hostile_log8_payloads_are_value_errors():
+    good = log8_sample(music_like())
+    members = _members(good)
+    frames_bytes = 64 * 2 * BINS
+    bomb = _gz(bytes(50 * frames_bytes))  # inflates far beyond its chunk
+    claims_300_frames = _gz(_npy_header(np.zeros((300, 2, BINS), np.uint8))[:128])
+    object_header = _gz(_npy_header(np.array([{"a": 1}], dtype=object))[:128])
+    cases = {
+        "members add up": _with(good, members=[1, 2]),
+        "chunk 1 unreadable": _with(good, members[:2] + [b"\x1f\x8b" + bytes(30)] + members[3:]),
+        "truncated or larger": _with(good, members[:1] + [bomb] + members[2:]),
+        "3 chunks for 300 frames": _with(good, [claims_300_frames] + members[1:]),
+        "C-order array of numbers": _with(good, [object_header] + members[1:]),
+        "out of range": _with(good, range_db=-3),
+        "valid codec description": _with(good, reference="loud"),
+    }
+    for message, sample in cases.items():
+        with pytest.raises(ValueError, match=message):
+            fmt.read_sample(sample)[0][0].read()
+
+
+def test_member_and_json_must_agree():
+    good = log8_sample(music_like())
+    as_float16 = {"__key__": "t_00000", "spec.npy": good["spec.npy.gz"], "json": good["json"]}
+    with pytest.raises(ValueError, match="json says log8 but there is no spec.npy.gz member"):
+        fmt.read_sample(as_float16)
+    meta = json.loads(good["json"])
+    meta["encoding"] = "mp3"
+    with pytest.raises(ValueError, match="unknown encoding 'mp3'"):
+        fmt.read_sample({**good, "json": json.dumps(meta).encode()})
+    with pytest.raises(ValueError, match="magic string"):  # a version-1 json (float16) whose member is no .npy
+        fmt.read_sample({"spec.npy": zlib.compress(b"x"), "json": fmt.encode_meta(fmt.SampleMeta("t", 0, 0, 1, "a"))})

@@ -200,10 +200,10 @@ def _npy_view(data: bytes | memoryview) -> np.ndarray:
     """A read-only view of a float16 `.npy` payload without copying it (4 MiB per default sample)."""
     shape, dtype, offset = _npy_header(data)
     if dtype != SPEC_DTYPE or len(shape) != 3 or shape[0] != CHANNELS:
-        raise ValueError(f"spec.npy must be a [{CHANNELS}, bins, frames] float16 array, got {shape} {dtype}")
+        raise ValueError(f"must be a C-order [{CHANNELS}, bins, frames] float16 array, got {shape} {dtype}")
     count = int(np.prod(shape))
     if len(data) - offset < count * dtype.itemsize:
-        raise ValueError(f"spec.npy holds {len(data) - offset} bytes of data, its header says {count * dtype.itemsize}")
+        raise ValueError(f"holds {len(data) - offset} bytes of data, its header says {count * dtype.itemsize}")
     return np.frombuffer(data, dtype=dtype, count=count, offset=offset).reshape(shape)
 
 

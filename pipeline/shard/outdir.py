@@ -56,7 +56,8 @@ def claim(out: Path, state_dir: str, splits: list[str]) -> None:
         shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
         raise ForeignFiles(
             f"{out}: holds {shown}, not written by `pipeline shard` here (no {state_dir}/{OWNER_FILE}); "
-            "it never replaces files it did not write: move them away or choose another --out"
+            f"it never replaces files it did not write: move {'it' if len(names) == 1 else 'them'} away "
+            "or choose another --out"
         )
     _create_state(state)
 

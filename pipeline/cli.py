@@ -239,10 +239,28 @@ def status(manifests: str, shards: str) -> None:
     help="How magnitudes are stored: log8 (8-bit log scale, 80 dB, gzip; ~1.1x an MP3) or float16 (~4.4x).",
 )
 @click.option("--force", is_flag=True, help="Rebuild when the manifest or options changed since the last run.")
+@click.option(
+    "--append",
+    is_flag=True,
+    help="Shard tracks added to the manifest into new shards after the existing ones (kept byte for byte).",
+)
 @click.option("--pairs", "use_pairs", is_flag=True, help="Shard MANIFESTS/pairs.jsonl (mixture + target samples).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def shard(
-    manifests, out, workers, scheduler, clip_frames, shard_size, n_fft, hop, seed, encoding, force, use_pairs, quiet
+    manifests,
+    out,
+    workers,
+    scheduler,
+    clip_frames,
+    shard_size,
+    n_fft,
+    hop,
+    seed,
+    encoding,
+    force,
+    append,
+    use_pairs,
+    quiet,
 ) -> None:
     """Decode every track of the manifest into STFT shards: exact, resumable, parallel.
 
@@ -265,7 +283,14 @@ def shard(
         raise click.BadParameter(str(exc)) from exc
     try:
         summary = run_shard(
-            manifests, out, options, workers=workers, scheduler=scheduler, force=force, progress=not quiet
+            manifests,
+            out,
+            options,
+            workers=workers,
+            scheduler=scheduler,
+            force=force,
+            progress=not quiet,
+            append=append,
         )
     except ShardError as exc:
         raise click.ClickException(str(exc)) from exc

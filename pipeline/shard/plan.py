@@ -117,17 +117,21 @@ class Plan:
     units: list[Unit]
     tracks: dict[str, str]  # track id -> track_signature, for explaining manifest changes
     skipped_duplicates: int = 0
+    appends: int = 0  # `pipeline shard --append` runs that added units after the first plan's
 
     @property
     def fingerprint(self) -> str:
-        return _sha256({"options": self.options.to_dict(), "tracks": sorted(self.tracks.items())})
+        data = {"options": self.options.to_dict(), "tracks": sorted(self.tracks.items())}
+        if self.appends:  # the same tracks planned afresh would be laid out differently
+            data["layout"] = sorted(layout_of(self).items())
+        return _sha256(data)
 
     @property
     def seconds(self) -> float:
         return sum(u.seconds for u in self.units)
 
     def splits(self) -> list[str]:
-        return sorted({u.split for u in self.units}, key=_split_order)
+        return sorted({u.split for u in self.units}, key=split_order)
 
 
 def check_track(track: fmt.TrackRecord) -> None:
@@ -161,12 +165,10 @@ def make_plan(tracks: list[fmt.TrackRecord], options: ShardOptions) -> Plan:
     by_split: dict[str, list[fmt.TrackRecord]] = defaultdict(list)
     for track in unique.values():
         by_split[track.split].append(track)
-    per_clip = fmt.sample_bytes(options.stft, options.clip_frames, options.sample_kind, options.encoding)
     units: list[Unit] = []
-    for split in sorted(by_split, key=_split_order):
-        ordered = interleave(by_split[split], np.random.default_rng([options.seed, zlib.crc32(split.encode())]))
-        sizes = [expected_clips(t.duration, options.stft, options.clip_frames) * per_clip for t in ordered]
-        units.extend(_pack(split, ordered, sizes, options.shard_bytes))
+    for split in sorted(by_split, key=split_order):
+        ordered = interleave(by_split[split], split_rng(options, split))
+        units.extend(pack(split, ordered, track_sizes(ordered, options), options.shard_bytes))
     return Plan(options, units, {t.id: track_signature(t) for t in unique.values()}, duplicates)
 
 
@@ -187,23 +189,36 @@ def interleave(tracks: list[fmt.TrackRecord], rng: np.random.Generator) -> list[
     return [item[3] for item in keyed]
 
 
-def _pack(split: str, tracks: list[fmt.TrackRecord], sizes: list[int], shard_bytes: int) -> list[Unit]:
-    """Consecutive tracks into units of about `shard_bytes`; a track larger than that is a unit alone."""
+def track_sizes(tracks: list[fmt.TrackRecord], options: ShardOptions) -> list[int]:
+    """Expected tar bytes of each track (from its manifest duration)."""
+    per_clip = fmt.sample_bytes(options.stft, options.clip_frames, options.sample_kind, options.encoding)
+    return [expected_clips(t.duration, options.stft, options.clip_frames) * per_clip for t in tracks]
+
+
+def split_rng(options: ShardOptions, split: str, *more: int) -> np.random.Generator:
+    return np.random.default_rng([options.seed, zlib.crc32(split.encode()), *more])
+
+
+def pack(
+    split: str, tracks: list[fmt.TrackRecord], sizes: list[int], shard_bytes: int, first_index: int = 0
+) -> list[Unit]:
+    """Consecutive tracks into units of about `shard_bytes`, numbered from `first_index`; a track
+    larger than that is a unit alone."""
     units: list[Unit] = []
     current: list[fmt.TrackRecord] = []
     current_bytes = 0
     for track, size in zip(tracks, sizes):
         if current and current_bytes + size > shard_bytes:
-            units.append(Unit(split, len(units), tuple(current), current_bytes))
+            units.append(Unit(split, first_index + len(units), tuple(current), current_bytes))
             current, current_bytes = [], 0
         current.append(track)
         current_bytes += size
     if current:
-        units.append(Unit(split, len(units), tuple(current), current_bytes))
+        units.append(Unit(split, first_index + len(units), tuple(current), current_bytes))
     return units
 
 
-def _split_order(split: str) -> tuple[int, str]:
+def split_order(split: str) -> tuple[int, str]:
     return (fmt.SPLITS.index(split) if split in fmt.SPLITS else len(fmt.SPLITS), split)
 
 
@@ -235,15 +250,23 @@ class PlanRecord:
     options: dict
     tracks: dict[str, str]  # track id -> track_signature
     units: list[str]
+    layout: dict[str, list[str]] = field(default_factory=dict)  # unit name -> its track ids, in order
+    appends: int = 0
+
+
+def layout_of(plan: Plan) -> dict[str, list[str]]:
+    return {u.name: [t.id for t in u.tracks] for u in plan.units}
 
 
 def plan_record(plan: Plan) -> dict:
-    """What the executor stores to recognise (and explain) a changed plan on the next run."""
+    """What the executor stores to recognise (and explain) a changed plan, and to extend it."""
     return {
         "fingerprint": plan.fingerprint,
         "options": plan.options.to_dict(),
         "tracks": plan.tracks,
         "units": [u.name for u in plan.units],
+        "layout": layout_of(plan),
+        "appends": plan.appends,
     }
 
 
@@ -291,6 +314,11 @@ __all__ = [
     "Plan",
     "check_track",
     "make_plan",
+    "pack",
+    "track_sizes",
+    "split_rng",
+    "split_order",
+    "layout_of",
     "interleave",
     "expected_clips",
     "track_signature",

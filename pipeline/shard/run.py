@@ -6,7 +6,8 @@ and `lock`. A unit is finished when its state matches the plan, its tar has the 
 sha256, none of the files it could not find (a drive unplugged mid-run) is back and none of the files
 it refused as changed since ingest matches the manifest again; everything else is redone from
 scratch, which is exact because units are deterministic. The index `{split}.json` is written
-last, so its presence means the whole split is complete.
+last, atomically; it only ever lists finished shards, and lists all of the split once a run completes
+(during `--append` the previous index stays, so training can go on from the shards it lists).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from pathlib import Path
 
 from pipeline import format as fmt
 from pipeline.durable import FolderBusy, check_writable, exclusive, fsync_dir, write_text
+from pipeline.shard.append import extend_plan
 from pipeline.shard.faults import fault_point
 from pipeline.shard.outdir import ForeignFiles, check_indexes, claim, remove_own_temporaries
 from pipeline.shard.plan import Plan, PlanRecord, ShardOptions, Unit, describe_changes, make_plan, plan_record
@@ -62,8 +64,12 @@ def run_shard(
     scheduler: str | None = None,
     force: bool = False,
     progress: bool = True,
+    append: bool = False,
 ) -> ShardSummary:
-    """Build (or finish building) the shard set of `manifests` in `out`."""
+    """Build (or finish building) the shard set of `manifests` in `out`; with `append`, add the
+    manifest's new tracks to it in new shards (pipeline/shard/append.py)."""
+    if append and force:
+        raise ShardError("--append keeps the existing shards and --force rebuilds them: choose one")
     started = time.monotonic()
     manifests, out = Path(manifests), Path(out)
     if options.pairs:
@@ -84,7 +90,10 @@ def run_shard(
     _read_failures(manifests, _failures_file(options))
     _check_manifests_writable(manifests, _failures_file(options))
     with _owned_and_locked(out, plan.splits()):
-        _check_plan(out, plan, force)
+        stored = _stored_plan(out, force)
+        if stored is not None and not force and (append or stored.get("appends")):
+            plan = _appended_plan(out, stored, tracks, options, plan, append)
+        _check_plan(out, plan, stored, force, extends=append)
         remove_own_temporaries(out, STATE_DIR, plan.splits())
         done, pending = _split_done(out, plan, options, workers, progress)
         stale = _stale_files(out, plan, done)
@@ -146,9 +155,36 @@ def _owned_and_locked(out: Path, splits: list[str]):
         raise ShardError(str(exc)) from exc
 
 
-def _check_plan(out: Path, plan: Plan, force: bool) -> None:
+def _stored_plan(out: Path, force: bool) -> dict | None:
+    """`.state/plan.json`, or None when there is none (or it is unreadable and `force` rebuilds)."""
     path = out / STATE_DIR / PLAN_FILE
     if not path.exists():
+        return None
+    try:
+        old = json.loads(path.read_text(encoding="utf-8"))
+        fmt.record_from_dict(PlanRecord, old, where=PLAN_FILE)
+    except (OSError, ValueError) as exc:
+        if force:
+            return None
+        raise ShardError(f"{path}: unreadable plan state ({exc}); use --force to rebuild") from exc
+    return old
+
+
+def _appended_plan(out: Path, stored: dict, tracks: list, options: ShardOptions, fresh: Plan, append: bool) -> Plan:
+    """With --append: the stored plan extended by the new tracks. Without it, a set built by appends
+    keeps its layout while the manifest is unchanged (a rerun resumes it); any change is refused."""
+    if not append and (stored["tracks"] != fresh.tracks or stored["options"] != options.to_dict()):
+        return fresh  # _check_plan explains the change
+    try:
+        return extend_plan(stored, tracks, options)
+    except ValueError as exc:
+        raise ShardError(f"{out}: cannot append: {exc}") from exc
+
+
+def _check_plan(out: Path, plan: Plan, old: dict | None, force: bool, extends: bool = False) -> None:
+    """Refuse a plan other than the stored one, unless `force`, or `extends` (an append, which
+    extend_plan has already checked against it)."""
+    if old is None:
         stray = sorted(p.name for p in out.iterdir() if fmt.is_shard_name(p.name))
         if stray and not force:
             raise ShardError(
@@ -156,16 +192,15 @@ def _check_plan(out: Path, plan: Plan, force: bool) -> None:
                 "use --force to replace them or choose another --out"
             )
         return
-    try:
-        old = json.loads(path.read_text(encoding="utf-8"))
-        fmt.record_from_dict(PlanRecord, old, where=PLAN_FILE)
-    except (OSError, ValueError) as exc:
-        raise ShardError(f"{path}: unreadable plan state ({exc}); use --force to rebuild") from exc
-    if old.get("fingerprint") != plan.fingerprint and not force:
-        raise ShardError(
-            f"{out} was built from a different plan ({describe_changes(old, plan)}); "
-            "rerun with --force to rebuild (shards that still match are kept)"
+    if old.get("fingerprint") != plan.fingerprint and not (force or extends):
+        added_only = old["options"] == plan.options.to_dict() and set(old["tracks"].items()) <= set(plan.tracks.items())
+        hint = (
+            "rerun with --append to shard the new tracks into new shards after the existing ones (kept byte for "
+            "byte), or --force to rebuild and re-interleave everything"
+            if added_only
+            else "rerun with --force to rebuild (shards that still match are kept)"
         )
+        raise ShardError(f"{out} was built from a different plan ({describe_changes(old, plan)}); {hint}")
 
 
 def _check_manifests_writable(manifests: Path, failures_file: str) -> None:
@@ -246,9 +281,25 @@ def _stale_files(out: Path, plan: Plan, done: dict[str, UnitResult]) -> list[Pat
     stale += [
         out / fmt.index_name(split)
         for split in set(fmt.SPLITS) | wanted
-        if (out / fmt.index_name(split)).exists() and (split not in wanted or not complete)
+        if (out / fmt.index_name(split)).exists()
+        and (split not in wanted or not (complete or _lists_only_finished(out / fmt.index_name(split), done)))
     ]
     return stale
+
+
+def _lists_only_finished(index_path: Path, done: dict[str, UnitResult]) -> bool:
+    """Whether an index lists nothing but this plan's finished shards, exactly as they are (the
+    index of the set an --append extends): it may stay until the new one replaces it."""
+    try:
+        index = fmt.read_index(index_path)
+    except ValueError:
+        return False
+    return bool(index.shardlist) and all(
+        entry.url in done
+        and (done[entry.url].filesize, done[entry.url].sha256, done[entry.url].nsamples)
+        == (entry.filesize, entry.sha256, entry.nsamples)
+        for entry in index.shardlist
+    )
 
 
 def _execute(

@@ -169,3 +169,23 @@ def test_mask_refine_starts_at_the_interpolation_across_masked_frames():
     assert torch.allclose(rec[m], expected[m], atol=1e-6)
     # elsewhere: input x (g + (1 - g) x 1) = the input
     assert torch.allclose(rec[~m], out.input[~m], atol=1e-6)
+
+
+def test_mask_repair_replaces_a_judged_frame_by_the_frames_sixteen_away():
+    from trainer.baselines import interpolate
+    from trainer.objective import REPAIR_SPAN
+
+    clean = batch(2, frames=64)
+    out = corrupt(clean, token_frames=8, select_rate=0.3)
+    c = clean.shape[1]
+    neutral = torch.full((2, 2 * c, 32, 64), 0.5)  # gate 0.5, factor 1
+    across = interpolate(out.input, out.masked, out.separator)
+    no_repair = reconstruct(torch.cat((neutral, torch.zeros(2, c, 32, 64)), 1), out, "mask_repair")
+    assert torch.allclose(no_repair, reconstruct(neutral, out, "mask_refine"))
+    full = reconstruct(torch.cat((neutral, torch.ones(2, c, 32, 64)), 1), out, "mask_repair")
+    # an unmasked frame far from the edges: the mean of frames t - 16 and t + 16 of the interpolation
+    t = next(t for t in range(REPAIR_SPAN, 64 - REPAIR_SPAN) if not out.masked[0, t])
+    expected = 0.5 * (across[0, ..., t - REPAIR_SPAN] + across[0, ..., t + REPAIR_SPAN])
+    assert torch.allclose(full[0, ..., t], expected.clamp(max=1.0))
+    m = out.masked[:, None, None, :].expand_as(clean)
+    assert torch.allclose(full[m], no_repair[m])  # [MASK] frames keep the refined interpolation

@@ -21,7 +21,10 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from trainer.model.blocks import EvolvedDecoderBlock, EvolvedEncoderBlock
-from trainer.model.config import ModelConfig
+from trainer.model.config import HEAD_GROUPS, ModelConfig
+
+# mask_repair: the per-frame repair weight starts low, so intact frames start as the input
+REPAIR_PRIOR = 0.02
 
 
 class FrameConv(nn.Sequential):
@@ -128,11 +131,12 @@ def mask_head(channels: int, cfg: ModelConfig) -> nn.Conv1d:
     2.5x from this prior (docs/experiments.md, "The mask prior, on the demo").
     The weights keep their default init, so the initial mask still varies with the features.
     """
-    outputs = cfg.audio_channels * (1 if cfg.output == "mask" else 2)
+    outputs = cfg.audio_channels * HEAD_GROUPS[cfg.output]
     head = nn.Conv1d(channels, outputs, 1)
     with torch.no_grad():
         head.bias[: cfg.audio_channels] = _logit(cfg.mask_prior)
-        head.bias[cfg.audio_channels :] = _logit(cfg.fill_prior)
+        head.bias[cfg.audio_channels : 2 * cfg.audio_channels] = _logit(cfg.fill_prior)
+        head.bias[2 * cfg.audio_channels :] = _logit(REPAIR_PRIOR)
         # the fill starts exactly at its prior (for mask_refine: the interpolation itself), so the first
         # steps are not spent undoing a random per-bin factor on loud bins
         head.weight[cfg.audio_channels :] = 0.0
@@ -164,7 +168,8 @@ class NextSentenceHead(nn.Module):
 class FrameTransformerUNet(nn.Module):
     """forward(x [B, 2, bins, T]) -> (head [B, 2, bins, T] in [0, 1], nsp_logit [B]).
 
-    With `output: mask` the head is the mask; with `mask_fill` or `mask_refine` it is [B, 4, bins, T]: the gate for
+    With `output: mask` the head is the mask; with `mask_fill` or `mask_refine` it is [B, 4, bins, T]
+    (mask_repair: [B, 6, bins, T], then the repair weight per channel): the gate for
     each audio channel, then the fill value for each (trainer.objective.reconstruct combines them).
     """
 

@@ -171,9 +171,12 @@ def test_mask_refine_starts_at_the_interpolation_across_masked_frames():
     assert torch.allclose(rec[~m], out.input[~m], atol=1e-6)
 
 
-def test_mask_repair_replaces_a_judged_frame_by_the_frames_sixteen_away():
+def test_mask_repair_replaces_a_judged_frame_by_the_frames_sixteen_away(monkeypatch):
+    import trainer.objective
     from trainer.baselines import interpolate
     from trainer.objective import REPAIR_SPAN
+
+    monkeypatch.setattr(trainer.objective, "REPAIR_SLOPE", 0.0)  # the learned weight alone
 
     clean = batch(2, frames=64)
     out = corrupt(clean, token_frames=8, select_rate=0.3)
@@ -181,7 +184,7 @@ def test_mask_repair_replaces_a_judged_frame_by_the_frames_sixteen_away():
     neutral = torch.full((2, 2 * c, 32, 64), 0.5)  # gate 0.5, factor 1
     across = interpolate(out.input, out.masked, out.separator)
     no_repair = reconstruct(torch.cat((neutral, torch.zeros(2, c, 32, 64)), 1), out, "mask_repair")
-    assert torch.allclose(no_repair, reconstruct(neutral, out, "mask_refine"))
+    assert torch.allclose(no_repair, reconstruct(neutral, out, "mask_refine"), atol=1e-5)
     full = reconstruct(torch.cat((neutral, torch.ones(2, c, 32, 64)), 1), out, "mask_repair")
     # an unmasked frame far from the edges: the mean of frames t - 16 and t + 16 of the interpolation
     t = next(t for t in range(REPAIR_SPAN, 64 - REPAIR_SPAN) if not out.masked[0, t])
@@ -189,3 +192,15 @@ def test_mask_repair_replaces_a_judged_frame_by_the_frames_sixteen_away():
     assert torch.allclose(full[0, ..., t], expected.clamp(max=1.0))
     m = out.masked[:, None, None, :].expand_as(clean)
     assert torch.allclose(full[m], no_repair[m])  # [MASK] frames keep the refined interpolation
+
+
+def test_mask_repair_prior_replaces_broadband_noise_and_keeps_music():
+    clean = torch.full((1, 2, 32, 64), 1e-3)
+    clean[..., 40:] = 2e-3  # a step up in level is music, not damage
+    out = corrupt(clean, token_frames=8, select_rate=0.0, nsp=False)
+    out.masked[:] = False
+    out.input[..., 24:32] = 0.5  # noise-like: ~6 nats above the frames 16 away
+    neutral = torch.full((1, 6, 32, 64), 0.5)  # no learned opinion, factor 1
+    rec = reconstruct(neutral, out, "mask_repair")
+    assert rec[..., 24:32].max() < 0.01  # replaced by the frames 16 away
+    assert torch.allclose(rec[..., 40:48], out.input[..., 40:48], rtol=0.05)

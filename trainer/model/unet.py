@@ -23,8 +23,8 @@ from torch.utils.checkpoint import checkpoint
 from trainer.model.blocks import EvolvedDecoderBlock, EvolvedEncoderBlock
 from trainer.model.config import HEAD_GROUPS, ModelConfig
 
-# mask_repair: the per-frame repair weight starts low, so intact frames start as the input
-REPAIR_PRIOR = 0.02
+# mask_repair: the learned part of the repair logit starts at 0; the prior decides (trainer.objective)
+REPAIR_PRIOR = 0.5
 
 
 class FrameConv(nn.Sequential):

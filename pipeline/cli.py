@@ -358,13 +358,25 @@ def preview(source: str, out: str, count: int) -> None:
 @click.option("--min-seconds", default=30.0, show_default=True, help="Shortest track.")
 @click.option("--max-seconds", default=60.0, show_default=True, help="Longest track.")
 @click.option("--seed", default=0, show_default=True, help="Seed of the synthetic music.")
-def make_demo(out_dir, artists, albums_per_artist, tracks_per_album, min_seconds, max_seconds, seed) -> None:
-    """Make a synthetic demo collection (two "drives" of albums in six formats) under OUT_DIR.
+@click.option(
+    "--pair-songs",
+    type=click.IntRange(min=0),
+    default=8,
+    show_default=True,
+    help="Separation pairs made under OUT_DIR/pairs (0: none).",
+)
+def make_demo(
+    out_dir, artists, albums_per_artist, tracks_per_album, min_seconds, max_seconds, seed, pair_songs
+) -> None:
+    """Make a synthetic demo collection (two "drives" of albums in six formats) under OUT_DIR, and
+    separation pairs (a synthetic voice over accompaniment, mixture = sum) under OUT_DIR/pairs:
+    song folders in pairs/stems, and pairs/mixtures + pairs/instrumentals (instrumentals 120 ms late).
 
     Existing files are kept, so re-running only fills in what is missing. Prints the roots to
     pass to `pipeline ingest`, one per line.
     """
     from pipeline.demo.collection import make_demo_collection
+    from pipeline.demo.pairs import make_demo_pairs
 
     roots = make_demo_collection(
         out_dir,
@@ -375,5 +387,7 @@ def make_demo(out_dir, artists, albums_per_artist, tracks_per_album, min_seconds
         max_seconds=max_seconds,
         seed=seed,
     )
+    if pair_songs:
+        make_demo_pairs(f"{out_dir}/pairs", songs=pair_songs, seed=seed + 1)
     for root in roots:
         click.echo(root)

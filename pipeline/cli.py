@@ -183,12 +183,13 @@ def pairs(
     show_default=True,
     help="Shard folder holding train.json / val.json.",
 )
-def status(manifests: str, shards: str) -> None:
+@click.option("--pairs", "use_pairs", is_flag=True, help="Of pairs.jsonl and pair shards (pipeline shard --pairs).")
+def status(manifests: str, shards: str, use_pairs: bool) -> None:
     """What is ingested (per root, duplicates, failures by reason), what is sharded, what is left."""
     from pipeline.status import collect_status, format_status
 
     try:
-        click.echo(format_status(collect_status(manifests, shards)))
+        click.echo(format_status(collect_status(manifests, shards, pairs=use_pairs)))
     except ValueError as exc:
         raise click.ClickException(str(exc)) from exc
 

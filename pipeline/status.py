@@ -40,13 +40,16 @@ class Status:
     stft: fmt.STFTParams = field(default_factory=fmt.STFTParams)
     clip_frames: int = fmt.DEFAULT_CLIP_FRAMES
     encoding: str = fmt.DEFAULT_ENCODING  # of the shards found, else what `pipeline shard` writes by default
+    sample_kind: str = fmt.SAMPLE_KIND_SPEC  # SAMPLE_KIND_PAIRS: the manifest is pairs.jsonl
 
     def bytes_per_second(self) -> tuple[float, str]:
         """Shard bytes per second of audio: measured on the shards so far, else estimated."""
         seconds = sum(s.seconds for s in self.shards.values())
         if seconds > 0:
             return sum(s.bytes for s in self.shards.values()) / seconds, f"{self.encoding}, measured on these shards"
-        estimate = fmt.estimated_shard_bytes(3600.0, self.stft, self.clip_frames, encoding=self.encoding) / 3600.0
+        estimate = fmt.estimated_shard_bytes(
+            3600.0, self.stft, self.clip_frames, self.sample_kind, encoding=self.encoding
+        ) / 3600.0
         return estimate, f"{self.encoding}, estimated at these STFT settings"
 
 
@@ -56,13 +59,15 @@ def failure_kind(reason: str) -> str:
     return kind.strip()[:80]
 
 
-def collect_status(manifests: str | os.PathLike, shards: str | os.PathLike) -> Status:
-    status = Status()
-    for track in fmt.read_tracks(manifests):
+def collect_status(manifests: str | os.PathLike, shards: str | os.PathLike, pairs: bool = False) -> Status:
+    """With `pairs`, of pairs.jsonl / pair-failures.jsonl and pair shards (`pipeline shard --pairs`)."""
+    status = Status(sample_kind=fmt.SAMPLE_KIND_PAIRS if pairs else fmt.SAMPLE_KIND_SPEC)
+    records, name = (fmt.read_pairs, fmt.PAIRS_FILE) if pairs else (fmt.read_tracks, fmt.TRACKS_FILE)
+    for track in records(manifests):
         try:
             check_track(track)  # a hand-edited field would otherwise be a TypeError in the sums below
         except ValueError as exc:
-            raise ValueError(f"{Path(manifests) / fmt.TRACKS_FILE}: {exc}") from exc
+            raise ValueError(f"{Path(manifests) / name}: {exc}") from exc
         if track.duplicate_of:
             status.duplicates += 1
             continue
@@ -74,7 +79,7 @@ def collect_status(manifests: str | os.PathLike, shards: str | os.PathLike) -> S
         root.bytes += track.size
         status.per_split_seconds[track.split] = status.per_split_seconds.get(track.split, 0.0) + track.duration
         status.per_split_tracks[track.split] = status.per_split_tracks.get(track.split, 0) + 1
-    for failure in fmt.read_failures(manifests):
+    for failure in fmt.read_failures(manifests, fmt.PAIR_FAILURES_FILE if pairs else fmt.FAILURES_FILE):
         status.failures[(failure.stage, failure_kind(failure.reason))] += 1
     for split in fmt.SPLITS:
         index_path = Path(shards) / fmt.index_name(split)
@@ -104,7 +109,10 @@ def _gb(n: float) -> str:
 
 def format_status(status: Status) -> str:
     per_second, basis = status.bytes_per_second()
-    lines = [f"ingested: {status.tracks} tracks, {_hours(status.seconds)}, {status.duplicates} duplicates"]
+    if status.sample_kind == fmt.SAMPLE_KIND_PAIRS:
+        lines = [f"pairs: {status.tracks} pairs, {_hours(status.seconds)} of mixtures"]
+    else:
+        lines = [f"ingested: {status.tracks} tracks, {_hours(status.seconds)}, {status.duplicates} duplicates"]
     for root, summary in sorted(status.per_root.items()):
         lines.append(
             f"  {root}: {summary.tracks} tracks, {_hours(summary.seconds)}, {_gb(summary.bytes)} of audio files"

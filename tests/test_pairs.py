@@ -160,6 +160,11 @@ def test_pair_shards_hold_the_aligned_target_are_exact_and_verify(hostile, tmp_p
     assert report.problems == [] and report.samples == one.samples
     index = fmt.read_index(tmp_path / "one" / "train.json")
     assert index.sample_kind == fmt.SAMPLE_KIND_PAIRS
+    from pipeline.status import collect_status, format_status
+
+    status = collect_status(base / "m", tmp_path / "one", pairs=True)
+    assert status.tracks == 6 and sum(status.failures.values()) == 6
+    assert format_status(status).startswith("pairs: 6 pairs")
 
     # The "Late" pair's target is the accompaniment on the mixture's grid: the 250 ms are applied.
     import webdataset as wds

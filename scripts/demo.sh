@@ -61,7 +61,7 @@ step "9. evaluate the separation on whole val songs: SDR (MDX, BSSEval v4) vs th
 trainer evaluate-separation --checkpoint demo/runs/sep-pretrained --checkpoint demo/runs/sep-scratch \
   --manifests demo/pair-manifests --tracks 2
 
-step "10. separate a demo song -> demo/separated"
+step "10. separate the parallel layout's two mixtures -> demo/separated"
 trainer separate "$PAIRS/mixtures" --checkpoint demo/runs/sep-pretrained --out demo/separated
 
 step "done: where to look"

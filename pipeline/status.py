@@ -47,9 +47,10 @@ class Status:
         seconds = sum(s.seconds for s in self.shards.values())
         if seconds > 0:
             return sum(s.bytes for s in self.shards.values()) / seconds, f"{self.encoding}, measured on these shards"
-        estimate = fmt.estimated_shard_bytes(
-            3600.0, self.stft, self.clip_frames, self.sample_kind, encoding=self.encoding
-        ) / 3600.0
+        estimate = (
+            fmt.estimated_shard_bytes(3600.0, self.stft, self.clip_frames, self.sample_kind, encoding=self.encoding)
+            / 3600.0
+        )
         return estimate, f"{self.encoding}, estimated at these STFT settings"
 
 

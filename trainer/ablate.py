@@ -116,8 +116,8 @@ def run_ablation(
 
 def format_ablation(rows, steps: int, shards: str, common) -> str:
     header = (
-        "| variant | overrides | masked L1 | / interp | / copy | LSD dB (model / interp) | L1 lows | L1 mids "
-        "| L1 highs | pair acc. / chance | s/step (load) |"
+        "| variant | overrides | masked L1 | / interp | / copy | [MASK] frames: L1 / interp | LSD dB (model / interp) "
+        "| L1 lows | L1 mids | L1 highs | pair acc. / chance | s/step (load) |"
     )
     lines = [
         f"{steps} steps per row on {shards}; common overrides: {' '.join(common) or 'none'}; yardstick: 16-frame "
@@ -132,7 +132,8 @@ def format_ablation(rows, steps: int, shards: str, common) -> str:
         load_text = f"{load:.1f}" if load is not None else "earlier run"
         lines.append(
             f"| {variant.name} | `{variant.preset}` {' '.join(variant.overrides)} | {m['l1']:.5f} "
-            f"| {r.ratio_interpolate:.3f} | {r.ratio_copy:.3f} | {m['lsd']:.1f} / {i['lsd']:.1f} "
+            f"| {r.ratio_interpolate:.3f} | {r.ratio_copy:.3f} | {r.ratio('interpolate', 'l1_gaps'):.3f} "
+            f"| {m['lsd']:.1f} / {i['lsd']:.1f} "
             f"| {m['l1_lows']:.4f} | {m['l1_mids']:.5f} | {m['l1_highs']:.6f} | {pair} "
             f"| {per_step:.2f} ({load_text}) |"
         )

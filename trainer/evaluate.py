@@ -14,7 +14,9 @@ untrained gate-and-interpolate model scored 0.69x interpolation on the demo).
 
 Each reconstruction (model, copy-nearest, interpolation) is scored on the selected frames only, each
 frame weighted equally: L1 of the max-normalised magnitudes (overall and per band: lows < 250 Hz,
-mids 250 Hz - 4 kHz, highs above), and the log-spectral distance (dB RMS over bins, per frame,
+mids 250 Hz - 4 kHz, highs above; and on the [MASK] frames alone, "gaps", where no model can use
+the input and the noised tenth, which the model must first detect, does not count), and the
+log-spectral distance (dB RMS over bins, per frame,
 magnitudes floored at -100 dB re the crop's max).
 """
 
@@ -39,7 +41,7 @@ BANDS_HZ = (("lows", 0.0, 250.0), ("mids", 250.0, 4000.0), ("highs", 4000.0, mat
 LSD_FLOOR_DB = -100.0
 RECONSTRUCTIONS = ("model", "copy_nearest", "interpolate")
 PER_SAMPLE_PARTS = {"all": "all_frames_l1", "bce": "nsp_bce", "loss": "loss", "correct": "nsp_accuracy"}
-METRICS = ("l1", "lsd") + tuple(f"l1_{name}" for name, _, _ in BANDS_HZ)
+METRICS = ("l1", "lsd") + tuple(f"l1_{name}" for name, _, _ in BANDS_HZ) + ("l1_gaps",)
 
 
 def yardstick(trained: CorruptConfig) -> CorruptConfig:
@@ -151,13 +153,16 @@ def evaluate(
                 "copy_nearest": copy_nearest(corrupted.input, corrupted.changed(), corrupted.separator),
                 "interpolate": interpolate(corrupted.input, corrupted.changed(), corrupted.separator),
             }
+            gaps = corrupted.masked if corrupted.masked is not None else corrupted.selected
             for name, pred in candidates.items():
                 for metric, value in frame_errors(pred, corrupted.target, corrupted.selected, bands).items():
                     sums[name][metric] += float(value)
+                sums[name]["l1_gaps"] += float(frame_errors(pred, corrupted.target, gaps, {})["l1"])
             frames, samples = int(corrupted.selected.sum()), clean.shape[0]
             elements_per_frame = clean.shape[1]
             band_elements["l1"] += frames * elements_per_frame * clean.shape[2]
             band_elements["lsd"] += frames
+            band_elements["l1_gaps"] += int(gaps.sum()) * elements_per_frame * clean.shape[2]
             for band_name, band in bands.items():
                 band_elements[f"l1_{band_name}"] += frames * elements_per_frame * int(band.sum())
             for key, part in (
@@ -207,7 +212,7 @@ def format_table(result: EvalResult, title: str = "") -> str:
         f"{result.batches} batches, {result.samples} samples, {result.selected_frames} selected frames "
         f"(fixed corruption: {corruption})",
         f"{'':<22}{'masked-token L1':>16}{'model / this':>14}{'LSD dB':>9}{'L1 lows':>10}{'L1 mids':>10}"
-        f"{'L1 highs':>10}",
+        f"{'L1 highs':>10}{'L1 gaps':>10}{'model / this':>14}",
     ]
     names = {"model": "model", "copy_nearest": "copy nearest frame", "interpolate": "linear interpolation"}
     for name, label in names.items():
@@ -215,7 +220,8 @@ def format_table(result: EvalResult, title: str = "") -> str:
         ratio = 1.0 if name == "model" else result.ratio(name)
         lines.append(
             f"{label:<22}{s['l1']:>16.5f}{ratio:>14.3f}{s['lsd']:>9.2f}{s['l1_lows']:>10.5f}{s['l1_mids']:>10.5f}"
-            f"{s['l1_highs']:>10.5f}"
+            f"{s['l1_highs']:>10.5f}{s['l1_gaps']:>10.5f}"
+            f"{(1.0 if name == 'model' else result.ratio(name, 'l1_gaps')):>14.3f}"
         )
     lines.append(
         f"NSP accuracy {result.nsp_accuracy:.3f} vs chance {result.nsp_chance:.3f} (BCE {result.nsp_bce:.4f}); "

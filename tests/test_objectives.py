@@ -132,7 +132,7 @@ def test_evaluate_scores_every_model_on_the_same_frames_and_reports_nsp_chance()
     assert a.copy_nearest_l1 == b.copy_nearest_l1 and a.interpolate_l1 == b.interpolate_l1
     assert 0.5 <= a.nsp_chance <= 1.0
     # the gap metric scores the [MASK] frames only, for model and baselines alike
-    assert 0 < a.scores["interpolate"]["l1_gaps"] and a.to_dict()["model_l1_gaps"] > 0
+    assert a.scores["interpolate"]["l1_gaps"] > 0 and a.to_dict()["model_l1_gaps"] > 0
     flat = a.to_dict()
     assert {"model_l1", "model_lsd", "copy_nearest_l1_lows", "interpolate_l1_highs", "ratio_copy", "nsp_chance"} <= set(
         flat

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import os
 import re
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -91,6 +90,7 @@ def run_ablation(
     batches: int = 16,
     device: str = "auto",
 ) -> str:
+    from trainer.checkpoint import read_meta
     from trainer.evaluate import evaluate_checkpoint
     from trainer.loop import default_val_shards, pretrain, resolve_run
 
@@ -101,10 +101,9 @@ def run_ablation(
         run_dir = out / variant.slug
         overrides = [*common, *variant.overrides, f"run.steps={steps}"]
         cfg, checkpoint = resolve_run(run_dir, variant.preset, None, overrides)
+        trained = checkpoint is None or int(read_meta(checkpoint).get("step", 0)) < steps
         load = os.getloadavg()[0]
-        started = time.perf_counter()
         pretrain(cfg, shards, run_dir, val_shards=None, checkpoint=checkpoint, device=device)
-        trained = time.perf_counter() - started > 1.0
         result, _ = evaluate_checkpoint(str(run_dir), val, batches, device=device)
         per_step = _seconds_per_step(run_dir, cfg.data.batch_size)
         rows.append((variant, result, per_step, load if trained else None))

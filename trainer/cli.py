@@ -217,7 +217,8 @@ def finetune(
 @click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Default: the run's data.val_batch_size.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 def evaluate(checkpoint, shards, batches, split, batch_size, device):
-    """Print masked-token L1 of a checkpoint vs copy-nearest and interpolation baselines, and NSP accuracy."""
+    """Score a checkpoint on the yardstick (16-frame tokens, 15%): L1, LSD and per-band L1 vs copy-nearest
+    and interpolation, and the pair task's accuracy vs chance."""
     from trainer.evaluate import evaluate_checkpoint
 
     try:

@@ -9,7 +9,8 @@ Takes the first `--hours` of audio of a manifest (tracks sorted by id, duplicate
             workers, over the batches after the first) and the stored MB/s that is, against what
             one GPU consumes for the base preset: its training FLOPs per 512-frame sample
             (`trainer summary --preset base --frames 512`, x3 for forward + backward) at
-            `--mfu` of `--peak-tflops`;
+            `--mfu` of `--peak-tflops`; and the time to decode a whole stored sample vs the
+            centred 512-frame crop of it that the loader decodes;
   fidelity  every float16 sample re-encoded in each other encoding, as the shard writer does, and
             decoded: max and mean |error| in dB over the values within the encoding's range (the
             rest, silence below -80 dB re. the sample's max, is counted, and decodes to 0), and the
@@ -95,6 +96,25 @@ def loader_rate(shards: Path, workers: int, batches: int) -> float:
     return batches * BATCH / (time.perf_counter() - started)
 
 
+def decode_ms(shards: Path, samples: int = 24) -> tuple[float, float]:
+    """Mean ms to decode a whole sample and a centred 512-frame crop of it (what the loader does)."""
+    stored = []
+    for tar in sorted(shards.glob("*.tar")):
+        for sample in wds.WebDataset(str(tar), shardshuffle=False, empty_check=False):
+            stored.append(fmt.read_sample(sample)[0][0])
+            if len(stored) >= samples:
+                break
+        if len(stored) >= samples:
+            break
+    times = []
+    for read in (lambda s: s.read(), lambda s: s.read((s.frames - CROP_FRAMES) // 2, (s.frames + CROP_FRAMES) // 2)):
+        started = time.perf_counter()
+        for s in stored:
+            np.ascontiguousarray(read(s))
+        times.append((time.perf_counter() - started) / len(stored) * 1e3)
+    return times[0], times[1]
+
+
 def fidelity(shards: Path, encoding: str) -> dict:
     """Stats of re-encoding every float16 sample of `shards` in `encoding`."""
     max_db = sum_db = 0.0
@@ -168,15 +188,20 @@ def main() -> None:
         seconds, wall, size, samples = shard_set(args.work / "m", out, encoding, args.workers)
         rate = loader_rate(out, args.loader_workers, args.loader_batches)
         per_sample = size / samples
-        rows.append((encoding, size / 1e9 / hours, size / mp3, seconds / wall, rate, rate * per_sample / 1e6))
+        whole, crop = decode_ms(out)
+        mb_s = rate * per_sample / 1e6
+        rows.append((encoding, size / 1e9 / hours, size / mp3, seconds / wall, rate, mb_s, whole, crop))
         print(f"{encoding}: {size / 1e9:.3f} GB, {samples} samples, sharded in {wall:.1f} s", flush=True)
-    print("\n| encoding | GB per hour | x MP3 320k | shard x realtime | loader samples/s | stored MB/s | x one GPU |")
-    print("|---|---|---|---|---|---|---|")
-    for encoding, gb_h, ratio, realtime, rate, mbs in rows:
+    print(
+        "\n| encoding | GB per hour | x MP3 320k | shard x realtime | loader samples/s | stored MB/s "
+        "| x one GPU | decode ms: sample / 512-frame crop |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
+    for encoding, gb_h, ratio, realtime, rate, mbs, whole, crop in rows:
         cells = [encoding, f"{gb_h:.3f}", f"{ratio:.2f}", f"{realtime:.0f}", f"{rate:.1f}", f"{mbs:.0f}"]
-        cells.append(f"{rate / need:.2f}")
+        cells += [f"{rate / need:.2f}", f"{whole:.1f} / {crop:.1f}"]
         print("| " + " | ".join(cells) + " |")
-    print(f"| MP3 320 kbps | {mp3 / 1e9 / hours:.3f} | 1.00 | | | | |")
+    print(f"| MP3 320 kbps | {mp3 / 1e9 / hours:.3f} | 1.00 | | | | | |")
     print("\n| vs float16 | max dB error | mean dB error | values below range | L1 (sample / max) | mean value |")
     print("|---|---|---|---|---|---|")
     for encoding in fmt.ENCODINGS:

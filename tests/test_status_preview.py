@@ -87,12 +87,15 @@ def test_status_reports_roots_duplicates_failures_and_what_is_left(tmp_path):
     assert "2  probe: not audio" in out and "1  decode: ffmpeg failed" in out
     assert "train: 1 shards, 3 samples" in out and "left 0.50 h" in out
     assert "val: nothing yet; estimated" in out
+    assert "GB per hour of audio, float16, measured on these shards" in out  # what this folder holds
 
 
 def test_status_on_empty_folders_says_nothing_yet(tmp_path):
     result = CliRunner().invoke(main, ["status", "--manifests", str(tmp_path / "m"), "--out", str(tmp_path / "s")])
     assert result.exit_code == 0, result.output
     assert "ingested: 0 tracks" in result.output and "train: nothing yet" in result.output
+    per_hour = fmt.estimated_shard_bytes(3600, fmt.STFTParams(), fmt.DEFAULT_CLIP_FRAMES, encoding="log8") / 1e9
+    assert f"({per_hour:.2f} GB per hour of audio, log8, estimated at these STFT settings)" in result.output
 
 
 def test_preview_writes_a_png_from_a_dir_or_a_tar(tmp_path):

@@ -101,11 +101,12 @@ def test_a_run_on_shards_with_unfit_samples_trains_on_the_others(tmp_path):
 
 SHRINK = """
 import os, sys
-from trainer.data import _ShardReader, crop_sample
+from trainer.data import crop_sample
+from trainer.shard_reader import ShardReader
 
 path = sys.argv[1]
 kept = []  # as a shuffle buffer keeps samples read earlier
-for sample in _ShardReader(max_empty_in_a_row=None).samples(iter([path])):
+for sample in ShardReader(max_empty_in_a_row=None).samples(iter([path])):
     kept.append(sample)
     if len(kept) == 6:
         os.truncate(path, os.path.getsize(path) // 3)  # another process cuts the file under the reader

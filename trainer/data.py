@@ -24,11 +24,9 @@ a file that shrinks while it is read is a truncated shard, not a SIGBUS.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import logging
 import random
-import tarfile
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
@@ -39,9 +37,7 @@ import numpy as np
 import torch
 import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
-from webdataset.gopen import gopen
 from webdataset.shardlists import expand_urls
-from webdataset.tariterators import group_by_keys
 
 from pipeline.format import (
     CHANNELS,
@@ -50,29 +46,20 @@ from pipeline.format import (
     ShardIndex,
     STFTParams,
     index_name,
-    is_complete_sample,
     read_index,
     read_sample,
 )
+from trainer.shard_reader import DEFAULT_READ_TIMEOUT, ShardReader, is_url
 
 log = logging.getLogger(__name__)
 
 # Crops per worker waiting to be drawn: 2 MiB float16 each at the default sizes.
 DEFAULT_SHUFFLE_BUFFER = 64
-# For shards read as a stream (HTTP): tarfile's default 10 KiB records mean ~400 Python-level reads
-# and a join per 4 MiB sample.
-TAR_READ_BYTES = 1 << 20
-# Seconds an HTTP shard transfer may deliver nothing before it counts as failed (data.read_timeout).
-DEFAULT_READ_TIMEOUT = 60.0
 # A stream that skipped this many samples in a row holds nothing to train on: stop instead of spinning.
 MAX_SKIPPED_IN_A_ROW = 10_000
 
 
 # --- where the shards are -------------------------------------------------------------------
-
-
-def _is_url(src: str) -> bool:
-    return src.startswith(("http://", "https://"))
 
 
 def _fetch_index(url: str) -> ShardIndex:
@@ -97,7 +84,7 @@ def resolve_shards(src: str, split: str = "train") -> list[str]:
 def _resolve(src: str, split: str) -> tuple[list[str], int | None]:
     """(shard URLs/paths, the frequency bins the index declares, or None without an index)."""
     src = str(src)
-    if _is_url(src):
+    if is_url(src):
         if src.endswith("/"):
             src = urllib.parse.urljoin(src, index_name(split))
         if src.endswith(".json"):
@@ -260,93 +247,6 @@ def _collate_checked(crops: list[Crop], dtype: torch.dtype) -> tuple[dict, list[
 # --- streams of samples -------------------------------------------------------------------------
 
 
-class _ShardReader:
-    """Samples of one shard after another; unreadable shards are logged (URL and reason) and skipped."""
-
-    def __init__(self, max_empty_in_a_row: int | None, read_timeout: float = DEFAULT_READ_TIMEOUT):
-        # an infinite stream over shards that are all unreadable would otherwise spin forever
-        self.max_empty_in_a_row = max_empty_in_a_row
-        self.empty_in_a_row = 0
-        self.read_timeout = read_timeout
-
-    def samples(self, urls: Iterator[str]) -> Iterator[dict]:
-        for url in urls:
-            read = 0
-            failure: list[Exception] = []
-            for sample in group_by_keys(_tar_members(url, failure, self.read_timeout)):
-                if not is_complete_sample(sample):
-                    log.warning("skipping incomplete sample %s in shard %s", sample.get("__key__"), url)
-                    continue
-                read += 1
-                yield sample
-            for exc in failure:
-                reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
-                log.warning("skipping corrupt shard %s after %d samples: %s: %s", url, read, type(exc).__name__, reason)
-            self.empty_in_a_row = self.empty_in_a_row + 1 if read == 0 else 0
-            if self.max_empty_in_a_row is not None and self.empty_in_a_row >= self.max_empty_in_a_row:
-                raise RuntimeError(f"{self.empty_in_a_row} shards in a row gave no sample (last: {url}); giving up")
-
-
-def _tar_members(url: str, failure: list[Exception], read_timeout: float = DEFAULT_READ_TIMEOUT) -> Iterator[dict]:
-    """The regular files of one tar (local path, http(s) URL or any URL webdataset's gopen opens), in order.
-
-    A read error ends the shard quietly and is appended to `failure`, so that the sample completed
-    just before it still comes out of webdataset's key grouping (which drops it on an exception).
-    """
-    stream = None
-    try:
-        stream = _open(url, read_timeout)
-        yield from _regular_files(stream, url)
-        stream.close()  # a transfer that failed at the end (curl's exit status) surfaces here
-    except Exception as exc:
-        failure.append(_transport_error(stream) or exc)
-    except BaseException:  # the consumer stopped early (GeneratorExit): close quietly
-        if stream is not None:
-            with contextlib.suppress(Exception):
-                stream.close()
-        raise
-
-
-def _open(url: str, read_timeout: float):
-    """http(s) in this process, with a timeout on every read: a server that stops sending mid-shard
-    (webdataset's curl pipe would wait for it forever) is a TimeoutError after `read_timeout` seconds."""
-    if _is_url(url):
-        return urllib.request.urlopen(url, timeout=read_timeout)
-    return gopen(url)
-
-
-def _transport_error(stream) -> Exception | None:
-    """Close a stream after a read error; curl's exit status (e.g. an HTTP 404) says more than "empty file"."""
-    if stream is None:
-        return None
-    try:
-        stream.close()
-    except Exception as exc:
-        return exc
-    return None
-
-
-def _regular_files(stream, url: str) -> Iterator[dict]:
-    """Each member is read into bytes with a bounded read, never memory-mapped: a local shard that
-    shrinks while it is read (deleted, rewritten, a drive going away) then gives a short read, which
-    is a truncated shard, where a memory map would kill the process with SIGBUS."""
-    seekable = getattr(stream, "seekable", lambda: False)()
-    mode = "r:" if seekable else "r|"
-    with tarfile.open(fileobj=stream, mode=mode, bufsize=TAR_READ_BYTES) as tar:
-        for info in tar:
-            if info.isreg():
-                data = tar.extractfile(info).read()
-                if len(data) != info.size:
-                    raise tarfile.ReadError(f"unexpected end of data in {info.name}")
-                yield {"fname": info.name, "data": data, "__url__": url}
-            tar.members = []  # tarfile would otherwise keep every header of the shard
-        if seekable:
-            # tarfile takes a cut or garbled header after the first member for the end of the archive
-            stream.seek(tar.offset)
-            if stream.read(tarfile.BLOCKSIZE) != bytes(tarfile.BLOCKSIZE):
-                raise tarfile.ReadError(f"no end-of-archive marker at byte {tar.offset}: truncated or damaged")
-
-
 def _resampled(shards: list[str], rng: random.Random) -> Iterator[str]:
     while True:
         yield rng.choice(shards)
@@ -456,7 +356,7 @@ class TrainStream(IterableDataset):
         info = get_worker_info()
         worker = info.id if info is not None else 0
         rng = random.Random(f"train:{self.seed}:{self.rank}:{worker}")
-        reader = _ShardReader(max_empty_in_a_row=4 * len(self.shards) + 16, read_timeout=self.read_timeout)
+        reader = ShardReader(max_empty_in_a_row=4 * len(self.shards) + 16, read_timeout=self.read_timeout)
         fit = _SampleFilter(self.bins)
         crops = fit.crops(reader.samples(_resampled(self.shards, rng)), self.crop_frames, rng)
         shuffled = wds.filters.shuffle(self.shuffle_buffer, self.shuffle_buffer, rng=rng)(crops)
@@ -482,7 +382,7 @@ class EvalStream(IterableDataset):
         self.dtype, self.bins, self.read_timeout = dtype, bins, read_timeout
 
     def __iter__(self) -> Iterator[dict]:
-        reader = _ShardReader(max_empty_in_a_row=None, read_timeout=self.read_timeout)
+        reader = ShardReader(max_empty_in_a_row=None, read_timeout=self.read_timeout)
         fit = _SampleFilter(self.bins)
         crops = fit.crops(reader.samples(iter(self.shards)), self.crop_frames, None)
         batches = fit.batches(crops, self.batch_size, self.dtype, partial=True)

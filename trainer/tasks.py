@@ -223,13 +223,14 @@ def shard_stft(src: str, split: str = "train") -> dict:
     """The STFT parameters the shards were made with (from their index, else from the first sample):
     `trainer separate` must analyse audio exactly as the training data was."""
     from pipeline.format import decode_meta, read_index
-    from trainer.data import _ShardReader, resolve_shards
+    from trainer.data import resolve_shards
+    from trainer.shard_reader import ShardReader
 
     path = Path(src)
     index = path / f"{split}.json" if path.is_dir() else path
     if index.suffix == ".json" and index.is_file():
         return read_index(index).stft
-    for sample in _ShardReader(max_empty_in_a_row=None).samples(iter(resolve_shards(src, split)[:1])):
+    for sample in ShardReader(max_empty_in_a_row=None).samples(iter(resolve_shards(src, split)[:1])):
         return decode_meta(sample["json"]).stft
     raise ValueError(f"{src}: cannot read the STFT parameters of the shards (no readable sample)")
 

@@ -37,54 +37,54 @@ def _one_line(exc: Exception) -> click.ClickException:
     return click.ClickException(message)
 
 
-@main.command()
-@click.option("--shards", required=True, help=f"Training shards: {_SHARDS_HELP}.")
-@click.option(
-    "--val-shards",
-    default=None,
-    help="Validation shards (same forms). Default: the val split of --shards when it is a directory.",
-)
-@click.option("--preset", default=None, help="Training preset: trainer/configs/NAME.yaml (tiny, small, base).")
-@click.option(
-    "--config",
-    "config_file",
-    default=None,
-    type=click.Path(exists=True, dir_okay=False),
-    help="Training config YAML instead of a preset.",
-)
-@click.option(
-    "--run",
-    "run_dir",
-    default=None,
-    type=click.Path(file_okay=False),
-    help="Run directory (default runs/PRESET). An existing run continues from its last checkpoint.",
-)
-@click.option("--steps", type=click.IntRange(min=1), default=None, help="Total optimiser steps (run.steps).")
-@click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Per-rank micro-batch (data.batch_size).")
-@click.option("--workers", type=click.IntRange(min=0), default=None, help="Loader workers per rank (data.num_workers).")
-@click.option("--resume", is_flag=True, help="Require a checkpoint in --run to continue from.")
-@click.option("--compile", "use_compile", is_flag=True, help="torch.compile the model (run.compile).")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
-@click.option(
-    "--set",
-    "overrides",
-    multiple=True,
-    metavar="SECTION.KEY=VALUE",
-    help="Override any config value, e.g. --set model.bins=128 --set optim.lr=1e-3 (repeatable).",
-)
-def pretrain(
-    shards, val_shards, preset, config_file, run_dir, steps, batch_size, workers, resume, use_compile, device, overrides
-):
-    """Pretrain on shards: masked tokens + next-sentence prediction, checkpoints and logs in --run.
+def _training_options(run_default: str, set_example: str):
+    """The options `pretrain` and `finetune` share (preset or config, run folder, budget, device, --set)."""
+    options = [
+        click.option("--preset", default=None, help="Training preset: trainer/configs/NAME.yaml (tiny, small, base)."),
+        click.option(
+            "--config",
+            "config_file",
+            default=None,
+            type=click.Path(exists=True, dir_okay=False),
+            help="Training config YAML instead of a preset.",
+        ),
+        click.option(
+            "--run",
+            "run_dir",
+            default=None,
+            type=click.Path(file_okay=False),
+            help=f"Run directory (default {run_default}). An existing run continues from its last checkpoint.",
+        ),
+        click.option("--steps", type=click.IntRange(min=1), default=None, help="Total optimiser steps (run.steps)."),
+        click.option(
+            "--batch-size", type=click.IntRange(min=1), default=None, help="Per-rank micro-batch (data.batch_size)."
+        ),
+        click.option(
+            "--workers", type=click.IntRange(min=0), default=None, help="Loader workers per rank (data.num_workers)."
+        ),
+        click.option("--resume", is_flag=True, help="Require a checkpoint in --run to continue from."),
+        click.option("--compile", "use_compile", is_flag=True, help="torch.compile the model (run.compile)."),
+        click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N."),
+        click.option(
+            "--set",
+            "overrides",
+            multiple=True,
+            metavar="SECTION.KEY=VALUE",
+            help=f"Override any config value, e.g. {set_example} (repeatable).",
+        ),
+    ]
 
-    \b
-    trainer pretrain --shards shards/ --preset tiny --run runs/demo
-    torchrun --standalone --nproc-per-node=2 -- $(which trainer) pretrain --shards shards/ --preset small
-    """
+    def apply(command):
+        for option in reversed(options):  # click lists options in decorator order, top first
+            command = option(command)
+        return command
+
+    return apply
+
+
+def _training_settings(preset, config_file, run_dir, steps, batch_size, workers, use_compile, overrides, run_prefix):
+    """The --set overrides the shortcut flags stand for, and the run folder (default runs/PREFIX+NAME)."""
     from pathlib import Path
-
-    from trainer.loop import default_val_shards, resolve_run
-    from trainer.loop import pretrain as run_pretrain
 
     if preset and config_file:
         raise click.UsageError("give --preset or --config, not both")
@@ -96,7 +96,34 @@ def pretrain(
     }
     all_overrides = list(overrides) + [f"{key}={value}" for key, value in flags.items() if value is not None]
     name = preset or (Path(config_file).stem if config_file else "tiny")
-    run_path = Path(run_dir) if run_dir else Path("runs") / name
+    run_path = Path(run_dir) if run_dir else Path("runs") / f"{run_prefix}{name}"
+    return all_overrides, run_path
+
+
+@main.command()
+@click.option("--shards", required=True, help=f"Training shards: {_SHARDS_HELP}.")
+@click.option(
+    "--val-shards",
+    default=None,
+    help="Validation shards (same forms). Default: the val split of --shards when it is a directory.",
+)
+@_training_options(run_default="runs/PRESET", set_example="--set model.bins=128 --set optim.lr=1e-3")
+def pretrain(
+    shards, val_shards, preset, config_file, run_dir, steps, batch_size, workers, resume, use_compile, device, overrides
+):
+    """Pretrain on shards: masked tokens + next-sentence prediction, checkpoints and logs in --run.
+
+    \b
+    trainer pretrain --shards shards/ --preset tiny --run runs/demo
+    torchrun --standalone --nproc-per-node=2 -- $(which trainer) pretrain --shards shards/ --preset small
+    """
+
+    from trainer.loop import default_val_shards, resolve_run
+    from trainer.loop import pretrain as run_pretrain
+
+    all_overrides, run_path = _training_settings(
+        preset, config_file, run_dir, steps, batch_size, workers, use_compile, overrides, run_prefix=""
+    )
     try:
         cfg, checkpoint = resolve_run(run_path, preset, config_file, all_overrides, resume)
         run_pretrain(
@@ -124,34 +151,7 @@ def pretrain(
     type=click.Path(exists=True),
     help="Pretraining run or checkpoint to start from (its next-sentence head is dropped). Without: from scratch.",
 )
-@click.option("--preset", default=None, help="Training preset: trainer/configs/NAME.yaml (tiny, small, base).")
-@click.option(
-    "--config",
-    "config_file",
-    default=None,
-    type=click.Path(exists=True, dir_okay=False),
-    help="Training config YAML instead of a preset.",
-)
-@click.option(
-    "--run",
-    "run_dir",
-    default=None,
-    type=click.Path(file_okay=False),
-    help="Run directory (default runs/finetune-PRESET). An existing run continues from its last checkpoint.",
-)
-@click.option("--steps", type=click.IntRange(min=1), default=None, help="Total optimiser steps (run.steps).")
-@click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Per-rank micro-batch (data.batch_size).")
-@click.option("--workers", type=click.IntRange(min=0), default=None, help="Loader workers per rank (data.num_workers).")
-@click.option("--resume", is_flag=True, help="Require a checkpoint in --run to continue from.")
-@click.option("--compile", "use_compile", is_flag=True, help="torch.compile the model (run.compile).")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
-@click.option(
-    "--set",
-    "overrides",
-    multiple=True,
-    metavar="SECTION.KEY=VALUE",
-    help="Override any config value, e.g. --set optim.lr=1e-4 --set model.mask_prior=0.5 (repeatable).",
-)
+@_training_options(run_default="runs/finetune-PRESET", set_example="--set optim.lr=1e-4 --set model.mask_prior=0.5")
 def finetune(
     shards,
     val_shards,
@@ -173,23 +173,14 @@ def finetune(
     trainer finetune --shards pair-shards/ --init runs/tiny --preset tiny --run runs/sep-pretrained
     trainer finetune --shards pair-shards/ --preset tiny --run runs/sep-scratch   # the comparison
     """
-    from pathlib import Path
 
     from trainer.finetune import resolve_finetune
     from trainer.loop import default_val_shards
     from trainer.loop import pretrain as run_training
 
-    if preset and config_file:
-        raise click.UsageError("give --preset or --config, not both")
-    flags = {
-        "run.steps": steps,
-        "data.batch_size": batch_size,
-        "data.num_workers": workers,
-        "run.compile": True if use_compile else None,
-    }
-    all_overrides = list(overrides) + [f"{key}={value}" for key, value in flags.items() if value is not None]
-    name = preset or (Path(config_file).stem if config_file else "tiny")
-    run_path = Path(run_dir) if run_dir else Path("runs") / f"finetune-{name}"
+    all_overrides, run_path = _training_settings(
+        preset, config_file, run_dir, steps, batch_size, workers, use_compile, overrides, run_prefix="finetune-"
+    )
     try:
         cfg, checkpoint = resolve_finetune(run_path, preset, config_file, all_overrides, init, resume)
         run_training(

@@ -183,6 +183,29 @@ def write_shards(root: Path, tracks: dict[str, int], clips_per_track: int = 4, s
     return root
 
 
+def make_pair_shards(base: Path, stft: fmt.STFTParams, songs: int = 4, seconds: float = 3.0) -> Path:
+    """base/songs/Song N/{mixture,instrumental}.wav (synthetic band + voice), their pairs manifest in
+    base/m (half the songs val) and pair shards of 64-frame clips in base/shards; returns base."""
+    import soundfile
+
+    from pipeline.pairs.run import PairOptions, build_pairs
+    from pipeline.shard.run import run_shard
+
+    rate = 44100
+    for seed in range(songs):
+        acc = 0.6 * synth.synth_music(seconds, rate, 2, seed=seed)
+        voice = synth.synth_voice(seconds, rate, 2, seed=seed)
+        song = base / "songs" / f"Song {seed}"
+        song.mkdir(parents=True)
+        soundfile.write(song / "mixture.wav", acc + voice, rate, subtype="FLOAT")
+        soundfile.write(song / "instrumental.wav", acc, rate, subtype="FLOAT")
+    summary = build_pairs(base / "m", [str(base / "songs")], options=PairOptions(val_fraction=0.5))
+    assert summary.pairs == songs and set(summary.splits) == {"train", "val"}
+    options = ShardOptions(stft=stft, clip_frames=64, sample_kind=fmt.SAMPLE_KIND_PAIRS)
+    run_shard(base / "m", base / "shards", options, workers=1, progress=False)
+    return base
+
+
 def sample_members(key: str, meta: dict | list | str | None = None, spec: np.ndarray | None = None) -> tuple:
     """(key, spec.npy bytes, json bytes) of one hand-made sample: by default a valid one of BINS bins
     and 40 frames; `meta` or `spec` replace what is written (any JSON value, any array)."""

@@ -14,19 +14,14 @@ import soundfile
 from click.testing import CliRunner
 
 from pipeline import format as fmt
-from pipeline.demo.synth import synth_music, synth_voice
-from pipeline.pairs.run import PairOptions, build_pairs
-from pipeline.shard.plan import ShardOptions
-from pipeline.shard.run import run_shard
 from trainer.checkpoint import read_meta, resolve_checkpoint
 from trainer.cli import main as trainer_cli
 from trainer.config import load_config
 from trainer.logs import read_metrics
 from trainer.loop import pretrain
 
-from support import SMALL, write_shards
+from support import SMALL, make_pair_shards, write_shards
 
-SR = 44100
 STFT = fmt.STFTParams(n_fft=128, hop=64)
 FINETUNE = SMALL + ["run.ckpt_every=2", "run.val_every=2", "data.crop_frames=64", "data.batch_size=2"]
 
@@ -44,19 +39,7 @@ def one_thread():
 @pytest.fixture(scope="module")
 def pairs(tmp_path_factory):
     """Four 3-second songs in the stems layout, their pairs manifest and pair shards."""
-    base = tmp_path_factory.mktemp("separation")
-    for seed in range(4):
-        acc = 0.6 * synth_music(3.0, SR, 2, seed=seed)
-        voice = synth_voice(3.0, SR, 2, seed=seed)
-        song = base / "songs" / f"Song {seed}"
-        song.mkdir(parents=True)
-        soundfile.write(song / "mixture.wav", acc + voice, SR, subtype="FLOAT")
-        soundfile.write(song / "instrumental.wav", acc, SR, subtype="FLOAT")
-    summary = build_pairs(base / "m", [str(base / "songs")], options=PairOptions(val_fraction=0.5))
-    assert summary.pairs == 4 and set(summary.splits) == {"train", "val"}
-    options = ShardOptions(stft=STFT, clip_frames=64, sample_kind=fmt.SAMPLE_KIND_PAIRS)
-    run_shard(base / "m", base / "shards", options, workers=1, progress=False)
-    return base
+    return make_pair_shards(tmp_path_factory.mktemp("separation"), STFT)
 
 
 @pytest.fixture(scope="module")

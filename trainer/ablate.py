@@ -13,11 +13,14 @@ whose run already reached `--steps` is evaluated without training again, so an i
 resumes. The table (OUT/ablation.md, also printed) has, per row: the yardstick's masked-token L1 and
 its ratio to both baselines, the log-spectral distance, L1 per band, the pair task's accuracy against
 its chance level, and the mean seconds per training step (with the machine's load average when the
-row trained: timings on a shared machine are only comparable within one table).
+row trained: timings on a shared machine are only comparable within one table). With a
+`Downstream` setting (`--pairs`), trainer/ablate_separation.py also fine-tunes every row and one
+from-scratch model for separation and the table gets their SDR.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -25,6 +28,7 @@ from pathlib import Path
 
 import yaml
 
+from trainer.ablate_separation import Downstream
 from trainer.config import load_config
 
 DEFAULT_VARIANTS = Path(__file__).with_name("ablations") / "objectives.yaml"
@@ -89,14 +93,18 @@ def run_ablation(
     val_shards: str | None = None,
     batches: int = 16,
     device: str = "auto",
+    downstream: Downstream | None = None,
 ) -> str:
-    from trainer.checkpoint import read_meta
+    from trainer.ablate_separation import FINETUNE_DIR, check_downstream, finetune_row, score_finetunes, scratch_dir
+    from trainer.checkpoint import read_meta, resolve_checkpoint
     from trainer.evaluate import evaluate_checkpoint
     from trainer.loop import default_val_shards, pretrain, resolve_run
 
     out = Path(out)
+    if downstream is not None:
+        check_downstream(downstream, shards, [v.slug for v in variants])
     val = val_shards or default_val_shards(shards) or shards
-    rows = []
+    rows, finetunes = [], []
     for variant in variants:
         run_dir = out / variant.slug
         overrides = [*common, *variant.overrides, f"run.steps={steps}"]
@@ -108,15 +116,37 @@ def run_ablation(
         per_step = _seconds_per_step(run_dir, cfg.data.batch_size)
         rows.append((variant, result, per_step, load if trained else None))
         print(f"ablate: {variant.name}: model/interp {result.ratio_interpolate:.3f}", flush=True)
-    table = format_ablation(rows, steps, shards, common)
+        if downstream is not None:
+            init = resolve_checkpoint(run_dir)
+            finetunes.append(finetune_row(run_dir / FINETUNE_DIR, variant.preset, init, downstream, common, device))
+    separation = None
+    if downstream is not None:
+        scratch = finetune_row(scratch_dir(out), downstream.scratch_preset, None, downstream, common, device)
+        separation = score_finetunes(finetunes, [v.name for v in variants], scratch, downstream, device)
+        (out / "separation.md").write_text(separation.table + "\n", encoding="utf-8")
+    table = format_ablation(rows, steps, shards, common, downstream, separation)
     (out / "ablation.md").write_text(table + "\n", encoding="utf-8")
     return table
 
 
-def format_ablation(rows, steps: int, shards: str, common) -> str:
+def _sdr(value: float, reference: float | None = None) -> str:
+    if not math.isfinite(value):
+        return "n/a"
+    if reference is None or not math.isfinite(reference):
+        return f"{value:.2f}"
+    return f"{value:.2f} ({value - reference:+.2f})"
+
+
+def format_ablation(
+    rows, steps: int, shards: str, common, downstream: Downstream | None = None, separation=None
+) -> str:
+    bsseval = separation is not None and downstream.bsseval
+    sdr_header = ""
+    if separation is not None:
+        sdr_header = " inst. SDR MDX dB (vs scratch) |" + (" inst. SDR BSSEval4 dB (vs scratch) |" if bsseval else "")
     header = (
-        "| variant | overrides | masked L1 | / interp | / copy | [MASK] frames: L1 / interp | LSD dB (model / interp) "
-        "| L1 lows | L1 mids | L1 highs | pair acc. / chance | s/step (load) |"
+        f"| variant | overrides |{sdr_header} masked L1 | / interp | / copy | [MASK] frames: L1 / interp "
+        "| LSD dB (model / interp) | L1 lows | L1 mids | L1 highs | pair acc. / chance | s/step (load) |"
     )
     lines = [
         f"{steps} steps per row on {shards}; common overrides: {' '.join(common) or 'none'}; yardstick: 16-frame "
@@ -125,15 +155,44 @@ def format_ablation(rows, steps: int, shards: str, common) -> str:
         header,
         "|" + "---|" * (header.count("|") - 1),
     ]
-    for variant, r, per_step, load in rows:
-        m, i = r.scores["model"], r.scores["interpolate"]
+
+    def sdr_cells(mdx_bss: tuple[float, float], reference: tuple[float, float] | None) -> str:
+        if separation is None:
+            return ""
+        cells = [_sdr(mdx_bss[0], reference and reference[0])]
+        if bsseval:
+            cells.append(_sdr(mdx_bss[1], reference and reference[1]))
+        return " " + " | ".join(cells) + " |"
+
+    for i, (variant, r, per_step, load) in enumerate(rows):
+        m, i_ = r.scores["model"], r.scores["interpolate"]
         pair = f"{r.nsp_accuracy:.2f} / {r.nsp_chance:.2f}" if r.corruption.get("nsp") else "none"
         load_text = f"{load:.1f}" if load is not None else "earlier run"
+        sdr = sdr_cells(separation.rows[i], separation.scratch) if separation is not None else ""
         lines.append(
-            f"| {variant.name} | `{variant.preset}` {' '.join(variant.overrides)} | {m['l1']:.5f} "
+            f"| {variant.name} | `{variant.preset}` {' '.join(variant.overrides)} |{sdr} {m['l1']:.5f} "
             f"| {r.ratio_interpolate:.3f} | {r.ratio_copy:.3f} | {r.ratio('interpolate', 'l1_gaps'):.3f} "
-            f"| {m['lsd']:.1f} / {i['lsd']:.1f} "
+            f"| {m['lsd']:.1f} / {i_['lsd']:.1f} "
             f"| {m['l1_lows']:.4f} | {m['l1_mids']:.5f} | {m['l1_highs']:.6f} | {pair} "
             f"| {per_step:.2f} ({load_text}) |"
         )
+    if separation is not None:
+        from trainer.ablate_separation import SCRATCH
+
+        blank = " — |" * 10
+        lines.append(
+            f"| {SCRATCH} | `{downstream.scratch_preset}` no pretraining |{sdr_cells(separation.scratch, None)}{blank}"
+        )
+        floor_bss = "" if not bsseval else f", BSSEval4 {_sdr(separation.floor[1])}"
+        oracle_bss = "" if not bsseval else f", BSSEval4 {_sdr(separation.oracle[1])}"
+        lines += [
+            "",
+            f"Separation: each row's final checkpoint fine-tuned {downstream.steps} steps on {downstream.pairs} "
+            f"(its preset's training settings and seed, the common overrides), `{SCRATCH}` the same from random "
+            f"init; instrumental SDR in dB, median over {separation.tracks} whole val tracks of "
+            f"{downstream.manifests} (per track: separation.md)"
+            + ("" if bsseval else "; BSSEval v4 not computed (--no-bsseval)"),
+            f"floor (mixture as the estimate): MDX {_sdr(separation.floor[0])}{floor_bss}; "
+            f"ceiling (oracle ratio mask): MDX {_sdr(separation.oracle[0])}{oracle_bss}",
+        ]
     return "\n".join(lines)

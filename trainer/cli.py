@@ -321,18 +321,66 @@ def evaluate_separation(checkpoints, manifests, split, tracks, bsseval, device, 
 @click.option("--steps", type=click.IntRange(min=1), required=True, help="Training steps of every row.")
 @click.option("--batches", type=click.IntRange(min=1), default=16, show_default=True, help="Val batches to score.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
-@click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE", help="Applied to every row.")
-def ablate(shards, val_shards, variants, out, steps, batches, device, overrides):
+@click.option(
+    "--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE", help="Applied to every row and fine-tune."
+)
+@click.option(
+    "--pairs",
+    default=None,
+    help="Pair shards (`pipeline shard --pairs`; same forms as --shards): also fine-tune every row for "
+    "separation and score its SDR.",
+)
+@click.option(
+    "--pairs-manifests", default=None, help="With --pairs: the folder holding pairs.jsonl (whole val tracks)."
+)
+@click.option(
+    "--finetune-steps", type=click.IntRange(min=1), default=None, help="With --pairs: fine-tune steps of every row."
+)
+@click.option(
+    "--tracks",
+    type=click.IntRange(min=1),
+    default=None,
+    help="With --pairs: score the first N val tracks [default: all].",
+)
+@click.option(
+    "--scratch-preset",
+    default=None,
+    help="With --pairs: the preset of the from-scratch fine-tune, the row a pretrain must beat [default: tiny].",
+)
+@click.option("--bsseval/--no-bsseval", default=True, show_default=True, help="With --pairs: also BSSEval v4 (slow).")
+def ablate(
+    shards,
+    val_shards,
+    variants,
+    out,
+    steps,
+    batches,
+    device,
+    overrides,
+    pairs,
+    pairs_manifests,
+    finetune_steps,
+    tracks,
+    scratch_preset,
+    bsseval,
+):
     """Train config variants with the same seed and budget; one yardstick table (OUT/ablation.md).
+
+    With --pairs, every row is then fine-tuned for separation with one budget, plus one from scratch,
+    and the table gets each one's instrumental SDR on the same val tracks.
 
     \b
     trainer ablate --shards demo/shards --steps 60 --out runs/ablate
+    trainer ablate --shards demo/shards --steps 60 --pairs demo/pair-shards --pairs-manifests demo/pair-manifests \\
+      --finetune-steps 30 --tracks 2
     """
     from trainer.ablate import DEFAULT_VARIANTS, read_variants, run_ablation
+    from trainer.ablate_separation import downstream_settings
 
     try:
+        downstream = downstream_settings(pairs, pairs_manifests, finetune_steps, tracks, bsseval, scratch_preset)
         rows = read_variants(variants or DEFAULT_VARIANTS)
-        table = run_ablation(rows, shards, out, steps, list(overrides), val_shards, batches, device)
+        table = run_ablation(rows, shards, out, steps, list(overrides), val_shards, batches, device, downstream)
     except (ValueError, RuntimeError, OSError) as exc:
         raise _one_line(exc) from exc
     click.echo(table)

@@ -102,6 +102,17 @@ def _fmt(value: float) -> str:
     return f"{value:8.2f}" if math.isfinite(value) else f"{'n/a':>8}"
 
 
+def select_pairs(manifests: str | os.PathLike, split: str = "val", tracks: int | None = None) -> list[fmt.PairRecord]:
+    """The first `tracks` pairs of the split, by name: the tracks every row is scored on."""
+    path = os.path.join(manifests, fmt.PAIRS_FILE)
+    if not os.path.isfile(path):
+        raise ValueError(f"{path}: no pairs manifest (run `pipeline pairs` first)")
+    pairs = sorted((p for p in fmt.read_pairs(manifests) if p.split == split), key=lambda p: (p.name, p.id))
+    if not pairs:
+        raise ValueError(f"{path}: no pairs in split {split!r}")
+    return pairs[:tracks] if tracks else pairs
+
+
 def evaluate_separation(
     checkpoints: list[str],
     manifests: str | os.PathLike,
@@ -111,25 +122,24 @@ def evaluate_separation(
     device: str = "auto",
     batch_size: int | None = None,
     progress: bool | None = None,
+    labels: list[str] | None = None,
 ) -> tuple[dict[str, Scores], str]:
     """Score every checkpoint and the two references on the split's pairs; returns (scores by row
-    name, the printed table). A pair whose audio cannot be read is reported and skipped."""
+    name, checkpoints first in their order, then the references; the printed table). `labels` name
+    the checkpoints' rows (default: run/step). A pair whose audio cannot be read is reported and skipped."""
     from tqdm import tqdm
 
     from pipeline.audio.decode import DecodeError
     from pipeline.pairs.align import paired_chunks
     from trainer.separate import load_separator
 
+    if labels is not None and len(labels) != len(checkpoints):
+        raise ValueError(f"{len(labels)} labels for {len(checkpoints)} checkpoints")
     path = os.path.join(manifests, fmt.PAIRS_FILE)
-    if not os.path.isfile(path):
-        raise ValueError(f"{path}: no pairs manifest (run `pipeline pairs` first)")
-    pairs = sorted((p for p in fmt.read_pairs(manifests) if p.split == split), key=lambda p: (p.name, p.id))
-    if not pairs:
-        raise ValueError(f"{path}: no pairs in split {split!r}")
-    pairs = pairs[:tracks] if tracks else pairs
+    pairs = select_pairs(manifests, split, tracks)
     separators = [load_separator(c, device, batch_size) for c in checkpoints]
     stft = separators[0].stft if separators else fmt.STFTParams()
-    names = [s.name for s in separators] + [FLOOR, ORACLE]
+    names = (list(labels) if labels else [s.name for s in separators]) + [FLOOR, ORACLE]
     names = [name if names.index(name) == i else f"{name} #{i + 1}" for i, name in enumerate(names)]
     scores = {name: Scores() for name in names}
     lines, skipped = [], []
@@ -168,4 +178,13 @@ def evaluate_separation(
     return scores, "\n".join(table)
 
 
-__all__ = ["evaluate_separation", "mdx_sdr", "bsseval_sdr", "oracle_instrumental", "Scores", "FLOOR", "ORACLE"]
+__all__ = [
+    "evaluate_separation",
+    "select_pairs",
+    "mdx_sdr",
+    "bsseval_sdr",
+    "oracle_instrumental",
+    "Scores",
+    "FLOOR",
+    "ORACLE",
+]

@@ -173,36 +173,40 @@ def test_mask_refine_starts_at_the_interpolation_across_masked_frames():
     assert torch.allclose(rec[~m], out.input[~m], atol=1e-6)
 
 
-def test_mask_repair_replaces_a_judged_frame_by_the_frames_sixteen_away(monkeypatch):
-    import trainer.objective
+def test_mask_detect_untrained_fills_noise_and_gaps_exactly_like_the_interpolation_baseline():
+    """With a neutral head (gate 0.5, factor 1, no learned opinion on noise) the noised frames are found
+    by the rule and every changed frame gets the interpolation from intact frames, which is the
+    baseline's estimate; intact frames and the separator keep the input."""
     from trainer.baselines import interpolate
-    from trainer.objective import REPAIR_SPAN
 
-    monkeypatch.setattr(trainer.objective, "REPAIR_SLOPE", 0.0)  # the learned weight alone
-
-    clean = batch(2, frames=64)
-    out = corrupt(clean, token_frames=8, select_rate=0.3)
-    c = clean.shape[1]
-    neutral = torch.full((2, 2 * c, 32, 64), 0.5)  # gate 0.5, factor 1
-    across = interpolate(out.input, out.masked, out.separator)
-    no_repair = reconstruct(torch.cat((neutral, torch.zeros(2, c, 32, 64)), 1), out, "mask_repair")
-    assert torch.allclose(no_repair, reconstruct(neutral, out, "mask_refine"), atol=1e-5)
-    full = reconstruct(torch.cat((neutral, torch.ones(2, c, 32, 64)), 1), out, "mask_repair")
-    # an unmasked frame far from the edges: the mean of frames t - 16 and t + 16 of the interpolation
-    t = next(t for t in range(REPAIR_SPAN, 64 - REPAIR_SPAN) if not out.masked[0, t])
-    expected = 0.5 * (across[0, ..., t - REPAIR_SPAN] + across[0, ..., t + REPAIR_SPAN])
-    assert torch.allclose(full[0, ..., t], expected.clamp(max=1.0), atol=1e-5)
-    m = out.masked[:, None, None, :].expand_as(clean)
-    assert torch.allclose(full[m], no_repair[m])  # [MASK] frames keep the refined interpolation
+    clean = batch(8, bins=256, frames=96) * 0.2  # music never within 12 dB of the max in a quarter of its bins
+    out = corrupt(clean, token_frames=8, select_rate=0.3, mask_prob=0.5, noise_prob=0.4)
+    assert out.noised.any() and out.masked.any() and out.separator.any()
+    neutral = torch.full((8, 6, 256, 96), 0.5)
+    rec = reconstruct(neutral, out, "mask_detect")
+    expected = interpolate(out.input, out.changed(), out.separator)
+    assert torch.allclose(rec, expected, atol=1e-6)
 
 
-def test_mask_repair_prior_replaces_broadband_noise_and_keeps_music():
+def test_mask_detect_keeps_loud_music_and_the_separator_and_a_learned_logit_can_overrule_the_rule():
+    from trainer.objective import noise_logit
+
     clean = torch.full((1, 2, 32, 64), 1e-3)
-    clean[..., 40:] = 2e-3  # a step up in level is music, not damage
-    out = corrupt(clean, token_frames=8, select_rate=0.0, nsp=False)
+    clean[..., 40:48, :] = 1.0  # loud in a quarter of the bins: still music by the rule
+    out = corrupt(clean, token_frames=8, select_rate=0.0)
     out.masked[:] = False
-    out.input[..., 24:32] = 0.5  # noise-like: ~6 nats above the frames 16 away
-    neutral = torch.full((1, 6, 32, 64), 0.5)  # no learned opinion, factor 1
-    rec = reconstruct(neutral, out, "mask_repair")
-    assert rec[..., 24:32].max() < 0.01  # replaced by the frames 16 away
-    assert torch.allclose(rec[..., 40:48], out.input[..., 40:48], rtol=0.05)
+    out.input[..., 8:16] = torch.maximum(torch.rand(1, 2, 32, 8, generator=torch.Generator().manual_seed(0)), clean[..., 8:16])
+    assert out.separator.any() and (noise_logit(out.input)[0, out.separator[0]] > 0).all()  # 1,0,1,0: loud
+    neutral = torch.full((1, 6, 32, 64), 0.5)
+    rec = reconstruct(neutral, out, "mask_detect")
+    assert rec[..., 8:16].max() < 0.01  # the noise is gone
+    keep = torch.ones(64, dtype=torch.bool)
+    keep[8:16] = False
+    assert torch.allclose(rec[..., keep], out.input[..., keep])  # music and separator pass through
+    # near the rule's midpoint the learned logit decides: loud in half the bins is noise to the rule
+    # (logit +6), music when the head says so (its logit -14)
+    out.input[..., 8:16] = clean[..., 8:16]
+    out.input[:, :, :16, 8:16] = 1.0
+    assert rec.shape == out.input.shape and reconstruct(neutral, out, "mask_detect")[:, :, :16, 8:16].max() < 0.01
+    music = torch.cat((torch.full((1, 4, 32, 64), 0.5), torch.zeros(1, 2, 32, 64)), 1)
+    assert torch.allclose(reconstruct(music, out, "mask_detect")[..., 8:16], out.input[..., 8:16], atol=1e-3)

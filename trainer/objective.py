@@ -11,9 +11,10 @@ Two choices of pretraining are config values (docs/experiments.md says why each 
   frames (their input is the mask value, not music, so a mask of it cannot be the answer);
   "mask_refine", the same gate, but the fill is a learned per-bin factor on the linear interpolation
   across the [MASK] frames (which the model sees as such): the network starts at that estimate and
-  learns corrections from context instead of the whole spectrum; "mask_repair", mask_refine plus a
-  learned per-frame weight that replaces a frame the model judges damaged (the noised tenth of
-  80/10/10, which no rule tells the model) by the mean of the frames 16 away;
+  learns corrections from context instead of the whole spectrum; "mask_detect", mask_refine plus
+  a per-frame noise weight: a frame judged to be the noised tenth of 80/10/10 (a rule on the share of
+  loud bins, which noise at ~0.5 of the crop's max everywhere cannot hide, plus a learned logit) is
+  left out of the interpolation's sources and filled like a [MASK] frame;
 - where the L1 is taken (`loss.domain`): "linear" magnitudes (normalised to the crop's max), or
   "log": log(x + loss.log_eps), where a quiet bin counts as much as a loud one.
 """
@@ -42,15 +43,16 @@ def masked_l1(pred: Tensor, target: Tensor, selected: Tensor) -> Tensor:
     return total / count.clamp(min=1)
 
 
-REPAIR_SPAN = 16  # mask_repair: frames t - 16 and t + 16 lie outside any token of <= 16 frames holding t
-REPAIR_THRESHOLD, REPAIR_SLOPE = 3.0, 2.0  # the repair prior's midpoint (nats) and slope (see reconstruct)
+# mask_detect's rule for the noised tenth of 80/10/10 (max(U(0, 1), x) in every bin): the share of a
+# frame's values at or above DETECT_LEVEL of the crop's max. Measured on the Wesnoth crops (31 000
+# intact frames, 1000 noised, docs/experiments.md): music at most 0.022, noise at least 0.72.
+DETECT_LEVEL, DETECT_MIDPOINT, DETECT_SLOPE = 0.25, 0.4, 60.0
 
 
-def _shifted(x: Tensor, offset: int) -> Tensor:
-    """x at frame t + offset, the index clamped to the crop (the edge frame repeats)."""
-    frames = x.shape[-1]
-    index = (torch.arange(frames, device=x.device) + offset).clamp(0, frames - 1)
-    return x.index_select(-1, index)
+def noise_logit(inp: Tensor) -> Tensor:
+    """[B, T] the rule's logit that a frame is the corruption's noise (0 at DETECT_MIDPOINT)."""
+    loud_share = (inp >= DETECT_LEVEL).float().mean(dim=(1, 2))
+    return DETECT_SLOPE * (loud_share - DETECT_MIDPOINT)
 
 
 def reconstruct(head: Tensor, corrupted: Corrupted, output: str = "mask") -> Tensor:
@@ -59,32 +61,32 @@ def reconstruct(head: Tensor, corrupted: Corrupted, output: str = "mask") -> Ten
     head = head.float()
     if output == "mask":
         return head * inp
-    if output not in ("mask_fill", "mask_refine", "mask_repair"):
+    if output not in ("mask_fill", "mask_refine", "mask_detect"):
         raise ValueError(f"unknown model output {output!r}")
     channels = inp.shape[1]
     gate, fill = head[:, :channels], head[:, channels : 2 * channels]
     masked = corrupted.masked
-    if output in ("mask_refine", "mask_repair") and masked is not None:
-        # the sigmoid's odds s / (1 - s) as the factor: 1 at s = 0.5 (fill_prior 0.5 starts at the estimate)
-        factor = fill / (1.0 - fill).clamp(min=1e-6)
-        across_masks = interpolate(inp, masked, corrupted.separator)
-        fill = (across_masks * factor).clamp(max=1.0)
-    if masked is not None:
-        gate = gate.masked_fill(masked[:, None, None, :], 0.0)
-    estimate = gate * inp + (1.0 - gate) * fill
-    if output == "mask_repair" and masked is not None:
-        # A frame the model judges damaged (noise it cannot tell by rule) is replaced, with weight
-        # `repair` (its per-frame mean over bins), by the mean of the frames REPAIR_SPAN away.
-        wide = 0.5 * (_shifted(across_masks, -REPAIR_SPAN) + _shifted(across_masks, REPAIR_SPAN))
-        # A learned logit cannot travel far in a short run (AdamW moves it ~lr per step), so it adds to
-        # a prior: how far the frame's mean log magnitude stands above the frames 16 away (noise at
-        # ~0.5 of the crop max stands ~5 nats above music, a drum hit ~1-2).
-        excess = (torch.log(inp + 1e-3) - torch.log(wide + 1e-3)).mean(dim=(1, 2), keepdim=True)
-        learned = torch.logit(head[:, 2 * channels :].mean(dim=2, keepdim=True), eps=1e-6)
-        repair = torch.sigmoid(learned + REPAIR_SLOPE * (excess - REPAIR_THRESHOLD))
-        repaired = (1.0 - repair) * estimate + repair * (wide * factor).clamp(max=1.0)
-        estimate = torch.where(masked[:, None, None, :], estimate, repaired)
-    return estimate
+    if masked is None:
+        return gate * inp + (1.0 - gate) * fill
+    gate = gate.masked_fill(masked[:, None, None, :], 0.0)
+    if output == "mask_fill":
+        return gate * inp + (1.0 - gate) * fill
+    # the sigmoid's odds s / (1 - s) as the factor: 1 at s = 0.5 (fill_prior 0.5 starts at the estimate)
+    factor = fill / (1.0 - fill).clamp(min=1e-6)
+    if output == "mask_refine":
+        fill = (interpolate(inp, masked, corrupted.separator) * factor).clamp(max=1.0)
+        return gate * inp + (1.0 - gate) * fill
+    # mask_detect: a frame judged to be noise is no source of the interpolation and is itself filled
+    # with weight `noise` (the rule's logit plus a learned one, the third head group's mean over bins;
+    # [MASK] and separator frames are known by rule and never judged). The hard choice of sources
+    # carries no gradient; the blend weight does.
+    learned = torch.logit(head[:, 2 * channels :].mean(dim=(1, 2)), eps=1e-6)
+    noise = torch.sigmoid(learned + noise_logit(inp)).masked_fill(masked | corrupted.separator, 0.0)
+    missing = masked | (noise.detach() > 0.5)
+    fill = (interpolate(inp, missing, corrupted.separator) * factor).clamp(max=1.0)
+    kept = gate * inp + (1.0 - gate) * fill
+    noise = noise[:, None, None, :]
+    return (1.0 - noise) * kept + noise * fill
 
 
 def to_loss_domain(x: Tensor, loss_cfg: LossConfig) -> Tensor:

@@ -23,8 +23,8 @@ from torch.utils.checkpoint import checkpoint
 from trainer.model.blocks import EvolvedDecoderBlock, EvolvedEncoderBlock
 from trainer.model.config import HEAD_GROUPS, ModelConfig
 
-# mask_repair: the learned part of the repair logit starts at 0; the prior decides (trainer.objective)
-REPAIR_PRIOR = 0.5
+# mask_detect: the learned part of the noise logit starts at 0; the rule decides (trainer.objective)
+NOISE_PRIOR = 0.5
 
 
 class FrameConv(nn.Sequential):
@@ -136,7 +136,7 @@ def mask_head(channels: int, cfg: ModelConfig) -> nn.Conv1d:
     with torch.no_grad():
         head.bias[: cfg.audio_channels] = _logit(cfg.mask_prior)
         head.bias[cfg.audio_channels : 2 * cfg.audio_channels] = _logit(cfg.fill_prior)
-        head.bias[2 * cfg.audio_channels :] = _logit(REPAIR_PRIOR)
+        head.bias[2 * cfg.audio_channels :] = _logit(NOISE_PRIOR)
         # the fill starts exactly at its prior (for mask_refine: the interpolation itself), so the first
         # steps are not spent undoing a random per-bin factor on loud bins
         head.weight[cfg.audio_channels :] = 0.0
@@ -169,7 +169,7 @@ class FrameTransformerUNet(nn.Module):
     """forward(x [B, 2, bins, T]) -> (head [B, 2, bins, T] in [0, 1], nsp_logit [B]).
 
     With `output: mask` the head is the mask; with `mask_fill` or `mask_refine` it is [B, 4, bins, T]
-    (mask_repair: [B, 6, bins, T], then the repair weight per channel): the gate for
+    (mask_detect: [B, 6, bins, T], then the noise weight per channel): the gate for
     each audio channel, then the fill value for each (trainer.objective.reconstruct combines them).
     """
 

@@ -195,7 +195,8 @@ def test_mask_detect_keeps_loud_music_and_the_separator_and_a_learned_logit_can_
     clean[..., 40:48, :] = 1.0  # loud in a quarter of the bins: still music by the rule
     out = corrupt(clean, token_frames=8, select_rate=0.0)
     out.masked[:] = False
-    out.input[..., 8:16] = torch.maximum(torch.rand(1, 2, 32, 8, generator=torch.Generator().manual_seed(0)), clean[..., 8:16])
+    noise = torch.rand(1, 2, 32, 8, generator=torch.Generator().manual_seed(0))
+    out.input[..., 8:16] = torch.maximum(noise, clean[..., 8:16])
     assert out.separator.any() and (noise_logit(out.input)[0, out.separator[0]] > 0).all()  # 1,0,1,0: loud
     neutral = torch.full((1, 6, 32, 64), 0.5)
     rec = reconstruct(neutral, out, "mask_detect")

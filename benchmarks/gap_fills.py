@@ -1,0 +1,130 @@
+"""How far below linear interpolation can a gap be filled without learning anything from context?
+
+    .venv/bin/python benchmarks/gap_fills.py --shards S [--batches 16] [--crop-frames 128] [--context 4]
+
+Scores fills that need no training on the [MASK] frames of the evaluation yardstick (16-frame
+tokens, 15% selected, 80/10/10, trainer.evaluate.yardstick, the same val crops and seed as
+`trainer evaluate`), each as L1 of the linear magnitudes and as a ratio to the interpolation
+baseline: copy-nearest, interpolation scaled by a constant (L1 is minimised by the median, which
+for skewed magnitudes lies under the mean), interpolation of log magnitudes (exact for an
+exponential decay), the smaller of the two neighbours, and a self-similarity copy (for each gap,
+the stretch of the same crop whose `--context` frames on both sides match the gap's context best
+in log magnitude, as in similarity-based audio inpainting). If none of them is far below 1.0, a
+model must learn the music itself to get there (docs/experiments.md, "Filling the noised tenth").
+Prints one markdown table; nothing here is timed.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+from torch import Tensor
+
+from trainer.baselines import copy_nearest, interpolate, neighbour_frames
+from trainer.corrupt import CorruptConfig, corrupt_batch
+from trainer.data import eval_loader
+from trainer.evaluate import EVAL_SEED, yardstick
+
+LOG_EPS = 1e-4
+
+
+def log_interpolate(inp: Tensor, changed: Tensor, separator: Tensor) -> Tensor:
+    before, after, weight = neighbour_frames(inp, changed, separator)
+    blended = torch.exp((1 - weight) * torch.log(before + LOG_EPS) + weight * torch.log(after + LOG_EPS)) - LOG_EPS
+    return torch.where(changed[:, None, None, :], blended.clamp(min=0), inp)
+
+
+def smaller_neighbour(inp: Tensor, changed: Tensor, separator: Tensor) -> Tensor:
+    before, after, _ = neighbour_frames(inp, changed, separator)
+    return torch.where(changed[:, None, None, :], torch.minimum(before, after), inp)
+
+
+def _runs(flags: Tensor) -> list[tuple[int, int]]:
+    """[T] bool -> [start, end) of each run of True."""
+    runs, start = [], None
+    for t, flag in enumerate(flags.tolist() + [False]):
+        if flag and start is None:
+            start = t
+        elif not flag and start is not None:
+            runs.append((start, t))
+            start = None
+    return runs
+
+
+def self_similar(inp: Tensor, changed: Tensor, separator: Tensor, context: int) -> Tensor:
+    """Each gap <- the stretch of the crop whose surrounding frames best match the gap's (mean |log
+    difference|), searched over every shift that keeps the stretch and its context intact; gaps
+    without a candidate keep the interpolation."""
+    out = interpolate(inp, changed, separator)
+    source = ~changed & ~separator
+    logs = torch.log(inp + LOG_EPS)
+    frames = inp.shape[-1]
+    for b in range(inp.shape[0]):
+        for start, end in _runs(changed[b]):
+            around = [t for t in range(start - context, start) if t >= 0 and source[b, t]]
+            around += [t for t in range(end, end + context) if t < frames and source[b, t]]
+            if not around:
+                continue
+            around_t = torch.tensor(around)
+            best = None
+            for shift in range(-frames, frames):
+                if abs(shift) < end - start:
+                    continue
+                moved, gap = around_t + shift, torch.arange(start, end) + shift
+                if min(moved.min(), gap.min()) < 0 or max(moved.max(), gap.max()) >= frames:
+                    continue
+                if not (source[b, moved].all() and source[b, gap].all()):
+                    continue
+                distance = float((logs[b][..., around_t] - logs[b][..., moved]).abs().mean())
+                if best is None or distance < best[0]:
+                    best = (distance, shift)
+            if best is not None:
+                out[b, ..., start:end] = inp[b, ..., start + best[1] : end + best[1]]
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--shards", required=True, help="a shard folder or its val.json")
+    parser.add_argument("--batches", type=int, default=16)
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--crop-frames", type=int, default=128)
+    parser.add_argument("--context", type=int, default=4, help="frames each side matched by the self-similar copy")
+    args = parser.parse_args()
+
+    corruption = yardstick(CorruptConfig())
+    generator = torch.Generator().manual_seed(EVAL_SEED)
+    sums: dict[str, float] = {}
+    elements = gap_frames = 0
+    loader = eval_loader(
+        args.shards, batch_size=args.batch_size, crop_frames=args.crop_frames, max_batches=args.batches
+    )
+    for batch in loader:
+        c = corrupt_batch(batch["spec"].float(), batch["group"], corruption, generator)
+        changed, gaps = c.changed(), c.masked
+        interpolation = interpolate(c.input, changed, c.separator)
+        fills = {
+            "copy nearest frame": copy_nearest(c.input, changed, c.separator),
+            "linear interpolation": interpolation,
+            **{f"interpolation x {k}": interpolation * k for k in (0.7, 0.8, 0.9)},
+            "interpolation of log magnitudes": log_interpolate(c.input, changed, c.separator),
+            "smaller neighbour": smaller_neighbour(c.input, changed, c.separator),
+            f"self-similar copy ({args.context} frames each side)": self_similar(
+                c.input, changed, c.separator, args.context
+            ),
+        }
+        weight = gaps[:, None, None, :].float()
+        for name, fill in fills.items():
+            sums[name] = sums.get(name, 0.0) + float(((fill - c.target).abs() * weight).sum())
+        elements += int(gaps.sum()) * c.input.shape[1] * c.input.shape[2]
+        gap_frames += int(gaps.sum())
+    reference = sums["linear interpolation"] / elements
+    print(f"{gap_frames} [MASK] frames of {args.shards} (yardstick corruption, seed {EVAL_SEED})\n")
+    print("| fill (no learning) | L1 on [MASK] frames | / interpolation |\n|---|---|---|")
+    for name, total in sums.items():
+        print(f"| {name} | {total / elements:.5f} | {total / elements / reference:.3f} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -9,8 +9,11 @@ baseline: copy-nearest, interpolation scaled by a constant (L1 is minimised by t
 for skewed magnitudes lies under the mean), interpolation of log magnitudes (exact for an
 exponential decay), the smaller of the two neighbours, and a self-similarity copy (for each gap,
 the stretch of the same crop whose `--context` frames on both sides match the gap's context best
-in log magnitude, as in similarity-based audio inpainting). If none of them is far below 1.0, a
-model must learn the music itself to get there (docs/experiments.md, "Filling the noised tenth").
+in log magnitude, as in similarity-based audio inpainting). Two oracle rows use the clean gap and
+bound what knowing part of the answer gives: the best single factor per gap on the interpolation
+(the gap's loudness), and each bin's median level over the gap (which notes sound in it). If none of
+the fills is far below 1.0 and the oracles are not far below either, a model must learn the music
+itself to get there (docs/experiments.md, "Real music with noise detection").
 Prints one markdown table; nothing here is timed.
 """
 
@@ -84,6 +87,28 @@ def self_similar(inp: Tensor, changed: Tensor, separator: Tensor, context: int) 
     return out
 
 
+def oracle_flat(target: Tensor, gaps: Tensor, fill: Tensor) -> Tensor:
+    """Uses the truth: each gap <- the per-bin median of its clean frames (every note's level right,
+    only the change within the gap unknown)."""
+    out = fill.clone()
+    for b in range(target.shape[0]):
+        for start, end in _runs(gaps[b]):
+            out[b, ..., start:end] = target[b, ..., start:end].median(dim=-1, keepdim=True).values
+    return out
+
+
+def oracle_gain(target: Tensor, gaps: Tensor, interpolation: Tensor) -> Tensor:
+    """Uses the truth: each gap <- the interpolation times the one factor (0, 0.05, ..., 2) that fits it best."""
+    out = interpolation.clone()
+    factors = torch.linspace(0, 2, 41)
+    for b in range(target.shape[0]):
+        for start, end in _runs(gaps[b]):
+            guess, truth = interpolation[b, ..., start:end], target[b, ..., start:end]
+            errors = torch.stack([(guess * k - truth).abs().sum() for k in factors])
+            out[b, ..., start:end] = guess * factors[errors.argmin()]
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--shards", required=True, help="a shard folder or its val.json")
@@ -113,6 +138,8 @@ def main() -> None:
             f"self-similar copy ({args.context} frames each side)": self_similar(
                 c.input, changed, c.separator, args.context
             ),
+            "oracle: one best factor per gap on the interpolation": oracle_gain(c.target, gaps, interpolation),
+            "oracle: each bin's median level in the gap": oracle_flat(c.target, gaps, interpolation),
         }
         weight = gaps[:, None, None, :].float()
         for name, fill in fills.items():

@@ -91,6 +91,7 @@ def test_every_row_and_a_scratch_fine_tune_get_sdr_columns_and_a_rerun_trains_no
     metrics = {p: read_metrics(p) for p in (out / "recipe" / "finetune", out / "from-scratch" / "finetune")}
     again = CliRunner().invoke(trainer_cli, args)
     assert again.exit_code == 0, again.output
+    assert "ignored" not in again.output  # ablate gave no --preset/--init that a resumed run could ignore
     strip = lambda text: [r.rsplit("|", 2)[0] for r in text.splitlines()]  # noqa: E731 (timings differ)
     assert strip((out / "ablation.md").read_text()) == strip(table)
     assert {p: read_metrics(p) for p in metrics} == metrics

@@ -96,7 +96,7 @@ def run_ablation(
     downstream: Downstream | None = None,
 ) -> str:
     from trainer.ablate_separation import FINETUNE_DIR, check_downstream, finetune_row, score_finetunes, scratch_dir
-    from trainer.checkpoint import read_meta, resolve_checkpoint
+    from trainer.checkpoint import latest_checkpoint, read_meta, resolve_checkpoint
     from trainer.evaluate import evaluate_checkpoint
     from trainer.loop import default_val_shards, pretrain, resolve_run
 
@@ -108,7 +108,8 @@ def run_ablation(
     for variant in variants:
         run_dir = out / variant.slug
         overrides = [*common, *variant.overrides, f"run.steps={steps}"]
-        cfg, checkpoint = resolve_run(run_dir, variant.preset, None, overrides)
+        started = latest_checkpoint(run_dir / "checkpoints") is not None  # continues with its saved config
+        cfg, checkpoint = resolve_run(run_dir, None if started else variant.preset, None, overrides)
         trained = checkpoint is None or int(read_meta(checkpoint).get("step", 0)) < steps
         load = os.getloadavg()[0]
         pretrain(cfg, shards, run_dir, val_shards=None, checkpoint=checkpoint, device=device)

@@ -109,11 +109,15 @@ def finetune_row(
 ) -> Path:
     """Fine-tune from `init` (a pretraining checkpoint) or from scratch into run_dir; returns run_dir.
     The training sections are the preset's plus `common`, as for `trainer finetune --preset --set`."""
+    from trainer.checkpoint import latest_checkpoint
     from trainer.finetune import resolve_finetune
     from trainer.loop import pretrain as train
 
     overrides = [*common, f"run.steps={downstream.steps}"]
-    cfg, checkpoint = resolve_finetune(run_dir, preset, None, overrides, init=str(init) if init else None)
+    if latest_checkpoint(run_dir / "checkpoints") is not None:  # continues with its saved config
+        cfg, checkpoint = resolve_finetune(run_dir, None, None, overrides)
+    else:
+        cfg, checkpoint = resolve_finetune(run_dir, preset, None, overrides, init=str(init) if init else None)
     if checkpoint is not None and init is not None and Path(cfg.run.init or "").name != init.name:
         raise ValueError(
             f"{run_dir} was fine-tuned from {cfg.run.init}, its pretrain is now at {init.name}: "

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import yaml
 
-from trainer.ablate_separation import Downstream
+from trainer.ablate_separation import SCRATCH, Downstream
 from trainer.config import load_config
 
 DEFAULT_VARIANTS = Path(__file__).with_name("ablations") / "objectives.yaml"
@@ -165,21 +165,19 @@ def format_ablation(
             cells.append(_sdr(mdx_bss[1], reference and reference[1]))
         return " " + " | ".join(cells) + " |"
 
-    for i, (variant, r, per_step, load) in enumerate(rows):
-        m, i_ = r.scores["model"], r.scores["interpolate"]
+    for index, (variant, r, per_step, load) in enumerate(rows):
+        m, i = r.scores["model"], r.scores["interpolate"]
         pair = f"{r.nsp_accuracy:.2f} / {r.nsp_chance:.2f}" if r.corruption.get("nsp") else "none"
         load_text = f"{load:.1f}" if load is not None else "earlier run"
-        sdr = sdr_cells(separation.rows[i], separation.scratch) if separation is not None else ""
+        sdr = sdr_cells(separation.rows[index], separation.scratch) if separation is not None else ""
         lines.append(
             f"| {variant.name} | `{variant.preset}` {' '.join(variant.overrides)} |{sdr} {m['l1']:.5f} "
             f"| {r.ratio_interpolate:.3f} | {r.ratio_copy:.3f} | {r.ratio('interpolate', 'l1_gaps'):.3f} "
-            f"| {m['lsd']:.1f} / {i_['lsd']:.1f} "
+            f"| {m['lsd']:.1f} / {i['lsd']:.1f} "
             f"| {m['l1_lows']:.4f} | {m['l1_mids']:.5f} | {m['l1_highs']:.6f} | {pair} "
             f"| {per_step:.2f} ({load_text}) |"
         )
     if separation is not None:
-        from trainer.ablate_separation import SCRATCH
-
         blank = " — |" * 10
         lines.append(
             f"| {SCRATCH} | `{downstream.scratch_preset}` no pretraining |{sdr_cells(separation.scratch, None)}{blank}"

@@ -60,3 +60,15 @@ def clean(collection):
     out = base / "clean"
     run_shard(manifests, out, OPTIONS, workers=1, progress=False)
     return out
+
+
+@pytest.fixture
+def one_thread():
+    """Torch on one thread for a test module that trains (`pytestmark = pytest.mark.usefixtures("one_thread")`):
+    two cores are shared by every test process, and spinning OpenMP threads only slow each other down."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -20,14 +20,7 @@ STFT = fmt.STFTParams(n_fft=128, hop=64)
 COMMON = SMALL + ["run.ckpt_every=2", "data.crop_frames=64", "data.batch_size=2", "data.val_batch_size=2"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

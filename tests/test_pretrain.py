@@ -27,15 +27,7 @@ def shards(tmp_path_factory) -> Path:
     return write_shards(tmp_path_factory.mktemp("shards"), tracks)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Two cores are shared by every test process: spinning OpenMP threads only slow each other down."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def mean(values):

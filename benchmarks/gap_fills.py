@@ -35,13 +35,13 @@ LOG_EPS = 1e-4
 
 
 def log_interpolate(inp: Tensor, changed: Tensor, separator: Tensor) -> Tensor:
-    before, after, weight = neighbour_frames(inp, changed, separator)
+    before, after, weight, _ = neighbour_frames(inp, changed, separator)
     blended = torch.exp((1 - weight) * torch.log(before + LOG_EPS) + weight * torch.log(after + LOG_EPS)) - LOG_EPS
     return torch.where(changed[:, None, None, :], blended.clamp(min=0), inp)
 
 
 def smaller_neighbour(inp: Tensor, changed: Tensor, separator: Tensor) -> Tensor:
-    before, after, _ = neighbour_frames(inp, changed, separator)
+    before, after, _, _ = neighbour_frames(inp, changed, separator)
     return torch.where(changed[:, None, None, :], torch.minimum(before, after), inp)
 
 

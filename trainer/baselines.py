@@ -55,10 +55,13 @@ def copy_nearest(inp: Tensor, selected: Tensor, separator: Tensor | None = None)
     return torch.where(fill[:, None, None, :], _frames_at(inp, nearest), inp)
 
 
-def neighbour_frames(inp: Tensor, selected: Tensor, separator: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
-    """For every frame, the nearest source frames before and after it and the interpolation weight
-    w = (t - prev) / (next - prev) of the later one, [B, 1, 1, T]. A gap touching the crop's edge has
-    one side only: both frames are that side's (w is 1 at the left edge, 0 at the right)."""
+def neighbour_frames(
+    inp: Tensor, selected: Tensor, separator: Tensor | None = None
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """For every frame, the nearest source frames before and after it, the interpolation weight
+    w = (t - prev) / (next - prev) of the later one, [B, 1, 1, T], and whether any source exists,
+    [B, T]. A gap touching the crop's edge has one side only: both frames are that side's (w is 1 at
+    the left edge, 0 at the right)."""
     previous, following, has_previous, has_next = _source_neighbours(selected, separator)
     t = torch.arange(selected.shape[1], device=selected.device)
     span = (following - previous).clamp(min=1)
@@ -67,7 +70,7 @@ def neighbour_frames(inp: Tensor, selected: Tensor, separator: Tensor | None = N
     weight = torch.where(has_next, weight, torch.zeros_like(weight))  # right edge: only `prev` exists
     before = _frames_at(inp, torch.where(has_previous, previous, following))
     after = _frames_at(inp, torch.where(has_next, following, previous))
-    return before, after, weight[:, None, None, :]
+    return before, after, weight[:, None, None, :], has_previous | has_next
 
 
 def interpolate(inp: Tensor, selected: Tensor, separator: Tensor | None = None) -> Tensor:
@@ -78,10 +81,9 @@ def interpolate(inp: Tensor, selected: Tensor, separator: Tensor | None = None) 
     touching the crop's edge has one side only and takes that frame (constant extrapolation). A
     sample with no source frame at all is returned unchanged.
     """
-    before, after, weight = neighbour_frames(inp, selected, separator)
-    _, _, has_previous, has_next = _source_neighbours(selected, separator)
+    before, after, weight, has_source = neighbour_frames(inp, selected, separator)
     blended = (1 - weight) * before + weight * after
-    fill = selected & (has_previous | has_next)
+    fill = selected & has_source
     return torch.where(fill[:, None, None, :], blended, inp)
 
 

@@ -44,8 +44,8 @@ def masked_l1(pred: Tensor, target: Tensor, selected: Tensor) -> Tensor:
 
 
 # mask_detect's rule for the noised tenth of 80/10/10 (max(U(0, 1), x) in every bin): the share of a
-# frame's values at or above DETECT_LEVEL of the crop's max. Measured on the Wesnoth crops (31 000
-# intact frames, 1000 noised, docs/experiments.md): music at most 0.022, noise at least 0.72.
+# frame's values at or above DETECT_LEVEL of the crop's max. On the Wesnoth train crops (24 896 intact
+# frames, 464 noised; benchmarks/gap_fills.py, docs/experiments.md): music at most 0.020, noise at least 0.725.
 DETECT_LEVEL, DETECT_MIDPOINT, DETECT_SLOPE = 0.25, 0.4, 60.0
 
 

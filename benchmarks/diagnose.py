@@ -24,12 +24,12 @@ from collections import defaultdict
 
 import torch
 
-from trainer.baselines import copy_nearest, interpolate
 from trainer.config import load_config
-from trainer.corrupt import corrupt_batch
 from trainer.data import eval_loader
 from trainer.model import build_model
-from trainer.objective import compute_loss, masked_l1
+from trainer.pretrain.baselines import copy_nearest, interpolate
+from trainer.pretrain.corrupt import corrupt_batch
+from trainer.pretrain.objective import compute_loss, masked_l1
 
 TERMS = ("masked_l1", "all_frames_l1", "nsp_bce")
 

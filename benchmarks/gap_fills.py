@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/gap_fills.py --shards S [--batches 16] [--crop-frames 128] [--context 4]
 
 Scores fills that need no training on the [MASK] frames of the evaluation yardstick (16-frame
-tokens, 15% selected, 80/10/10, trainer.evaluate.yardstick, the same val crops and seed as
+tokens, 15% selected, 80/10/10, trainer.pretrain.evaluate.yardstick, the same val crops and seed as
 `trainer evaluate`), each as L1 of the linear magnitudes and as a ratio to the interpolation
 baseline: copy-nearest, interpolation scaled by a constant (L1 is minimised by the median, which
 for skewed magnitudes lies under the mean), interpolation of log magnitudes (exact for an
@@ -25,11 +25,11 @@ import argparse
 import torch
 from torch import Tensor
 
-from trainer.baselines import copy_nearest, interpolate, neighbour_frames
-from trainer.corrupt import CorruptConfig, corrupt_batch
 from trainer.data import eval_loader
-from trainer.evaluate import EVAL_SEED, yardstick
-from trainer.objective import DETECT_LEVEL
+from trainer.pretrain.baselines import copy_nearest, interpolate, neighbour_frames
+from trainer.pretrain.corrupt import CorruptConfig, corrupt_batch
+from trainer.pretrain.evaluate import EVAL_SEED, yardstick
+from trainer.pretrain.objective import DETECT_LEVEL
 
 LOG_EPS = 1e-4
 

@@ -30,7 +30,7 @@ from pipeline import format as fmt
 from pipeline.demo.synth import encode, synth_music
 from trainer.checkpoint import save_checkpoint
 from trainer.config import TASK_SEPARATION
-from trainer.finetune import resolve_finetune
+from trainer.separation.finetune import resolve_finetune
 from trainer.tasks import build_separation_model
 
 TRAINER = str(Path(sys.executable).with_name("trainer"))

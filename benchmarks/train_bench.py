@@ -27,11 +27,11 @@ import webdataset as wds
 
 from pipeline import format as fmt
 from trainer.config import load_config
-from trainer.corrupt import corrupt_batch
 from trainer.logs import read_metrics
 from trainer.loop import make_optimizer, pretrain
 from trainer.model import build_model
-from trainer.objective import compute_loss
+from trainer.pretrain.corrupt import corrupt_batch
+from trainer.pretrain.objective import compute_loss
 
 
 def write_shards(root: Path, bins: int, clip_frames: int, samples_per_shard: int = 16) -> None:

@@ -3,7 +3,7 @@
 import pytest
 from click.testing import CliRunner
 
-from trainer.ablate import DEFAULT_VARIANTS, read_variants
+from trainer.ablations.run import DEFAULT_VARIANTS, read_variants
 from trainer.cli import main as trainer_cli
 
 from support import SMALL, write_shards

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from trainer.baselines import copy_nearest, interpolate
-from trainer.corrupt import CorruptConfig, corrupt_batch
-from trainer.objective import masked_l1
+from trainer.pretrain.baselines import copy_nearest, interpolate
+from trainer.pretrain.corrupt import CorruptConfig, corrupt_batch
+from trainer.pretrain.objective import masked_l1
 
 
 def ramp(frames: int = 8) -> torch.Tensor:

@@ -1,11 +1,11 @@
-"""Statistics and exact placement of the BERT-style corruptions (trainer/corrupt.py)."""
+"""Statistics and exact placement of the BERT-style corruptions (trainer/pretrain/corrupt.py)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from trainer.corrupt import CorruptConfig, corrupt_batch, eligible_tokens, separator_frames, separator_pattern
+from trainer.pretrain.corrupt import CorruptConfig, corrupt_batch, eligible_tokens, separator_frames, separator_pattern
 
 BINS = 16
 FRAMES = 512
@@ -198,7 +198,7 @@ def test_separator_pattern_values():
 
 
 def test_host_side_eligible_count_matches_the_token_mask():
-    from trainer.corrupt import _count_eligible, separator_span
+    from trainer.pretrain.corrupt import _count_eligible, separator_span
 
     for token_frames in (1, 2, 3, 16):
         for frames in range(1, 80):

@@ -102,7 +102,7 @@ def test_a_run_on_shards_with_unfit_samples_trains_on_the_others(tmp_path):
 SHRINK = """
 import os, sys
 from trainer.data import crop_sample
-from trainer.shard_reader import ShardReader
+from trainer.data.reader import ShardReader
 
 path = sys.argv[1]
 kept = []  # as a shuffle buffer keeps samples read earlier

@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from trainer.config import LossConfig, load_config
-from trainer.corrupt import CorruptConfig, corrupt_batch
-from trainer.evaluate import band_masks, evaluate, frame_errors, yardstick
 from trainer.model import ModelConfig, build_model
-from trainer.objective import compute_loss, reconstruct, to_loss_domain
+from trainer.pretrain.corrupt import CorruptConfig, corrupt_batch
+from trainer.pretrain.evaluate import band_masks, evaluate, frame_errors, yardstick
+from trainer.pretrain.objective import compute_loss, reconstruct, to_loss_domain
 
 
 def batch(b=4, bins=32, frames=96, seed=0):
@@ -157,7 +157,7 @@ def test_changed_frames_are_masked_or_noised_and_kept_tokens_are_intact():
 
 
 def test_mask_refine_starts_at_the_interpolation_across_masked_frames():
-    from trainer.baselines import interpolate
+    from trainer.pretrain.baselines import interpolate
 
     torch.manual_seed(0)
     clean = batch(4, frames=64)
@@ -177,7 +177,7 @@ def test_mask_detect_untrained_fills_noise_and_gaps_exactly_like_the_interpolati
     """With a neutral head (gate 0.5, factor 1, no learned opinion on noise) the noised frames are found
     by the rule and every changed frame gets the interpolation from intact frames, which is the
     baseline's estimate; intact frames and the separator keep the input."""
-    from trainer.baselines import interpolate
+    from trainer.pretrain.baselines import interpolate
 
     clean = batch(8, bins=256, frames=96) * 0.2  # music never within 12 dB of the max in a quarter of its bins
     out = corrupt(clean, token_frames=8, select_rate=0.3, mask_prob=0.5, noise_prob=0.4)
@@ -189,7 +189,7 @@ def test_mask_detect_untrained_fills_noise_and_gaps_exactly_like_the_interpolati
 
 
 def test_mask_detect_keeps_loud_music_and_the_separator_and_a_learned_logit_can_overrule_the_rule():
-    from trainer.objective import noise_logit
+    from trainer.pretrain.objective import noise_logit
 
     clean = torch.full((1, 2, 32, 64), 1e-3)
     clean[..., 40:48, :] = 1.0  # loud in a quarter of the bins: still music by the rule

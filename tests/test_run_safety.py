@@ -52,9 +52,9 @@ def test_a_failed_validation_still_writes_that_steps_checkpoint(shards, tmp_path
 
 
 def test_a_non_finite_validation_loss_stops_the_run_and_never_becomes_best(shards, tmp_path, monkeypatch):
-    import trainer.evaluate
+    import trainer.pretrain.evaluate
 
-    real_evaluate = trainer.evaluate.evaluate  # what the pretraining task validates with
+    real_evaluate = trainer.pretrain.evaluate.evaluate  # what the pretraining task validates with
     calls = []
 
     def nan_on_the_second_validation(*args, **kwargs):
@@ -62,7 +62,7 @@ def test_a_non_finite_validation_loss_stops_the_run_and_never_becomes_best(shard
         calls.append(result)
         return dataclasses.replace(result, loss=float("nan")) if len(calls) == 2 else result
 
-    monkeypatch.setattr(trainer.evaluate, "evaluate", nan_on_the_second_validation)
+    monkeypatch.setattr(trainer.pretrain.evaluate, "evaluate", nan_on_the_second_validation)
     run = tmp_path / "run"
     cfg = small_config("run.steps=6", "run.ckpt_every=2", "run.val_every=2")
     with pytest.raises(RuntimeError, match=r"validation loss at step 4 is nan: .*step-0000002 is intact"):

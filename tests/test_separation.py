@@ -74,7 +74,7 @@ def test_finetune_from_pretrained_and_from_scratch(finetuned, pretrained):
 def test_finetune_starts_from_the_pretrained_weights_with_a_fresh_mask_head(pretrained, tmp_path):
     import torch
 
-    from trainer.finetune import resolve_finetune
+    from trainer.separation.finetune import resolve_finetune
     from trainer.tasks import build_separation_model, load_pretrained
 
     cfg, checkpoint = resolve_finetune(tmp_path / "r", "tiny", None, FINETUNE, init=str(pretrained))
@@ -153,7 +153,7 @@ class _Identity(__import__("torch").nn.Module):
 def test_windows_cross_fade_without_seams(overlap):
     """With a mask of ones the separator must give back the mixture itself, whatever the length,
     the chunking and the overlap: windows, cross-fades and the inverse STFT add nothing."""
-    from trainer.separate import Separator
+    from trainer.separation.separate import Separator
 
     rng = np.random.default_rng(0)
     for n in (1, 1000, 4096, 5000, 44100):
@@ -195,7 +195,7 @@ def test_separate_refuses_a_pretraining_checkpoint(pretrained, tmp_path):
 
 
 def test_evaluate_separation_table_has_a_row_per_checkpoint_and_both_references(pairs, finetuned):
-    from trainer.evaluate_separation import FLOOR, ORACLE, evaluate_separation, mdx_sdr
+    from trainer.separation.evaluate import FLOOR, ORACLE, evaluate_separation, mdx_sdr
 
     checkpoints = [str(finetuned / "pretrained"), str(finetuned / "scratch")]
     scores, table = evaluate_separation(checkpoints, pairs / "m", tracks=1, device="cpu", progress=False)

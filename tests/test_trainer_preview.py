@@ -6,7 +6,7 @@ from click.testing import CliRunner
 from trainer.cli import main as trainer_cli
 from trainer.config import load_config
 from trainer.loop import pretrain
-from trainer.preview import _spans, load_preview_batch
+from trainer.pretrain.preview import _spans, load_preview_batch
 
 from support import SMALL, write_shards
 

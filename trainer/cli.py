@@ -174,9 +174,9 @@ def finetune(
     trainer finetune --shards pair-shards/ --preset tiny --run runs/sep-scratch   # the comparison
     """
 
-    from trainer.finetune import resolve_finetune
     from trainer.loop import default_val_shards
     from trainer.loop import pretrain as run_training
+    from trainer.separation.finetune import resolve_finetune
 
     all_overrides, run_path = _training_settings(
         preset, config_file, run_dir, steps, batch_size, workers, use_compile, overrides, run_prefix="finetune-"
@@ -210,7 +210,7 @@ def finetune(
 def evaluate(checkpoint, shards, batches, split, batch_size, device):
     """Score a checkpoint on the yardstick (16-frame tokens, 15%): L1, LSD and per-band L1 vs copy-nearest
     and interpolation, and the pair task's accuracy vs chance."""
-    from trainer.evaluate import evaluate_checkpoint
+    from trainer.pretrain.evaluate import evaluate_checkpoint
 
     try:
         _, table = evaluate_checkpoint(checkpoint, shards, batches, device=device, split=split, batch_size=batch_size)
@@ -257,7 +257,7 @@ def separate(inputs, checkpoint, out_dir, output_format, device, batch_size, win
 
     A file that cannot be read is a one-line error (exit code 1); the others are still separated.
     """
-    from trainer.separate import separate_files
+    from trainer.separation.separate import separate_files
 
     try:
         written, errors = separate_files(
@@ -299,7 +299,7 @@ def separate(inputs, checkpoint, out_dir, output_format, device, batch_size, win
 def evaluate_separation(checkpoints, manifests, split, tracks, bsseval, device, batch_size):
     """SDR (MDX and BSSEval v4) of the instrumental and the vocals per track and the median, for each
     checkpoint and for the mixture (floor) and the oracle ratio mask (ceiling), on whole tracks."""
-    from trainer.evaluate_separation import evaluate_separation as run
+    from trainer.separation.evaluate import evaluate_separation as run
 
     try:
         _, table = run(list(checkpoints), manifests, split, tracks, bsseval, device, batch_size)
@@ -374,8 +374,8 @@ def ablate(
     trainer ablate --shards demo/shards --steps 60 --pairs demo/pair-shards --pairs-manifests demo/pair-manifests \\
       --finetune-steps 30 --tracks 2
     """
-    from trainer.ablate import DEFAULT_VARIANTS, read_variants, run_ablation
-    from trainer.ablate_separation import downstream_settings
+    from trainer.ablations.downstream import downstream_settings
+    from trainer.ablations.run import DEFAULT_VARIANTS, read_variants, run_ablation
 
     try:
         downstream = downstream_settings(pairs, pairs_manifests, finetune_steps, tracks, bsseval, scratch_preset)
@@ -431,7 +431,7 @@ def summary(preset, frames, position):
 @click.option("--n", "count", type=click.IntRange(1, 16), default=2, show_default=True, help="Samples to show.")
 def preview(shards: str, checkpoint: str | None, preset: str, split: str, out: str, count: int) -> None:
     """Clean / corrupted (masked tokens, NSP join, separator) / reconstruction spectrograms as a PNG."""
-    from trainer.preview import load_preview_batch, render
+    from trainer.pretrain.preview import load_preview_batch, render
 
     try:
         path = render(load_preview_batch(shards, count, checkpoint, preset, split), out)

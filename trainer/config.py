@@ -4,7 +4,7 @@ A training YAML has the sections below; each may be partial (missing keys keep t
 
     model: tiny                      # a model preset name (trainer/model/presets/NAME.yaml) ...
     model: {preset: tiny, bins: 128} # ... or a preset plus field overrides, or a full mapping
-    corrupt: {...}                   # trainer.corrupt.CorruptConfig fields
+    corrupt: {...}                   # trainer.pretrain.corrupt.CorruptConfig fields
     data: {...}  loss: {...}  optim: {...}  run: {...}
 
 Overrides are `section.key=value` strings (the value is parsed as YAML, so `run.compile=true`,
@@ -24,8 +24,8 @@ from typing import Any
 
 import yaml
 
-from trainer.corrupt import CorruptConfig
 from trainer.model import ModelConfig, load_model_preset
+from trainer.pretrain.corrupt import CorruptConfig
 
 PRESETS_DIR = Path(__file__).parent / "configs"
 DECAYS = ("cosine", "linear")
@@ -51,7 +51,7 @@ LOSS_DOMAINS = ("linear", "log")
 class LossConfig:
     all_frames_weight: float = 0.0  # weight of the L1 over every frame, next to the masked-token L1
     nsp_weight: float = 1.0
-    domain: str = "linear"  # "linear": L1 of magnitudes; "log": L1 of log(x + log_eps) (trainer.objective)
+    domain: str = "linear"  # "linear": L1 of magnitudes; "log": L1 of log(x + log_eps) (trainer.pretrain.objective)
     log_eps: float = 1e-3  # of the crop-max-normalised magnitudes: -60 dB
 
     def __post_init__(self) -> None:

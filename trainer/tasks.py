@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from trainer.config import TASK_PRETRAIN, TASK_SEPARATION, TASKS, TrainConfig
 from trainer.device import autocast_for
 from trainer.logs import spectrogram_grid
-from trainer.objective import compute_loss, separation_loss
+from trainer.pretrain.objective import compute_loss, separation_loss
 
 # Heads that belong to one task: not carried from a pretraining checkpoint into a separation model.
 PRETRAIN_ONLY = ("nsp_head.",)
@@ -59,7 +59,7 @@ class PretrainTask:
 
     def loss(self, model: nn.Module, batch: dict, generator: torch.Generator, device: torch.device):
         """(loss, parts, a function drawing the logged image of the first sample)."""
-        from trainer.corrupt import corrupt_batch
+        from trainer.pretrain.corrupt import corrupt_batch
 
         corrupted = corrupt_batch(batch["spec"], batch["group"], self.cfg.corrupt, generator)
         with autocast_for(device):
@@ -74,12 +74,12 @@ class PretrainTask:
         )
 
     def validate(self, model: nn.Module, loader, device: torch.device):
-        from trainer.evaluate import evaluate, yardstick
+        from trainer.pretrain.evaluate import evaluate, yardstick
 
         return evaluate(model, loader, yardstick(self.cfg.corrupt), device, self.cfg.loss, output=self.cfg.model.output)
 
     def format_validation(self, result, title: str) -> str:
-        from trainer.evaluate import format_table
+        from trainer.pretrain.evaluate import format_table
 
         return format_table(result, title=title)
 
@@ -224,7 +224,7 @@ def shard_stft(src: str, split: str = "train") -> dict:
     `trainer separate` must analyse audio exactly as the training data was."""
     from pipeline.format import decode_meta, read_index
     from trainer.data import resolve_shards
-    from trainer.shard_reader import ShardReader
+    from trainer.data.reader import ShardReader
 
     path = Path(src)
     index = path / f"{split}.json" if path.is_dir() else path

@@ -14,7 +14,7 @@ resumes. The table (OUT/ablation.md, also printed) has, per row: the yardstick's
 its ratio to both baselines, the log-spectral distance, L1 per band, the pair task's accuracy against
 its chance level, and the mean seconds per training step (with the machine's load average when the
 row trained: timings on a shared machine are only comparable within one table). With a
-`Downstream` setting (`--pairs`), trainer/ablate_separation.py also fine-tunes every row and one
+`Downstream` setting (`--pairs`), trainer/ablations/downstream.py also fine-tunes every row and one
 from-scratch model for separation and the table gets their SDR.
 """
 
@@ -28,10 +28,10 @@ from pathlib import Path
 
 import yaml
 
-from trainer.ablate_separation import SCRATCH, Downstream
+from trainer.ablations.downstream import SCRATCH, Downstream
 from trainer.config import load_config
 
-DEFAULT_VARIANTS = Path(__file__).with_name("ablations") / "objectives.yaml"
+DEFAULT_VARIANTS = Path(__file__).with_name("objectives.yaml")
 
 
 @dataclass
@@ -95,10 +95,10 @@ def run_ablation(
     device: str = "auto",
     downstream: Downstream | None = None,
 ) -> str:
-    from trainer.ablate_separation import FINETUNE_DIR, check_downstream, finetune_row, score_finetunes, scratch_dir
+    from trainer.ablations.downstream import FINETUNE_DIR, check_downstream, finetune_row, score_finetunes, scratch_dir
     from trainer.checkpoint import latest_checkpoint, read_meta, resolve_checkpoint
-    from trainer.evaluate import evaluate_checkpoint
     from trainer.loop import default_val_shards, pretrain, resolve_run
+    from trainer.pretrain.evaluate import evaluate_checkpoint
 
     out = Path(out)
     if downstream is not None:

@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from trainer.corrupt import Corrupted, corrupt_batch
-from trainer.evaluate import EVAL_SEED, yardstick
-from trainer.objective import reconstruct
+from trainer.pretrain.corrupt import Corrupted, corrupt_batch
+from trainer.pretrain.evaluate import EVAL_SEED, yardstick
+from trainer.pretrain.objective import reconstruct
 
 
 @dataclass

@@ -30,11 +30,11 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from trainer.baselines import copy_nearest, interpolate
 from trainer.config import LossConfig
-from trainer.corrupt import CorruptConfig, corrupt_batch
 from trainer.device import autocast_for, pick_device
-from trainer.objective import compute_loss
+from trainer.pretrain.baselines import copy_nearest, interpolate
+from trainer.pretrain.corrupt import CorruptConfig, corrupt_batch
+from trainer.pretrain.objective import compute_loss
 
 EVAL_SEED = 1234
 BANDS_HZ = (("lows", 0.0, 250.0), ("mids", 250.0, 4000.0), ("highs", 4000.0, math.inf))

@@ -74,7 +74,7 @@ def check_downstream(downstream: Downstream, shards: str, slugs: list[str]) -> N
     from pipeline import format as fmt
     from trainer.config import load_config
     from trainer.data import resolve_shards
-    from trainer.evaluate_separation import select_pairs
+    from trainer.separation.evaluate import select_pairs
     from trainer.tasks import shard_stft
 
     if SCRATCH_SLUG in (slug.lower() for slug in slugs):
@@ -110,8 +110,8 @@ def finetune_row(
     """Fine-tune from `init` (a pretraining checkpoint) or from scratch into run_dir; returns run_dir.
     The training sections are the preset's plus `common`, as for `trainer finetune --preset --set`."""
     from trainer.checkpoint import latest_checkpoint
-    from trainer.finetune import resolve_finetune
     from trainer.loop import pretrain as train
+    from trainer.separation.finetune import resolve_finetune
 
     overrides = [*common, f"run.steps={downstream.steps}"]
     if latest_checkpoint(run_dir / "checkpoints") is not None:  # continues with its saved config
@@ -131,7 +131,7 @@ def score_finetunes(
     runs: list[Path], labels: list[str], scratch: Path, downstream: Downstream, device: str
 ) -> SeparationScores:
     """Every fine-tune (`runs`, then `scratch`) and both references on the same val tracks."""
-    from trainer.evaluate_separation import evaluate_separation
+    from trainer.separation.evaluate import evaluate_separation
 
     scores, table = evaluate_separation(
         [str(r) for r in [*runs, scratch]],

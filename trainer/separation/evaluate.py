@@ -131,7 +131,7 @@ def evaluate_separation(
 
     from pipeline.audio.decode import DecodeError
     from pipeline.pairs.align import paired_chunks
-    from trainer.separate import load_separator
+    from trainer.separation.separate import load_separator
 
     if labels is not None and len(labels) != len(checkpoints):
         raise ValueError(f"{len(labels)} labels for {len(checkpoints)} checkpoints")

@@ -1,7 +1,7 @@
 """Shards -> CPU batches: webdataset streaming, random crop, stereo swap, per-sample normalisation.
 
 Only cheap CPU work happens here; every corruption runs later on the training device
-(trainer/corrupt.py). A batch is a dict:
+(trainer/pretrain/corrupt.py). A batch is a dict:
 
     spec   FloatTensor [B, 2, F, crop_frames], each sample divided by its crop's max (so in [0, 1]);
            float32 unless the loader is asked for float16. From pair shards (`pipeline shard
@@ -49,7 +49,7 @@ from pipeline.format import (
     read_index,
     read_sample,
 )
-from trainer.shard_reader import DEFAULT_READ_TIMEOUT, ShardReader, is_url
+from trainer.data.reader import DEFAULT_READ_TIMEOUT, ShardReader, is_url
 
 log = logging.getLogger(__name__)
 

@@ -27,9 +27,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from trainer.baselines import interpolate
 from trainer.config import LOSS_DOMAINS, LossConfig
-from trainer.corrupt import Corrupted
+from trainer.pretrain.baselines import interpolate
+from trainer.pretrain.corrupt import Corrupted
 
 __all__ = ["compute_loss", "masked_l1", "reconstruct", "separation_loss", "to_loss_domain", "LOSS_DOMAINS"]
 

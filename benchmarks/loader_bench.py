@@ -233,7 +233,7 @@ class HandOverFloor(IterableDataset):
         self.shape, self.dtype = shape, dtype
 
     def __iter__(self):
-        from trainer.data.loader import _empty_batch
+        from trainer.data.crops import _empty_batch
 
         worker = get_worker_info().id if get_worker_info() is not None else 0
         for number in itertools.count():

@@ -31,7 +31,7 @@ from pipeline.demo.synth import encode, synth_music
 from trainer.checkpoint import save_checkpoint
 from trainer.config import TASK_SEPARATION
 from trainer.separation.finetune import resolve_finetune
-from trainer.tasks import build_separation_model
+from trainer.separation.task import build_separation_model
 
 TRAINER = str(Path(sys.executable).with_name("trainer"))
 

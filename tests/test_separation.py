@@ -75,7 +75,7 @@ def test_finetune_starts_from_the_pretrained_weights_with_a_fresh_mask_head(pret
     import torch
 
     from trainer.separation.finetune import resolve_finetune
-    from trainer.tasks import build_separation_model, load_pretrained
+    from trainer.separation.task import build_separation_model, load_pretrained
 
     cfg, checkpoint = resolve_finetune(tmp_path / "r", "tiny", None, FINETUNE, init=str(pretrained))
     assert checkpoint is None and cfg.run.task == "separation" and cfg.model.mask_prior == 0.9

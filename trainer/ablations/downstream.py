@@ -73,9 +73,8 @@ def check_downstream(downstream: Downstream, shards: str, slugs: list[str]) -> N
     """Everything the fine-tunes and the scoring will read, checked before the first row trains."""
     from pipeline import format as fmt
     from trainer.config import load_config
-    from trainer.data import resolve_shards
+    from trainer.data import resolve_shards, shard_stft
     from trainer.separation.evaluate import select_pairs
-    from trainer.tasks import shard_stft
 
     if SCRATCH_SLUG in (slug.lower() for slug in slugs):
         raise ValueError(f"a row named like {SCRATCH!r} would share OUT/{SCRATCH_SLUG} with the scratch fine-tune")

@@ -1,7 +1,20 @@
-"""Shards -> batches: where the shards are, reading them, cropping samples and the loaders.
+"""Shards -> batches: where the shards are (shards.py), reading them (reader.py), one sample -> a crop
+-> a batch (crops.py), and the training and evaluation streams and loaders (loader.py).
 
 `from trainer.data import train_loader` etc. is the package's API (like `trainer.model`)."""
 
-from trainer.data.loader import collate, crop_sample, eval_loader, resolve_shards, track_group, train_loader
+from trainer.data.crops import Crop, collate, crop_sample, track_group
+from trainer.data.loader import check_bins, eval_loader, train_loader
+from trainer.data.shards import resolve_shards, shard_stft
 
-__all__ = ["resolve_shards", "train_loader", "eval_loader", "crop_sample", "collate", "track_group"]
+__all__ = [
+    "Crop",
+    "check_bins",
+    "collate",
+    "crop_sample",
+    "eval_loader",
+    "resolve_shards",
+    "shard_stft",
+    "track_group",
+    "train_loader",
+]

@@ -24,32 +24,18 @@ a file that shrinks while it is read is a truncated shard, not a SIGBUS.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import random
-import urllib.parse
-import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 
-import numpy as np
 import torch
 import webdataset as wds
+from torch import Tensor
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
-from webdataset.shardlists import expand_urls
 
-from pipeline.format import (
-    CHANNELS,
-    SPEC_DTYPE,
-    SPEC_KEY,
-    ShardIndex,
-    STFTParams,
-    index_name,
-    read_index,
-    read_sample,
-)
-from trainer.data.reader import DEFAULT_READ_TIMEOUT, ShardReader, is_url
+from trainer.data.crops import Crop, _collate_checked, crop_sample
+from trainer.data.reader import DEFAULT_READ_TIMEOUT, ShardReader
+from trainer.data.shards import _resolve
 
 log = logging.getLogger(__name__)
 
@@ -57,191 +43,6 @@ log = logging.getLogger(__name__)
 DEFAULT_SHUFFLE_BUFFER = 64
 # A stream that skipped this many samples in a row holds nothing to train on: stop instead of spinning.
 MAX_SKIPPED_IN_A_ROW = 10_000
-
-
-# --- where the shards are -------------------------------------------------------------------
-
-
-def _fetch_index(url: str) -> ShardIndex:
-    try:
-        with urllib.request.urlopen(url, timeout=60) as response:
-            return ShardIndex.from_json(response.read().decode("utf-8"))
-    except (OSError, ValueError, KeyError) as exc:
-        raise ValueError(f"{url}: unreadable shard index ({exc})") from exc
-
-
-def resolve_shards(src: str, split: str = "train") -> list[str]:
-    """Shard URLs/paths for `src`, which is one of:
-
-    - a shard directory (local, or an http(s) URL ending in "/"): its `{split}.json` index;
-    - an index JSON (local path or URL): its shardlist, relative to the index's location;
-    - a brace pattern ("shards/train-{000000..000009}.tar", also as a URL), or one tar.
-    Raises ValueError naming `src` when nothing usable is found.
-    """
-    return _resolve(src, split)[0]
-
-
-def _resolve(src: str, split: str) -> tuple[list[str], int | None]:
-    """(shard URLs/paths, the frequency bins the index declares, or None without an index)."""
-    src = str(src)
-    if is_url(src):
-        if src.endswith("/"):
-            src = urllib.parse.urljoin(src, index_name(split))
-        if src.endswith(".json"):
-            index = _fetch_index(src)
-            return _nonempty(src, [urllib.parse.urljoin(src, entry.url) for entry in index.shardlist]), _bins(index)
-        return _nonempty(src, expand_urls(src)), None
-
-    path = Path(src).expanduser()
-    if path.is_dir():
-        index_path = path / index_name(split)
-        if not index_path.exists():
-            raise ValueError(
-                f"{path}: no {index_name(split)} shard index in this directory (run `pipeline shard` first)"
-            )
-        path = index_path
-    if path.suffix == ".json":
-        index = read_index(path)
-        return _nonempty(src, [str(path.parent / entry.url) for entry in index.shardlist]), _bins(index)
-    if "{" in src:
-        return _nonempty(src, expand_urls(str(path))), None
-    if path.is_file():
-        return [str(path)], None
-    raise ValueError(f"{src}: not a shard directory, index JSON, brace pattern or tar file")
-
-
-def _bins(index: ShardIndex) -> int:
-    return STFTParams.from_dict(index.stft).bins  # read_index has checked the parameters
-
-
-def _nonempty(src: str, shards: list[str]) -> list[str]:
-    if not shards:
-        raise ValueError(f"{src}: lists no shards")
-    return shards
-
-
-# --- one sample: crop, swap -------------------------------------------------------------------
-
-
-def track_group(track_id: str) -> int:
-    """A stable 63-bit integer for a track id (the same in every process and run)."""
-    return int.from_bytes(hashlib.blake2b(track_id.encode("utf-8"), digest_size=8).digest(), "little") >> 1
-
-
-@dataclass
-class Crop:
-    """Where a crop comes from; `collate` copies it into the batch (zero-padded to `crop_frames`)."""
-
-    # [2, F, <= crop_frames] float16 ([4, ...] for a pair): a view of a float16 sample, else the decoded crop
-    frames: np.ndarray
-    crop_frames: int
-    swap: bool  # left and right go to the batch in reverse order (in both signals of a pair)
-    group: int
-    key: str
-    url: str = ""  # the shard it came from, for warnings
-
-    def oriented(self) -> np.ndarray:
-        """The frames with the swap applied (a view)."""
-        if not self.swap:
-            return self.frames
-        if self.frames.shape[0] == CHANNELS:
-            return self.frames[::-1]
-        return _swap_pair_channels(self.frames)
-
-    def padded(self) -> np.ndarray:
-        """The crop as the batch will hold it before normalisation: [2 or 4, F, crop_frames] float16."""
-        out = np.zeros((self.frames.shape[0], self.frames.shape[1], self.crop_frames), dtype=SPEC_DTYPE)
-        out[:, :, : self.frames.shape[2]] = self.oriented()
-        return out
-
-
-def _swap_pair_channels(frames: np.ndarray) -> np.ndarray:
-    """[L, R, L, R] -> [R, L, R, L]: the mixture stays first, the target second."""
-    return frames[[1, 0, 3, 2]]
-
-
-def crop_sample(sample: dict, crop_frames: int, rng: random.Random | None) -> Crop:
-    """Choose `crop_frames` frames of the sample's valid frames (zero-padded if fewer).
-
-    With `rng` the start is uniform and the channels are swapped with p = 0.5; without it the crop
-    is centred on the valid frames and the channels stay (the deterministic evaluation crop).
-    Only the crop's frames are decoded (log8: the gzip chunks that hold them; float16: a view). A
-    float16 payload in `bytes` (read from a stream) is copied out, so that a crop waiting in the
-    shuffle buffer holds 2 MiB rather than the whole 4 MiB sample; a view of a mapped shard is kept.
-    """
-    arrays, meta = read_sample(sample)  # a pair: mixture and target (same shape), given the same crop
-    valid = min(int(meta.valid_frames), arrays[0].frames)
-    if valid < 1:
-        raise ValueError(f"sample {sample['__key__']} has no valid frames")
-    length = min(valid, crop_frames)
-    slack = valid - length
-    start = rng.randint(0, slack) if rng is not None else slack // 2
-    swap = rng is not None and rng.random() < 0.5
-    if len(arrays) == 1:
-        frames = arrays[0].read(start, start + length)
-        if arrays[0].views_payload and isinstance(sample[SPEC_KEY], bytes):
-            frames = frames.copy()
-    else:  # one [4, F, length] array of just the crop
-        frames = np.concatenate([a.read(start, start + length) for a in arrays])
-    return Crop(frames, crop_frames, swap, track_group(meta.track_id), sample["__key__"], sample.get("__url__", ""))
-
-
-def _empty_batch(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
-    """An empty tensor; in a loader worker, allocated in shared memory (as torch's default_collate
-    does), so that handing it to the main process copies nothing: `.share_memory_()` afterwards
-    would allocate and copy the whole batch again."""
-    if get_worker_info() is None:
-        return torch.empty(shape, dtype=dtype)
-    prototype = torch.empty(0, dtype=dtype)
-    storage = prototype._typed_storage()._new_shared(int(np.prod(shape)), device=prototype.device)
-    return prototype.new(storage).resize_(*shape)
-
-
-def collate(crops: list[Crop], dtype: torch.dtype = torch.float32) -> dict:
-    """Stack crops into a `dtype` batch normalised per sample by its max (silence stays 0).
-    ValueError when a crop holds values that are not finite and >= 0 (the streams skip those)."""
-    batch, bad = _collate_checked(crops, dtype)
-    if bad:
-        raise ValueError(f"samples {[crops[i].key for i in bad]} hold values that are not finite and >= 0")
-    return batch
-
-
-def _collate_checked(crops: list[Crop], dtype: torch.dtype) -> tuple[dict, list[int]]:
-    """The batch, and the rows whose values are not all finite and >= 0 (magnitudes never are).
-
-    Each crop is gathered into one reused contiguous buffer, because torch's reductions and
-    conversions run about twice as fast on contiguous input; one min/max pass both checks it and
-    gives the normalisation peak, then it is converted, scaled and written into the batch in one pass.
-    """
-    first = crops[0]
-    channels, bins = first.frames.shape[:2]
-    if any(crop.frames.shape[:2] != (channels, bins) for crop in crops):
-        raise ValueError(
-            f"samples of different shapes in one batch ({[c.key for c in crops[:4]]}...): mixed shard kinds?"
-        )
-    spec = _empty_batch((len(crops), channels, bins, first.crop_frames), dtype)
-    gathered = np.empty((channels, bins, first.crop_frames), dtype=SPEC_DTYPE)
-    bad = []
-    for number, (row, crop) in enumerate(zip(spec, crops)):
-        length = crop.frames.shape[2]
-        # numpy's strided copy beats torch's here; the swap costs nothing in it
-        np.copyto(gathered[:, :, :length], crop.oriented())
-        frames = torch.from_numpy(gathered)[:, :, :length]
-        low, high = torch.aminmax(frames)
-        if not (bool(low >= 0) and bool(torch.isfinite(high))):  # NaN fails both
-            bad.append(number)
-            continue
-        # a 1-element divisor of the output dtype sets the division's dtype
-        peak = high.float().clamp_(min=torch.finfo(dtype).tiny).reshape(1).to(dtype)
-        torch.div(frames, peak, out=row[:, :, :length])
-        if length < first.crop_frames:
-            row[:, :, length:] = 0
-    batch = {
-        "spec": spec,
-        "group": torch.tensor([c.group for c in crops], dtype=torch.long),
-        "key": [c.key for c in crops],
-    }
-    return batch, bad
 
 
 # --- streams of samples -------------------------------------------------------------------------
@@ -476,4 +277,13 @@ def _loader(stream: IterableDataset, num_workers: int) -> DataLoader:
     )
 
 
-__all__ = ["resolve_shards", "train_loader", "eval_loader", "crop_sample", "collate", "track_group"]
+def check_bins(spec: Tensor, bins: int, shards: str) -> None:
+    """ValueError naming the shards when a batch's frequency bins are not the model's (`bins`)."""
+    if spec.shape[2] != bins:  # else the model's own shape error, naming no source
+        raise ValueError(
+            f"{shards}: samples have {spec.shape[2]} frequency bins but model.bins is "
+            f"{bins} (for shards of another n_fft: --set model.bins=...)"
+        )
+
+
+__all__ = ["TrainStream", "EvalStream", "train_loader", "eval_loader", "check_bins"]

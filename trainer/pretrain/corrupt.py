@@ -26,33 +26,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-PAIR_TASKS = ("nsp", "sop")
-
-
-@dataclass
-class CorruptConfig:
-    token_frames: int = 16
-    select_rate: float = 0.15
-    mask_prob: float = 0.8
-    noise_prob: float = 0.1  # the remaining 1 - mask_prob - noise_prob of selected tokens are kept
-    mask_value: float = 1.0
-    nsp_prob: float = 0.5  # probability that the pair is altered (label 0)
-    nsp: bool = True  # the pair task on/off (separator and label); which task: pair_task
-    pair_task: str = "nsp"  # "nsp": second half from another track; "sop": the two halves swapped
-
-    def __post_init__(self) -> None:
-        if self.token_frames < 1:
-            raise ValueError(f"token_frames must be >= 1, got {self.token_frames}")
-        if not 0.0 <= self.select_rate <= 1.0:
-            raise ValueError(f"select_rate must be in [0, 1], got {self.select_rate}")
-        if self.mask_prob < 0 or self.noise_prob < 0 or self.mask_prob + self.noise_prob > 1.0 + 1e-9:
-            raise ValueError(
-                f"mask_prob ({self.mask_prob}) and noise_prob ({self.noise_prob}) must be >= 0 and sum to <= 1"
-            )
-        if self.pair_task not in PAIR_TASKS:
-            raise ValueError(f"pair_task must be one of {PAIR_TASKS}, got {self.pair_task!r}")
-        if not 0.0 <= self.nsp_prob <= 1.0:
-            raise ValueError(f"nsp_prob must be in [0, 1], got {self.nsp_prob}")
+from trainer.config import PAIR_TASKS, CorruptConfig  # the config lives with the others; re-exported here
 
 
 @dataclass

@@ -1,9 +1,7 @@
-"""The training objectives, each defined once: the training step minimises it and validation reports
-it (the lowest validation value picks the `best` checkpoint), so the two can never disagree.
-
-- pretraining (`compute_loss`): masked-token L1 (+ all-frames L1) + pair-task BCE;
-- separation (`separation_loss`): L1 between `mask * mixture` and the target magnitude, the
-  objective of vocal-remover (tsurumeso/vocal-remover), which the user's own code descends from.
+"""The pretraining objective, defined once: the training step minimises it and validation reports it
+(the lowest validation value picks the `best` checkpoint), so the two can never disagree:
+masked-token L1 (+ all-frames L1) + pair-task BCE (`compute_loss`). The separation objective is
+`trainer.separation.task.separation_loss`.
 
 Two choices of pretraining are config values (docs/experiments.md says why each exists):
 - what the head means (`model.output`, `reconstruct`): "mask", the original sigmoid mask times the
@@ -31,7 +29,7 @@ from trainer.config import LOSS_DOMAINS, LossConfig
 from trainer.pretrain.baselines import interpolate
 from trainer.pretrain.corrupt import Corrupted
 
-__all__ = ["compute_loss", "masked_l1", "reconstruct", "separation_loss", "to_loss_domain", "LOSS_DOMAINS"]
+__all__ = ["compute_loss", "masked_l1", "reconstruct", "to_loss_domain", "LOSS_DOMAINS"]
 
 
 def masked_l1(pred: Tensor, target: Tensor, selected: Tensor) -> Tensor:
@@ -114,13 +112,3 @@ def compute_loss(
     accuracy = ((logit > 0).float() == corrupted.nsp_label).float().mean()
     parts = {"loss": total, "masked_l1": masked, "all_frames_l1": all_frames, "nsp_bce": bce, "nsp_accuracy": accuracy}
     return total, parts, reconstruction
-
-
-def separation_loss(mask: Tensor, mixture: Tensor, target: Tensor) -> tuple[Tensor, dict[str, Tensor], Tensor]:
-    """Mean |mask * mixture - target| in float32, and the same for the mixture itself as the estimate
-    (the floor any useful mask must beat). Returns (total, parts, estimate); `parts` holds `loss`,
-    `l1` and `mixture_l1` as 0-d tensors (batch means)."""
-    estimate = mask.float() * mixture
-    l1 = (estimate - target).abs().mean()
-    floor = (mixture - target).abs().mean()
-    return l1, {"loss": l1, "l1": l1, "mixture_l1": floor}, estimate

@@ -139,7 +139,7 @@ def load_separator(
     from trainer.checkpoint import load_checkpoint, read_checkpoint_config, read_meta, resolve_checkpoint
     from trainer.config import TASK_SEPARATION, load_config
     from trainer.device import pick_device
-    from trainer.tasks import build_separation_model
+    from trainer.separation.task import build_separation_model
 
     path = resolve_checkpoint(checkpoint)
     cfg = load_config(base=read_checkpoint_config(path))

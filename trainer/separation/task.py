@@ -1,0 +1,177 @@
+"""The separation task for the shared training loop (trainer/loop.py): mixture -> instrumental masks on
+`pipeline shard --pairs` shards. The model is the pretraining U-Net without its next-sentence head; its
+mask head is the task-specific part, freshly initialised at `model.mask_prior` (near 1: the mask starts
+close to the identity, so the first estimate is the mixture, the floor, instead of silence). `--init`
+loads every other weight from a pretraining checkpoint.
+
+The objective (`separation_loss`) is defined once here: the training step minimises it and validation
+reports it (the lowest validation value picks the `best` checkpoint), so the two can never disagree.
+It is the L1 between `mask * mixture` and the target magnitude, the objective of vocal-remover
+(tsurumeso/vocal-remover), which the user's own code descends from.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from trainer.config import TASK_SEPARATION, TrainConfig
+from trainer.data import check_bins
+from trainer.device import autocast_for
+from trainer.logs import spectrogram_grid
+
+# Heads that belong to one task: not carried from a pretraining checkpoint into a separation model.
+PRETRAIN_ONLY = ("nsp_head.",)
+SEPARATION_HEAD = ("mask_head.",)
+
+
+def separation_loss(mask: Tensor, mixture: Tensor, target: Tensor) -> tuple[Tensor, dict[str, Tensor], Tensor]:
+    """Mean |mask * mixture - target| in float32, and the same for the mixture itself as the estimate
+    (the floor any useful mask must beat). Returns (total, parts, estimate); `parts` holds `loss`,
+    `l1` and `mixture_l1` as 0-d tensors (batch means)."""
+    estimate = mask.float() * mixture
+    l1 = (estimate - target).abs().mean()
+    floor = (mixture - target).abs().mean()
+    return l1, {"loss": l1, "l1": l1, "mixture_l1": floor}, estimate
+
+
+class NoNextSentence(nn.Module):
+    """Stands in for the dropped next-sentence head: no parameters, a zero logit per sample."""
+
+    def forward(self, features: Tensor, frames: int) -> Tensor:
+        return features.new_zeros(features.shape[0] // frames)
+
+
+def build_separation_model(cfg: TrainConfig) -> nn.Module:
+    """The U-Net of `cfg.model` with its mask head at `model.mask_prior` and no next-sentence head."""
+    from trainer.model import build_model
+
+    model = build_model(cfg.model)
+    model.nsp_head = NoNextSentence()
+    return model
+
+
+def load_pretrained(model: nn.Module, init: str | os.PathLike, device: torch.device) -> Path:
+    """Every weight of a pretraining checkpoint except its task heads; ValueError naming the file when
+    the architectures differ. Returns the checkpoint directory used."""
+    from safetensors.torch import load_file
+
+    from trainer.checkpoint import WEIGHTS_FILE, resolve_checkpoint
+
+    path = resolve_checkpoint(init)
+    try:
+        weights = load_file(str(path / WEIGHTS_FILE), device=str(device))
+    except Exception as exc:  # safetensors raises several types for a damaged file
+        raise ValueError(f"{path / WEIGHTS_FILE}: unreadable weights ({exc})") from exc
+    kept = {k: v for k, v in weights.items() if not k.startswith(PRETRAIN_ONLY + SEPARATION_HEAD)}
+    own = {k: v for k, v in model.state_dict().items() if not k.startswith(SEPARATION_HEAD)}
+    missing, unexpected = sorted(set(own) - set(kept)), sorted(set(kept) - set(own))
+    shapes = [k for k in set(own) & set(kept) if own[k].shape != kept[k].shape]
+    if missing or unexpected or shapes:
+        raise ValueError(
+            f"{path / WEIGHTS_FILE}: weights do not fit the model (missing {missing[:3]}, unexpected "
+            f"{unexpected[:3]}, other shapes {sorted(shapes)[:3]}); the fine-tune config's model must "
+            "be the checkpoint's (it is, unless --set model.* changed it)"
+        )
+    model.load_state_dict(kept, strict=False)
+    return path
+
+
+@dataclass
+class SeparationValResult:
+    batches: int
+    samples: int
+    l1: float  # mean |mask * mixture - target| (normalised magnitudes), the objective
+    mixture_l1: float  # the same with the mixture as the estimate: the floor
+    loss: float  # = l1, for choosing the best checkpoint
+
+    @property
+    def ratio(self) -> float:
+        return self.l1 / self.mixture_l1 if self.mixture_l1 > 0 else float("nan")
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "ratio_mixture": self.ratio}
+
+
+class SeparationTask:
+    name = TASK_SEPARATION
+    image_tag = "train/mixture_target_estimate"
+
+    def __init__(self, cfg: TrainConfig, shards: str, stft: dict | None = None):
+        self.cfg, self.shards, self.stft = cfg, shards, stft
+
+    def build_model(self) -> nn.Module:
+        return build_separation_model(self.cfg)
+
+    def initialise(self, model: nn.Module, device: torch.device) -> str:
+        if not self.cfg.run.init:
+            return "from scratch"
+        return f"from the pretrained weights of {load_pretrained(model, self.cfg.run.init, device)}"
+
+    def to_device(self, batch: dict, device: torch.device) -> dict:
+        spec = batch["spec"].to(device, non_blocking=True).float()
+        if spec.shape[1] != 4:
+            raise ValueError(
+                f"{self.shards}: not pair shards (samples hold no mix.npy + target.npy); "
+                "make them with `pipeline shard --pairs`"
+            )
+        check_bins(spec, self.cfg.model.bins, self.shards)
+        return {"mixture": spec[:, :2], "target": spec[:, 2:]}
+
+    def loss(self, model: nn.Module, batch: dict, generator: torch.Generator, device: torch.device):
+        with autocast_for(device):
+            mask, _ = model(batch["mixture"])
+        loss, parts, estimate = separation_loss(mask, batch["mixture"], batch["target"])
+        return loss, parts, lambda: spectrogram_grid(batch["mixture"][0], batch["target"][0], estimate[0])
+
+    @torch.no_grad()
+    def validate(self, model: nn.Module, loader, device: torch.device) -> SeparationValResult:
+        was_training = model.training
+        model.eval()
+        sums, batches, samples = {"l1": 0.0, "mixture_l1": 0.0}, 0, 0
+        try:
+            for batch in loader:
+                batch = self.to_device(batch, device)
+                _, parts, _ = self.loss(model, batch, None, device)
+                n = batch["mixture"].shape[0]
+                for key in sums:
+                    sums[key] += float(parts[key]) * n
+                batches, samples = batches + 1, samples + n
+        finally:
+            model.train(was_training)
+        if not batches:
+            raise ValueError("no validation batches: the shards are empty or unreadable")
+        l1 = sums["l1"] / samples
+        return SeparationValResult(batches, samples, l1, sums["mixture_l1"] / samples, l1)
+
+    def format_validation(self, result: SeparationValResult, title: str) -> str:
+        verdict = "beats" if result.ratio < 1 else "does not beat"
+        return "\n".join(
+            ([title] if title else [])
+            + [
+                f"{result.batches} batches, {result.samples} samples (centred crops)",
+                f"{'':<26}{'L1 to the target':>18}{'model / this':>14}",
+                f"{'model (mask * mixture)':<26}{result.l1:>18.5f}{1.0:>14.3f}",
+                f"{'mixture as the estimate':<26}{result.mixture_l1:>18.5f}{result.ratio:>14.3f}",
+                f"the model {verdict} the mixture; val loss {result.l1:.5f}",
+            ]
+        )
+
+    def checkpoint_meta(self) -> dict:
+        return {"task": self.name, "stft": self.stft, "init": self.cfg.run.init or None}
+
+
+__all__ = [
+    "PRETRAIN_ONLY",
+    "SEPARATION_HEAD",
+    "NoNextSentence",
+    "SeparationTask",
+    "SeparationValResult",
+    "build_separation_model",
+    "load_pretrained",
+    "separation_loss",
+]

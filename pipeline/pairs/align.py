@@ -20,6 +20,7 @@ import numpy as np
 
 from pipeline import format as fmt
 from pipeline.audio.decode import DEFAULT_CHUNK_SAMPLES, decode_chunks
+from pipeline.audio.reader import SampleReader
 
 DEFAULT_MAX_OFFSET = 3.0  # seconds
 DEFAULT_WINDOW = 30.0  # seconds of the mixture that are correlated
@@ -29,40 +30,6 @@ DEFAULT_MAX_LENGTH_DIFFERENCE = 1.0  # seconds, after the offset
 
 class AlignmentError(Exception):
     """The partner does not line up with the mixture; str() is the one-line reason."""
-
-
-class SampleReader:
-    """Exactly-n-sample reads from a stream of `[n, 2]` chunks (fewer only at the end)."""
-
-    def __init__(self, chunks: Iterator[np.ndarray]):
-        self._chunks = chunks
-        self._pending = np.zeros((0, fmt.CHANNELS), dtype=np.float32)
-        self.exhausted = False
-
-    def read(self, n: int) -> np.ndarray:
-        parts, have = [self._pending], len(self._pending)
-        while have < n and not self.exhausted:
-            chunk = next(self._chunks, None)
-            if chunk is None:
-                self.exhausted = True
-                break
-            parts.append(chunk)
-            have += len(chunk)
-        joined = np.concatenate(parts) if len(parts) > 1 else parts[0]
-        self._pending = joined[n:]
-        return joined[:n]
-
-    def skip(self, n: int) -> None:
-        while n > 0:
-            got = len(self.read(min(n, DEFAULT_CHUNK_SAMPLES)))
-            if got == 0:
-                return
-            n -= got
-
-    def close(self) -> None:
-        close = getattr(self._chunks, "close", None)
-        if close is not None:
-            close()
 
 
 def _shifted_reader(path: str | os.PathLike, offset_samples: int, sample_rate: int) -> SampleReader:
@@ -150,7 +117,6 @@ def estimate_offset(
 
 __all__ = [
     "AlignmentError",
-    "SampleReader",
     "paired_chunks",
     "estimate_offset",
     "DEFAULT_MAX_OFFSET",

@@ -101,7 +101,7 @@ class Separator:
     def instrumental_chunks(self, chunks: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
         """The instrumental of a mixture given as float32 `[n, 2]` chunks, as consecutive float32
         `[n, 2]` chunks of the same total length (other sizes)."""
-        from pipeline.pairs.align import SampleReader
+        from pipeline.audio.reader import SampleReader
 
         reader = SampleReader(iter(chunks))
         down = ((np.arange(self.fade)[::-1] + 0.5) / max(self.fade, 1)).astype(np.float32)[:, None]

@@ -4,7 +4,7 @@ The one validation of every JSON file the tools read back (manifests, the ingest
 shard states, shard indexes, sample metadata, checkpoint metadata): each reader parses the JSON and
 builds its record here, so valid JSON of the wrong shape is a ValueError naming the field, never an
 AttributeError, KeyError, TypeError or OverflowError somewhere later. The schema is the type hints of
-the record dataclass (pipeline/format.py for the on-disk contract), not a check written per field:
+the record dataclass (pipeline/format/ for the on-disk contract), not a check written per field:
 
     str, bool, int, float, None, X | None, list[X], tuple[X, ...], dict, dict[str, X], Any,
     and nested record dataclasses.

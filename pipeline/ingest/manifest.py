@@ -344,7 +344,7 @@ def write_manifest(manifests_dir: str | os.PathLike, tracks: list[TrackRecord], 
 def _code_files() -> list[Path]:
     """The modules whose code decides the manifests' content."""
     here = Path(__file__).parent
-    return [Path(fmt.__file__)] + [
+    return sorted(Path(fmt.__file__).parent.glob("*.py")) + [
         here / name for name in ("scan.py", "probe.py", "containers.py", "manifest.py", "run.py")
     ]
 

@@ -56,7 +56,7 @@ def _resampled(shards: list[str], rng: random.Random) -> Iterator[str]:
 class _SampleFilter:
     """Crops and batches of the samples fit to train on; the others are logged (shard, key, reason,
     a running count) and skipped. A sample is unfit when its json or spec.npy cannot be read as the
-    contract says (pipeline/format.py), its bins differ from the index's (else the first sample's),
+    contract says (pipeline/format/), its bins differ from the index's (else the first sample's),
     its channels from the first sample's, or its values are not all finite and >= 0."""
 
     def __init__(self, bins: int | None):

@@ -30,7 +30,7 @@ On a shared machine wall-clock rates swing with the neighbours' load, so the CPU
 sample is reported as well: user + sys of cat, or of the loader's main process and workers over
 the same steady-state interval as its samples/s.
 
-`--compare FILE` runs a second version of trainer/data.py (e.g. `git show HEAD~1:trainer/data.py
+`--compare FILE` runs a second version of trainer/data/loader.py (e.g. `git show HEAD~1:trainer/data/loader.py
 > /tmp/data_before.py`) in every repetition next to the current one: an A/B in the same run.
 
     .venv/bin/python benchmarks/loader_bench.py [--gigabytes 2.0] [--reps 3] [--keep DIR] [--compare FILE]
@@ -262,7 +262,7 @@ class HandOverFloorLoader:
 
 
 def load_data_module(path: Path) -> ModuleType:
-    """Another version of trainer/data.py, importable side by side with the current one (workers fork)."""
+    """Another version of trainer/data/loader.py, importable side by side with the current one (workers fork)."""
     spec = importlib.util.spec_from_file_location(f"loader_bench_{path.stem}", path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module
@@ -293,7 +293,7 @@ def main() -> None:
     parser.add_argument("--crop", type=int, default=512)
     parser.add_argument("--dtype", choices=["float32", "float16"], default="float32")
     parser.add_argument("--modes", default="cold,warm", help="comma-separated: cold, warm")
-    parser.add_argument("--compare", type=Path, help="another trainer/data.py to run next to the current one")
+    parser.add_argument("--compare", type=Path, help="another trainer/data/loader.py to run next to the current one")
     parser.add_argument("--keep", type=Path, help="write (or reuse) the shards here and keep them")
     args = parser.parse_args()
     args.dtype = getattr(torch, args.dtype)

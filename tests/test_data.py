@@ -1,4 +1,4 @@
-"""The shard loader (trainer/data.py) on tiny shards written here with webdataset.TarWriter."""
+"""The shard loader (trainer/data/) on tiny shards written here with webdataset.TarWriter."""
 
 from __future__ import annotations
 

@@ -5,7 +5,7 @@ A training YAML has the sections below; each may be partial (missing keys keep t
     model: tiny                      # a model preset name (trainer/model/presets/NAME.yaml) ...
     model: {preset: tiny, bins: 128} # ... or a preset plus field overrides, or a full mapping
     corrupt: {...}                   # CorruptConfig fields (below; trainer/pretrain/corrupt.py applies them)
-    data: {...}  loss: {...}  optim: {...}  run: {...}
+    data: {...}  loss: {...}  optim: {...}  run: {...}  finetune: {...}
 
 Overrides are `section.key=value` strings (the value is parsed as YAML, so `run.compile=true`,
 `optim.betas=[0.9,0.99]`, `model.bins=128`). The resolved config (`to_dict`) names every field, so
@@ -47,6 +47,11 @@ class CorruptConfig:
     nsp_prob: float = 0.5  # probability that the pair is altered (label 0)
     nsp: bool = True  # the pair task on/off (separator and label); which task: pair_task
     pair_task: str = "nsp"  # "nsp": second half from another track; "sop": the two halves swapped
+    # the mixture pretext (trainer/pretrain/mixture.py): share of crops with an interferer from another
+    # track of the batch, its level below the primary in dB, and the share of the crop's frames it covers
+    mix_prob: float = 0.0
+    mix_gain_db: tuple[float, float] = (-9.0, -1.0)
+    mix_cover: tuple[float, float] = (0.25, 0.75)
 
     def __post_init__(self) -> None:
         if self.token_frames < 1:
@@ -61,6 +66,14 @@ class CorruptConfig:
             raise ValueError(f"pair_task must be one of {PAIR_TASKS}, got {self.pair_task!r}")
         if not 0.0 <= self.nsp_prob <= 1.0:
             raise ValueError(f"nsp_prob must be in [0, 1], got {self.nsp_prob}")
+        if not 0.0 <= self.mix_prob <= 1.0:
+            raise ValueError(f"mix_prob must be in [0, 1], got {self.mix_prob}")
+        low, high = self.mix_gain_db
+        if not low <= high <= 0.0:
+            raise ValueError(f"mix_gain_db must be [low, high] dB with low <= high <= 0, got {list(self.mix_gain_db)}")
+        low, high = self.mix_cover
+        if not 0.0 < low <= high <= 1.0:
+            raise ValueError(f"mix_cover must be [low, high] with 0 < low <= high <= 1, got {list(self.mix_cover)}")
 
 
 @dataclass
@@ -71,6 +84,9 @@ class DataConfig:
     shuffle_buffer: int = 64  # cropped samples per loader worker
     val_batch_size: int = 8
     read_timeout: float = 60.0  # seconds an http(s) shard may send nothing before it is skipped
+    tracks: list[str] = field(default_factory=list)  # train only on these track / pair ids ([]: all)
+    extra_shards: str = ""  # a second training source (e.g. `trainer pseudo-label` pairs) ...
+    extra_share: float = 0.5  # ... giving this share of the crops
 
 
 LOSS_DOMAINS = ("linear", "log")
@@ -118,6 +134,29 @@ class RunConfig:
     init: str = ""  # finetune --init: the pretraining checkpoint the weights came from ("" = scratch)
 
 
+FINETUNE_HEADS = ("auto", "keep", "reinit")
+
+
+@dataclass
+class FinetuneConfig:
+    """How `trainer finetune --init` treats the pretrained weights (trainer/separation/task.py)."""
+
+    # the mask head: "keep" it (a pretext whose head already is a separation mask), "reinit" it at
+    # model.mask_prior, or "auto": keep when the checkpoint's head is such a mask (output "mask" and a
+    # mixture pretext, or a separation checkpoint), else reinit
+    head: str = "auto"
+    freeze_steps: int = 0  # the first steps train the mask head only (linear probe, then fine-tune)
+    trunk_lr_factor: float = 1.0  # every weight but the mask head learns at lr x this
+
+    def __post_init__(self) -> None:
+        if self.head not in FINETUNE_HEADS:
+            raise ValueError(f"finetune.head must be one of {FINETUNE_HEADS}, got {self.head!r}")
+        if self.freeze_steps < 0:
+            raise ValueError(f"finetune.freeze_steps must be >= 0, got {self.freeze_steps}")
+        if not 0.0 <= self.trunk_lr_factor <= 10.0:
+            raise ValueError(f"finetune.trunk_lr_factor must be in [0, 10], got {self.trunk_lr_factor}")
+
+
 @dataclass
 class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -126,6 +165,7 @@ class TrainConfig:
     loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     run: RunConfig = field(default_factory=RunConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
 
     def __post_init__(self) -> None:
         problems = []
@@ -155,6 +195,10 @@ class TrainConfig:
             problems.append(f"run.seed must be >= 0, got {self.run.seed}")
         if not self.data.read_timeout > 0:
             problems.append(f"data.read_timeout must be > 0 seconds, got {self.data.read_timeout}")
+        if not isinstance(self.data.tracks, list) or not all(isinstance(t, str) and t for t in self.data.tracks):
+            problems.append(f"data.tracks must be a list of track ids, got {self.data.tracks!r}")
+        if not 0.0 <= self.data.extra_share <= 1.0:
+            problems.append(f"data.extra_share must be in [0, 1], got {self.data.extra_share}")
         if not 0.0 <= self.optim.min_lr_ratio <= 1.0:
             problems.append(f"optim.min_lr_ratio must be in [0, 1], got {self.optim.min_lr_ratio}")
         if problems:
@@ -162,7 +206,7 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         out = {"model": self.model.to_dict(), "corrupt": dataclasses.asdict(self.corrupt)}
-        for name in ("data", "loss", "optim", "run"):
+        for name in ("data", "loss", "optim", "run", "finetune"):
             out[name] = dataclasses.asdict(getattr(self, name))
         out["optim"]["betas"] = list(self.optim.betas)
         return out
@@ -183,6 +227,7 @@ class TrainConfig:
                 ("loss", LossConfig),
                 ("optim", OptimConfig),
                 ("run", RunConfig),
+                ("finetune", FinetuneConfig),
             ):
                 sections[name] = _section(section_cls, data.get(name), f"{source}: {name}")
             return cls(**sections)

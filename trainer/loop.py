@@ -59,14 +59,34 @@ def lr_schedule(optim: OptimConfig, total_steps: int):
     return factor
 
 
-def make_optimizer(model: torch.nn.Module, optim: OptimConfig, device: torch.device) -> torch.optim.AdamW:
-    """AdamW; weight decay only on matrices and kernels (not biases, norms, scalars), as in GPT-2/nanoGPT."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    groups = [
-        {"params": [p for p in params if p.dim() >= 2], "weight_decay": optim.weight_decay},
-        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
-    ]
+def make_optimizer(
+    model: torch.nn.Module,
+    optim: OptimConfig,
+    device: torch.device,
+    head: tuple[str, ...] = (),
+    trunk_lr_factor: float = 1.0,
+) -> torch.optim.AdamW:
+    """AdamW; weight decay only on matrices and kernels (not biases, norms, scalars), as in GPT-2/nanoGPT.
+    With a `trunk_lr_factor` other than 1, the parameters outside the `head` name prefixes learn at
+    lr x that factor (their own groups; the schedule scales every group alike)."""
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    parts = [(named, optim.lr)]
+    if trunk_lr_factor != 1.0:
+        parts = [
+            ([(n, p) for n, p in named if n.startswith(head)], optim.lr),
+            ([(n, p) for n, p in named if not n.startswith(head)], optim.lr * trunk_lr_factor),
+        ]
+    groups = []
+    for members, lr in parts:
+        groups += [
+            {"params": [p for _, p in members if p.dim() >= 2], "weight_decay": optim.weight_decay, "lr": lr},
+            {"params": [p for _, p in members if p.dim() < 2], "weight_decay": 0.0, "lr": lr},
+        ]
     return torch.optim.AdamW(groups, lr=optim.lr, betas=optim.betas, fused=device.type == "cuda")
+
+
+def trunk_parameters(model: torch.nn.Module, head: tuple[str, ...]) -> list[torch.nn.Parameter]:
+    return [p for n, p in model.named_parameters() if p.requires_grad and not n.startswith(head)]
 
 
 def _last_good(ckpt_dir: Path) -> str:
@@ -141,7 +161,9 @@ def pretrain(
     # --- model, optimiser, schedule, state ------------------------------------------------
     torch.manual_seed(derive_seed(cfg.run.seed, 0, 0, 0))  # identical initial weights on every rank
     raw_model = task.build_model().to(dev)
-    optimizer = make_optimizer(raw_model, cfg.optim, dev)
+    protocol = task.finetune_protocol()  # how pretrained weights are trained (defaults: like any others)
+    optimizer = make_optimizer(raw_model, cfg.optim, dev, task.head_prefixes, protocol.trunk_lr_factor)
+    trunk = trunk_parameters(raw_model, task.head_prefixes) if protocol.freeze_steps else []
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_schedule(cfg.optim, cfg.run.steps))
     start_step = 0
     if checkpoint is not None:
@@ -192,6 +214,9 @@ def pretrain(
                         shuffle_buffer=cfg.data.shuffle_buffer,
                         dtype=batch_dtype,
                         read_timeout=cfg.data.read_timeout,
+                        tracks=cfg.data.tracks,
+                        extra=cfg.data.extra_shards or None,
+                        extra_share=cfg.data.extra_share,
                     )
                 )
 
@@ -209,6 +234,9 @@ def pretrain(
                 stacked = torch.stack([v.detach() for v in parts.values()])
                 sums = stacked if sums is None else sums + stacked
 
+            if step < protocol.freeze_steps:  # a frozen trunk: AdamW skips parameters without a gradient
+                for p in trunk:
+                    p.grad = None
             grad_norm = torch.nn.utils.clip_grad_norm_(raw_model.parameters(), grad_clip)
             # Gradients are all-reduced, so every rank sees the same norm and takes the same branch.
             finite = bool(torch.isfinite(grad_norm))

@@ -147,8 +147,8 @@ def _verify_sample(path: Path, sample: dict, index: fmt.ShardIndex, shape: tuple
         if spec.shape != shape:
             problems.append(f"{where}: {name.split('.')[0]} is {spec.shape}, expected {shape}")
             return
-    if pairs and meta.target_kind not in fmt.TARGET_KINDS:
-        problems.append(f"{where}: json target_kind {meta.target_kind!r} is not one of {fmt.TARGET_KINDS}")
+    if pairs and meta.target_kind not in fmt.SAMPLE_TARGET_KINDS:
+        problems.append(f"{where}: json target_kind {meta.target_kind!r} is not one of {fmt.SAMPLE_TARGET_KINDS}")
     spec = np.concatenate(specs)
     if not _valid_id(meta.track_id) or key != fmt.sample_key(meta.track_id, meta.clip):
         problems.append(f"{where}: json names track {meta.track_id!r} clip {meta.clip}")

@@ -31,6 +31,7 @@ for _command in (
     _separation.finetune,
     _separation.separate,
     _separation.evaluate_separation,
+    _separation.pseudo_label,
     _pretrain.ablate,
     _pretrain.summary,
     _pretrain.preview,

@@ -151,3 +151,32 @@ def evaluate_separation(checkpoints, manifests, split, tracks, bsseval, device, 
     except (ValueError, RuntimeError, OSError) as exc:
         raise one_line(exc) from exc
     click.echo(table)
+
+
+@click.command("pseudo-label")
+@click.option(
+    "--checkpoint",
+    required=True,
+    type=click.Path(exists=True),
+    help="The teacher: a fine-tuned run or checkpoint (trainer finetune).",
+)
+@click.option("--shards", required=True, help=f"Unlabelled pretraining shards (`pipeline shard`): {SHARDS_HELP}.")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Folder for the pair shards.")
+@click.option("--split", default="train", show_default=True, help="The split of --shards to label.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+def pseudo_label(checkpoint, shards, out_dir, split, device):
+    """Label unlabelled shards with a separator: pair shards whose target is the teacher's estimate.
+
+    \b
+    trainer pseudo-label --checkpoint runs/teacher --shards shards/ --out pseudo/
+    trainer finetune --shards pair-shards/ --set data.extra_shards=pseudo/ --run runs/student
+
+    A rerun skips the shards already written; a folder labelled by another teacher is refused.
+    """
+    from trainer.separation.pseudo_label import pseudo_label as run
+
+    try:
+        index = run(checkpoint, shards, out_dir, split, device)
+    except (ValueError, RuntimeError, OSError) as exc:
+        raise one_line(exc) from exc
+    click.echo(f"{out_dir}: {len(index.shardlist)} pair shards, {index.totals['samples']} clips labelled by {checkpoint}")

@@ -130,8 +130,36 @@ def _rank_and_world(rank: int | None, world_size: int | None) -> tuple[int, int]
     return rank, world_size
 
 
+def track_of(key: str) -> str:
+    """The track (or pair) id of a sample key `{track_id}_{clip:05d}`."""
+    return str(key).rsplit("_", 1)[0]
+
+
+def _only_tracks(samples: Iterator[dict], tracks: frozenset[str], what: str) -> Iterator[dict]:
+    """The samples of `tracks`; a RuntimeError when MAX_SKIPPED_IN_A_ROW samples in a row are of none."""
+    others = 0
+    for sample in samples:
+        if track_of(sample.get("__key__", "")) in tracks:
+            others = 0
+            yield sample
+        else:
+            others += 1
+            if others >= MAX_SKIPPED_IN_A_ROW:
+                raise RuntimeError(f"{what}: {others} samples in a row and none of data.tracks ({len(tracks)} ids)")
+
+
+def _interleaved(main: Iterator, extra: Iterator, extra_share: float, rng: random.Random) -> Iterator:
+    """Each item from `extra` with probability `extra_share`, else from `main` (both infinite)."""
+    while True:
+        yield next(extra) if rng.random() < extra_share else next(main)
+
+
 class TrainStream(IterableDataset):
-    """Infinite shuffled batches for one rank; each DataLoader worker draws its own random stream."""
+    """Infinite shuffled batches for one rank; each DataLoader worker draws its own random stream.
+
+    `tracks` keeps only those tracks' samples (a fine-tune on the first k labelled songs); `extra`
+    shards (e.g. pseudo-labelled pairs) give `extra_share` of the crops, the rest come from `shards`.
+    """
 
     def __init__(
         self,
@@ -146,22 +174,40 @@ class TrainStream(IterableDataset):
         dtype: torch.dtype = torch.float32,
         bins: int | None = None,
         read_timeout: float = DEFAULT_READ_TIMEOUT,
+        tracks: frozenset[str] | None = None,
+        extra: list[str] | None = None,
+        extra_share: float = 0.0,
     ):
         super().__init__()
-        self.shards = shards[rank::world_size] if len(shards) >= world_size else list(shards)
+        self.shards = _rank_share(shards, rank, world_size)
+        self.extra = _rank_share(extra, rank, world_size) if extra else []
         self.batch_size, self.crop_frames, self.dtype = batch_size, crop_frames, dtype
         self.seed, self.rank, self.shuffle_buffer = seed, rank, shuffle_buffer
         self.bins, self.read_timeout = bins, read_timeout
+        self.tracks, self.extra_share = tracks, extra_share
+
+    def _crops(self, shards: list[str], rng: random.Random, fit: _SampleFilter, tracks) -> Iterator[Crop]:
+        reader = ShardReader(max_empty_in_a_row=4 * len(shards) + 16, read_timeout=self.read_timeout)
+        samples = reader.samples(_resampled(shards, rng))
+        if tracks:
+            samples = _only_tracks(samples, tracks, shards[0])
+        crops = fit.crops(samples, self.crop_frames, rng)
+        return iter(wds.filters.shuffle(self.shuffle_buffer, self.shuffle_buffer, rng=rng)(crops))
 
     def __iter__(self) -> Iterator[dict]:
         info = get_worker_info()
         worker = info.id if info is not None else 0
         rng = random.Random(f"train:{self.seed}:{self.rank}:{worker}")
-        reader = ShardReader(max_empty_in_a_row=4 * len(self.shards) + 16, read_timeout=self.read_timeout)
         fit = _SampleFilter(self.bins)
-        crops = fit.crops(reader.samples(_resampled(self.shards, rng)), self.crop_frames, rng)
-        shuffled = wds.filters.shuffle(self.shuffle_buffer, self.shuffle_buffer, rng=rng)(crops)
-        return fit.batches(shuffled, self.batch_size, self.dtype, partial=False)
+        crops = self._crops(self.shards, rng, fit, self.tracks)
+        if self.extra and self.extra_share > 0:
+            extra_rng = random.Random(f"train-extra:{self.seed}:{self.rank}:{worker}")
+            crops = _interleaved(crops, self._crops(self.extra, extra_rng, fit, None), self.extra_share, extra_rng)
+        return fit.batches(crops, self.batch_size, self.dtype, partial=False)
+
+
+def _rank_share(shards: list[str], rank: int, world_size: int) -> list[str]:
+    return shards[rank::world_size] if len(shards) >= world_size else list(shards)
 
 
 class EvalStream(IterableDataset):
@@ -206,8 +252,14 @@ def train_loader(
     shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER,
     dtype: torch.dtype = torch.float32,
     read_timeout: float = DEFAULT_READ_TIMEOUT,
+    tracks: list[str] | tuple[str, ...] = (),
+    extra: str | None = None,
+    extra_share: float = 0.0,
 ) -> DataLoader:
     """Infinite, shuffled, resampled training batches (see the module docstring).
+
+    `tracks` (ids; empty: all) limits the samples of `src`; `extra` is a second source (any form
+    `resolve_shards` takes) that gives `extra_share` of the crops (TrainStream).
 
     `rank`/`world_size` default to the torch.distributed process group (0 / 1 without one).
     The same (seed, num_workers, rank, world_size) gives the same stream of batches.
@@ -217,6 +269,7 @@ def train_loader(
     _check_sizes(batch_size, crop_frames, read_timeout)
     rank, world_size = _rank_and_world(rank, world_size)
     shards, bins = _resolve(src, split)
+    extra_shards = _resolve(extra, split)[0] if extra else None
     stream = TrainStream(
         shards,
         batch_size=batch_size,
@@ -228,6 +281,9 @@ def train_loader(
         dtype=dtype,
         bins=bins,
         read_timeout=read_timeout,
+        tracks=frozenset(tracks) or None,
+        extra=extra_shards,
+        extra_share=extra_share,
     )
     return _loader(stream, num_workers)
 

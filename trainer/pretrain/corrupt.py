@@ -17,6 +17,10 @@ side of the join in input and target whenever NSP is on, whatever the label, so 
 Tokens overlapping it are never selected. Of the selected tokens, `mask_prob` are set to
 `mask_value` over all channels and bins, `noise_prob` become max(uniform noise, original), and the
 rest stay unchanged (the model must still reconstruct them: they are in `selected`).
+
+With `mix_prob` > 0 (the mixture pretext, trainer/pretrain/mixture.py) some crops also get an
+interfering crop of another track in a span of frames; the target stays the primary, the frames holding
+the interferer join `selected`, and masked or noised tokens apply on top of the mixture.
 """
 
 from __future__ import annotations
@@ -25,6 +29,8 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+
+from trainer.pretrain.mixture import mix_interferers, partners
 
 from trainer.config import PAIR_TASKS, CorruptConfig  # the config lives with the others; re-exported here
 
@@ -38,6 +44,7 @@ class Corrupted:
     nsp_label: Tensor  # [B] float: 1.0 = second half is the continuation, 0.0 = altered (see pair_task)
     masked: Tensor | None = None  # [B, T] bool: selected frames set to mask_value (a subset of selected)
     noised: Tensor | None = None  # [B, T] bool: selected frames overlaid with noise; the rest of selected is intact
+    mixed: Tensor | None = None  # [B, T] bool: frames holding an interferer (mix_prob > 0), also in selected
 
     def changed(self) -> Tensor:
         """[B, T] bool: frames whose content differs from the clean crop's (masked or noised); the
@@ -86,19 +93,10 @@ def _tokens_to_frames(token_mask: Tensor, token_frames: int, frames: int) -> Ten
     return token_mask.repeat_interleave(token_frames, dim=1)[:, :frames]
 
 
-def _pick_partners(group: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
-    """For each sample a uniformly random batch index of another group, and whether one exists."""
-    batch = group.shape[0]
-    other_group = group[:, None] != group[None, :]
-    scores = torch.rand(batch, batch, generator=generator, device=group.device)
-    scores = torch.where(other_group, scores, torch.full_like(scores, -1.0))
-    return scores.argmax(dim=1), other_group.any(dim=1)
-
-
 def _apply_nsp(clean: Tensor, group: Tensor, cfg: CorruptConfig, generator: torch.Generator) -> tuple[Tensor, Tensor]:
     """Replace second halves with another group's (label 0) with probability nsp_prob; returns (target, label)."""
     batch, frames = clean.shape[0], clean.shape[-1]
-    partner, has_partner = _pick_partners(group, generator)
+    partner, has_partner = partners(group, generator)
     replace = (torch.rand(batch, generator=generator, device=clean.device) < cfg.nsp_prob) & has_partner
     join = frames // 2
     target = clean.clone()
@@ -181,17 +179,24 @@ def corrupt_batch(clean: Tensor, group: Tensor, cfg: CorruptConfig, generator: t
     noised = _tokens_to_frames(noised_tokens, tf, frames)[:, None, None, :]
 
     noise = torch.rand(target.shape, generator=generator, device=device, dtype=target.dtype)
-    corrupted = torch.where(noised, torch.maximum(noise, target), target)
+    source, mixed = target, None
+    if cfg.mix_prob > 0:  # drawn last, so that without mixing every other draw is what it always was
+        source, target, mixed = mix_interferers(
+            target, group.to(device), sep_frames, cfg.mix_prob, cfg.mix_gain_db, cfg.mix_cover, generator
+        )
+    corrupted = torch.where(noised, torch.maximum(noise, source), source)
     corrupted = torch.where(masked, torch.full_like(corrupted, cfg.mask_value), corrupted)
+    selected = _tokens_to_frames(selected_tokens, tf, frames)
 
     return Corrupted(
         input=corrupted,
         target=target,
-        selected=_tokens_to_frames(selected_tokens, tf, frames),
+        selected=selected if mixed is None else selected | mixed,
         separator=sep_frames[None, :].expand(batch, frames).clone(),
         nsp_label=nsp_label,
         masked=masked[:, 0, 0, :].clone(),
         noised=noised[:, 0, 0, :].clone(),
+        mixed=mixed,
     )
 
 

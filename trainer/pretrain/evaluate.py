@@ -45,8 +45,15 @@ METRICS = ("l1", "lsd") + tuple(f"l1_{name}" for name, _, _ in BANDS_HZ) + ("l1_
 
 
 def yardstick(trained: CorruptConfig) -> CorruptConfig:
-    """The evaluation corruption: the original tokens and rates, the model's mask value and pair task."""
-    return dataclasses.replace(trained, token_frames=16, select_rate=0.15, mask_prob=0.8, noise_prob=0.1)
+    """The evaluation corruption: the original tokens and rates, the model's mask value and pair task,
+    no interferer (the mixture pretext has its own score, `evaluate_mixture`)."""
+    return dataclasses.replace(trained, token_frames=16, select_rate=0.15, mask_prob=0.8, noise_prob=0.1, mix_prob=0.0)
+
+
+def mixture_yardstick(trained: CorruptConfig) -> CorruptConfig:
+    """The mixture pretext's fixed corruption: every crop mixed (gain and cover as trained), no masked
+    tokens and no pair task, so the score is the separation of the primary alone."""
+    return dataclasses.replace(trained, mix_prob=1.0, select_rate=0.0, mask_prob=0.0, noise_prob=0.0, nsp=False)
 
 
 def band_masks(bins: int, sample_rate: float = 44100.0) -> dict[str, Tensor]:
@@ -84,6 +91,9 @@ class EvalResult:
     nsp_chance: float  # accuracy of always answering the majority label of these samples
     loss: float  # the training objective (objective.compute_loss), for choosing the best checkpoint
     corruption: dict = field(default_factory=dict)
+    # the mixture pretext (`evaluate_mixture`), when trained with one: model / pass-through L1 on the
+    # frames holding an interferer; then `loss` is that model L1, the pretext's own objective
+    pretext: dict = field(default_factory=dict)
 
     @property
     def model_l1(self) -> float:
@@ -111,7 +121,8 @@ class EvalResult:
 
     def to_dict(self) -> dict:
         """Flat numbers (metrics.jsonl, TensorBoard): model_l1, copy_nearest_lsd, model_l1_lows, ..."""
-        out = {k: v for k, v in dataclasses.asdict(self).items() if k not in ("scores", "corruption")}
+        out = {k: v for k, v in dataclasses.asdict(self).items() if k not in ("scores", "corruption", "pretext")}
+        out.update({f"pretext_{k}": v for k, v in self.pretext.items()})
         for name, metrics in self.scores.items():
             out.update({f"{name}_{metric}": value for metric, value in metrics.items()})
         return {**out, "ratio_copy": self.ratio_copy, "ratio_interpolate": self.ratio_interpolate}
@@ -199,6 +210,44 @@ def evaluate(
     )
 
 
+@torch.no_grad()
+def evaluate_mixture(
+    model: torch.nn.Module,
+    batches: Iterable[dict],
+    corrupt_cfg: CorruptConfig,
+    device: torch.device,
+    loss_cfg: LossConfig | None = None,
+    seed: int = EVAL_SEED,
+    output: str = "mask",
+) -> dict[str, float]:
+    """The mixture pretext learned or not: linear L1 to the primary on the frames holding an interferer,
+    of the model's estimate and of the mixture itself (doing nothing), on `mixture_yardstick` crops."""
+    cfg = mixture_yardstick(corrupt_cfg)
+    generator = torch.Generator(device=device).manual_seed(seed)
+    was_training = model.training
+    model.eval()
+    sums = {"model_l1": 0.0, "pass_through_l1": 0.0}
+    elements = 0
+    try:
+        for batch in batches:
+            clean = batch["spec"].to(device, non_blocking=True).float()
+            corrupted = corrupt_batch(clean, batch["group"].to(device), cfg, generator)
+            with autocast_for(device):
+                head, nsp_logit = model(corrupted.input)
+            _, _, estimate = compute_loss(head, nsp_logit, corrupted, loss_cfg or LossConfig(), False, output)
+            mixed = corrupted.mixed
+            sums["model_l1"] += float(frame_errors(estimate, corrupted.target, mixed, {})["l1"])
+            sums["pass_through_l1"] += float(frame_errors(corrupted.input, corrupted.target, mixed, {})["l1"])
+            elements += int(mixed.sum()) * clean.shape[1] * clean.shape[2]
+    finally:
+        model.train(was_training)
+    if elements == 0:
+        raise ValueError("no mixed frames to score: the val batches hold a single track")
+    out = {k: v / elements for k, v in sums.items()}
+    out["ratio"] = out["model_l1"] / out["pass_through_l1"] if out["pass_through_l1"] > 0 else float("nan")
+    return out
+
+
 def describe_corruption(cfg: CorruptConfig) -> str:
     pair = cfg.pair_task.upper() if cfg.nsp else "no pair task"
     return f"{cfg.token_frames}-frame tokens, {cfg.select_rate:.0%} selected, {pair}"
@@ -227,6 +276,12 @@ def format_table(result: EvalResult, title: str = "") -> str:
         f"NSP accuracy {result.nsp_accuracy:.3f} vs chance {result.nsp_chance:.3f} (BCE {result.nsp_bce:.4f}); "
         f"all-frames L1 {result.all_frames_l1:.5f}; val loss {result.loss:.5f}"
     )
+    if result.pretext:
+        p = result.pretext
+        lines.append(
+            f"mixture pretext: L1 to the primary where an interferer is {p['model_l1']:.5f}, the mixture itself "
+            f"{p['pass_through_l1']:.5f}: model / doing nothing {p['ratio']:.3f}"
+        )
     return "\n".join(lines)
 
 
@@ -247,8 +302,8 @@ def evaluate_checkpoint(
     model = build_model(cfg.model).to(dev)
     meta = load_checkpoint(path, model, device=dev)
 
-    def run(corruption: CorruptConfig) -> EvalResult:
-        loader = eval_loader(
+    def loader():
+        return eval_loader(
             shards,
             batch_size=batch_size or cfg.data.val_batch_size,
             crop_frames=cfg.data.crop_frames,
@@ -256,11 +311,20 @@ def evaluate_checkpoint(
             split=split,
             read_timeout=cfg.data.read_timeout,
         )
-        return evaluate(model, loader, corruption, dev, cfg.loss, output=cfg.model.output)
 
-    result = run(yardstick(cfg.corrupt))
+    result = validate_pretraining(model, loader, cfg, dev)
     table = format_table(result, title=f"{path} (step {meta.get('step')}) on {shards} [{split}]: yardstick")
-    if yardstick(cfg.corrupt) != cfg.corrupt:
-        trained = run(cfg.corrupt)
+    if yardstick(cfg.corrupt) != cfg.corrupt and cfg.corrupt.mix_prob == 0:
+        trained = evaluate(model, loader(), cfg.corrupt, dev, cfg.loss, output=cfg.model.output)
         table += "\n\n" + format_table(trained, title="the training corruption (not comparable across runs)")
     return result, table
+
+
+def validate_pretraining(model: torch.nn.Module, loader, cfg, device: torch.device) -> EvalResult:
+    """The yardstick, plus the mixture pretext's own score when the run mixes (`loader()` gives the
+    same val batches each call)."""
+    result = evaluate(model, loader(), yardstick(cfg.corrupt), device, cfg.loss, output=cfg.model.output)
+    if cfg.corrupt.mix_prob > 0:
+        result.pretext = evaluate_mixture(model, loader(), cfg.corrupt, device, cfg.loss, output=cfg.model.output)
+        result.loss = result.pretext["model_l1"]
+    return result

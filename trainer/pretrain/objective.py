@@ -99,8 +99,9 @@ def compute_loss(
     """Masked-token L1 of the reconstruction vs target (+ all-frames L1) + pair-task BCE, in float32.
 
     Both L1s are in `loss_cfg.domain`. Returns (total, parts, reconstruction); `parts` holds the total
-    and each term as 0-d tensors (`loss`, `masked_l1`, `all_frames_l1`, `nsp_bce`, `nsp_accuracy`),
-    batch means; `masked_l1` is in the loss domain (evaluation always adds linear L1).
+    and each term as 0-d tensors (`loss`, `masked_l1`, `all_frames_l1`, `nsp_bce`, `nsp_accuracy`, and
+    with the mixture pretext `mix_l1` and `mix_pass_through_l1` on the frames holding an interferer),
+    batch means; the L1s are in the loss domain (evaluation always adds linear L1).
     """
     reconstruction = reconstruct(head, corrupted, output)
     pred, target = to_loss_domain(reconstruction, loss_cfg), to_loss_domain(corrupted.target, loss_cfg)
@@ -111,4 +112,7 @@ def compute_loss(
     total = masked + loss_cfg.all_frames_weight * all_frames + (loss_cfg.nsp_weight * bce if nsp else 0.0)
     accuracy = ((logit > 0).float() == corrupted.nsp_label).float().mean()
     parts = {"loss": total, "masked_l1": masked, "all_frames_l1": all_frames, "nsp_bce": bce, "nsp_accuracy": accuracy}
+    if corrupted.mixed is not None:  # the mixture pretext: is the model better than passing the mixture on?
+        parts["mix_l1"] = masked_l1(pred, target, corrupted.mixed)
+        parts["mix_pass_through_l1"] = masked_l1(to_loss_domain(corrupted.input, loss_cfg), target, corrupted.mixed)
     return total, parts, reconstruction

@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from trainer.config import TASK_PRETRAIN, TrainConfig
+from trainer.config import TASK_PRETRAIN, FinetuneConfig, TrainConfig
 from trainer.data import check_bins
 from trainer.device import autocast_for
 from trainer.logs import spectrogram_grid
@@ -26,8 +26,13 @@ class PretrainTask:
 
         return build_model(self.cfg.model)
 
+    head_prefixes: tuple[str, ...] = ()
+
     def initialise(self, model: nn.Module, device: torch.device) -> str:
         return "from scratch"
+
+    def finetune_protocol(self) -> FinetuneConfig:
+        return FinetuneConfig()  # every weight trained alike
 
     def to_device(self, batch: dict, device: torch.device) -> dict:
         spec = batch["spec"].to(device, non_blocking=True).float()
@@ -51,9 +56,9 @@ class PretrainTask:
         )
 
     def validate(self, model: nn.Module, loader, device: torch.device):
-        from trainer.pretrain.evaluate import evaluate, yardstick
+        from trainer.pretrain.evaluate import validate_pretraining
 
-        return evaluate(model, loader, yardstick(self.cfg.corrupt), device, self.cfg.loss, output=self.cfg.model.output)
+        return validate_pretraining(model, lambda: loader, self.cfg, device)
 
     def format_validation(self, result, title: str) -> str:
         from trainer.pretrain.evaluate import format_table

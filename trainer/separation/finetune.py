@@ -46,6 +46,7 @@ def resolve_finetune(
     if resume:
         raise ValueError(f"{run_dir}: --resume given but there is no checkpoint to continue from")
     base = load_config(preset, config_file).to_dict()
+    init_config: dict = {}
     if init:
         source = resolve_checkpoint(init)
         init_config = read_checkpoint_config(source)
@@ -63,7 +64,18 @@ def resolve_finetune(
     cfg = TrainConfig.from_dict(data, "finetune config" + (" + overrides" if overrides else ""))
     if cfg.run.task != TASK_SEPARATION:
         raise ValueError("trainer finetune trains run.task=separation; use trainer pretrain to pretrain")
+    if cfg.finetune.head == "auto":  # decided once, here, and recorded in the run's config
+        cfg.finetune.head = "keep" if init and head_is_a_separation_mask(init_config) else "reinit"
     return cfg, None
 
 
-__all__ = ["resolve_finetune", "SEPARATION_MASK_PRIOR"]
+def head_is_a_separation_mask(checkpoint_config: dict) -> bool:
+    """Whether a pretraining checkpoint's head already is what `trainer finetune` trains: a sigmoid
+    mask of the input (model.output "mask") taught to keep a primary against an interferer (the
+    mixture pretext, corrupt.mix_prob > 0). The person's original objective also has a "mask" head,
+    but one trained to output ~0 on [MASK] frames and ~1 elsewhere: a new head is the better start."""
+    model, corrupt = checkpoint_config.get("model") or {}, checkpoint_config.get("corrupt") or {}
+    return isinstance(model, dict) and model.get("output", "mask") == "mask" and corrupt.get("mix_prob", 0) > 0
+
+
+__all__ = ["resolve_finetune", "head_is_a_separation_mask", "SEPARATION_MASK_PRIOR"]

@@ -82,17 +82,22 @@ class Separator:
         return signal.reshape(b, c, length)
 
     @torch.no_grad()
-    def _instrumental(self, segments: np.ndarray) -> np.ndarray:
-        """[B, n, 2] mixture segments -> [B, n, 2] instrumental."""
+    def mask(self, magnitude: torch.Tensor) -> torch.Tensor:
+        """[B, 2, bins, frames] magnitudes (any scale) -> the float32 instrumental mask; each window is
+        seen divided by its peak, as training crops are."""
         from trainer.device import autocast_for
 
-        x = torch.from_numpy(np.ascontiguousarray(segments.transpose(0, 2, 1))).to(self.device)
-        spectrum = self._spectrum(x)
-        magnitude = spectrum.abs()[:, :, : self.stft.bins]
         peak = magnitude.amax(dim=(1, 2, 3), keepdim=True).clamp_min(torch.finfo(torch.float32).tiny)
         with autocast_for(self.device):
             mask, _ = self.model(magnitude / peak)
-        mask = mask.float()
+        return mask.float()
+
+    @torch.no_grad()
+    def _instrumental(self, segments: np.ndarray) -> np.ndarray:
+        """[B, n, 2] mixture segments -> [B, n, 2] instrumental."""
+        x = torch.from_numpy(np.ascontiguousarray(segments.transpose(0, 2, 1))).to(self.device)
+        spectrum = self._spectrum(x)
+        mask = self.mask(spectrum.abs()[:, :, : self.stft.bins])
         mask = torch.cat([mask, mask[:, :, -1:]], dim=2)  # the Nyquist bin (not modelled) takes its neighbour's
         out = self._inverse(spectrum * mask, x.shape[-1])
         return out.transpose(1, 2).cpu().numpy()

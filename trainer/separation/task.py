@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from trainer.config import TASK_SEPARATION, TrainConfig
+from trainer.config import TASK_SEPARATION, FinetuneConfig, TrainConfig
 from trainer.data import check_bins
 from trainer.device import autocast_for
 from trainer.logs import spectrogram_grid
@@ -55,9 +55,10 @@ def build_separation_model(cfg: TrainConfig) -> nn.Module:
     return model
 
 
-def load_pretrained(model: nn.Module, init: str | os.PathLike, device: torch.device) -> Path:
-    """Every weight of a pretraining checkpoint except its task heads; ValueError naming the file when
-    the architectures differ. Returns the checkpoint directory used."""
+def load_pretrained(model: nn.Module, init: str | os.PathLike, device: torch.device, keep_head: bool = False) -> Path:
+    """Every weight of a pretraining checkpoint except its next-sentence head and, unless `keep_head`,
+    its mask head; ValueError naming the file when the architectures differ. Returns the checkpoint
+    directory used."""
     from safetensors.torch import load_file
 
     from trainer.checkpoint import WEIGHTS_FILE, resolve_checkpoint
@@ -67,8 +68,9 @@ def load_pretrained(model: nn.Module, init: str | os.PathLike, device: torch.dev
         weights = load_file(str(path / WEIGHTS_FILE), device=str(device))
     except Exception as exc:  # safetensors raises several types for a damaged file
         raise ValueError(f"{path / WEIGHTS_FILE}: unreadable weights ({exc})") from exc
-    kept = {k: v for k, v in weights.items() if not k.startswith(PRETRAIN_ONLY + SEPARATION_HEAD)}
-    own = {k: v for k, v in model.state_dict().items() if not k.startswith(SEPARATION_HEAD)}
+    dropped = PRETRAIN_ONLY if keep_head else PRETRAIN_ONLY + SEPARATION_HEAD
+    kept = {k: v for k, v in weights.items() if not k.startswith(dropped)}
+    own = {k: v for k, v in model.state_dict().items() if keep_head or not k.startswith(SEPARATION_HEAD)}
     missing, unexpected = sorted(set(own) - set(kept)), sorted(set(kept) - set(own))
     shapes = [k for k in set(own) & set(kept) if own[k].shape != kept[k].shape]
     if missing or unexpected or shapes:
@@ -107,10 +109,17 @@ class SeparationTask:
     def build_model(self) -> nn.Module:
         return build_separation_model(self.cfg)
 
+    head_prefixes = SEPARATION_HEAD  # what finetune.trunk_lr_factor and freeze_steps leave alone
+
     def initialise(self, model: nn.Module, device: torch.device) -> str:
         if not self.cfg.run.init:
             return "from scratch"
-        return f"from the pretrained weights of {load_pretrained(model, self.cfg.run.init, device)}"
+        keep = self.cfg.finetune.head == "keep"
+        path = load_pretrained(model, self.cfg.run.init, device, keep_head=keep)
+        return f"from the pretrained weights of {path} ({'its' if keep else 'a new'} mask head)"
+
+    def finetune_protocol(self) -> FinetuneConfig:
+        return self.cfg.finetune if self.cfg.run.init else FinetuneConfig()
 
     def to_device(self, batch: dict, device: torch.device) -> dict:
         spec = batch["spec"].to(device, non_blocking=True).float()

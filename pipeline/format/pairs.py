@@ -14,6 +14,8 @@ PAIR_FAILURES_FILE = "pair-failures.jsonl"  # FailureRecords, stage `pair` (and 
 TARGET_INSTRUMENTAL = "instrumental"  # the target is the partner file itself
 TARGET_RESIDUAL = "mixture_minus_vocals"  # the partner is a vocals stem; the target is mixture - vocals
 TARGET_KINDS = (TARGET_INSTRUMENTAL, TARGET_RESIDUAL)
+TARGET_PSEUDO = "pseudo_label"  # a pair sample's target estimated by a separator (`trainer pseudo-label`)
+SAMPLE_TARGET_KINDS = (*TARGET_KINDS, TARGET_PSEUDO)  # what a pair sample's json may record
 LAYOUT_STEMS = "stems"  # a folder per song: mixture.<ext> + instrumental / vocals / ... stems
 LAYOUT_PARALLEL = "parallel"  # two folders, mixtures and instrumentals, matched by file name
 
@@ -77,6 +79,8 @@ __all__ = [
     "TARGET_INSTRUMENTAL",
     "TARGET_RESIDUAL",
     "TARGET_KINDS",
+    "TARGET_PSEUDO",
+    "SAMPLE_TARGET_KINDS",
     "LAYOUT_STEMS",
     "LAYOUT_PARALLEL",
     "PairRecord",

@@ -32,6 +32,7 @@ for _command in (
     _separation.separate,
     _separation.evaluate_separation,
     _separation.pseudo_label,
+    _separation.label_curve,
     _pretrain.ablate,
     _pretrain.summary,
     _pretrain.preview,

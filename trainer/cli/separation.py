@@ -179,4 +179,97 @@ def pseudo_label(checkpoint, shards, out_dir, split, device):
         index = run(checkpoint, shards, out_dir, split, device)
     except (ValueError, RuntimeError, OSError) as exc:
         raise one_line(exc) from exc
-    click.echo(f"{out_dir}: {len(index.shardlist)} pair shards, {index.totals['samples']} clips labelled by {checkpoint}")
+    click.echo(
+        f"{out_dir}: {len(index.shardlist)} pair shards, {index.totals['samples']} clips labelled by {checkpoint}"
+    )
+
+
+def _named_inits(values) -> tuple[tuple[str, str], ...]:
+    inits = []
+    for value in values:
+        name, sep, path = value.partition("=")
+        if not sep or not name.strip() or not path:
+            raise click.BadParameter(f"{value!r} is not NAME=CHECKPOINT", param_hint="--init")
+        inits.append((name.strip(), path))
+    return tuple(inits)
+
+
+def _budgets(value: str) -> tuple[int, ...]:
+    try:
+        budgets = tuple(int(v) for v in value.split(",") if v.strip())
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a list of song counts", param_hint="--budgets") from None
+    if not budgets or min(budgets) < 1 or len(set(budgets)) != len(budgets):
+        raise click.BadParameter(f"{value!r}: distinct song counts >= 1 expected", param_hint="--budgets")
+    return tuple(sorted(budgets))
+
+
+@click.command("label-curve")
+@click.option("--pairs", required=True, help=f"Pair shards of the labelled songs: {SHARDS_HELP}.")
+@click.option("--pairs-manifests", required=True, type=click.Path(file_okay=False), help="Holds their pairs.jsonl.")
+@click.option(
+    "--budgets", default="2,4,8,16", show_default=True, help="Labelled songs per point (first k train songs)."
+)
+@click.option("--seeds", type=click.IntRange(min=1), default=2, show_default=True, help="Fine-tunes per point and row.")
+@click.option(
+    "--seed",
+    "only_seed",
+    type=click.IntRange(min=0),
+    default=None,
+    help="Run only this seed's cells (one process per seed); the table shows every cell scored so far.",
+)
+@click.option("--finetune-steps", type=click.IntRange(min=1), required=True, help="Steps of every fine-tune.")
+@click.option("--preset", default="tiny", show_default=True, help="Training preset of every fine-tune.")
+@click.option("--init", "inits", multiple=True, metavar="NAME=CHECKPOINT", help="A pretrained row; repeat for several.")
+@click.option(
+    "--self-train",
+    "pool",
+    default=None,
+    help="Unlabelled pretraining shards: add self-training (the scratch model labels them for a student).",
+)
+@click.option(
+    "--pseudo-share",
+    type=click.FloatRange(0.0, 1.0),
+    default=0.5,
+    show_default=True,
+    help="Share of the student's crops from the pseudo-labelled pool.",
+)
+@click.option("--tracks", type=click.IntRange(min=1), default=None, help="Score the first N val songs [default: all].")
+@click.option("--bsseval/--no-bsseval", default=False, show_default=True, help="Also BSSEval v4 (slow).")
+@click.option("--out", type=click.Path(file_okay=False), default="runs/label-curve", show_default=True)
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE", help="Applied to every fine-tune.")
+def label_curve(
+    pairs, pairs_manifests, budgets, seeds, only_seed, finetune_steps, preset, inits, pool, pseudo_share, tracks,
+    bsseval, out, device, overrides,
+):  # fmt: skip
+    """Separation SDR against the number of labelled songs: from scratch, from each pretrain, self-trained.
+
+    \b
+    trainer label-curve --pairs pair-shards/ --pairs-manifests pair-manifests/ --finetune-steps 150 \\
+      --init mixture=runs/pretrain-mixture --self-train shards/ --budgets 2,4,8,16 --seeds 2
+
+    Writes OUT/curve.md (table), OUT/curve.png (plot), OUT/curve.json (every song's SDR); a rerun continues.
+    """
+    from trainer.ablations.curve import CurveSettings, run_curve
+
+    settings = CurveSettings(
+        pairs,
+        pairs_manifests,
+        _budgets(budgets),
+        seeds,
+        finetune_steps,
+        preset,
+        _named_inits(inits),
+        pool,
+        pseudo_share,
+        tracks,
+        bsseval,
+    )
+    try:
+        if only_seed is not None and only_seed >= seeds:
+            raise ValueError(f"--seed {only_seed} is outside --seeds {seeds} (seeds 0 .. {seeds - 1})")
+        table = run_curve(settings, out, list(overrides), device, only_seed)
+    except (ValueError, RuntimeError, OSError) as exc:
+        raise one_line(exc) from exc
+    click.echo(table)

@@ -30,9 +30,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from trainer.pretrain.mixture import mix_interferers, partners
-
 from trainer.config import PAIR_TASKS, CorruptConfig  # the config lives with the others; re-exported here
+from trainer.pretrain.mixture import mix_interferers, partners
 
 
 @dataclass

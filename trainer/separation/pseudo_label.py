@@ -113,7 +113,9 @@ def pseudo_label(
     urls = resolve_shards(shards, split)
     stft = shard_stft(shards, split)
     if fmt.STFTParams.from_dict(stft) != separator.stft:
-        raise ValueError(f"{shards}: made with STFT {stft}, the teacher {path} was trained on {separator.stft.to_dict()}")
+        raise ValueError(
+            f"{shards}: made with STFT {stft}, the teacher {path} was trained on {separator.stft.to_dict()}"
+        )
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     state_path = out / STATE_FILE

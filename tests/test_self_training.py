@@ -1,0 +1,213 @@
+"""What turns unlabelled music into a better separator, at test size: the fine-tune protocol (head kept
+or new, frozen trunk, trunk learning rate), the labelled-song filter and the second training source,
+`trainer pseudo-label` (pair shards a rerun does not redo, refused for another teacher), and the
+budget/seed bookkeeping of `trainer label-curve`. Test-size model (support.SMALL), one thread."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from pipeline import format as fmt
+from trainer.ablations.curve import CurveSettings, labelled_ids, run_curve
+from trainer.checkpoint import read_checkpoint_config, resolve_checkpoint
+from trainer.cli import main as trainer_cli
+from trainer.data import train_loader
+from trainer.data.loader import track_of
+
+from support import SMALL, make_pair_shards, run_cli
+
+STFT = fmt.STFTParams(n_fft=128, hop=64)
+COMMON = SMALL + ["run.ckpt_every=2", "data.crop_frames=64", "data.batch_size=2", "data.val_batch_size=2"]
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """4 labelled songs (2 train, 2 val) as pair shards, their mixtures as an unlabelled pool of
+    pretraining shards with the same STFT, and a 2-step mixture-pretext pretrain on the pool."""
+    base = tmp_path_factory.mktemp("self-training")
+    make_pair_shards(base / "pairs", STFT, songs=4, seconds=2.0)
+    pool = base / "pool-audio"
+    for song in sorted((base / "pairs" / "songs").iterdir()):
+        (pool / song.name).mkdir(parents=True)
+        (pool / song.name / "mix.wav").symlink_to(song / "mixture.wav")
+    for args in (
+        ["ingest", str(pool), "--manifests", str(base / "pool-m"), "--val-fraction", "0.25"],
+        ["shard", "--manifests", str(base / "pool-m"), "--out", str(base / "pool")]
+        + ["--n-fft", "128", "--hop", "64", "--clip-frames", "64", "--encoding", "float16", "--quiet"],
+    ):
+        result = run_cli(*args)
+        assert result.returncode == 0, result.stderr
+    result = CliRunner().invoke(
+        trainer_cli,
+        ["pretrain", "--shards", str(base / "pool"), "--preset", "mixture", "--run", str(base / "pre-mix")]
+        + ["--steps", "2", "--device", "cpu"]
+        + [f"--set={o}" for o in COMMON],
+    )
+    assert result.exit_code == 0, result.output
+    return base
+
+
+def _finetune(data, run, *extra):
+    args = ["finetune", "--shards", str(data / "pairs" / "shards"), "--run", str(run), "--device", "cpu"]
+    result = CliRunner().invoke(trainer_cli, args + [f"--set={o}" for o in COMMON] + list(extra))
+    assert result.exit_code == 0, result.output
+    return read_checkpoint_config(resolve_checkpoint(run))
+
+
+def _weights(run):
+    from safetensors.torch import load_file
+
+    return load_file(str(resolve_checkpoint(run) / "model.safetensors"))
+
+
+def test_the_mixture_pretext_reports_itself_against_passing_the_mixture_on(data):
+    metrics = [json.loads(line) for line in (data / "pre-mix" / "metrics.jsonl").read_text().splitlines()]
+    train = [m for m in metrics if m["split"] == "train"]
+    assert train and all("mix_l1" in m and "mix_pass_through_l1" in m for m in train)
+    val = [m for m in metrics if m["split"] == "val"]
+    assert val and 0.5 < val[-1]["pretext_ratio"] < 1.5  # the model / doing-nothing ratio on the val crops
+    assert val[-1]["loss"] == val[-1]["pretext_model_l1"]  # the best checkpoint is the best at the pretext
+
+
+def test_a_mixture_pretext_keeps_its_mask_head_and_a_masked_token_pretext_gets_a_new_one(data, tmp_path):
+    kept = _finetune(data, tmp_path / "from-mix", "--init", str(data / "pre-mix"), "--steps", "1")
+    assert kept["finetune"]["head"] == "keep"
+    pretrained, tuned = _weights(data / "pre-mix"), _weights(tmp_path / "from-mix")
+    # one step moved the head a little from the pretrained one, not back to the prior's constant bias
+    head = [k for k in tuned if k.startswith("mask_head.") and k.endswith("bias")][0]
+    assert torch.allclose(tuned[head], pretrained[head], atol=0.05)
+    reinit = _finetune(
+        data, tmp_path / "new-head", "--init", str(data / "pre-mix"), "--steps", "1", "--set=finetune.head=reinit"
+    )
+    assert reinit["finetune"]["head"] == "reinit"
+    assert _finetune(data, tmp_path / "scratch", "--steps", "1")["finetune"]["head"] == "reinit"
+
+
+def test_a_frozen_trunk_stays_put_while_the_head_learns_and_the_trunk_factor_sets_its_learning_rate(data, tmp_path):
+    run = tmp_path / "frozen"
+    _finetune(data, run, "--init", str(data / "pre-mix"), "--steps", "2", "--set=finetune.freeze_steps=2")
+    before, after = _weights(data / "pre-mix"), _weights(run)
+    trunk = [k for k in after if not k.startswith(("mask_head.", "nsp_head."))]
+    assert all(torch.equal(before[k], after[k]) for k in trunk)
+    assert any(not torch.equal(before[k], after[k]) for k in after if k.startswith("mask_head."))
+
+    from trainer.loop import make_optimizer
+    from trainer.model import build_model
+    from trainer.config import OptimConfig, load_config
+
+    model = build_model(load_config("tiny", overrides=SMALL).model)
+    groups = make_optimizer(model, OptimConfig(lr=1e-3), torch.device("cpu"), ("mask_head.",), 0.1).param_groups
+    head_ids = {id(p) for n, p in model.named_parameters() if n.startswith("mask_head.")}
+    for group in groups:
+        is_head = {id(p) in head_ids for p in group["params"]}
+        assert len(is_head) <= 1 and group["lr"] == pytest.approx(1e-3 if is_head == {True} else 1e-4)
+    assert len(make_optimizer(model, OptimConfig(), torch.device("cpu")).param_groups) == 2  # as before
+
+
+def test_the_loader_keeps_only_the_named_tracks_and_mixes_in_the_extra_source_by_its_share(data):
+    pairs = str(data / "pairs" / "shards")
+    first = labelled_ids(data / "pairs" / "m", 1)
+    loader = train_loader(pairs, batch_size=2, crop_frames=32, num_workers=0, seed=0, tracks=first)
+    keys = [key for _, batch in zip(range(6), loader) for key in batch["key"]]
+    assert {track_of(k) for k in keys} == set(first)
+
+    pseudo = data / "pseudo-share"
+    result = CliRunner().invoke(
+        trainer_cli, ["pseudo-label", "--checkpoint", str(_teacher(data)), "--shards", str(data / "pool")]
+        + ["--out", str(pseudo), "--device", "cpu"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    pool_tracks = {r.id for r in fmt.read_tracks(data / "pool-m")}
+    loader = train_loader(
+        pairs, batch_size=4, crop_frames=32, num_workers=0, seed=0, tracks=first, extra=str(pseudo), extra_share=0.5
+    )
+    keys = [key for _, batch in zip(range(25), loader) for key in batch["key"]]
+    share = sum(track_of(k) in pool_tracks for k in keys) / len(keys)
+    assert 0.3 <= share <= 0.7 and {track_of(k) for k in keys} <= set(first) | pool_tracks
+
+
+def _teacher(data):
+    teacher = data / "teacher"
+    if not teacher.exists():
+        _finetune(data, teacher, "--steps", "2")
+    return teacher
+
+
+def test_pseudo_labels_are_verified_pair_shards_a_rerun_keeps_and_another_teacher_is_refused(data, tmp_path):
+    out = tmp_path / "pseudo"
+    args = ["pseudo-label", "--checkpoint", str(_teacher(data)), "--shards", str(data / "pool"), "--out", str(out)]
+    result = CliRunner().invoke(trainer_cli, args + ["--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    index = fmt.read_index(out / "train.json")
+    source = fmt.read_index(data / "pool" / "train.json")
+    assert index.sample_kind == fmt.SAMPLE_KIND_PAIRS and index.totals["samples"] == source.totals["samples"]
+    verify = run_cli("verify", "--out", str(out))
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+    import webdataset as wds
+
+    for sample in wds.WebDataset(str(out / index.shardlist[0].url), shardshuffle=False):
+        (mix, target), meta = fmt.read_sample(sample)
+        assert meta.target_kind == fmt.TARGET_PSEUDO
+        assert (target.read() <= mix.read()).all()  # a mask of the mixture never adds energy
+    stamps = {p.name: p.stat().st_mtime_ns for p in out.glob("*.tar")}
+    result = CliRunner().invoke(trainer_cli, args + ["--device", "cpu"])
+    assert result.exit_code == 0 and stamps == {p.name: p.stat().st_mtime_ns for p in out.glob("*.tar")}
+    other = tmp_path / "other-teacher"
+    _finetune(data, other, "--steps", "2", "--set=run.seed=5")
+    args[2] = str(other)
+    result = CliRunner().invoke(trainer_cli, args + ["--device", "cpu"])
+    assert result.exit_code != 0 and "another teacher" in result.output
+
+
+def test_the_curve_trains_every_budget_seed_and_route_once_and_a_rerun_only_reads(data, tmp_path):
+    settings = CurveSettings(
+        pairs=str(data / "pairs" / "shards"),
+        manifests=str(data / "pairs" / "m"),
+        budgets=(1, 2),
+        seeds=2,
+        steps=2,
+        preset="tiny",
+        inits=(("mixture pretext", str(data / "pre-mix")),),
+        pool=str(data / "pool"),
+        tracks=1,
+    )
+    out = tmp_path / "curve"
+    table = run_curve(settings, out, COMMON, device="cpu")
+    results = json.loads((out / "curve.json").read_text())
+    for k in (1, 2):
+        ids = labelled_ids(settings.manifests, k)
+        for seed in (0, 1):
+            cell = out / f"k{k:03d}" / f"seed{seed}"
+            for route, slug in (("from scratch", "from-scratch"), ("mixture pretext", "mixture-pretext")):
+                saved = read_checkpoint_config(resolve_checkpoint(cell / slug))
+                assert saved["run"]["seed"] == seed and saved["data"]["tracks"] == ids and saved["run"]["steps"] == 2
+                assert len(results[f"{route}|{k}|{seed}"]["mdx"]) == 1
+            student = read_checkpoint_config(resolve_checkpoint(cell / "self-training"))
+            assert student["data"]["extra_shards"] == str(cell / "pseudo") and not student["run"]["init"]
+            assert (cell / "pseudo" / "train.json").is_file()
+    rows = {line.split("|")[1].strip(): line for line in table.splitlines() if line.startswith("| ")}
+    assert {"from scratch", "mixture pretext", "self-training", "mixture (floor)"} <= set(rows)
+    assert (out / "curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*.safetensors")}
+    assert run_curve(settings, out, COMMON, device="cpu") == table
+    assert stamps == {p: p.stat().st_mtime_ns for p in out.rglob("*.safetensors")}
+
+
+def test_curve_options_are_checked_before_anything_trains(data, tmp_path):
+    base = ["label-curve", "--pairs", str(data / "pairs" / "shards"), "--pairs-manifests", str(data / "pairs" / "m")]
+    base += ["--finetune-steps", "1", "--out", str(tmp_path / "c"), "--device", "cpu"]
+    for extra, message in (
+        (["--budgets", "1,9"], "a budget of 9 labelled songs"),
+        (["--budgets", "0"], "--budgets"),
+        (["--init", "nameless"], "NAME=CHECKPOINT"),
+        (["--seeds", "2", "--seed", "2"], "--seed 2 is outside"),
+    ):
+        result = CliRunner().invoke(trainer_cli, base + extra)
+        assert result.exit_code != 0 and message in result.output, result.output
+    assert not (tmp_path / "c" / "k001").exists()

@@ -1,0 +1,269 @@
+"""`trainer label-curve`: the label-efficiency curve — what a pretrain or self-training is worth in
+separation, as a function of how many labelled songs there are.
+
+For every budget k (the first k train songs of the pairs manifest, in the order `select_pairs` uses
+for val) and every seed, the same fine-tune (preset, steps, `--set` values, `run.seed` = the seed,
+`data.tracks` = those k songs) runs from scratch and from every named pretraining checkpoint; with
+an unlabelled pool, the scratch model is also the teacher of self-training: it pseudo-labels the pool
+(`trainer pseudo-label`) and a student with the same budget, from scratch, trains on the k songs
+plus the pseudo-labelled pool (`data.extra_shards`). Every model is scored on the same whole val
+songs (instrumental SDR, MDX; BSSEval v4 optional), next to the mixture (floor) and the oracle mask.
+
+Layout: OUT/k{k}/seed{s}/{from-scratch, <name>, pseudo, self-training} and the cell's scores
+(curve.json there: per route, the per-song SDRs); all cells merged in OUT/curve.json, the table in
+OUT/curve.md and the plot in OUT/curve.png. A rerun after a kill continues: finished fine-tunes are
+not trained again, scored ones not scored again, pseudo-labelled shards not labelled again. With
+`--seed S` a process does one seed's cells only, so two processes can share a machine's cores.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.durable import write_text
+
+SCRATCH = "from scratch"
+SELF_TRAINING = "self-training"
+FLOOR_KEY, ORACLE_KEY = "floor", "oracle"
+RESULTS_FILE, TABLE_FILE, PLOT_FILE = "curve.json", "curve.md", "curve.png"
+
+
+@dataclass(frozen=True)
+class CurveSettings:
+    pairs: str  # pair shards of the labelled songs (`pipeline shard --pairs`)
+    manifests: str  # the folder holding their pairs.jsonl
+    budgets: tuple[int, ...]  # labelled songs per point of the curve
+    seeds: int  # fine-tunes per point and route (run.seed 0 .. seeds - 1)
+    steps: int  # fine-tune steps, the same for every model
+    preset: str = "tiny"
+    inits: tuple[tuple[str, str], ...] = ()  # (row name, pretraining run or checkpoint)
+    pool: str | None = None  # unlabelled pretraining shards: self-training when given
+    extra_share: float = 0.5  # of the student's crops from the pseudo-labelled pool
+    tracks: int | None = None  # val songs scored (None: all)
+    bsseval: bool = False
+
+
+def slug(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-").lower() or "row"
+
+
+def labelled_ids(manifests: str | os.PathLike, k: int) -> list[str]:
+    """The pair ids of the first k train songs (by name, then id; duplicates left out)."""
+    from trainer.separation.evaluate import select_pairs
+
+    pairs = [p for p in select_pairs(manifests, "train") if not getattr(p, "duplicate_of", None)]
+    if len(pairs) < k:
+        raise ValueError(f"{manifests}: a budget of {k} labelled songs, but the train split holds {len(pairs)}")
+    return [p.id for p in pairs[:k]]
+
+
+def routes(settings: CurveSettings) -> list[str]:
+    return [SCRATCH, *(name for name, _ in settings.inits)] + ([SELF_TRAINING] if settings.pool else [])
+
+
+def check_settings(settings: CurveSettings) -> None:
+    """Everything the curve will read, checked before the first fine-tune."""
+    from trainer.checkpoint import read_checkpoint_config, resolve_checkpoint
+    from trainer.config import TASK_PRETRAIN, load_config
+    from trainer.data import resolve_shards
+    from trainer.separation.evaluate import select_pairs
+
+    if not settings.budgets or min(settings.budgets) < 1:
+        raise ValueError(f"--budgets must be positive song counts, got {list(settings.budgets)}")
+    if settings.seeds < 1:
+        raise ValueError(f"--seeds must be >= 1, got {settings.seeds}")
+    names = routes(settings)
+    if len({slug(n) for n in names}) != len(names) or any(slug(n) in ("pseudo",) for n in names):
+        raise ValueError(f"row names must differ from each other and from {SCRATCH!r}/{SELF_TRAINING!r}: {names}")
+    resolve_shards(settings.pairs, "train")
+    labelled_ids(settings.manifests, max(settings.budgets))
+    select_pairs(settings.manifests, "val", settings.tracks)
+    load_config(settings.preset)
+    for name, init in settings.inits:
+        task = read_checkpoint_config(resolve_checkpoint(init)).get("run", {}).get("task", TASK_PRETRAIN)
+        if task != TASK_PRETRAIN:
+            raise ValueError(f"--init {name}={init}: not a pretraining checkpoint")
+    if settings.pool:
+        resolve_shards(settings.pool, "train")
+
+
+def _load_results(path: Path) -> dict:
+    if not path.exists():
+        return {}
+    try:
+        results = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{path}: unreadable curve results ({exc}); remove it to score again") from exc
+    if not isinstance(results, dict):
+        raise ValueError(f"{path}: not a curve results file; remove it to score again")
+    return results
+
+
+def _key(route: str, k: int, seed: int) -> str:
+    return f"{route}|{k}|{seed}"
+
+
+def collect_results(out: Path, settings: CurveSettings) -> dict:
+    """Every scored cell of OUT, merged (cells may come from several processes, one per seed)."""
+    results: dict = {}
+    for k in settings.budgets:
+        for seed in range(settings.seeds):
+            results.update(_load_results(out / f"k{k:03d}" / f"seed{seed}" / RESULTS_FILE))
+    return results
+
+
+def run_curve(
+    settings: CurveSettings, out: str | os.PathLike, common=(), device: str = "auto", only_seed: int | None = None
+) -> str:
+    """Train and score every (budget, seed, route) — or only seed `only_seed`, so that one process per
+    seed can share the work — and return the table of every cell scored so far (also written to OUT)."""
+    from trainer.ablations.downstream import Downstream, finetune_row
+    from trainer.checkpoint import resolve_checkpoint
+    from trainer.separation.evaluate import evaluate_separation
+    from trainer.separation.pseudo_label import pseudo_label
+
+    check_settings(settings)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    budget = Downstream(settings.pairs, settings.manifests, settings.steps, settings.tracks, settings.bsseval)
+    for k in settings.budgets:
+        ids = labelled_ids(settings.manifests, k)
+        for seed in range(settings.seeds) if only_seed is None else [only_seed]:
+            cell = out / f"k{k:03d}" / f"seed{seed}"
+            results = _load_results(cell / RESULTS_FILE)
+            overrides = [*common, f"run.seed={seed}", f"data.tracks={json.dumps(ids)}"]
+            runs = {SCRATCH: finetune_row(cell / slug(SCRATCH), settings.preset, None, budget, overrides, device)}
+            for name, init in settings.inits:
+                path = resolve_checkpoint(init)
+                runs[name] = finetune_row(cell / slug(name), settings.preset, path, budget, overrides, device)
+            if settings.pool:
+                pseudo = cell / "pseudo"
+                pseudo_label(runs[SCRATCH], settings.pool, pseudo, device=device)
+                student = [*overrides, f"data.extra_shards={pseudo}", f"data.extra_share={settings.extra_share}"]
+                runs[SELF_TRAINING] = finetune_row(
+                    cell / slug(SELF_TRAINING), settings.preset, None, budget, student, device
+                )
+            todo = [r for r in runs if _key(r, k, seed) not in results]
+            if todo:
+                scores, _ = evaluate_separation(
+                    [str(runs[r]) for r in todo],
+                    settings.manifests,
+                    "val",
+                    settings.tracks,
+                    settings.bsseval,
+                    device,
+                    labels=todo,
+                    progress=False,
+                )
+                for route in todo:
+                    results[_key(route, k, seed)] = _per_song(scores[route])
+                floor, oracle = list(scores.values())[-2:]
+                results.setdefault(FLOOR_KEY, _per_song(floor))
+                results.setdefault(ORACLE_KEY, _per_song(oracle))
+                write_text(cell / RESULTS_FILE, json.dumps(results, indent=1) + "\n")
+            print(f"label-curve: k={k} seed={seed}: " + _cell_summary(results, runs, k, seed), flush=True)
+    results = collect_results(out, settings)
+    write_text(out / RESULTS_FILE, json.dumps(results, indent=1) + "\n")
+    table = format_curve(results, settings)
+    write_text(out / TABLE_FILE, table + "\n")
+    plot_curve(results, settings, out / PLOT_FILE)
+    return table
+
+
+def _per_song(scores) -> dict:
+    return {"mdx": list(scores.instrumental_mdx), "bss": list(scores.instrumental_bss)}
+
+
+def _median(values: list[float]) -> float:
+    finite = [v for v in values if v is not None and math.isfinite(v)]
+    return float(np.median(finite)) if finite else math.nan
+
+
+def _cell_summary(results: dict, runs: dict, k: int, seed: int) -> str:
+    return ", ".join(f"{r} {_median(results[_key(r, k, seed)]['mdx']):.2f} dB" for r in runs)
+
+
+def point(results: dict, route: str, k: int, seeds: int) -> list[float]:
+    """Median instrumental MDX SDR over the val songs, one per seed that has been scored."""
+    return [_median(results[_key(route, k, s)]["mdx"]) for s in range(seeds) if _key(route, k, s) in results]
+
+
+def format_curve(results: dict, settings: CurveSettings) -> str:
+    budgets, names = settings.budgets, routes(settings)
+    head = "| route | " + " | ".join(f"k = {k}" for k in budgets) + " |"
+    rule = "|---|" + "---|" * len(budgets)
+    lines = [
+        f"Label-efficiency curve: instrumental SDR (MDX, dB), median over the val songs of {settings.manifests}; "
+        f"per cell the mean over seeds and each seed's value; {settings.steps} fine-tune steps of the "
+        f"`{settings.preset}` preset for every model; k = the first k train songs of {settings.pairs}.",
+        "",
+        head,
+        rule,
+    ]
+    for name in names:
+        cells = []
+        for k in budgets:
+            values = point(results, name, k, settings.seeds)
+            cells.append(f"{np.mean(values):.2f} ({' / '.join(f'{v:.2f}' for v in values)})" if values else "—")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    for key, label in ((FLOOR_KEY, "mixture (floor)"), (ORACLE_KEY, "oracle mask (ceiling)")):
+        if key in results:
+            lines.append(f"| {label} | " + " | ".join(f"{_median(results[key]['mdx']):.2f}" for _ in budgets) + " |")
+    lines += ["", "Difference to the scratch fine-tune of the same budget and seed (dB, per seed):", "", head, rule]
+    for name in names[1:]:
+        cells = []
+        for k in budgets:
+            pairs = [
+                (_median(results[_key(name, k, s)]["mdx"]), _median(results[_key(SCRATCH, k, s)]["mdx"]))
+                for s in range(settings.seeds)
+                if _key(name, k, s) in results and _key(SCRATCH, k, s) in results
+            ]
+            cells.append(" / ".join(f"{a - b:+.2f}" for a, b in pairs) if pairs else "—")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot_curve(results: dict, settings: CurveSettings, path: Path) -> None:
+    """SDR against labelled songs: a line per route through the seeds' mean, each seed as a dot."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from pipeline.durable import staged_path
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
+    for name in routes(settings):
+        xs, means = [], []
+        for k in settings.budgets:
+            values = point(results, name, k, settings.seeds)
+            if values:
+                xs.append(k)
+                means.append(float(np.mean(values)))
+                ax.scatter([k] * len(values), values, s=10, alpha=0.5)
+        if xs:
+            ax.plot(xs, means, marker="o", label=name)
+    for key, label, style in ((ORACLE_KEY, "oracle mask", "--"), (FLOOR_KEY, "mixture (floor)", ":")):
+        if key in results:
+            ax.axhline(_median(results[key]["mdx"]), color="grey", linestyle=style, label=label)
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(list(settings.budgets), [str(k) for k in settings.budgets])
+    ax.set_xlabel("labelled songs")
+    ax.set_ylabel("instrumental SDR, MDX (dB)")
+    ax.set_title(f"{settings.steps} fine-tune steps, {settings.seeds} seed(s)")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    with staged_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+
+
+__all__ = ["CurveSettings", "run_curve", "format_curve", "plot_curve", "labelled_ids", "routes", "SCRATCH"]

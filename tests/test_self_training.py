@@ -97,9 +97,9 @@ def test_a_frozen_trunk_stays_put_while_the_head_learns_and_the_trunk_factor_set
     assert all(torch.equal(before[k], after[k]) for k in trunk)
     assert any(not torch.equal(before[k], after[k]) for k in after if k.startswith("mask_head."))
 
+    from trainer.config import OptimConfig, load_config
     from trainer.loop import make_optimizer
     from trainer.model import build_model
-    from trainer.config import OptimConfig, load_config
 
     model = build_model(load_config("tiny", overrides=SMALL).model)
     groups = make_optimizer(model, OptimConfig(lr=1e-3), torch.device("cpu"), ("mask_head.",), 0.1).param_groups

@@ -142,6 +142,7 @@ def _teacher(data):
 def test_pseudo_labels_are_verified_pair_shards_a_rerun_keeps_and_another_teacher_is_refused(data, tmp_path):
     out = tmp_path / "pseudo"
     args = ["pseudo-label", "--checkpoint", str(_teacher(data)), "--shards", str(data / "pool"), "--out", str(out)]
+    args += ["--encoding", "float16"]  # exact values, for the mask check below (the default is log8)
     result = CliRunner().invoke(trainer_cli, args + ["--device", "cpu"])
     assert result.exit_code == 0, result.output
     index = fmt.read_index(out / "train.json")
@@ -160,9 +161,19 @@ def test_pseudo_labels_are_verified_pair_shards_a_rerun_keeps_and_another_teache
     assert result.exit_code == 0 and stamps == {p.name: p.stat().st_mtime_ns for p in out.glob("*.tar")}
     other = tmp_path / "other-teacher"
     _finetune(data, other, "--steps", "2", "--set=run.seed=5")
+    result = CliRunner().invoke(trainer_cli, args + ["--device", "cpu", "--encoding", "log8"])
+    assert result.exit_code != 0 and "not --encoding log8" in result.output
     args[2] = str(other)
     result = CliRunner().invoke(trainer_cli, args + ["--device", "cpu"])
     assert result.exit_code != 0 and "another teacher" in result.output
+    # the default encoding is the pipeline's log8, and a stale half-written shard is cleared
+    log8 = tmp_path / "log8"
+    (log8).mkdir()
+    (log8 / ".train-000000.tar.tmp-999999").write_bytes(b"half")
+    result = CliRunner().invoke(trainer_cli, args[:5] + ["--out", str(log8), "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert fmt.read_index(log8 / "train.json").encoding == "log8" and not list(log8.glob(".*.tmp-*"))
+    assert run_cli("verify", "--out", str(log8)).returncode == 0
 
 
 def test_the_curve_trains_every_budget_seed_and_route_once_and_a_rerun_only_reads(data, tmp_path):

@@ -163,8 +163,14 @@ def evaluate_separation(checkpoints, manifests, split, tracks, bsseval, device, 
 @click.option("--shards", required=True, help=f"Unlabelled pretraining shards (`pipeline shard`): {SHARDS_HELP}.")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Folder for the pair shards.")
 @click.option("--split", default="train", show_default=True, help="The split of --shards to label.")
+@click.option(
+    "--encoding",
+    type=click.Choice(["log8", "float16"]),
+    default=None,
+    help="How the magnitudes are stored, as `pipeline shard --encoding` [default: log8, or what --out holds].",
+)
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
-def pseudo_label(checkpoint, shards, out_dir, split, device):
+def pseudo_label(checkpoint, shards, out_dir, split, encoding, device):
     """Label unlabelled shards with a separator: pair shards whose target is the teacher's estimate.
 
     \b
@@ -176,7 +182,7 @@ def pseudo_label(checkpoint, shards, out_dir, split, device):
     from trainer.separation.pseudo_label import pseudo_label as run
 
     try:
-        index = run(checkpoint, shards, out_dir, split, device)
+        index = run(checkpoint, shards, out_dir, split, device, encoding)
     except (ValueError, RuntimeError, OSError) as exc:
         raise one_line(exc) from exc
     click.echo(

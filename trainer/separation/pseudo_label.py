@@ -9,7 +9,8 @@ student sees the collection's music with the teacher's targets next to the few t
 
 Work happens in magnitudes, on the shards' own STFT grid: no audio is decoded, no phase is needed.
 Each clip is cut into windows of the teacher's training crop, each seen divided by its peak, as in
-`trainer separate`. Output shard N holds the clips of input shard N, float16, under the same keys.
+`trainer separate`. Output shard N holds the clips of input shard N under the same keys, in the
+project's default encoding (log8) or float16.
 
 Resumable and safe like the other writers: a shard appears under its final name only when complete
 (pipeline.durable), a rerun skips the shards already written, and a folder labelled by another
@@ -29,7 +30,7 @@ import webdataset as wds
 
 from pipeline import codec
 from pipeline import format as fmt
-from pipeline.durable import write_and_rename, write_text
+from pipeline.durable import remove_stale_temporaries, write_and_rename, write_text
 from trainer.data.reader import ShardReader
 
 STATE_FILE = ".state/pseudo-label.json"  # beside the shards, like `pipeline shard`'s .state/
@@ -41,19 +42,22 @@ def _teacher_id(checkpoint: Path) -> str:
     return fmt.file_sha256(checkpoint / WEIGHTS_FILE)
 
 
-def _read_state(path: Path, teacher: str, source: str) -> dict:
+def _read_state(path: Path, teacher: str, source: str, encoding: str | None) -> dict:
     if not path.exists():
-        return {"teacher": teacher, "source": source, "shards": {}}
+        return {"teacher": teacher, "source": source, "encoding": encoding or codec.DEFAULT_ENCODING, "shards": {}}
     try:
         state = json.loads(path.read_text(encoding="utf-8"))
-        known = (state["teacher"], state["source"], dict(state["shards"]))
+        known = (state["teacher"], state["source"], state.get("encoding", codec.FLOAT16), dict(state["shards"]))
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise ValueError(f"{path}: unreadable pseudo-label state ({exc}); remove the folder to start over") from exc
     if known[:2] != (teacher, source):
         raise ValueError(
-            f"{path.parent}: labelled by another teacher or from other shards ({state['source']}); "
+            f"{path.parent.parent}: labelled by another teacher or from other shards ({state['source']}); "
             "give another --out or remove this folder"
         )
+    if encoding is not None and known[2] != encoding:
+        raise ValueError(f"{path.parent.parent}: its shards are {known[2]}, not --encoding {encoding}")
+    state["encoding"] = known[2]
     return state
 
 
@@ -71,11 +75,12 @@ def label_clip(separator, spec: np.ndarray) -> np.ndarray:
     return estimate[..., :frames].cpu().numpy()
 
 
-def _label_shard(separator, url: str, out: Path) -> dict:
+def _label_shard(separator, url: str, out: Path, encoding: str) -> dict:
     """Write the pair shard of one input shard; returns its index entry."""
     count = 0
     with write_and_rename(out, "wb") as fh:
-        writer = wds.TarWriter(fh)
+        # raw members (webdataset would gzip a `.gz` member again) and a fixed header time
+        writer = wds.TarWriter(fh, encoder=False, mtime=0.0)
         for sample in ShardReader(max_empty_in_a_row=None).samples(iter([url])):
             try:
                 (stored,), meta = fmt.read_sample(sample)
@@ -93,7 +98,7 @@ def _label_shard(separator, url: str, out: Path) -> dict:
                 target_kind=fmt.TARGET_PSEUDO,
             )
             arrays = {"mix": spec.astype(fmt.SPEC_DTYPE), "target": np.minimum(target, spec).astype(fmt.SPEC_DTYPE)}
-            members = fmt.encode_sample(arrays, pair_meta, codec.FLOAT16)
+            members = fmt.encode_sample(arrays, pair_meta, encoding)
             writer.write({"__key__": sample["__key__"], **members})
             count += 1
         writer.close()
@@ -101,9 +106,16 @@ def _label_shard(separator, url: str, out: Path) -> dict:
 
 
 def pseudo_label(
-    checkpoint: str | os.PathLike, shards: str, out: str | os.PathLike, split: str = "train", device: str = "auto"
+    checkpoint: str | os.PathLike,
+    shards: str,
+    out: str | os.PathLike,
+    split: str = "train",
+    device: str = "auto",
+    encoding: str | None = None,
 ) -> fmt.ShardIndex:
-    """Label every `split` shard of `shards` with the separation `checkpoint` into pair shards in `out`."""
+    """Label every `split` shard of `shards` with the separation `checkpoint` into pair shards in `out`,
+    stored in `encoding` (None: what `out` already holds, else log8 as `pipeline shard`; float16 is
+    ~4x the bytes)."""
     from trainer.checkpoint import resolve_checkpoint
     from trainer.data import resolve_shards, shard_stft
     from trainer.separation.separate import load_separator
@@ -118,15 +130,17 @@ def pseudo_label(
         )
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(out)  # a shard half-written by a killed run
     state_path = out / STATE_FILE
     state_path.parent.mkdir(exist_ok=True)
-    state = _read_state(state_path, _teacher_id(path), str(Path(shards).resolve()) if "://" not in shards else shards)
+    source = str(Path(shards).resolve()) if "://" not in shards else shards
+    state = _read_state(state_path, _teacher_id(path), source, encoding)
     clip_frames = 0
     for number, url in enumerate(urls):
         name = fmt.shard_name(split, number)
         if name in state["shards"] and (out / name).exists():
             continue
-        state["shards"][name] = _label_shard(separator, url, out / name)
+        state["shards"][name] = _label_shard(separator, url, out / name, state["encoding"])
         write_text(state_path, json.dumps(state, indent=1) + "\n")
         print(f"pseudo-label: {out / name} ({state['shards'][name]['nsamples']} clips)", flush=True)
     entries = [fmt.ShardEntry(**state["shards"][fmt.shard_name(split, n)]) for n in range(len(urls))]
@@ -140,7 +154,7 @@ def pseudo_label(
         clip_frames=clip_frames or fmt.DEFAULT_CLIP_FRAMES,
         totals={"samples": sum(e.nsamples for e in entries), "bytes": sum(e.filesize for e in entries)},
         sample_kind=fmt.SAMPLE_KIND_PAIRS,
-        encoding=codec.FLOAT16,
+        encoding=state["encoding"],
     )
     fmt.write_index(out / fmt.index_name(split), index)
     return index

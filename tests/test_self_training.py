@@ -222,3 +222,29 @@ def test_curve_options_are_checked_before_anything_trains(data, tmp_path):
         result = CliRunner().invoke(trainer_cli, base + extra)
         assert result.exit_code != 0 and message in result.output, result.output
     assert not (tmp_path / "c" / "k001").exists()
+
+
+def test_the_pseudo_label_pretrain_route_and_the_long_scratch_control(data, tmp_path):
+    settings = CurveSettings(
+        pairs=str(data / "pairs" / "shards"),
+        manifests=str(data / "pairs" / "m"),
+        budgets=(1,),
+        seeds=1,
+        steps=2,
+        pool=str(data / "pool"),
+        modes=("pretrain",),
+        long_scratch=True,
+        tracks=1,
+    )
+    out = tmp_path / "curve"
+    table = run_curve(settings, out, COMMON, device="cpu")
+    cell = out / "k001" / "seed0"
+    stage = read_checkpoint_config(resolve_checkpoint(cell / "pseudo-student"))
+    assert stage["data"]["tracks"] == [] and stage["run"]["steps"] == 2  # the pool alone
+    tuned = read_checkpoint_config(resolve_checkpoint(cell / "pseudo-labels-then-fine-tune"))
+    assert tuned["run"]["init"] == str(resolve_checkpoint(cell / "pseudo-student"))
+    assert tuned["finetune"]["head"] == "keep" and tuned["data"]["tracks"] == labelled_ids(settings.manifests, 1)
+    assert read_checkpoint_config(resolve_checkpoint(cell / "from-scratch-2x-steps"))["run"]["steps"] == 4
+    rows = [line.split("|")[1].strip() for line in table.splitlines() if line.startswith("| ")]
+    assert rows[:3] == ["route", "from scratch", "from scratch, 2x steps"]
+    assert "pseudo-labels, then fine-tune" in rows and "self-training" not in rows

@@ -9,7 +9,11 @@ an unlabelled pool, the scratch model is also the teacher of self-training: it p
 plus the pseudo-labelled pool (`data.extra_shards`). Every model is scored on the same whole val
 songs (instrumental SDR, MDX; BSSEval v4 optional), next to the mixture (floor) and the oracle mask.
 
-Layout: OUT/k{k}/seed{s}/{from-scratch, <name>, pseudo, self-training} and the cell's scores
+With `modes` containing "pretrain", a second student learns the pseudo-labelled pool alone (as a
+pretrain on the collection) and is then fine-tuned on the k songs with the same budget; with
+`long_scratch`, a scratch fine-tune of twice the steps is the control for routes that add training.
+
+Layout: OUT/k{k}/seed{s}/{from-scratch, <name>, pseudo, self-training, ...} and the cell's scores
 (curve.json there: per route, the per-song SDRs); all cells merged in OUT/curve.json, the table in
 OUT/curve.md and the plot in OUT/curve.png. A rerun after a kill continues: finished fine-tunes are
 not trained again, scored ones not scored again, pseudo-labelled shards not labelled again. With
@@ -18,6 +22,7 @@ not trained again, scored ones not scored again, pseudo-labelled shards not labe
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -30,7 +35,10 @@ import numpy as np
 from pipeline.durable import write_text
 
 SCRATCH = "from scratch"
-SELF_TRAINING = "self-training"
+SELF_TRAINING = "self-training"  # a student on the k songs + the pseudo-labelled pool, from scratch
+SELF_PRETRAIN = "pseudo-labels, then fine-tune"  # a student on the pool alone, then fine-tuned on the k songs
+SCRATCH_LONG = "from scratch, 2x steps"  # the control for routes that add training steps
+SELF_TRAINING_MODES = ("joint", "pretrain")
 FLOOR_KEY, ORACLE_KEY = "floor", "oracle"
 RESULTS_FILE, TABLE_FILE, PLOT_FILE = "curve.json", "curve.md", "curve.png"
 
@@ -46,6 +54,8 @@ class CurveSettings:
     inits: tuple[tuple[str, str], ...] = ()  # (row name, pretraining run or checkpoint)
     pool: str | None = None  # unlabelled pretraining shards: self-training when given
     extra_share: float = 0.5  # of the student's crops from the pseudo-labelled pool
+    modes: tuple[str, ...] = ("joint",)  # self-training routes: SELF_TRAINING ("joint"), SELF_PRETRAIN ("pretrain")
+    long_scratch: bool = False  # add SCRATCH_LONG
     tracks: int | None = None  # val songs scored (None: all)
     bsseval: bool = False
 
@@ -65,7 +75,12 @@ def labelled_ids(manifests: str | os.PathLike, k: int) -> list[str]:
 
 
 def routes(settings: CurveSettings) -> list[str]:
-    return [SCRATCH, *(name for name, _ in settings.inits)] + ([SELF_TRAINING] if settings.pool else [])
+    names = [SCRATCH] + ([SCRATCH_LONG] if settings.long_scratch else []) + [name for name, _ in settings.inits]
+    if settings.pool:
+        names += [
+            route for mode, route in zip(SELF_TRAINING_MODES, (SELF_TRAINING, SELF_PRETRAIN)) if mode in settings.modes
+        ]
+    return names
 
 
 def check_settings(settings: CurveSettings) -> None:
@@ -92,6 +107,9 @@ def check_settings(settings: CurveSettings) -> None:
             raise ValueError(f"--init {name}={init}: not a pretraining checkpoint")
     if settings.pool:
         resolve_shards(settings.pool, "train")
+    unknown = sorted(set(settings.modes) - set(SELF_TRAINING_MODES))
+    if unknown or not settings.modes:
+        raise ValueError(f"self-training modes must be some of {SELF_TRAINING_MODES}, got {list(settings.modes)}")
 
 
 def _load_results(path: Path) -> dict:
@@ -143,13 +161,31 @@ def run_curve(
             for name, init in settings.inits:
                 path = resolve_checkpoint(init)
                 runs[name] = finetune_row(cell / slug(name), settings.preset, path, budget, overrides, device)
+            if settings.long_scratch:
+                longer = dataclasses.replace(budget, steps=2 * settings.steps)
+                runs[SCRATCH_LONG] = finetune_row(
+                    cell / slug(SCRATCH_LONG), settings.preset, None, longer, overrides, device
+                )
             if settings.pool:
                 pseudo = cell / "pseudo"
                 pseudo_label(runs[SCRATCH], settings.pool, pseudo, device=device)
-                student = [*overrides, f"data.extra_shards={pseudo}", f"data.extra_share={settings.extra_share}"]
-                runs[SELF_TRAINING] = finetune_row(
-                    cell / slug(SELF_TRAINING), settings.preset, None, budget, student, device
-                )
+                if "joint" in settings.modes:
+                    student = [*overrides, f"data.extra_shards={pseudo}", f"data.extra_share={settings.extra_share}"]
+                    runs[SELF_TRAINING] = finetune_row(
+                        cell / slug(SELF_TRAINING), settings.preset, None, budget, student, device
+                    )
+                if "pretrain" in settings.modes:  # the student learns the pool alone, then the k songs
+                    on_pool = dataclasses.replace(budget, pairs=str(pseudo))
+                    stage = [*common, f"run.seed={seed}"]
+                    first = finetune_row(cell / "pseudo-student", settings.preset, None, on_pool, stage, device)
+                    runs[SELF_PRETRAIN] = finetune_row(
+                        cell / slug(SELF_PRETRAIN),
+                        settings.preset,
+                        resolve_checkpoint(first),
+                        budget,
+                        overrides,
+                        device,
+                    )
             todo = [r for r in runs if _key(r, k, seed) not in results]
             if todo:
                 scores, _ = evaluate_separation(

@@ -240,14 +240,25 @@ def _budgets(value: str) -> tuple[int, ...]:
     show_default=True,
     help="Share of the student's crops from the pseudo-labelled pool.",
 )
+@click.option(
+    "--self-train-mode",
+    "modes",
+    type=click.Choice(["joint", "pretrain"]),
+    multiple=True,
+    help="joint: a student on the k songs + the pseudo-labels; pretrain: a student on the pseudo-labels, "
+    "then fine-tuned on the k songs. Repeat for both [default: joint].",
+)
+@click.option(
+    "--long-scratch", is_flag=True, help="Also a scratch fine-tune of twice the steps (the control for added training)."
+)
 @click.option("--tracks", type=click.IntRange(min=1), default=None, help="Score the first N val songs [default: all].")
 @click.option("--bsseval/--no-bsseval", default=False, show_default=True, help="Also BSSEval v4 (slow).")
 @click.option("--out", type=click.Path(file_okay=False), default="runs/label-curve", show_default=True)
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE", help="Applied to every fine-tune.")
 def label_curve(
-    pairs, pairs_manifests, budgets, seeds, only_seed, finetune_steps, preset, inits, pool, pseudo_share, tracks,
-    bsseval, out, device, overrides,
+    pairs, pairs_manifests, budgets, seeds, only_seed, finetune_steps, preset, inits, pool, pseudo_share, modes,
+    long_scratch, tracks, bsseval, out, device, overrides,
 ):  # fmt: skip
     """Separation SDR against the number of labelled songs: from scratch, from each pretrain, self-trained.
 
@@ -269,6 +280,8 @@ def label_curve(
         _named_inits(inits),
         pool,
         pseudo_share,
+        tuple(modes) or ("joint",),
+        long_scratch,
         tracks,
         bsseval,
     )

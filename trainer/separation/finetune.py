@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from trainer.checkpoint import latest_checkpoint, read_checkpoint_config, resolve_checkpoint
-from trainer.config import TASK_PRETRAIN, TASK_SEPARATION, TrainConfig, load_config, merge, parse_overrides
+from trainer.config import TASK_SEPARATION, TrainConfig, load_config, merge, parse_overrides
 
 # The mask starts near the identity: the first estimate is about the mixture (the floor) rather than
 # half of it, and the loss starts where "do nothing" is (vocal-remover's masks start unconstrained;
@@ -50,8 +50,6 @@ def resolve_finetune(
     if init:
         source = resolve_checkpoint(init)
         init_config = read_checkpoint_config(source)
-        if init_config.get("run", {}).get("task", TASK_PRETRAIN) != TASK_PRETRAIN:
-            raise ValueError(f"{source}: --init takes a pretraining checkpoint, this one is a fine-tune")
         try:
             base["model"] = TrainConfig.from_dict({"model": init_config.get("model")}, str(source)).model.to_dict()
         except ValueError as exc:
@@ -72,8 +70,11 @@ def resolve_finetune(
 def head_is_a_separation_mask(checkpoint_config: dict) -> bool:
     """Whether a pretraining checkpoint's head already is what `trainer finetune` trains: a sigmoid
     mask of the input (model.output "mask") taught to keep a primary against an interferer (the
-    mixture pretext, corrupt.mix_prob > 0). The person's original objective also has a "mask" head,
+    mixture pretext, corrupt.mix_prob > 0), or a separation checkpoint itself (a model trained on
+    pseudo-labels, fine-tuned on true pairs). The person's original objective also has a "mask" head,
     but one trained to output ~0 on [MASK] frames and ~1 elsewhere: a new head is the better start."""
+    if (checkpoint_config.get("run") or {}).get("task") == TASK_SEPARATION:
+        return True  # a separator (e.g. a self-trained student) fine-tuned further
     model, corrupt = checkpoint_config.get("model") or {}, checkpoint_config.get("corrupt") or {}
     return isinstance(model, dict) and model.get("output", "mask") == "mask" and corrupt.get("mix_prob", 0) > 0
 

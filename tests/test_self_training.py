@@ -248,3 +248,23 @@ def test_the_pseudo_label_pretrain_route_and_the_long_scratch_control(data, tmp_
     rows = [line.split("|")[1].strip() for line in table.splitlines() if line.startswith("| ")]
     assert rows[:3] == ["route", "from scratch", "from scratch, 2x steps"]
     assert "pseudo-labels, then fine-tune" in rows and "self-training" not in rows
+
+
+def test_an_init_row_gets_its_own_protocol_overrides(data, tmp_path):
+    settings = CurveSettings(
+        pairs=str(data / "pairs" / "shards"),
+        manifests=str(data / "pairs" / "m"),
+        budgets=(1,),
+        seeds=1,
+        steps=1,
+        inits=(("plain", str(data / "pre-mix")), ("slow trunk", str(data / "pre-mix"))),
+        init_overrides=(("slow trunk", "finetune.trunk_lr_factor=0.1"),),
+        tracks=1,
+    )
+    run_curve(settings, tmp_path / "c", COMMON, device="cpu")
+    cell = tmp_path / "c" / "k001" / "seed0"
+    factor = lambda slug: read_checkpoint_config(resolve_checkpoint(cell / slug))["finetune"]["trunk_lr_factor"]  # noqa: E731
+    assert factor("plain") == 1.0 and factor("slow-trunk") == 0.1 and factor("from-scratch") == 1.0
+    bad = CurveSettings(**{**settings.__dict__, "init_overrides": (("nobody", "finetune.head=keep"),)})
+    with pytest.raises(ValueError, match="no --init row named 'nobody'"):
+        run_curve(bad, tmp_path / "c2", COMMON, device="cpu")

@@ -52,6 +52,7 @@ class CurveSettings:
     steps: int  # fine-tune steps, the same for every model
     preset: str = "tiny"
     inits: tuple[tuple[str, str], ...] = ()  # (row name, pretraining run or checkpoint)
+    init_overrides: tuple[tuple[str, str], ...] = ()  # (row name, section.key=value) for that row's fine-tunes
     pool: str | None = None  # unlabelled pretraining shards: self-training when given
     extra_share: float = 0.5  # of the student's crops from the pseudo-labelled pool
     modes: tuple[str, ...] = ("joint",)  # self-training routes: SELF_TRAINING ("joint"), SELF_PRETRAIN ("pretrain")
@@ -105,6 +106,10 @@ def check_settings(settings: CurveSettings) -> None:
         task = read_checkpoint_config(resolve_checkpoint(init)).get("run", {}).get("task", TASK_PRETRAIN)
         if task != TASK_PRETRAIN:
             raise ValueError(f"--init {name}={init}: not a pretraining checkpoint")
+    for row, value in settings.init_overrides:
+        if row not in dict(settings.inits):
+            raise ValueError(f"--init-set {row}:{value}: no --init row named {row!r}")
+        load_config(settings.preset, overrides=[value])  # a bad key or value names itself
     if settings.pool:
         resolve_shards(settings.pool, "train")
     unknown = sorted(set(settings.modes) - set(SELF_TRAINING_MODES))
@@ -160,7 +165,8 @@ def run_curve(
             runs = {SCRATCH: finetune_row(cell / slug(SCRATCH), settings.preset, None, budget, overrides, device)}
             for name, init in settings.inits:
                 path = resolve_checkpoint(init)
-                runs[name] = finetune_row(cell / slug(name), settings.preset, path, budget, overrides, device)
+                own = [*overrides, *(value for row, value in settings.init_overrides if row == name)]
+                runs[name] = finetune_row(cell / slug(name), settings.preset, path, budget, own, device)
             if settings.long_scratch:
                 longer = dataclasses.replace(budget, steps=2 * settings.steps)
                 runs[SCRATCH_LONG] = finetune_row(

@@ -200,6 +200,16 @@ def _named_inits(values) -> tuple[tuple[str, str], ...]:
     return tuple(inits)
 
 
+def _row_overrides(values) -> tuple[tuple[str, str], ...]:
+    out = []
+    for value in values:
+        name, sep, override = value.partition(":")  # the name has no colon; a value (a URL) may
+        if not sep or not name.strip() or "=" not in override:
+            raise click.BadParameter(f"{value!r} is not NAME:SECTION.KEY=VALUE", param_hint="--init-set")
+        out.append((name.strip(), override))
+    return tuple(out)
+
+
 def _budgets(value: str) -> tuple[int, ...]:
     try:
         budgets = tuple(int(v) for v in value.split(",") if v.strip())
@@ -227,6 +237,13 @@ def _budgets(value: str) -> tuple[int, ...]:
 @click.option("--finetune-steps", type=click.IntRange(min=1), required=True, help="Steps of every fine-tune.")
 @click.option("--preset", default="tiny", show_default=True, help="Training preset of every fine-tune.")
 @click.option("--init", "inits", multiple=True, metavar="NAME=CHECKPOINT", help="A pretrained row; repeat for several.")
+@click.option(
+    "--init-set",
+    "init_overrides",
+    multiple=True,
+    metavar="NAME:SECTION.KEY=VALUE",
+    help="An override for the fine-tunes of the --init row NAME only (e.g. its finetune.* protocol).",
+)
 @click.option(
     "--self-train",
     "pool",
@@ -257,8 +274,8 @@ def _budgets(value: str) -> tuple[int, ...]:
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE", help="Applied to every fine-tune.")
 def label_curve(
-    pairs, pairs_manifests, budgets, seeds, only_seed, finetune_steps, preset, inits, pool, pseudo_share, modes,
-    long_scratch, tracks, bsseval, out, device, overrides,
+    pairs, pairs_manifests, budgets, seeds, only_seed, finetune_steps, preset, inits, init_overrides, pool,
+    pseudo_share, modes, long_scratch, tracks, bsseval, out, device, overrides,
 ):  # fmt: skip
     """Separation SDR against the number of labelled songs: from scratch, from each pretrain, self-trained.
 
@@ -278,6 +295,7 @@ def label_curve(
         finetune_steps,
         preset,
         _named_inits(inits),
+        _row_overrides(init_overrides),
         pool,
         pseudo_share,
         tuple(modes) or ("joint",),

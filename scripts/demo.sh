@@ -57,11 +57,18 @@ for origin in pretrained scratch; do
     --steps "$FINETUNE_STEPS" --set run.ckpt_every=15 --set run.val_every=15 --set run.image_every=15
 done
 
-step "9. evaluate the separation on whole val songs: SDR (MDX, BSSEval v4) vs the floor and the oracle mask"
-trainer evaluate-separation --checkpoint demo/runs/sep-pretrained --checkpoint demo/runs/sep-scratch \
-  --manifests demo/pair-manifests --tracks 2
+step "9. self-training: the scratch model labels the collection's shards; a student learns them, then the pairs"
+trainer pseudo-label --checkpoint demo/runs/sep-scratch --shards demo/shards --out demo/pseudo-shards
+trainer finetune --shards demo/pseudo-shards --preset tiny --run demo/runs/pseudo-student \
+  --steps "$FINETUNE_STEPS" --set run.ckpt_every=15 --set run.image_every=15
+trainer finetune --shards demo/pair-shards --init demo/runs/pseudo-student --preset tiny --run demo/runs/sep-self-trained \
+  --steps "$FINETUNE_STEPS" --set run.ckpt_every=15 --set run.val_every=15 --set run.image_every=15
 
-step "10. separate the parallel layout's two mixtures -> demo/separated"
+step "10. evaluate the separation on whole val songs: from the pretrain, from scratch, self-trained; floor and oracle"
+trainer evaluate-separation --checkpoint demo/runs/sep-pretrained --checkpoint demo/runs/sep-scratch \
+  --checkpoint demo/runs/sep-self-trained --manifests demo/pair-manifests --tracks 2
+
+step "11. separate the parallel layout's two mixtures -> demo/separated"
 trainer separate "$PAIRS/mixtures" --checkpoint demo/runs/sep-pretrained --out demo/separated
 
 step "done: where to look"
@@ -72,7 +79,8 @@ cat <<MSG
   TensorBoard    .venv/bin/tensorboard --logdir demo/runs      (losses, NSP accuracy, lr, images)
   pictures       demo/preview-shards.png (shard samples), demo/preview-corruptions.png (clean / corrupted / reconstruction)
   pairs          demo/pair-manifests/pairs.jsonl -> demo/pair-shards (mix.npy + target.npy samples)
-  separation     demo/runs/sep-pretrained, demo/runs/sep-scratch (fine-tunes; trainer evaluate-separation above)
+  separation     demo/runs/sep-pretrained, demo/runs/sep-scratch, demo/runs/sep-self-trained (trainer evaluate-separation above)
+  self-training  demo/pseudo-shards (the scratch model's estimates on demo/shards), demo/runs/pseudo-student
   separated      $(ls demo/separated/* | tr '\n' ' ')
   start over     rm -rf demo/
 MSG

@@ -1,5 +1,5 @@
 """`pipeline make-demo`'s pairs collection is what `pipeline pairs` reads: both layouts, both target
-kinds, and the parallel layout's 120 ms late instrumentals found as such (the demo's steps 7-10
+kinds, and the parallel layout's 120 ms late instrumentals found as such (the demo's steps 7-11
 depend on it, and no other test builds it)."""
 
 from __future__ import annotations

@@ -207,6 +207,9 @@ def test_the_curve_trains_every_budget_seed_and_route_once_and_a_rerun_only_read
     assert (out / "curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*.safetensors")}
     assert run_curve(settings, out, COMMON, device="cpu") == table
+    more = CurveSettings(**{**settings.__dict__, "long_scratch": True})  # a route nobody trained
+    report = run_curve(more, out, COMMON, device="cpu", report_only=True)
+    assert "| from scratch, 2x steps | — | — |" in report and not list(out.rglob("from-scratch-2x-steps"))
     assert stamps == {p: p.stat().st_mtime_ns for p in out.rglob("*.safetensors")}
 
 

@@ -143,10 +143,16 @@ def collect_results(out: Path, settings: CurveSettings) -> dict:
 
 
 def run_curve(
-    settings: CurveSettings, out: str | os.PathLike, common=(), device: str = "auto", only_seed: int | None = None
+    settings: CurveSettings,
+    out: str | os.PathLike,
+    common=(),
+    device: str = "auto",
+    only_seed: int | None = None,
+    report_only: bool = False,
 ) -> str:
     """Train and score every (budget, seed, route) — or only seed `only_seed`, so that one process per
-    seed can share the work — and return the table of every cell scored so far (also written to OUT)."""
+    seed can share the work; or nothing with `report_only` — and return the table of every cell
+    scored so far (also written to OUT, with the plot)."""
     from trainer.ablations.downstream import Downstream, finetune_row
     from trainer.checkpoint import resolve_checkpoint
     from trainer.separation.evaluate import evaluate_separation
@@ -156,7 +162,7 @@ def run_curve(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     budget = Downstream(settings.pairs, settings.manifests, settings.steps, settings.tracks, settings.bsseval)
-    for k in settings.budgets:
+    for k in [] if report_only else settings.budgets:
         ids = labelled_ids(settings.manifests, k)
         for seed in range(settings.seeds) if only_seed is None else [only_seed]:
             cell = out / f"k{k:03d}" / f"seed{seed}"

@@ -269,13 +269,14 @@ def _budgets(value: str) -> tuple[int, ...]:
     "--long-scratch", is_flag=True, help="Also a scratch fine-tune of twice the steps (the control for added training)."
 )
 @click.option("--tracks", type=click.IntRange(min=1), default=None, help="Score the first N val songs [default: all].")
+@click.option("--report", "report_only", is_flag=True, help="Train nothing: the table and plot of what is scored.")
 @click.option("--bsseval/--no-bsseval", default=False, show_default=True, help="Also BSSEval v4 (slow).")
 @click.option("--out", type=click.Path(file_okay=False), default="runs/label-curve", show_default=True)
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE", help="Applied to every fine-tune.")
 def label_curve(
     pairs, pairs_manifests, budgets, seeds, only_seed, finetune_steps, preset, inits, init_overrides, pool,
-    pseudo_share, modes, long_scratch, tracks, bsseval, out, device, overrides,
+    pseudo_share, modes, long_scratch, tracks, report_only, bsseval, out, device, overrides,
 ):  # fmt: skip
     """Separation SDR against the number of labelled songs: from scratch, from each pretrain, self-trained.
 
@@ -306,7 +307,7 @@ def label_curve(
     try:
         if only_seed is not None and only_seed >= seeds:
             raise ValueError(f"--seed {only_seed} is outside --seeds {seeds} (seeds 0 .. {seeds - 1})")
-        table = run_curve(settings, out, list(overrides), device, only_seed)
+        table = run_curve(settings, out, list(overrides), device, only_seed, report_only)
     except (ValueError, RuntimeError, OSError) as exc:
         raise one_line(exc) from exc
     click.echo(table)

@@ -73,6 +73,11 @@ def test_the_mixture_pretext_reports_itself_against_passing_the_mixture_on(data)
     val = [m for m in metrics if m["split"] == "val"]
     assert val and 0.5 < val[-1]["pretext_ratio"] < 1.5  # the model / doing-nothing ratio on the val crops
     assert val[-1]["loss"] == val[-1]["pretext_model_l1"]  # the best checkpoint is the best at the pretext
+    result = CliRunner().invoke(
+        trainer_cli,
+        ["evaluate", "--checkpoint", str(data / "pre-mix"), "--shards", str(data / "pool"), "--device", "cpu"],
+    )
+    assert result.exit_code == 0 and "mixture pretext: L1 to the primary" in result.output, result.output
 
 
 def test_a_mixture_pretext_keeps_its_mask_head_and_a_masked_token_pretext_gets_a_new_one(data, tmp_path):

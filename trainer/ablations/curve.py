@@ -289,15 +289,13 @@ def plot_curve(results: dict, settings: CurveSettings, path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
     for name in routes(settings):
-        xs, means = [], []
-        for k in settings.budgets:
-            values = point(results, name, k, settings.seeds)
-            if values:
-                xs.append(k)
-                means.append(float(np.mean(values)))
-                ax.scatter([k] * len(values), values, s=10, alpha=0.5)
-        if xs:
-            ax.plot(xs, means, marker="o", label=name)
+        points = [(k, point(results, name, k, settings.seeds)) for k in settings.budgets]
+        points = [(k, values) for k, values in points if values]
+        if not points:
+            continue
+        (line,) = ax.plot([k for k, _ in points], [float(np.mean(v)) for _, v in points], marker="o", label=name)
+        for k, values in points:  # each seed, in the line's colour
+            ax.scatter([k] * len(values), values, s=10, alpha=0.5, color=line.get_color())
     for key, label, style in ((ORACLE_KEY, "oracle mask", "--"), (FLOOR_KEY, "mixture (floor)", ":")):
         if key in results:
             ax.axhline(_median(results[key]["mdx"]), color="grey", linestyle=style, label=label)

@@ -16,7 +16,8 @@ pretrain on the collection) and is then fine-tuned on the k songs with the same 
 Layout: OUT/k{k}/seed{s}/{from-scratch, <name>, pseudo, self-training, ...} and the cell's scores
 (curve.json there: per route, the per-song SDRs); all cells merged in OUT/curve.json, the table in
 OUT/curve.md and the plot in OUT/curve.png. A rerun after a kill continues: finished fine-tunes are
-not trained again, scored ones not scored again, pseudo-labelled shards not labelled again. With
+not trained again, scored ones not scored again (unless their run was trained further since),
+pseudo-labelled shards not labelled again. With
 `--seed S` a process does one seed's cells only, so two processes can share a machine's cores.
 """
 
@@ -96,7 +97,7 @@ def check_settings(settings: CurveSettings) -> None:
     if settings.seeds < 1:
         raise ValueError(f"--seeds must be >= 1, got {settings.seeds}")
     names = routes(settings)
-    if len({slug(n) for n in names}) != len(names) or any(slug(n) in ("pseudo",) for n in names):
+    if len({slug(n) for n in names}) != len(names) or any(slug(n) in ("pseudo", "pseudo-student") for n in names):
         raise ValueError(f"row names must differ from each other and from {SCRATCH!r}/{SELF_TRAINING!r}: {names}")
     resolve_shards(settings.pairs, "train")
     labelled_ids(settings.manifests, max(settings.budgets))
@@ -198,7 +199,8 @@ def run_curve(
                         overrides,
                         device,
                     )
-            todo = [r for r in runs if _key(r, k, seed) not in results]
+            scored = {r: str(resolve_checkpoint(runs[r])) for r in runs}  # a run trained further is scored again
+            todo = [r for r in runs if results.get(_key(r, k, seed), {}).get("checkpoint") != scored[r]]
             if todo:
                 scores, _ = evaluate_separation(
                     [str(runs[r]) for r in todo],
@@ -211,7 +213,7 @@ def run_curve(
                     progress=False,
                 )
                 for route in todo:
-                    results[_key(route, k, seed)] = _per_song(scores[route])
+                    results[_key(route, k, seed)] = {**_per_song(scores[route]), "checkpoint": scored[route]}
                 floor, oracle = list(scores.values())[-2:]
                 results.setdefault(FLOOR_KEY, _per_song(floor))
                 results.setdefault(ORACLE_KEY, _per_song(oracle))

@@ -74,8 +74,8 @@ def test_a_non_finite_validation_loss_stops_the_run_and_never_becomes_best(shard
 def test_non_finite_weights_are_never_saved(shards, tmp_path, monkeypatch):
     real_make_optimizer = loop.make_optimizer
 
-    def poisoned_after_three_steps(model, optim, device):
-        optimizer = real_make_optimizer(model, optim, device)
+    def poisoned_after_three_steps(model, optim, device, *args):
+        optimizer = real_make_optimizer(model, optim, device, *args)
         steps = []
 
         def poison(optimizer, args, kwargs):

@@ -27,15 +27,14 @@ import dataclasses
 import json
 import math
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from pipeline.durable import write_text
+from trainer.ablations.downstream import SCRATCH, slug
 
-SCRATCH = "from scratch"
 SELF_TRAINING = "self-training"  # a student on the k songs + the pseudo-labelled pool, from scratch
 SELF_PRETRAIN = "pseudo-labels, then fine-tune"  # a student on the pool alone, then fine-tuned on the k songs
 SCRATCH_LONG = "from scratch, 2x steps"  # the control for routes that add training steps
@@ -60,10 +59,6 @@ class CurveSettings:
     long_scratch: bool = False  # add SCRATCH_LONG
     tracks: int | None = None  # val songs scored (None: all)
     bsseval: bool = False
-
-
-def slug(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-").lower() or "row"
 
 
 def labelled_ids(manifests: str | os.PathLike, k: int) -> list[str]:

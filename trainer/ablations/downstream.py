@@ -14,11 +14,19 @@ error rather than a silently stale row.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 SCRATCH = "from scratch"
 SCRATCH_SLUG = "from-scratch"
+
+
+def slug(name: str, empty: str = "row") -> str:
+    """A row name as a folder name: runs of other characters than letters, digits, `._-` become `-`."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-") or empty
+
+
 FINETUNE_DIR = "finetune"
 DEFAULT_SCRATCH_PRESET = "tiny"  # the recipe's preset, the row a pretrain is meant to beat
 
@@ -158,6 +166,7 @@ __all__ = [
     "finetune_row",
     "score_finetunes",
     "scratch_dir",
+    "slug",
     "SCRATCH",
     "FINETUNE_DIR",
 ]

@@ -22,13 +22,12 @@ from __future__ import annotations
 
 import math
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
-from trainer.ablations.downstream import SCRATCH, Downstream
+from trainer.ablations.downstream import SCRATCH, Downstream, slug
 from trainer.config import load_config
 
 DEFAULT_VARIANTS = Path(__file__).with_name("objectives.yaml")
@@ -42,7 +41,7 @@ class Variant:
 
     @property
     def slug(self) -> str:
-        return re.sub(r"[^A-Za-z0-9._-]+", "-", self.name).strip("-") or "variant"
+        return slug(self.name, empty="variant")
 
 
 def read_variants(path: str | os.PathLike) -> list[Variant]:

@@ -238,10 +238,10 @@ def evaluate_mixture(
             with autocast_for(device):
                 head, nsp_logit = model(corrupted.input)
             _, _, estimate = compute_loss(head, nsp_logit, corrupted, loss_cfg or LossConfig(), False, output)
-            mixed = corrupted.mixed
-            sums["model_l1"] += float(frame_errors(estimate, corrupted.target, mixed, {})["l1"])
-            sums["pass_through_l1"] += float(frame_errors(corrupted.input, corrupted.target, mixed, {})["l1"])
-            elements += int(mixed.sum()) * clean.shape[1] * clean.shape[2]
+            weight = corrupted.mixed[:, None, None, :].to(estimate.dtype)
+            sums["model_l1"] += float(((estimate - corrupted.target).abs() * weight).sum())
+            sums["pass_through_l1"] += float(((corrupted.input - corrupted.target).abs() * weight).sum())
+            elements += int(corrupted.mixed.sum()) * clean.shape[1] * clean.shape[2]
     finally:
         model.train(was_training)
     if elements == 0:

@@ -257,6 +257,19 @@ def test_the_pseudo_label_pretrain_route_and_the_long_scratch_control(data, tmp_
     assert rows[:3] == ["route", "from scratch", "from scratch, 2x steps"]
     assert "pseudo-labels, then fine-tune" in rows and "self-training" not in rows
 
+    # a longer student on the same pseudo-labels, and the scratch control with the same total steps
+    scratch_stamp = resolve_checkpoint(cell / "from-scratch").stat().st_mtime_ns
+    longer = CurveSettings(**{**settings.__dict__, "student_steps": 3})
+    table = run_curve(longer, out, COMMON, device="cpu")
+    assert read_checkpoint_config(resolve_checkpoint(cell / "pseudo-student-3"))["run"]["steps"] == 3
+    tuned = read_checkpoint_config(resolve_checkpoint(cell / "pseudo-labels-3-steps-then-fine-tune"))
+    assert tuned["run"]["init"] == str(resolve_checkpoint(cell / "pseudo-student-3")) and tuned["run"]["steps"] == 2
+    assert read_checkpoint_config(resolve_checkpoint(cell / "from-scratch-5-steps"))["run"]["steps"] == 5
+    assert resolve_checkpoint(cell / "from-scratch").stat().st_mtime_ns == scratch_stamp  # the teacher is reused
+    rows = [line.split("|")[1].strip() for line in table.splitlines() if line.startswith("| ")]
+    assert rows[:3] == ["route", "from scratch", "from scratch, 5 steps"]
+    assert "pseudo-labels (3 steps), then fine-tune" in rows
+
 
 def test_an_init_row_gets_its_own_protocol_overrides(data, tmp_path):
     settings = CurveSettings(

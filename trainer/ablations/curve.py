@@ -10,8 +10,9 @@ plus the pseudo-labelled pool (`data.extra_shards`). Every model is scored on th
 songs (instrumental SDR, MDX; BSSEval v4 optional), next to the mixture (floor) and the oracle mask.
 
 With `modes` containing "pretrain", a second student learns the pseudo-labelled pool alone (as a
-pretrain on the collection) and is then fine-tuned on the k songs with the same budget; with
-`long_scratch`, a scratch fine-tune of twice the steps is the control for routes that add training.
+pretrain on the collection; `student_steps`, default the fine-tune's steps) and is then fine-tuned on
+the k songs with the same budget; with `long_scratch`, a scratch fine-tune of as many steps as that
+route's two stages together is the control for routes that add training.
 
 Layout: OUT/k{k}/seed{s}/{from-scratch, <name>, pseudo, self-training, ...} and the cell's scores
 (curve.json there: per route, the per-song SDRs); all cells merged in OUT/curve.json, the table in
@@ -36,8 +37,6 @@ from pipeline.durable import write_text
 from trainer.ablations.downstream import SCRATCH, slug
 
 SELF_TRAINING = "self-training"  # a student on the k songs + the pseudo-labelled pool, from scratch
-SELF_PRETRAIN = "pseudo-labels, then fine-tune"  # a student on the pool alone, then fine-tuned on the k songs
-SCRATCH_LONG = "from scratch, 2x steps"  # the control for routes that add training steps
 SELF_TRAINING_MODES = ("joint", "pretrain")
 FLOOR_KEY, ORACLE_KEY = "floor", "oracle"
 RESULTS_FILE, TABLE_FILE, PLOT_FILE = "curve.json", "curve.md", "curve.png"
@@ -55,10 +54,32 @@ class CurveSettings:
     init_overrides: tuple[tuple[str, str], ...] = ()  # (row name, section.key=value) for that row's fine-tunes
     pool: str | None = None  # unlabelled pretraining shards: self-training when given
     extra_share: float = 0.5  # of the student's crops from the pseudo-labelled pool
-    modes: tuple[str, ...] = ("joint",)  # self-training routes: SELF_TRAINING ("joint"), SELF_PRETRAIN ("pretrain")
-    long_scratch: bool = False  # add SCRATCH_LONG
+    modes: tuple[str, ...] = ("joint",)  # self-training routes: SELF_TRAINING ("joint"), self_pretrain ("pretrain")
+    long_scratch: bool = False  # add the scratch control with the pretrain route's total steps
     tracks: int | None = None  # val songs scored (None: all)
     bsseval: bool = False
+    student_steps: int | None = None  # the pretrain route's steps on the pseudo-labelled pool (None: steps)
+
+    @property
+    def pool_steps(self) -> int:
+        return self.student_steps or self.steps
+
+    @property
+    def self_pretrain(self) -> str:
+        """The route that pretrains a student on the pseudo-labelled pool alone, then fine-tunes it."""
+        if self.pool_steps == self.steps:
+            return "pseudo-labels, then fine-tune"
+        return f"pseudo-labels ({self.pool_steps} steps), then fine-tune"
+
+    @property
+    def scratch_long(self) -> str:
+        """The scratch control for routes that add training steps: as many steps as self_pretrain."""
+        total = self.steps + self.pool_steps
+        return "from scratch, 2x steps" if total == 2 * self.steps else f"from scratch, {total} steps"
+
+    @property
+    def student_folder(self) -> str:
+        return "pseudo-student" if self.pool_steps == self.steps else f"pseudo-student-{self.pool_steps}"
 
 
 def labelled_ids(manifests: str | os.PathLike, k: int) -> list[str]:
@@ -72,11 +93,11 @@ def labelled_ids(manifests: str | os.PathLike, k: int) -> list[str]:
 
 
 def routes(settings: CurveSettings) -> list[str]:
-    names = [SCRATCH] + ([SCRATCH_LONG] if settings.long_scratch else []) + [name for name, _ in settings.inits]
+    names = [SCRATCH] + ([settings.scratch_long] if settings.long_scratch else [])
+    names += [name for name, _ in settings.inits]
     if settings.pool:
-        names += [
-            route for mode, route in zip(SELF_TRAINING_MODES, (SELF_TRAINING, SELF_PRETRAIN)) if mode in settings.modes
-        ]
+        self_routes = (SELF_TRAINING, settings.self_pretrain)
+        names += [route for mode, route in zip(SELF_TRAINING_MODES, self_routes) if mode in settings.modes]
     return names
 
 
@@ -91,8 +112,12 @@ def check_settings(settings: CurveSettings) -> None:
         raise ValueError(f"--budgets must be positive song counts, got {list(settings.budgets)}")
     if settings.seeds < 1:
         raise ValueError(f"--seeds must be >= 1, got {settings.seeds}")
+    if settings.student_steps is not None and settings.student_steps < 1:
+        raise ValueError(f"--student-steps must be >= 1, got {settings.student_steps}")
     names = routes(settings)
-    if len({slug(n) for n in names}) != len(names) or any(slug(n) in ("pseudo", "pseudo-student") for n in names):
+    if len({slug(n) for n in names}) != len(names) or any(
+        slug(n) in ("pseudo", settings.student_folder) for n in names
+    ):
         raise ValueError(f"row names must differ from each other and from {SCRATCH!r}/{SELF_TRAINING!r}: {names}")
     resolve_shards(settings.pairs, "train")
     labelled_ids(settings.manifests, max(settings.budgets))
@@ -170,9 +195,9 @@ def run_curve(
                 own = [*overrides, *(value for row, value in settings.init_overrides if row == name)]
                 runs[name] = finetune_row(cell / slug(name), settings.preset, path, budget, own, device)
             if settings.long_scratch:
-                longer = dataclasses.replace(budget, steps=2 * settings.steps)
-                runs[SCRATCH_LONG] = finetune_row(
-                    cell / slug(SCRATCH_LONG), settings.preset, None, longer, overrides, device
+                longer = dataclasses.replace(budget, steps=settings.steps + settings.pool_steps)
+                runs[settings.scratch_long] = finetune_row(
+                    cell / slug(settings.scratch_long), settings.preset, None, longer, overrides, device
                 )
             if settings.pool:
                 pseudo = cell / "pseudo"
@@ -183,11 +208,11 @@ def run_curve(
                         cell / slug(SELF_TRAINING), settings.preset, None, budget, student, device
                     )
                 if "pretrain" in settings.modes:  # the student learns the pool alone, then the k songs
-                    on_pool = dataclasses.replace(budget, pairs=str(pseudo))
+                    on_pool = dataclasses.replace(budget, pairs=str(pseudo), steps=settings.pool_steps)
                     stage = [*common, f"run.seed={seed}"]
-                    first = finetune_row(cell / "pseudo-student", settings.preset, None, on_pool, stage, device)
-                    runs[SELF_PRETRAIN] = finetune_row(
-                        cell / slug(SELF_PRETRAIN),
+                    first = finetune_row(cell / settings.student_folder, settings.preset, None, on_pool, stage, device)
+                    runs[settings.self_pretrain] = finetune_row(
+                        cell / slug(settings.self_pretrain),
                         settings.preset,
                         resolve_checkpoint(first),
                         budget,

@@ -266,7 +266,15 @@ def _budgets(value: str) -> tuple[int, ...]:
     "then fine-tuned on the k songs. Repeat for both [default: joint].",
 )
 @click.option(
-    "--long-scratch", is_flag=True, help="Also a scratch fine-tune of twice the steps (the control for added training)."
+    "--student-steps",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Steps of the pretrain mode's student on the pseudo-labels [default: --finetune-steps].",
+)
+@click.option(
+    "--long-scratch",
+    is_flag=True,
+    help="Also a scratch fine-tune of the pretrain route's total steps (the control for added training).",
 )
 @click.option("--tracks", type=click.IntRange(min=1), default=None, help="Score the first N val songs [default: all].")
 @click.option("--report", "report_only", is_flag=True, help="Train nothing: the table and plot of what is scored.")
@@ -276,7 +284,7 @@ def _budgets(value: str) -> tuple[int, ...]:
 @click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE", help="Applied to every fine-tune.")
 def label_curve(
     pairs, pairs_manifests, budgets, seeds, only_seed, finetune_steps, preset, inits, init_overrides, pool,
-    pseudo_share, modes, long_scratch, tracks, report_only, bsseval, out, device, overrides,
+    pseudo_share, modes, student_steps, long_scratch, tracks, report_only, bsseval, out, device, overrides,
 ):  # fmt: skip
     """Separation SDR against the number of labelled songs: from scratch, from each pretrain, self-trained.
 
@@ -303,6 +311,7 @@ def label_curve(
         long_scratch,
         tracks,
         bsseval,
+        student_steps,
     )
     try:
         if only_seed is not None and only_seed >= seeds:

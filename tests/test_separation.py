@@ -176,12 +176,12 @@ def test_separate_writes_both_parts_and_a_bad_file_does_not_stop_the_others(pair
     assert result.exit_code == 1
     errors = [line for line in result.output.splitlines() if line.startswith("trainer separate: error:")]
     assert len(errors) == 1 and str(broken) in errors[0]
-    names = sorted(p.name for p in (tmp_path / "out").iterdir())
-    stems = ("Song 0 - mixture", "Song 1 - mixture", "instrumental")  # two mixture.wav: their folders tell them apart
+    names = sorted(str(p.relative_to(tmp_path / "out")) for p in (tmp_path / "out").rglob("*.flac"))
+    stems = ("mixture", "Song 1/mixture", "Song 1/instrumental")  # a folder's tree is mirrored under --out
     assert names == sorted(f"{stem}_{part}.flac" for stem in stems for part in ("instrumental", "vocals"))
     mixture, rate = soundfile.read(songs / "Song 0" / "mixture.wav", dtype="float32")
-    instrumental, rate_out = soundfile.read(tmp_path / "out" / "Song 0 - mixture_instrumental.flac", dtype="float32")
-    vocals, _ = soundfile.read(tmp_path / "out" / "Song 0 - mixture_vocals.flac", dtype="float32")
+    instrumental, rate_out = soundfile.read(tmp_path / "out" / "mixture_instrumental.flac", dtype="float32")
+    vocals, _ = soundfile.read(tmp_path / "out" / "mixture_vocals.flac", dtype="float32")
     assert rate_out == 44100 and instrumental.shape == vocals.shape == mixture.shape
     np.testing.assert_allclose(instrumental + vocals, mixture, atol=1e-4)  # 24-bit FLAC rounding
     assert np.abs(instrumental).max() > 0.01  # a mask near the 0.9 prior, not silence

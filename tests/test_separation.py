@@ -189,7 +189,7 @@ def test_separate_writes_both_parts_and_a_bad_file_does_not_stop_the_others(pair
 
 def test_separate_refuses_a_pretraining_checkpoint(pretrained, tmp_path):
     result = CliRunner().invoke(
-        trainer_cli, ["separate", str(tmp_path), "--checkpoint", str(pretrained), "--out", str(tmp_path / "o")]
+        trainer_cli, ["separate", str(pretrained), "--checkpoint", str(pretrained), "--out", str(tmp_path / "o")]
     )
     assert result.exit_code == 1 and "not a separation checkpoint" in result.output
 

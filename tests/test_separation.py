@@ -209,3 +209,19 @@ def test_evaluate_separation_table_has_a_row_per_checkpoint_and_both_references(
     assert np.isfinite(scores[ORACLE].instrumental_bss[0]) and np.isnan(scores[FLOOR].vocals_bss[0])
     for row in ("pretrained/step-0000004", "scratch/step-0000004", FLOOR, ORACLE):
         assert row in table
+
+
+def test_evaluate_separation_takes_separates_knobs_and_times_each_row(pairs, finetuned):
+    runner = CliRunner()
+    base = ["evaluate-separation", "--manifests", str(pairs / "m"), "--tracks", "1", "--no-bsseval", "--device", "cpu"]
+    ckpts = ["--checkpoint", str(finetuned / "pretrained"), "--checkpoint", str(finetuned / "scratch")]
+    result = runner.invoke(trainer_cli, base + ckpts + ["--ensemble", "--tta", "--overlap", "0.5", "--window", "32"])
+    assert result.exit_code == 0, result.output
+    rows = {line.split("  ")[0]: line for line in result.output.splitlines()}
+    assert "pretrained/step-0000004 (TTA)" in rows and "ensemble of the 2 (TTA)" in rows
+    assert "s / audio s" in result.output
+    assert float(rows["ensemble of the 2 (TTA)"].split()[-1]) > 0  # its separation time per second of audio
+    result = runner.invoke(trainer_cli, base + ckpts[:2] + ["--ensemble"])
+    assert result.exit_code == 1 and "at least two" in result.output
+    result = runner.invoke(trainer_cli, base + ckpts + ["--window", "2", "--overlap", "0.9"])
+    assert result.exit_code == 1 and "--window 2 with --overlap 0.9" in result.output

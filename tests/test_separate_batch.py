@@ -18,33 +18,12 @@ from pipeline import format as fmt
 from trainer.cli import main as trainer_cli
 from trainer.separation.separate import Separator
 
-from support import SMALL
+from support import save_separator
 
 STFT = fmt.STFTParams(n_fft=128, hop=64)
 RATE = 44100
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def save_separator(run: Path, seed: int = 0) -> Path:
-    """A separation checkpoint of the test-size model with random weights, as `trainer finetune` saves it."""
-    from trainer.checkpoint import save_checkpoint
-    from trainer.config import load_config
-    from trainer.separation.task import build_separation_model
-
-    torch.manual_seed(seed)
-    cfg = load_config(
-        "tiny",
-        overrides=SMALL
-        + ["data.crop_frames=32", "run.task=separation", "model.mask_prior=0.5"]
-        + ["model.output=mask"],
-    )
-    model = build_separation_model(cfg)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
-    meta = {"task": "separation", "stft": STFT.to_dict(), "init": None}
-    save_checkpoint(run / "checkpoints", 1, model, optimizer, scheduler, cfg.to_dict(), meta=meta)
-    return run
 
 
 @pytest.fixture(scope="module")

@@ -225,3 +225,33 @@ def test_evaluate_separation_takes_separates_knobs_and_times_each_row(pairs, fin
     assert result.exit_code == 1 and "at least two" in result.output
     result = runner.invoke(trainer_cli, base + ckpts + ["--window", "2", "--overlap", "0.9"])
     assert result.exit_code == 1 and "--window 2 with --overlap 0.9" in result.output
+
+
+def test_every_checkpoint_command_takes_an_exported_folder(pairs, pretrained, finetuned, tmp_path):
+    """evaluate and finetune --init with an exported pretrain, evaluate-separation with an exported
+    separator (the same scores as its run); a fine-tune config of another architecture names the field."""
+    runner = CliRunner()
+    for source, name in ((pretrained, "pre"), (finetuned / "scratch", "sep")):
+        result = runner.invoke(trainer_cli, ["export", str(source), "--out", str(tmp_path / name)])
+        assert result.exit_code == 0, result.output
+    shards = write_shards(tmp_path / "pre-shards", {"a": 5, "b": 7, "c": 9, "d": 6}, clips_per_track=1)
+    result = runner.invoke(
+        trainer_cli,
+        ["evaluate", "--checkpoint", str(tmp_path / "pre"), "--shards", str(shards / "val.json"), "--batches", "1"]
+        + ["--device", "cpu"],
+    )
+    assert result.exit_code == 0, result.output
+    base = ["finetune", "--shards", str(pairs / "shards"), "--init", str(tmp_path / "pre"), "--preset", "tiny"]
+    base += ["--steps", "1", "--device", "cpu"] + [f"--set={o}" for o in FINETUNE]
+    result = runner.invoke(trainer_cli, base + ["--run", str(tmp_path / "ft")])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(trainer_cli, base + ["--run", str(tmp_path / "ft2"), "--set=model.channels=[4,8,8,8]"])
+    assert result.exit_code == 1 and "model.channels is [4, 8, 8, 8] here but [4, 8, 8, 16]" in result.output
+    assert len(result.output.strip().splitlines()) == 1
+    from trainer.separation.evaluate import evaluate_separation
+
+    scores, _ = evaluate_separation(
+        [str(finetuned / "scratch"), str(tmp_path / "sep")], pairs / "m", tracks=1, bsseval=False, device="cpu"
+    )
+    first, second = list(scores.values())[:2]
+    assert first.instrumental_mdx == second.instrumental_mdx

@@ -74,6 +74,12 @@ class Scores:
     vocals_mdx: list[float] = field(default_factory=list)
     instrumental_bss: list[float] = field(default_factory=list)
     vocals_bss: list[float] = field(default_factory=list)
+    seconds: float = 0.0  # spent separating (a checkpoint or ensemble row; 0 for the references)
+    audio_seconds: float = 0.0  # of the tracks separated
+
+    @property
+    def time_per_audio_second(self) -> float:
+        return self.seconds / self.audio_seconds if self.seconds and self.audio_seconds else math.nan
 
     def add(self, mixture, instrumental, estimate, bsseval: bool) -> tuple[float, ...]:
         vocals, vocals_estimate = mixture - instrumental, mixture - estimate
@@ -156,8 +162,6 @@ def evaluate_separation(
     names += [FLOOR, ORACLE]
     names = [name if names.index(name) == i else f"{name} #{i + 1}" for i, name in enumerate(names)]
     scores = {name: Scores() for name in names}
-    seconds = dict.fromkeys(names[: len(runners)], 0.0)
-    audio_seconds = 0.0
     lines, skipped = [], []
     show = sys.stderr.isatty() if progress is None else progress
     for pair in tqdm(pairs, desc="evaluate-separation", unit="track", disable=not show):
@@ -172,8 +176,8 @@ def evaluate_separation(
         for name, runner in zip(names, runners):
             start = time.perf_counter()
             estimates.append(np.concatenate(list(runner.instrumental_chunks(m for m, _ in chunks))))
-            seconds[name] += time.perf_counter() - start
-        audio_seconds += len(mixture) / stft.sample_rate
+            scores[name].seconds += time.perf_counter() - start
+            scores[name].audio_seconds += len(mixture) / stft.sample_rate
         estimates += [mixture, oracle_instrumental(mixture, instrumental, stft)]
         for name, estimate in zip(names, estimates):
             values = scores[name].add(mixture, instrumental, estimate, bsseval)
@@ -190,7 +194,8 @@ def evaluate_separation(
     ]
     for name in names:
         inst_mdx, inst_bss, voc_mdx, voc_bss = scores[name].medians()
-        speed = f"{seconds[name] / audio_seconds:14.3f}" if name in seconds else ""
+        speed = scores[name].time_per_audio_second
+        speed = f"{speed:14.3f}" if math.isfinite(speed) else ""
         table.append(
             f"{name:<{width}}{_fmt(inst_mdx)}{_fmt(inst_bss):>10}{_fmt(voc_mdx):>10}{_fmt(voc_bss):>10}{speed}"
         )

@@ -61,7 +61,7 @@ def main() -> None:
         medians = scores[row].medians()
         results.append((label, medians[0], medians[2], best))
     reference = results[0]
-    print("| run | instrumental SDR (MDX, dB) | vs reference | vocals SDR (MDX, dB) | s per audio s | time vs reference |")
+    print("| run | instrumental SDR (MDX, dB) | vs reference | vocals SDR (MDX, dB) | s per audio s | time vs ref. |")
     print("|---|---|---|---|---|---|")
     for label, inst, voc, speed in results:
         print(

@@ -128,3 +128,17 @@ def test_export_refuses_to_write_over_its_source_and_a_missing_source_is_one_lin
     assert code == 1 and "is the checkpoint itself" in output
     code, output = export(tmp_path, tmp_path / "out")
     assert code == 1 and "no checkpoint found" in output and len(output.strip().splitlines()) == 1
+
+
+def test_shards_of_another_stft_than_an_exported_teacher_name_the_field(run, tmp_path):
+    from support import write_shards
+
+    assert export(run, tmp_path / "teacher")[0] == 0
+    shards = write_shards(tmp_path / "shards", {"a": 5, "b": 7, "c": 9, "d": 6}, clips_per_track=1)  # hop 1024
+    result = CliRunner().invoke(
+        trainer_cli,
+        ["pseudo-label", "--checkpoint", str(tmp_path / "teacher"), "--shards", str(shards)]
+        + ["--out", str(tmp_path / "pseudo"), "--device", "cpu"],
+    )
+    assert result.exit_code == 1 and "stft.hop is 64 for the teacher but 1024 in the shards" in result.output
+    assert len(result.output.strip().splitlines()) == 1

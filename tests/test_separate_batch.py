@@ -275,3 +275,37 @@ def test_separate_with_an_ensemble_and_tta_writes_one_pair_per_song(checkpoint, 
     vocals, _ = soundfile.read(tmp_path / "o" / "in" / "song_vocals.wav", dtype="float32")
     np.testing.assert_allclose(instrumental + vocals, mixture, atol=1e-6)
     assert "1 done" in stdout
+
+
+@pytest.mark.slow
+def test_a_run_killed_at_random_instants_resumes_without_loss_or_leftovers(checkpoint, tmp_path):
+    """kill -9 while songs are being written, several times: every file under a final name is a whole
+    separation, a rerun does only what is left, and no temporary survives the last run."""
+    import os
+    import random
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    songs = {f"song{i}": write_song(tmp_path / "in" / f"song{i}.wav", seconds=6.0, seed=i) for i in range(4)}
+    command = [sys.executable, "-c", "from trainer.cli import main; main()", "separate", str(tmp_path / "in")]
+    command += ["--checkpoint", str(checkpoint), "--out", str(tmp_path / "out"), "--device", "cpu", "--quiet"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    rng = random.Random(0)
+    for _ in range(3):
+        process = subprocess.Popen(command, cwd=Path(__file__).parent.parent, env=env, stdout=subprocess.PIPE)
+        time.sleep(rng.uniform(2.0, 6.0))
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    result = subprocess.run(command, cwd=Path(__file__).parent.parent, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "0 failed" in result.stdout
+    out = tmp_path / "out" / "in"
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        f"{name}_{stem}.flac" for name in songs for stem in ("instrumental", "vocals")
+    )
+    for name, mixture in songs.items():
+        instrumental, _ = soundfile.read(out / f"{name}_instrumental.flac", dtype="float32")
+        vocals, _ = soundfile.read(out / f"{name}_vocals.flac", dtype="float32")
+        np.testing.assert_allclose(instrumental + vocals, mixture, atol=1e-4)

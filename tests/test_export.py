@@ -142,3 +142,15 @@ def test_shards_of_another_stft_than_an_exported_teacher_name_the_field(run, tmp
     )
     assert result.exit_code == 1 and "stft.hop is 64 for the teacher but 1024 in the shards" in result.output
     assert len(result.output.strip().splitlines()) == 1
+
+
+def test_export_then_load_writes_byte_identical_flac(run, song, tmp_path):
+    assert export(run, tmp_path / "shared")[0] == 0
+    for checkpoint, out in ((run, tmp_path / "a"), (tmp_path / "shared", tmp_path / "b")):
+        result = CliRunner().invoke(
+            trainer_cli, ["separate", str(song), "--checkpoint", str(checkpoint), "--out", str(out), "--quiet"]
+        )
+        assert result.exit_code == 0, result.output
+    for stem in ("instrumental", "vocals"):
+        name = f"{song.stem}_{stem}.flac"
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()

@@ -206,6 +206,9 @@ def export_checkpoint(
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     with staged_directory(out_dir) as tmp:
         save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp / WEIGHTS), metadata={"format": "pt"})
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp / WEIGHTS, 0o666 & ~umask)  # safetensors writes 0600; the folder is meant for others
         config["weights"]["sha256"] = sha256_file(tmp / WEIGHTS)
         (tmp / EXPORT_CONFIG).write_text(json.dumps(config, indent=1) + "\n", encoding="utf-8")
         (tmp / MODEL_CARD).write_text(model_card(config, card_extras or {}), encoding="utf-8")

@@ -62,7 +62,7 @@ def export(source, out_dir, half, name, data_dirs, eval_manifests, tracks, bssev
             _, table = evaluate_separation(
                 [str(checkpoint)], eval_manifests, "val", tracks, bsseval, "auto", labels=[extras["name"]]
             )
-            extras["evaluation"] = table
+            extras["evaluation"] = table.replace(f" ({Path(eval_manifests) / 'pairs.jsonl'})", "")  # no paths
         folder = export_checkpoint(checkpoint, out_dir, half, extras)
     except (ValueError, RuntimeError, OSError) as exc:
         raise one_line(exc) from exc

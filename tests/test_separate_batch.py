@@ -155,6 +155,18 @@ def test_out_inside_or_equal_to_an_input_folder_or_not_a_folder_is_refused(check
         assert "song.wav" not in err  # never reported as a problem of the input
 
 
+def test_a_mirrored_folder_that_cannot_be_made_fails_its_songs_with_the_reason(checkpoint, tmp_path):
+    write_song(tmp_path / "in" / "song.wav")
+    write_song(tmp_path / "other.wav")
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "in").write_text("a file where the mirrored folder goes")
+    code, stdout, err = run_separate(
+        tmp_path / "in", tmp_path / "other.wav", "--checkpoint", checkpoint, "--out", tmp_path / "out"
+    )
+    assert code == 1 and "1 done" in stdout and "1 failed" in stdout
+    assert f"error: {tmp_path / 'in' / 'song.wav'}:" in err
+
+
 def test_temporaries_of_a_killed_run_are_removed_and_never_appear_as_outputs(checkpoint, tmp_path):
     write_song(tmp_path / "in" / "song.wav")
     out = tmp_path / "out" / "in"

@@ -141,7 +141,11 @@ def remove_stale_outputs(jobs: list[Job]) -> int:
     for job in jobs:
         for target in job.targets.values():
             by_folder.setdefault(target.parent, set()).add(target.stem)  # staged_path's temporaries keep no suffix
-    return sum(remove_stale_temporaries(folder, only=names.__contains__) for folder, names in by_folder.items())
+    return sum(
+        remove_stale_temporaries(folder, only=names.__contains__)
+        for folder, names in by_folder.items()
+        if folder.is_dir()
+    )
 
 
 @dataclass
@@ -183,9 +187,9 @@ def run_jobs(
                     (job.source, f"{existing[0]} exists but {missing} does not (--overwrite redoes the song)")
                 )
             continue
-        for target in job.targets.values():
-            target.parent.mkdir(parents=True, exist_ok=True)
         try:
+            for target in job.targets.values():
+                target.parent.mkdir(parents=True, exist_ok=True)
             summary.warnings += separate_one(job, f"[{index + 1}/{len(jobs)}] {Path(job.source).name}")
         except FileNotFoundError:
             summary.failed.append((job.source, "no such file"))

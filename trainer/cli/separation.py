@@ -7,7 +7,14 @@ from __future__ import annotations
 
 import click
 
-from trainer.cli.options import SHARDS_HELP, one_line, training_options, training_settings
+from trainer.cli.options import (
+    SHARDS_HELP,
+    inference_options,
+    one_line,
+    set_threads,
+    training_options,
+    training_settings,
+)
 
 
 @click.command()
@@ -67,51 +74,6 @@ def finetune(
         raise one_line(exc) from exc
 
 
-def inference_options(command):
-    """The knobs `separate` and `evaluate-separation` share: where and how the model runs."""
-    options = [
-        click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps."),
-        click.option(
-            "--batch-size",
-            type=click.IntRange(min=1),
-            default=None,
-            help="Windows per model call [default: 2 on CPU, 16 on GPU].",
-        ),
-        click.option(
-            "--threads", type=click.IntRange(min=1), default=None, help="CPU threads for the model [default: torch's]."
-        ),
-        click.option(
-            "--window",
-            "window_frames",
-            type=click.IntRange(min=2),
-            default=None,
-            help="STFT frames per window [default: the run's crop].",
-        ),
-        click.option(
-            "--overlap",
-            type=click.FloatRange(0.0, 1.0, max_open=True),
-            default=None,
-            help="Cross-faded share of a window [default: 0.25].",
-        ),
-        click.option(
-            "--tta",
-            is_flag=True,
-            help="Test-time augmentation: also the stereo-swapped input and a grid shifted by half a window, "
-            "averaged (about 4x the model time).",
-        ),
-    ]
-    for option in reversed(options):
-        command = option(command)
-    return command
-
-
-def _set_threads(threads: int | None) -> None:
-    if threads:
-        import torch
-
-        torch.set_num_threads(threads)
-
-
 @click.command()
 @click.argument("inputs", nargs=-1, required=True)
 @click.option(
@@ -164,7 +126,7 @@ def separate(
     """
     from trainer.separation.batch import separate_inputs
 
-    _set_threads(threads)
+    set_threads(threads)
     try:
         summary = separate_inputs(
             list(inputs),
@@ -225,7 +187,7 @@ def evaluate_separation(
     """
     from trainer.separation.evaluate import evaluate_separation as run
 
-    _set_threads(threads)
+    set_threads(threads)
     try:
         _, table = run(
             list(checkpoints),

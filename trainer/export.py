@@ -16,7 +16,6 @@ downloaded: a folder is read from disk.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
@@ -31,11 +30,10 @@ REQUIRED = ("schema", "schema_version", "architecture", "task", "head", "weights
 
 
 def sha256_file(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    """The hex sha256 of the file (the one the shard index records too)."""
+    from pipeline.format import file_sha256
+
+    return file_sha256(path)
 
 
 def is_export(path: str | os.PathLike) -> bool:

@@ -321,3 +321,17 @@ def test_a_run_killed_at_random_instants_resumes_without_loss_or_leftovers(check
         instrumental, _ = soundfile.read(out / f"{name}_instrumental.flac", dtype="float32")
         vocals, _ = soundfile.read(out / f"{name}_vocals.flac", dtype="float32")
         np.testing.assert_allclose(instrumental + vocals, mixture, atol=1e-4)
+
+
+def test_devices_that_are_not_here_are_one_line_errors(checkpoint, tmp_path):
+    write_song(tmp_path / "in" / "song.wav")
+    for device, reason in (("mps", "MPS is not available"), ("tpu", "not")):
+        if device == "mps" and torch.backends.mps.is_available():
+            continue
+        result = CliRunner().invoke(
+            trainer_cli,
+            ["separate", str(tmp_path / "in"), "--checkpoint", str(checkpoint), "--out", str(tmp_path / "o")]
+            + ["--device", device, "--quiet"],
+        )
+        assert result.exit_code == 1 and f"--device {device}" in result.stderr and reason in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1

@@ -105,7 +105,9 @@ def main() -> None:
             track = make_track(work, hours)
             seconds = hours * 3600
             command = [TRAINER, "separate", str(track), "--checkpoint", str(run), "--out", str(work / "out"), "--quiet"]
-            command += ["--device", "cpu"] + (["--batch-size", str(args.batch_size)] if args.batch_size else [])
+            command += ["--overwrite", "--device", "cpu"] + (
+                ["--batch-size", str(args.batch_size)] if args.batch_size else []
+            )
             wall, rss = timed(command, args.threads)
             decode, _ = timed(["ffmpeg", "-nostdin", "-loglevel", "error", "-i", str(track), "-f", "null", "-"], 1)
             print(

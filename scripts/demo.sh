@@ -81,6 +81,6 @@ cat <<MSG
   pairs          demo/pair-manifests/pairs.jsonl -> demo/pair-shards (mix.npy + target.npy samples)
   separation     demo/runs/sep-pretrained, demo/runs/sep-scratch, demo/runs/sep-self-trained (trainer evaluate-separation above)
   self-training  demo/pseudo-shards (the scratch model's estimates on demo/shards), demo/runs/pseudo-student
-  separated      $(ls demo/separated/* | tr '\n' ' ')
+  separated      $(find demo/separated -type f | sort | tr '\n' ' ')
   start over     rm -rf demo/
 MSG

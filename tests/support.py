@@ -248,3 +248,27 @@ def ffmpeg_children() -> list[int]:
         if comm == "ffmpeg" and int(ppid) == os.getpid() and state != "Z":
             pids.append(int(entry))
     return pids
+
+
+def save_separator(run: Path, seed: int = 0, stft: fmt.STFTParams | None = None) -> Path:
+    """A separation checkpoint of the test-size model with random weights, as `trainer finetune` saves it."""
+    import torch
+
+    from trainer.checkpoint import save_checkpoint
+    from trainer.config import load_config
+    from trainer.separation.task import build_separation_model
+
+    torch.manual_seed(seed)
+    cfg = load_config(
+        "tiny",
+        overrides=SMALL
+        + ["data.crop_frames=32", "run.task=separation", "model.mask_prior=0.5"]
+        + ["model.output=mask"],
+    )
+    model = build_separation_model(cfg)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    stft = stft or fmt.STFTParams(n_fft=128, hop=64)
+    meta = {"task": "separation", "stft": stft.to_dict(), "init": None}
+    save_checkpoint(run / "checkpoints", 1, model, optimizer, scheduler, cfg.to_dict(), meta=meta)
+    return run

@@ -176,12 +176,12 @@ def test_separate_writes_both_parts_and_a_bad_file_does_not_stop_the_others(pair
     assert result.exit_code == 1
     errors = [line for line in result.output.splitlines() if line.startswith("trainer separate: error:")]
     assert len(errors) == 1 and str(broken) in errors[0]
-    names = sorted(p.name for p in (tmp_path / "out").iterdir())
-    stems = ("Song 0 - mixture", "Song 1 - mixture", "instrumental")  # two mixture.wav: their folders tell them apart
+    names = sorted(str(p.relative_to(tmp_path / "out")) for p in (tmp_path / "out").rglob("*.flac"))
+    stems = ("mixture", "Song 1/mixture", "Song 1/instrumental")  # a folder's tree is mirrored under --out
     assert names == sorted(f"{stem}_{part}.flac" for stem in stems for part in ("instrumental", "vocals"))
     mixture, rate = soundfile.read(songs / "Song 0" / "mixture.wav", dtype="float32")
-    instrumental, rate_out = soundfile.read(tmp_path / "out" / "Song 0 - mixture_instrumental.flac", dtype="float32")
-    vocals, _ = soundfile.read(tmp_path / "out" / "Song 0 - mixture_vocals.flac", dtype="float32")
+    instrumental, rate_out = soundfile.read(tmp_path / "out" / "mixture_instrumental.flac", dtype="float32")
+    vocals, _ = soundfile.read(tmp_path / "out" / "mixture_vocals.flac", dtype="float32")
     assert rate_out == 44100 and instrumental.shape == vocals.shape == mixture.shape
     np.testing.assert_allclose(instrumental + vocals, mixture, atol=1e-4)  # 24-bit FLAC rounding
     assert np.abs(instrumental).max() > 0.01  # a mask near the 0.9 prior, not silence
@@ -189,7 +189,7 @@ def test_separate_writes_both_parts_and_a_bad_file_does_not_stop_the_others(pair
 
 def test_separate_refuses_a_pretraining_checkpoint(pretrained, tmp_path):
     result = CliRunner().invoke(
-        trainer_cli, ["separate", str(tmp_path), "--checkpoint", str(pretrained), "--out", str(tmp_path / "o")]
+        trainer_cli, ["separate", str(pretrained), "--checkpoint", str(pretrained), "--out", str(tmp_path / "o")]
     )
     assert result.exit_code == 1 and "not a separation checkpoint" in result.output
 
@@ -209,3 +209,49 @@ def test_evaluate_separation_table_has_a_row_per_checkpoint_and_both_references(
     assert np.isfinite(scores[ORACLE].instrumental_bss[0]) and np.isnan(scores[FLOOR].vocals_bss[0])
     for row in ("pretrained/step-0000004", "scratch/step-0000004", FLOOR, ORACLE):
         assert row in table
+
+
+def test_evaluate_separation_takes_separates_knobs_and_times_each_row(pairs, finetuned):
+    runner = CliRunner()
+    base = ["evaluate-separation", "--manifests", str(pairs / "m"), "--tracks", "1", "--no-bsseval", "--device", "cpu"]
+    ckpts = ["--checkpoint", str(finetuned / "pretrained"), "--checkpoint", str(finetuned / "scratch")]
+    result = runner.invoke(trainer_cli, base + ckpts + ["--ensemble", "--tta", "--overlap", "0.5", "--window", "32"])
+    assert result.exit_code == 0, result.output
+    rows = {line.split("  ")[0]: line for line in result.output.splitlines()}
+    assert "pretrained/step-0000004 (TTA)" in rows and "ensemble of the 2 (TTA)" in rows
+    assert "s / audio s" in result.output
+    assert float(rows["ensemble of the 2 (TTA)"].split()[-1]) > 0  # its separation time per second of audio
+    result = runner.invoke(trainer_cli, base + ckpts[:2] + ["--ensemble"])
+    assert result.exit_code == 1 and "at least two" in result.output
+    result = runner.invoke(trainer_cli, base + ckpts + ["--window", "2", "--overlap", "0.9"])
+    assert result.exit_code == 1 and "--window 2 with --overlap 0.9" in result.output
+
+
+def test_every_checkpoint_command_takes_an_exported_folder(pairs, pretrained, finetuned, tmp_path):
+    """evaluate and finetune --init with an exported pretrain, evaluate-separation with an exported
+    separator (the same scores as its run); a fine-tune config of another architecture names the field."""
+    runner = CliRunner()
+    for source, name in ((pretrained, "pre"), (finetuned / "scratch", "sep")):
+        result = runner.invoke(trainer_cli, ["export", str(source), "--out", str(tmp_path / name)])
+        assert result.exit_code == 0, result.output
+    shards = write_shards(tmp_path / "pre-shards", {"a": 5, "b": 7, "c": 9, "d": 6}, clips_per_track=1)
+    result = runner.invoke(
+        trainer_cli,
+        ["evaluate", "--checkpoint", str(tmp_path / "pre"), "--shards", str(shards / "val.json"), "--batches", "1"]
+        + ["--device", "cpu"],
+    )
+    assert result.exit_code == 0, result.output
+    base = ["finetune", "--shards", str(pairs / "shards"), "--init", str(tmp_path / "pre"), "--preset", "tiny"]
+    base += ["--steps", "1", "--device", "cpu"] + [f"--set={o}" for o in FINETUNE]
+    result = runner.invoke(trainer_cli, base + ["--run", str(tmp_path / "ft")])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(trainer_cli, base + ["--run", str(tmp_path / "ft2"), "--set=model.channels=[4,8,8,8]"])
+    assert result.exit_code == 1 and "model.channels is [4, 8, 8, 8] here but [4, 8, 8, 16]" in result.output
+    assert len(result.output.strip().splitlines()) == 1
+    from trainer.separation.evaluate import evaluate_separation
+
+    scores, _ = evaluate_separation(
+        [str(finetuned / "scratch"), str(tmp_path / "sep")], pairs / "m", tracks=1, bsseval=False, device="cpu"
+    )
+    first, second = list(scores.values())[:2]
+    assert first.instrumental_mdx == second.instrumental_mdx

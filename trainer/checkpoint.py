@@ -12,6 +12,9 @@ left by kill -9 is deleted on the next save. It holds
 
 `last` and `best` are small text files naming a checkpoint directory, replaced atomically. Pruning
 keeps the `keep_last` newest checkpoints plus the best one (lowest val loss).
+
+A folder written by `trainer export` (trainer/export.py) reads as a checkpoint too: its config.json,
+verified (schema, sha256 of the weights), gives the config and the meta; it has no training state.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from safetensors.torch import load_model, save_model
 
 from pipeline.durable import remove_stale_temporaries, staged_directory, write_text
 from pipeline.records import record_from_dict
+from trainer.export import export_meta, is_export, read_export
 
 WEIGHTS_FILE = "model.safetensors"
 STATE_FILE = "state.pt"
@@ -62,6 +66,8 @@ class CheckpointMeta:
 
 
 def read_meta(checkpoint: str | os.PathLike) -> dict:
+    if is_export(checkpoint):  # a `trainer export` folder: its config.json, verified
+        return export_meta(read_export(checkpoint))
     path = Path(checkpoint) / META_FILE
     try:
         meta = json.loads(path.read_text(encoding="utf-8"))
@@ -132,6 +138,9 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
     or a run directory (both via `latest_checkpoint`, as a resume would pick). Raises ValueError
     naming the path if there is none."""
     path = Path(path)
+    if path.is_dir() and is_export(path):
+        read_export(path)  # schema and sha256 first: a damaged folder is one line naming the field
+        return path
     if path.is_file() and path.name in (LAST, BEST):
         target = _pointer(path.parent, path.name)
         if target is None:
@@ -194,6 +203,8 @@ def load_checkpoint(
 
 
 def read_checkpoint_config(checkpoint: str | os.PathLike) -> dict:
+    if is_export(checkpoint):
+        return read_export(checkpoint)["training_config"]
     path = Path(checkpoint) / CONFIG_FILE
     try:
         config = yaml.safe_load(path.read_text(encoding="utf-8"))

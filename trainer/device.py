@@ -11,13 +11,17 @@ __all__ = ["autocast_for", "derive_seed", "pick_device"]
 
 
 def pick_device(name: str = "auto", local_rank: int = 0) -> torch.device:
-    """The device for `--device` (auto, cpu, cuda, cuda:N); ValueError if it is not usable here."""
+    """The device for `--device` (auto, cpu, cuda, cuda:N, mps); ValueError if it is not usable here."""
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     try:
         device = torch.device(name)
     except RuntimeError as exc:  # torch's message for "gpu" etc. is a long list of every device type
-        raise ValueError(f"--device {name}: not a device (use auto, cpu, cuda or cuda:N)") from exc
+        raise ValueError(f"--device {name}: not a device (use auto, cpu, cuda, cuda:N or mps)") from exc
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"--device {name}: Apple's MPS is not available on this machine (use cpu or auto)")
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"--device {name}: not supported (use auto, cpu, cuda, cuda:N or mps)")
     if device.type == "cuda":
         # checked here: torch's own failure at the first CUDA call is a traceback, not a message
         if not torch.cuda.is_available():

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import click
 
+from trainer.cli import export as _export
 from trainer.cli import pretrain as _pretrain
 from trainer.cli import separation as _separation
 
@@ -21,6 +22,7 @@ def main() -> None:
     trainer pretrain --shards shards/ --preset tiny --run runs/demo
     trainer evaluate --checkpoint runs/demo/checkpoints/last --shards shards/val.json
     trainer finetune --shards pair-shards/ --init runs/demo --run runs/sep   # separation
+    trainer export runs/sep --out shared/sep     # a folder to share
     trainer summary --preset base
     """
 
@@ -33,6 +35,7 @@ for _command in (
     _separation.evaluate_separation,
     _separation.pseudo_label,
     _separation.label_curve,
+    _export.export,
     _pretrain.ablate,
     _pretrain.summary,
     _pretrain.preview,

@@ -1,5 +1,6 @@
 """What the `trainer` commands share: the help text for --shards, the training options of `pretrain`
-and `finetune` and the settings they stand for, and turning a loader worker's error into one line."""
+and `finetune` and the settings they stand for, the inference options of `separate` and
+`evaluate-separation`, and turning a loader worker's error into one line."""
 
 from __future__ import annotations
 
@@ -78,3 +79,48 @@ def training_settings(preset, config_file, run_dir, steps, batch_size, workers, 
     name = preset or (Path(config_file).stem if config_file else "tiny")
     run_path = Path(run_dir) if run_dir else Path("runs") / f"{run_prefix}{name}"
     return all_overrides, run_path
+
+
+def inference_options(command):
+    """The knobs `separate` and `evaluate-separation` share: where and how the model runs."""
+    options = [
+        click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps."),
+        click.option(
+            "--batch-size",
+            type=click.IntRange(min=1),
+            default=None,
+            help="Windows per model call [default: 2 on CPU, 16 on GPU].",
+        ),
+        click.option(
+            "--threads", type=click.IntRange(min=1), default=None, help="CPU threads for the model [default: torch's]."
+        ),
+        click.option(
+            "--window",
+            "window_frames",
+            type=click.IntRange(min=2),
+            default=None,
+            help="STFT frames per window [default: the run's crop].",
+        ),
+        click.option(
+            "--overlap",
+            type=click.FloatRange(0.0, 1.0, max_open=True),
+            default=None,
+            help="Cross-faded share of a window [default: 0.25].",
+        ),
+        click.option(
+            "--tta",
+            is_flag=True,
+            help="Test-time augmentation: also the stereo-swapped input and a grid shifted by half a window, "
+            "averaged (about 4x the model time).",
+        ),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def set_threads(threads: int | None) -> None:
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)

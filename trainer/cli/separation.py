@@ -7,7 +7,14 @@ from __future__ import annotations
 
 import click
 
-from trainer.cli.options import SHARDS_HELP, one_line, training_options, training_settings
+from trainer.cli.options import (
+    SHARDS_HELP,
+    inference_options,
+    one_line,
+    set_threads,
+    training_options,
+    training_settings,
+)
 
 
 @click.command()
@@ -71,57 +78,80 @@ def finetune(
 @click.argument("inputs", nargs=-1, required=True)
 @click.option(
     "--checkpoint",
+    "checkpoints",
     required=True,
+    multiple=True,
     type=click.Path(exists=True),
-    help="A fine-tuned run or checkpoint (trainer finetune).",
+    help="A fine-tuned run, checkpoint or exported folder; repeat for an ensemble (the estimates are averaged).",
 )
 @click.option(
     "--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Folder for the separated files."
 )
+@click.option(
+    "--stems",
+    type=click.Choice(["both", "instrumental", "vocals"]),
+    default="both",
+    show_default=True,
+    help="Which files to write (vocals = mixture - instrumental).",
+)
+@click.option(
+    "--filename",
+    default="{name}_{stem}.{ext}",
+    show_default=True,
+    help="Output name inside the mirrored folder: {name} {input_ext} {stem} {ext}.",
+)
 @click.option("--format", "output_format", type=click.Choice(["flac", "wav"]), default="flac", show_default=True)
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option(
-    "--batch-size",
-    type=click.IntRange(min=1),
+    "--bit-depth",
+    type=click.Choice(["16", "24", "float"]),
     default=None,
-    help="Windows per model call [default: 2 on CPU, 16 on GPU].",
+    help="Sample format [default: 24 for flac, float for wav]; float needs wav.",
 )
-@click.option(
-    "--window",
-    "window_frames",
-    type=click.IntRange(min=2),
-    default=None,
-    help="Frames per window [default: the run's crop].",
-)
-@click.option(
-    "--overlap", type=click.FloatRange(0.0, 0.9), default=0.25, show_default=True, help="Cross-faded share of a window."
-)
+@click.option("--overwrite", is_flag=True, help="Redo songs whose outputs exist (default: skip them).")
+@inference_options
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def separate(inputs, checkpoint, out_dir, output_format, device, batch_size, window_frames, overlap, quiet):
-    """Separate songs (files or folders) into OUT/<name>_instrumental and OUT/<name>_vocals (44.1 kHz stereo).
+def separate(
+    inputs, checkpoints, out_dir, stems, filename, output_format, bit_depth, overwrite, device, batch_size,
+    threads, window_frames, overlap, tta, quiet,
+):  # fmt: skip
+    """Separate songs (files or folders, walked recursively) into instrumental and vocals (44.1 kHz stereo).
 
-    A file that cannot be read is a one-line error (exit code 1); the others are still separated.
+    \b
+    trainer separate album/ song.mp3 --checkpoint runs/sep --out separated/
+      -> separated/album/<sub folders>/<name>_instrumental.flac, ..._vocals.flac; separated/song_...
+
+    A folder's tree is mirrored under --out. Songs whose outputs exist are skipped (--overwrite redoes
+    them); a file that cannot be read is a one-line error and the others are still separated; the
+    run ends with a summary line (exit code 1 if any failed).
     """
-    from trainer.separation.separate import separate_files
+    from trainer.separation.batch import separate_inputs
 
+    set_threads(threads)
     try:
-        written, errors = separate_files(
+        summary = separate_inputs(
             list(inputs),
-            checkpoint,
+            list(checkpoints),
             out_dir,
-            output_format,
-            device,
-            batch_size,
-            window_frames,
-            overlap,
+            stems=stems,
+            template=filename,
+            output_format=output_format,
+            bit_depth=bit_depth,
+            overwrite=overwrite,
+            device=device,
+            batch_size=batch_size,
+            window_frames=window_frames,
+            overlap=overlap,
+            tta=tta,
             progress=False if quiet else None,
         )
     except (ValueError, RuntimeError, OSError) as exc:
         raise one_line(exc) from exc
-    for error in errors:
-        click.echo(f"trainer separate: error: {error}", err=True)
-    click.echo(f"separated {len(written) // 2} files into {out_dir}" + (f"; {len(errors)} failed" if errors else ""))
-    if errors:
+    for warning in summary.warnings:
+        click.echo(f"trainer separate: warning: {warning}", err=True)
+    for source, reason in summary.failed:
+        click.echo(f"trainer separate: error: {source}: {reason}", err=True)
+    click.echo(f"{summary.line()} (into {out_dir})")
+    if summary.failed:
         raise SystemExit(1)
 
 
@@ -131,7 +161,7 @@ def separate(inputs, checkpoint, out_dir, output_format, device, batch_size, win
     "checkpoints",
     multiple=True,
     type=click.Path(exists=True),
-    help="A fine-tuned run or checkpoint; repeat for one row each (e.g. from pretrained and from scratch).",
+    help="A fine-tuned run, checkpoint or exported folder; repeat for one row each (e.g. pretrained, scratch).",
 )
 @click.option(
     "--manifests", default="manifests", show_default=True, type=click.Path(file_okay=False), help="Holds pairs.jsonl."
@@ -139,15 +169,39 @@ def separate(inputs, checkpoint, out_dir, output_format, device, batch_size, win
 @click.option("--split", default="val", show_default=True, help="Pairs of this split are scored.")
 @click.option("--tracks", type=click.IntRange(min=1), default=None, help="At most this many tracks (by name).")
 @click.option("--bsseval/--no-bsseval", default=True, show_default=True, help="Also BSSEval v4 (museval; slow).")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Windows per model call.")
-def evaluate_separation(checkpoints, manifests, split, tracks, bsseval, device, batch_size):
+@click.option(
+    "--ensemble",
+    is_flag=True,
+    help="Also a row for the ensemble of all the --checkpoint (their estimates averaged, as separate does).",
+)
+@inference_options
+def evaluate_separation(
+    checkpoints, manifests, split, tracks, bsseval, ensemble, device, batch_size, threads, window_frames, overlap, tta
+):
     """SDR (MDX and BSSEval v4) of the instrumental and the vocals per track and the median, for each
-    checkpoint and for the mixture (floor) and the oracle ratio mask (ceiling), on whole tracks."""
+    checkpoint and for the mixture (floor) and the oracle ratio mask (ceiling), on whole tracks.
+
+    \b
+    With separate's knobs (--window, --overlap, --tta, --ensemble) it shows what each buys in dB; the
+    last column is each row's separation time per second of audio.
+    """
     from trainer.separation.evaluate import evaluate_separation as run
 
+    set_threads(threads)
     try:
-        _, table = run(list(checkpoints), manifests, split, tracks, bsseval, device, batch_size)
+        _, table = run(
+            list(checkpoints),
+            manifests,
+            split,
+            tracks,
+            bsseval,
+            device,
+            batch_size,
+            window_frames=window_frames,
+            overlap=overlap,
+            tta=tta,
+            ensemble=ensemble,
+        )
     except (ValueError, RuntimeError, OSError) as exc:
         raise one_line(exc) from exc
     click.echo(table)

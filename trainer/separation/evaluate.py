@@ -23,6 +23,7 @@ from __future__ import annotations
 import math
 import os
 import sys
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -73,6 +74,12 @@ class Scores:
     vocals_mdx: list[float] = field(default_factory=list)
     instrumental_bss: list[float] = field(default_factory=list)
     vocals_bss: list[float] = field(default_factory=list)
+    seconds: float = 0.0  # spent separating (a checkpoint or ensemble row; 0 for the references)
+    audio_seconds: float = 0.0  # of the tracks separated
+
+    @property
+    def time_per_audio_second(self) -> float:
+        return self.seconds / self.audio_seconds if self.seconds and self.audio_seconds else math.nan
 
     def add(self, mixture, instrumental, estimate, bsseval: bool) -> tuple[float, ...]:
         vocals, vocals_estimate = mixture - instrumental, mixture - estimate
@@ -123,23 +130,36 @@ def evaluate_separation(
     batch_size: int | None = None,
     progress: bool | None = None,
     labels: list[str] | None = None,
+    window_frames: int | None = None,
+    overlap: float | None = None,
+    tta: bool = False,
+    ensemble: bool = False,
 ) -> tuple[dict[str, Scores], str]:
     """Score every checkpoint and the two references on the split's pairs; returns (scores by row
-    name, checkpoints first in their order, then the references; the printed table). `labels` name
-    the checkpoints' rows (default: run/step). A pair whose audio cannot be read is reported and skipped."""
+    name, checkpoints first in their order, then the ensemble of them all if `ensemble`, then the
+    references; the printed table, with each row's separation time). `labels` name the checkpoints'
+    rows (default: run/step). `window_frames`, `overlap` and `tta` are `trainer separate`'s. A pair
+    whose audio cannot be read is reported and skipped."""
     from tqdm import tqdm
 
     from pipeline.audio.decode import DecodeError
     from pipeline.pairs.align import paired_chunks
+    from trainer.separation.ensemble import Ensemble
     from trainer.separation.separate import load_separator
 
     if labels is not None and len(labels) != len(checkpoints):
         raise ValueError(f"{len(labels)} labels for {len(checkpoints)} checkpoints")
+    if ensemble and len(checkpoints) < 2:
+        raise ValueError("--ensemble averages the --checkpoint rows: give at least two")
     path = os.path.join(manifests, fmt.PAIRS_FILE)
     pairs = select_pairs(manifests, split, tracks)
-    separators = [load_separator(c, device, batch_size) for c in checkpoints]
+    separators = [load_separator(c, device, batch_size, window_frames, overlap) for c in checkpoints]
     stft = separators[0].stft if separators else fmt.STFTParams()
-    names = (list(labels) if labels else [s.name for s in separators]) + [FLOOR, ORACLE]
+    runners = [Ensemble([s], tta) for s in separators] + ([Ensemble(separators, tta)] if ensemble else [])
+    names = list(labels) if labels else [s.name for s in separators]
+    names = [n + (" (TTA)" if tta else "") for n in names]
+    names += [f"ensemble of the {len(separators)}" + (" (TTA)" if tta else "")] if ensemble else []
+    names += [FLOOR, ORACLE]
     names = [name if names.index(name) == i else f"{name} #{i + 1}" for i, name in enumerate(names)]
     scores = {name: Scores() for name in names}
     lines, skipped = [], []
@@ -152,7 +172,12 @@ def evaluate_separation(
             continue
         mixture = np.concatenate([m for m, _ in chunks])
         instrumental = np.concatenate([t for _, t in chunks])
-        estimates = [np.concatenate(list(s.instrumental_chunks(m for m, _ in chunks))) for s in separators]
+        estimates = []
+        for name, runner in zip(names, runners):
+            start = time.perf_counter()
+            estimates.append(np.concatenate(list(runner.instrumental_chunks(m for m, _ in chunks))))
+            scores[name].seconds += time.perf_counter() - start
+            scores[name].audio_seconds += len(mixture) / stft.sample_rate
         estimates += [mixture, oracle_instrumental(mixture, instrumental, stft)]
         for name, estimate in zip(names, estimates):
             values = scores[name].add(mixture, instrumental, estimate, bsseval)
@@ -164,12 +189,16 @@ def evaluate_separation(
     table = [
         f"evaluate-separation: {done} tracks of split {split} ({path}), whole tracks, 44.1 kHz stereo; "
         f"SDR in dB, median over tracks",
-        f"{'':<{width}}{'instrumental':>18}{'vocals (residual)':>20}",
-        f"{'':<{width}}{'MDX':>8}{'BSSEval4':>10}{'MDX':>10}{'BSSEval4':>10}",
+        f"{'':<{width}}{'instrumental':>18}{'vocals (residual)':>20}{'separation':>14}",
+        f"{'':<{width}}{'MDX':>8}{'BSSEval4':>10}{'MDX':>10}{'BSSEval4':>10}{'s / audio s':>14}",
     ]
     for name in names:
         inst_mdx, inst_bss, voc_mdx, voc_bss = scores[name].medians()
-        table.append(f"{name:<{width}}{_fmt(inst_mdx)}{_fmt(inst_bss):>10}{_fmt(voc_mdx):>10}{_fmt(voc_bss):>10}")
+        speed = scores[name].time_per_audio_second
+        speed = f"{speed:14.3f}" if math.isfinite(speed) else ""
+        table.append(
+            f"{name:<{width}}{_fmt(inst_mdx)}{_fmt(inst_bss):>10}{_fmt(voc_mdx):>10}{_fmt(voc_bss):>10}{speed}"
+        )
     if not bsseval:
         table.append("(BSSEval v4 not computed: --no-bsseval)")
     table.append("per track (instrumental MDX, vocals MDX, instrumental BSSEval4, vocals BSSEval4):")

@@ -125,8 +125,13 @@ def pseudo_label(
     urls = resolve_shards(shards, split)
     stft = shard_stft(shards, split)
     if fmt.STFTParams.from_dict(stft) != separator.stft:
+        from trainer.export import describe_difference, first_difference
+
+        ours, theirs = {"stft": separator.stft.to_dict()}, {"stft": fmt.STFTParams.from_dict(stft).to_dict()}
+        field = first_difference(ours, theirs)
         raise ValueError(
-            f"{shards}: made with STFT {stft}, the teacher {path} was trained on {separator.stft.to_dict()}"
+            f"{shards}: made with another STFT than the teacher {path}: "
+            + describe_difference(field, ours, theirs, "the shards").replace(" here ", " for the teacher ")
         )
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

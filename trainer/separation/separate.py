@@ -17,7 +17,6 @@ The vocals are the residual: mixture - instrumental, sample by sample.
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +26,6 @@ import torch
 
 from pipeline import format as fmt
 
-OUTPUT_FORMATS = {"flac": "PCM_24", "wav": "FLOAT"}
 DEFAULT_OVERLAP = 0.25  # of a window
 
 
@@ -42,6 +40,7 @@ class Separator:
     batch_size: int = 4
     device: torch.device = torch.device("cpu")
     name: str = ""
+    stereo_swap: bool = False  # TTA: also mask the stereo-swapped windows and average
 
     def __post_init__(self):
         if self.window_frames < 2:
@@ -52,6 +51,14 @@ class Separator:
         # a whole number of hops, so that every segment's frames sit on one grid
         self.fade = int(round(self.segment * self.overlap / self.stft.hop)) * self.stft.hop
         self.step = self.segment - self.fade
+        if self.step <= 0:  # the windows would never advance: only the first would be written
+            raise ValueError(
+                f"--window {self.window_frames} with --overlap {self.overlap:g}: an overlap of "
+                f"{self.fade // self.stft.hop} frames is the whole window, so the windows cannot cover the track "
+                f"(use a lower --overlap or a longer --window)"
+            )
+        # test-time augmentation's second grid starts half a window (a whole number of hops) earlier
+        self.shift = (self.window_frames // 2) * self.stft.hop
         self._window = torch.hann_window(self.stft.n_fft, periodic=True, device=self.device)
 
     # --- one batch of segments ----------------------------------------------------------------
@@ -88,9 +95,16 @@ class Separator:
         from trainer.device import autocast_for
 
         peak = magnitude.amax(dim=(1, 2, 3), keepdim=True).clamp_min(torch.finfo(torch.float32).tiny)
+        scaled = magnitude / peak
+        if self.stereo_swap:  # TTA: the stereo-swapped window in the same batch, its mask swapped back
+            scaled = torch.cat([scaled, scaled.flip(1)])
         with autocast_for(self.device):
-            mask, _ = self.model(magnitude / peak)
-        return mask.float()
+            mask, _ = self.model(scaled)
+        mask = mask.float()
+        if self.stereo_swap:
+            straight, swapped = mask.chunk(2)
+            mask = (straight + swapped.flip(1)) / 2
+        return mask
 
     @torch.no_grad()
     def _instrumental(self, segments: np.ndarray) -> np.ndarray:
@@ -138,7 +152,7 @@ def load_separator(
     device: str = "auto",
     batch_size: int | None = None,
     window_frames: int | None = None,
-    overlap: float = DEFAULT_OVERLAP,
+    overlap: float | None = None,
 ) -> Separator:
     """A Separator from a fine-tuned run or checkpoint; ValueError for a pretraining checkpoint."""
     from trainer.checkpoint import load_checkpoint, read_checkpoint_config, read_meta, resolve_checkpoint
@@ -163,43 +177,63 @@ def load_separator(
         model,
         stft,
         window_frames or cfg.data.crop_frames,
-        overlap,
+        DEFAULT_OVERLAP if overlap is None else overlap,
         batch_size or default_batch,
         dev,
         name=f"{path.parent.parent.name}/{path.name}",
     )
 
 
-def audio_files(inputs: Iterable[str]) -> Iterator[str]:
-    """Files as given; directories walked (sorted) for audio file names."""
-    from pipeline.ingest.probe import AUDIO_EXTENSIONS
-
-    for item in inputs:
-        if os.path.isdir(item):
-            for folder, dirs, files in os.walk(item):
-                dirs.sort()
-                for name in sorted(files):
-                    if name.rpartition(".")[2].lower() in AUDIO_EXTENSIONS and not name.startswith("."):
-                        yield os.path.join(folder, name)
-        else:
-            yield item
+# (format, bit depth) -> soundfile subtype; FLAC stores integers only
+SUBTYPES = {
+    ("flac", "16"): "PCM_16",
+    ("flac", "24"): "PCM_24",
+    ("wav", "16"): "PCM_16",
+    ("wav", "24"): "PCM_24",
+    ("wav", "float"): "FLOAT",
+}
+DEFAULT_BIT_DEPTH = {"flac": "24", "wav": "float"}
 
 
-def output_names(files: list[str]) -> list[str]:
-    """`<name>` of each input: its file name without extension, or `<folder> - <name>` where two inputs
-    share a name (a folder per song of `mixture.wav`s), numbered if that is not enough."""
-    stems = [Path(f).stem for f in files]
-    names = [s if stems.count(s) == 1 else f"{Path(f).parent.name} - {s}" for f, s in zip(files, stems)]
-    return [n if names.count(n) == 1 else f"{n} ({i + 1})" for i, n in enumerate(names)]
+def output_subtype(output_format: str, bit_depth: str | None) -> str:
+    """The soundfile subtype of `--format` and `--bit-depth`; ValueError naming both when they do not go together."""
+    depth = bit_depth or DEFAULT_BIT_DEPTH.get(output_format, "")
+    if (output_format, depth) not in SUBTYPES:
+        if output_format not in DEFAULT_BIT_DEPTH:
+            raise ValueError(f"--format {output_format}: unknown (flac or wav)")
+        raise ValueError(f"--bit-depth {depth} with --format {output_format}: FLAC stores 16 or 24 bits (use wav)")
+    return SUBTYPES[(output_format, depth)]
 
 
-def separate_file(
-    separator: Separator, path: str, out_dir: Path, output_format: str, progress: bool, name: str | None = None
-) -> list[Path]:
-    """Write `<name>_instrumental.<fmt>` and `<name>_vocals.<fmt>` into out_dir (each appears whole
-    or not at all); raises DecodeError / ProbeError / OSError naming the file."""
-    import soundfile
+def progress_bar(seconds: float, label: str, enabled: bool, file=None):
+    """A bar in whole seconds of audio (tqdm would print the float sums of the chunk lengths)."""
     from tqdm import tqdm
+
+    return tqdm(
+        total=seconds,
+        desc=label[:40],
+        disable=not enabled,
+        leave=False,
+        file=file,
+        bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total:.0f} s audio [{elapsed}<{remaining}]",
+    )
+
+
+def write_stems(
+    separator,
+    path: str,
+    targets: dict[str, Path],
+    subtype: str,
+    progress: bool,
+    label: str = "",
+) -> list[str]:
+    """Separate `path` into `targets` (stem -> final path: "instrumental", "vocals"); each file
+    appears under its final name only when complete. Returns warnings (a stem clipped in an integer
+    format); raises DecodeError / ProbeError / OSError naming the file. `separator` is a Separator or
+    an Ensemble."""
+    import contextlib
+
+    import soundfile
 
     from pipeline.audio.decode import decode_chunks
     from pipeline.durable import staged_path
@@ -208,83 +242,48 @@ def separate_file(
     result = probe_file(path)  # duration for the progress bar; a clear reason when it is no audio
     if result is None:
         raise ProbeError("not audio")
-    stem = name or Path(path).stem
-    targets = [out_dir / f"{stem}_{part}.{output_format}" for part in ("instrumental", "vocals")]
-    out_dir.mkdir(parents=True, exist_ok=True)
+    rate = separator.stft.sample_rate if isinstance(separator, Separator) else separator.sample_rate
     mixture_parts: list[np.ndarray] = []
 
     def mixture_chunks():
-        for chunk in decode_chunks(path, sample_rate=separator.stft.sample_rate):
+        for chunk in decode_chunks(path, sample_rate=rate):
             mixture_parts.append(chunk)  # kept until the instrumental of these samples is out
             yield chunk
 
-    bar = tqdm(total=round(result.duration, 1), unit="s", desc=stem[:30], disable=not progress, leave=False)
-    subtype = OUTPUT_FORMATS[output_format]
-    rate = separator.stft.sample_rate
-    try:
-        with (
-            staged_path(targets[0]) as tmp_inst,
-            staged_path(targets[1]) as tmp_voc,
-            soundfile.SoundFile(tmp_inst, "w", rate, fmt.CHANNELS, subtype, format=output_format.upper()) as inst,
-            soundfile.SoundFile(tmp_voc, "w", rate, fmt.CHANNELS, subtype, format=output_format.upper()) as voc,
-        ):
-            pending = np.zeros((0, fmt.CHANNELS), dtype=np.float32)
-            for estimate in separator.instrumental_chunks(mixture_chunks()):
-                while len(pending) < len(estimate):
-                    pending = np.concatenate([pending, mixture_parts.pop(0)])
-                mixture, pending = pending[: len(estimate)], pending[len(estimate) :]
-                inst.write(np.clip(estimate, -1.0, 1.0) if subtype != "FLOAT" else estimate)
-                vocals = mixture - estimate
-                voc.write(np.clip(vocals, -1.0, 1.0) if subtype != "FLOAT" else vocals)
-                bar.update(len(estimate) / rate)
-    finally:
-        bar.close()
-    return targets
-
-
-def separate_files(
-    inputs: list[str],
-    checkpoint: str,
-    out_dir: str | os.PathLike,
-    output_format: str = "flac",
-    device: str = "auto",
-    batch_size: int | None = None,
-    window_frames: int | None = None,
-    overlap: float = DEFAULT_OVERLAP,
-    progress: bool | None = None,
-) -> tuple[list[Path], list[str]]:
-    """Separate every input; returns (files written, one-line errors). A bad file is an error line and
-    the others are still done."""
-    from pipeline.audio.decode import DecodeError
-    from pipeline.ingest.probe import ProbeError
-
-    if output_format not in OUTPUT_FORMATS:
-        raise ValueError(f"unknown output format {output_format!r} (flac or wav)")
-    separator = load_separator(checkpoint, device, batch_size, window_frames, overlap)
-    progress = sys.stderr.isatty() if progress is None else progress
-    written, errors = [], []
-    files = list(audio_files(inputs))
-    if not files:
-        errors.append(f"{', '.join(inputs)}: no audio files")
-    for path, name in zip(files, output_names(files)):
-        try:
-            if not os.path.exists(path):
-                raise FileNotFoundError(path)
-            written += separate_file(separator, path, Path(out_dir), output_format, progress, name)
-        except FileNotFoundError:
-            errors.append(f"{path}: no such file")
-        except (DecodeError, ProbeError, OSError, RuntimeError) as exc:
-            message = " ".join(str(exc).split())
-            errors.append(message if message.startswith(path) else f"{path}: {message}")
-    return written, errors
+    integer = subtype != "FLOAT"
+    peaks = dict.fromkeys(targets, 0.0)
+    with contextlib.ExitStack() as stack:
+        bar = stack.enter_context(progress_bar(result.duration, label or Path(path).name, progress))
+        files = {}
+        for stem, target in targets.items():
+            tmp = stack.enter_context(staged_path(target))
+            kind = target.suffix.lstrip(".").upper()
+            files[stem] = stack.enter_context(soundfile.SoundFile(tmp, "w", rate, fmt.CHANNELS, subtype, format=kind))
+        pending = np.zeros((0, fmt.CHANNELS), dtype=np.float32)
+        for estimate in separator.instrumental_chunks(mixture_chunks()):
+            while len(pending) < len(estimate):
+                pending = np.concatenate([pending, mixture_parts.pop(0)])
+            mixture, pending = pending[: len(estimate)], pending[len(estimate) :]
+            for stem, out in files.items():
+                signal = estimate if stem == "instrumental" else mixture - estimate
+                if len(signal):
+                    peaks[stem] = max(peaks[stem], float(np.abs(signal).max()))
+                out.write(np.clip(signal, -1.0, 1.0) if integer else signal)
+            bar.update(len(estimate) / rate)
+    return [
+        f"{path}: the {stem} peaks at {20 * np.log10(peak):+.1f} dBFS and was clipped in {targets[stem].name} "
+        f"(--format wav --bit-depth float keeps it)"
+        for stem, peak in peaks.items()
+        if integer and peak > 1.0
+    ]
 
 
 __all__ = [
     "Separator",
     "load_separator",
-    "separate_file",
-    "separate_files",
-    "audio_files",
-    "output_names",
-    "OUTPUT_FORMATS",
+    "write_stems",
+    "output_subtype",
+    "progress_bar",
+    "SUBTYPES",
+    "DEFAULT_OVERLAP",
 ]

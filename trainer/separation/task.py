@@ -55,9 +55,29 @@ def build_separation_model(cfg: TrainConfig) -> nn.Module:
     return model
 
 
-def load_pretrained(model: nn.Module, init: str | os.PathLike, device: torch.device, keep_head: bool = False) -> Path:
+def _model_difference(model_config: dict | None, checkpoint: Path) -> str:
+    """The first architecture field where the model to fill and the checkpoint's differ, in words."""
+    from trainer.checkpoint import read_checkpoint_config
+    from trainer.export import describe_difference, first_difference
+
+    theirs = {"model": read_checkpoint_config(checkpoint).get("model") or {}}
+    ours = {"model": {k: v for k, v in (model_config or {}).items() if k not in ("mask_prior", "output")}}
+    field = first_difference(ours, {"model": {k: v for k, v in theirs["model"].items() if k in ours["model"]}})
+    if field is None:
+        return "the checkpoint's tensors do not match its own model config (a damaged checkpoint)"
+    return describe_difference(field, ours, theirs, "the checkpoint") + " (set by --set model.*?)"
+
+
+def load_pretrained(
+    model: nn.Module,
+    init: str | os.PathLike,
+    device: torch.device,
+    keep_head: bool = False,
+    model_config: dict | None = None,
+) -> Path:
     """Every weight of a pretraining checkpoint except its next-sentence head and, unless `keep_head`,
-    its mask head; ValueError naming the file when the architectures differ. Returns the checkpoint
+    its mask head; ValueError naming the checkpoint and the first field of `model_config` (the
+    model's config, as a dict) that differs from the checkpoint's when the architectures differ. Returns the checkpoint
     directory used."""
     from safetensors.torch import load_file
 
@@ -74,11 +94,7 @@ def load_pretrained(model: nn.Module, init: str | os.PathLike, device: torch.dev
     missing, unexpected = sorted(set(own) - set(kept)), sorted(set(kept) - set(own))
     shapes = [k for k in set(own) & set(kept) if own[k].shape != kept[k].shape]
     if missing or unexpected or shapes:
-        raise ValueError(
-            f"{path / WEIGHTS_FILE}: weights do not fit the model (missing {missing[:3]}, unexpected "
-            f"{unexpected[:3]}, other shapes {sorted(shapes)[:3]}); the fine-tune config's model must "
-            "be the checkpoint's (it is, unless --set model.* changed it)"
-        )
+        raise ValueError(f"{path}: weights do not fit the model: {_model_difference(model_config, path)}")
     model.load_state_dict(kept, strict=False)
     return path
 
@@ -115,7 +131,7 @@ class SeparationTask:
         if not self.cfg.run.init:
             return "from scratch"
         keep = self.cfg.finetune.head == "keep"
-        path = load_pretrained(model, self.cfg.run.init, device, keep_head=keep)
+        path = load_pretrained(model, self.cfg.run.init, device, keep_head=keep, model_config=self.cfg.model.to_dict())
         return f"from the pretrained weights of {path} ({'its' if keep else 'a new'} mask head)"
 
     def finetune_protocol(self) -> FinetuneConfig:

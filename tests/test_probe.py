@@ -180,6 +180,23 @@ def test_vbr_mp3_without_length_header_is_a_track_with_its_real_duration(tmp_pat
     assert probe_failure(cut_tagged).startswith("truncated: the header says 40.0 s")
 
 
+@pytest.mark.parametrize("junk", [100, BLOCK_BYTES + 7, 5 * BLOCK_BYTES])
+def test_mp3_after_any_amount_of_junk_is_a_track_with_its_decoded_duration(tmp_path, make_track, junk):
+    """The frame chain is looked for in the first block only; past it, ffmpeg decides. ffprobe would
+    count the junk as audio at the first frame's bitrate (7.4 s for 3 s after 70 KB), so the
+    duration is that of the decoded samples."""
+    mp3 = make_track(
+        tmp_path / "clean.mp3", seconds=3.0, extra_args=["-c:a", "libmp3lame", "-id3v2_version", "0", "-f", "mp3"]
+    )
+    padded = tmp_path / "padded.mp3"
+    padded.write_bytes(random.Random(junk).randbytes(junk) + mp3.read_bytes())
+    result = probe_file(str(padded))
+    # ffmpeg may lose a few frames resynchronising after random junk: the duration is what it decodes
+    assert result.codec == "mp3" and result.duration == pytest.approx(probe_file(str(mp3)).duration, abs=0.2)
+    (tmp_path / "noise.mp3").write_bytes(random.Random(1).randbytes(3 * BLOCK_BYTES))
+    assert probe_failure(tmp_path / "noise.mp3").startswith("not audio: content is not a known audio format")
+
+
 def test_hostile_non_audio_is_a_failure_with_reason(tmp_path):
     (tmp_path / "empty.mp3").write_bytes(b"")
     (tmp_path / "notes.mp3").write_text("these are not songs\n")

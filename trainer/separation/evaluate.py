@@ -103,11 +103,15 @@ def _fmt(value: float) -> str:
 
 
 def select_pairs(manifests: str | os.PathLike, split: str = "val", tracks: int | None = None) -> list[fmt.PairRecord]:
-    """The first `tracks` pairs of the split, by name: the tracks every row is scored on."""
+    """The first `tracks` pairs of the split, by name: the tracks every row is scored on (a pair
+    marked `duplicate_of` is its canonical pair's song, scored once)."""
     path = os.path.join(manifests, fmt.PAIRS_FILE)
     if not os.path.isfile(path):
         raise ValueError(f"{path}: no pairs manifest (run `pipeline pairs` first)")
-    pairs = sorted((p for p in fmt.read_pairs(manifests) if p.split == split), key=lambda p: (p.name, p.id))
+    pairs = sorted(
+        (p for p in fmt.read_pairs(manifests) if p.split == split and p.duplicate_of is None),
+        key=lambda p: (p.name, p.id),
+    )
     if not pairs:
         raise ValueError(f"{path}: no pairs in split {split!r}")
     return pairs[:tracks] if tracks else pairs
@@ -131,6 +135,7 @@ def evaluate_separation(
 
     from pipeline.audio.decode import DecodeError
     from pipeline.pairs.align import paired_chunks
+    from pipeline.shard.write import pair_changed
     from trainer.separation.separate import load_separator
 
     if labels is not None and len(labels) != len(checkpoints):
@@ -145,6 +150,10 @@ def evaluate_separation(
     lines, skipped = [], []
     show = sys.stderr.isatty() if progress is None else progress
     for pair in tqdm(pairs, desc="evaluate-separation", unit="track", disable=not show):
+        changed = pair_changed(pair)
+        if changed is not None:
+            skipped.append(changed)
+            continue
         try:
             chunks = list(paired_chunks(pair, sample_rate=stft.sample_rate))
         except DecodeError as exc:

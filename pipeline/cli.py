@@ -137,8 +137,24 @@ def ingest(roots, manifests_dir, workers, val_fraction, follow_outside_links) ->
     show_default=True,
     help="Seconds the lengths may differ by after the offset.",
 )
+@click.option(
+    "--min-peak-margin",
+    type=click.FloatRange(0.0, 1.0, max_open=True),
+    default=0.1,
+    show_default=True,
+    help="How far the best lag must stand above any other lag 50 ms or more away (share of the peak).",
+)
 def pairs(
-    roots, mixtures, targets, manifests_dir, workers, val_fraction, max_offset, min_correlation, max_length_difference
+    roots,
+    mixtures,
+    targets,
+    manifests_dir,
+    workers,
+    val_fraction,
+    max_offset,
+    min_correlation,
+    max_length_difference,
+    min_peak_margin,
 ) -> None:
     """Find mixture/instrumental pairs, align them and write MANIFESTS/pairs.jsonl.
 
@@ -155,7 +171,7 @@ def pairs(
     if not roots and mixtures is None and targets is None:
         raise click.UsageError("give ROOTS (song folders) or --mixtures DIR --targets DIR")
     try:
-        options = PairOptions(max_offset, min_correlation, max_length_difference, val_fraction)
+        options = PairOptions(max_offset, min_correlation, max_length_difference, val_fraction, min_peak_margin)
         summary = build_pairs(manifests_dir, list(roots), mixtures, targets, options, workers=workers)
     except FolderBusy as exc:
         raise click.ClickException(str(exc)) from exc
@@ -305,10 +321,18 @@ def shard(
         f"{summary.shards} shards ({splits}) in {out}: {summary.written} written, {summary.reused} kept; "
         f"{summary.samples} samples, {summary.seconds / 3600:.2f} h audio in {summary.wall_seconds:.0f} s"
     )
+    failures_file = f"{manifests}/{fmt.PAIR_FAILURES_FILE if use_pairs else fmt.FAILURES_FILE}"
     if summary.failures:
-        failures_file = fmt.PAIR_FAILURES_FILE if use_pairs else fmt.FAILURES_FILE
-        message += f"; {summary.failures} tracks failed (see {manifests}/{failures_file})"
+        message += f"; {summary.failures} tracks failed (see {failures_file})"
     click.echo(message)
+    if summary.empty_splits():
+        # shards without a sample would only surface later, as a trainer that finds nothing to read
+        raise click.ClickException(
+            f"split {', '.join(summary.empty_splits())} of {out} holds no sample: every track failed "
+            f"(see {failures_file}); fix or restore the files and rerun"
+        )
+    if summary.empty_shards:
+        click.echo(f"warning: {summary.empty_shards} shards hold no sample (their tracks failed)", err=True)
 
 
 @main.command()

@@ -40,7 +40,7 @@ from trainer.checkpoint import (
     save_checkpoint,
     step_dir_name,
 )
-from trainer.config import OptimConfig, TrainConfig, load_config, save_config
+from trainer.config import TASK_SEPARATION, OptimConfig, TrainConfig, load_config, save_config
 from trainer.device import derive_seed, pick_device
 from trainer.logs import NullLog, RunLog
 
@@ -117,12 +117,21 @@ def resolve_run(
     return load_config(base=read_checkpoint_config(checkpoint), overrides=overrides), checkpoint
 
 
-def default_val_shards(shards: str) -> str | None:
-    """A local shard directory with a val index validates on it; other sources need --val-shards."""
+def default_val_shards(shards: str, say_so: bool = True) -> str | None:
+    """A local shard directory with a val index validates on it; other sources need --val-shards.
+    Without either, the user is told (`say_so`) that this run will not validate."""
     from pipeline.format import index_name
 
     path = Path(shards)
-    return shards if path.is_dir() and (path / index_name("val")).is_file() else None
+    if path.is_dir() and (path / index_name("val")).is_file():
+        return shards
+    if say_so:
+        print(
+            f"note: no validation: {shards} has no val split ({index_name('val')}); give --val-shards "
+            "to validate and choose the best checkpoint",
+            file=sys.stderr,
+        )
+    return None
 
 
 def pretrain(
@@ -135,12 +144,17 @@ def pretrain(
 ) -> dict:
     """Train the task of `cfg.run.task` until cfg.run.steps; returns the final training metrics
     (rank 0) or {} (other ranks)."""
-    from trainer.data import eval_loader, resolve_shards, train_loader
+    from trainer.data import eval_loader, shard_bins, train_loader
     from trainer.tasks import make_task
 
-    resolve_shards(shards, "train")  # fail now, not after the model is built or at the first validation
-    if val_shards:
-        resolve_shards(val_shards, "val")
+    # fail now, not after the run folder is made, the model built or at the first validation
+    for source, split in ((shards, "train"), (val_shards, "val")):
+        bins = shard_bins(source, split) if source else None
+        if bins is not None and bins != cfg.model.bins:
+            raise ValueError(
+                f"{source}: its index declares {bins} frequency bins but model.bins is {cfg.model.bins} "
+                "(for shards of another n_fft: --set model.bins=...)"
+            )
     task = make_task(cfg, shards)
     run_dir = Path(run_dir)
     ckpt_dir = run_dir / "checkpoints"
@@ -176,7 +190,8 @@ def pretrain(
     if ddp:
         model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None)
 
-    log = RunLog(run_dir, start_step) if is_main else NullLog()
+    command = "trainer finetune" if task.name == TASK_SEPARATION else "trainer pretrain"
+    log = RunLog(run_dir, start_step, command) if is_main else NullLog()
     if is_main:
         save_config(cfg, run_dir / "config.yaml")
         n_params = sum(p.numel() for p in raw_model.parameters())

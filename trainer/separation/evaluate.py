@@ -98,6 +98,11 @@ def _median(values: list[float]) -> float:
     return float(np.median(finite)) if finite else math.nan
 
 
+def printable(name: str) -> str:
+    """A name as one table cell: control characters (a newline in a folder name) escaped."""
+    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in name)
+
+
 def _fmt(value: float) -> str:
     return f"{value:8.2f}" if math.isfinite(value) else f"{'n/a':>8}"
 
@@ -165,7 +170,9 @@ def evaluate_separation(
         estimates += [mixture, oracle_instrumental(mixture, instrumental, stft)]
         for name, estimate in zip(names, estimates):
             values = scores[name].add(mixture, instrumental, estimate, bsseval)
-            lines.append(f"  {pair.name[:28]:<28} {name[:44]:<44}" + "".join(_fmt(v) for v in values))
+            lines.append(
+                f"  {printable(pair.name)[:28]:<28} {printable(name)[:44]:<44}" + "".join(_fmt(v) for v in values)
+            )
     done = len(pairs) - len(skipped)
     if not done:
         raise ValueError(f"no pair of split {split!r} could be read: {skipped[0]}")
@@ -178,7 +185,9 @@ def evaluate_separation(
     ]
     for name in names:
         inst_mdx, inst_bss, voc_mdx, voc_bss = scores[name].medians()
-        table.append(f"{name:<{width}}{_fmt(inst_mdx)}{_fmt(inst_bss):>10}{_fmt(voc_mdx):>10}{_fmt(voc_bss):>10}")
+        table.append(
+            f"{printable(name):<{width}}{_fmt(inst_mdx)}{_fmt(inst_bss):>10}{_fmt(voc_mdx):>10}{_fmt(voc_bss):>10}"
+        )
     if not bsseval:
         table.append("(BSSEval v4 not computed: --no-bsseval)")
     table.append("per track (instrumental MDX, vocals MDX, instrumental BSSEval4, vocals BSSEval4):")

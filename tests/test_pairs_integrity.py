@@ -37,16 +37,24 @@ def test_a_copied_song_is_a_duplicate_in_its_originals_split_sharded_once_and_re
     root = tmp_path / "stems"
     for seed in range(1, 5):
         _stem_song(root / f"Song {seed}", seed, "instrumental" if seed % 2 else "vocals")
-    shutil.copytree(root / "Song 1", root / "Zz Copy of Song 1")  # byte-identical folder
-    (root / "Link to Song 2").symlink_to(root / "Song 2")  # the same song folder reached twice
+    before = build_pairs(tmp_path / "m", [str(root)], options=PairOptions(val_fraction=0.5))
+    splits_before = {p.name: p.split for p in fmt.read_pairs(tmp_path / "m")}
+    # byte-identical copies, named to sort first: one made now (newer), one keeping the original's
+    # mtimes (cp -p) that only the previous manifest can tell from the original
+    shutil.copytree(root / "Song 1", root / "A copy of Song 1", copy_function=shutil.copyfile)
+    shutil.copytree(root / "Song 2", root / "A copy of Song 2")
+    (root / "Link to Song 3").symlink_to(root / "Song 3")  # the same song folder reached twice
     summary = build_pairs(tmp_path / "m", [str(root)], options=PairOptions(val_fraction=0.5))
     pairs = {p.name: p for p in fmt.read_pairs(tmp_path / "m")}
-    original, copy = pairs["Song 1"], pairs["Zz Copy of Song 1"]
-    assert original.duplicate_of is None and copy.duplicate_of == original.id
-    assert copy.split == original.split and copy.album_key == original.album_key
-    assert "Link to Song 2" not in pairs  # the same files: one candidate, not a duplicate record
-    assert (summary.pairs, summary.duplicates) == (4, 1)
-    assert "4 pairs" in summary.line() and "1 duplicates" in summary.line()
+    for n in (1, 2):
+        original, copy = pairs[f"Song {n}"], pairs[f"A copy of Song {n}"]
+        assert original.duplicate_of is None and copy.duplicate_of == original.id
+        assert copy.split == original.split == splits_before[f"Song {n}"]
+        assert copy.album_key == original.album_key
+    assert "Link to Song 3" not in pairs  # the same files: one candidate, not a duplicate record
+    assert {p.name: p.split for p in pairs.values() if p.duplicate_of is None} == splits_before
+    assert (summary.pairs, summary.duplicates, summary.splits) == (4, 2, before.splits)
+    assert "4 pairs" in summary.line() and "2 duplicates" in summary.line()
 
     shards = run_shard(tmp_path / "m", tmp_path / "out", PAIR_OPTIONS, workers=1, progress=False)
     keys = set()
@@ -55,12 +63,16 @@ def test_a_copied_song_is_a_duplicate_in_its_originals_split_sharded_once_and_re
     for tar in sorted((tmp_path / "out").glob("*.tar")):
         for sample in wds.WebDataset(str(tar), shardshuffle=False, empty_check=False):
             keys.add(sample["__key__"].rsplit("_", 1)[0])
-    assert shards.failures == 0 and len(keys) == 4  # the copy's clips are not a fifth song
+    assert shards.failures == 0 and len(keys) == 4  # the copies' clips are not more songs
 
+    from pipeline.status import collect_status, format_status
     from trainer.separation.evaluate import select_pairs
 
-    scored = select_pairs(tmp_path / "m", original.split)
-    assert original.id in {p.id for p in scored} and all(p.duplicate_of is None for p in scored)
+    assert format_status(collect_status(tmp_path / "m", tmp_path / "out", pairs=True)).startswith(
+        "pairs: 4 pairs, 0.00 h of mixtures, 2 duplicates"
+    )
+    scored = [p for split in ("train", "val") for p in select_pairs(tmp_path / "m", split)]
+    assert len(scored) == 4 and all(p.duplicate_of is None for p in scored)
 
 
 def test_a_copy_whose_target_differs_is_still_the_same_song(tmp_path):

@@ -250,15 +250,16 @@ def build_pairs(
                 failures.append(fmt.FailureRecord(outcome["failed"], fmt.STAGE_PAIR, outcome["reason"]))
             else:
                 records.append(_record(candidate, outcome))
-        mark_duplicates(records)
+        mark_duplicates(records, _previous_canonical(manifests_dir))
         canonical = {r.id: r for r in records if r.duplicate_of is None}
         splits = assign_splits((r.album_key for r in canonical.values()), options.val_fraction)
         for record in records:
+            record.split = splits[canonical[record.duplicate_of or record.id].album_key]
             if record.duplicate_of is not None:
                 record.album_key = canonical[record.duplicate_of].album_key
                 summary.duplicates += 1
-            record.split = splits[record.album_key]
-            summary.splits[record.split] = summary.splits.get(record.split, 0) + 1
+            else:
+                summary.splits[record.split] = summary.splits.get(record.split, 0) + 1
         records.sort(key=lambda r: (r.mixture_path, r.target_path))
         failures.sort(key=lambda f: (f.path, f.reason))
         fmt.write_jsonl(manifests_dir / fmt.PAIRS_FILE, records)
@@ -294,13 +295,18 @@ def _once_each(candidates: list[Candidate]) -> list[Candidate]:
     return unique
 
 
-def mark_duplicates(records: list[fmt.PairRecord]) -> None:
-    """Pairs whose mixtures have the same content are one song: the canonical pair is the one whose
-    mixture path is smallest and not reached through a symlink; the others get `duplicate_of`."""
+def mark_duplicates(records: list[fmt.PairRecord], previous: set[str] = frozenset()) -> None:
+    """Pairs whose mixtures have the same content are one song; one of them is canonical, the
+    others get `duplicate_of`. The canonical is the pair recorded canonical before (`previous`:
+    mixture paths), so a copy made later never takes the song's place or moves it to another
+    split; among new ones, the mixture not reached through a symlink, then the oldest file (a copy
+    is newer than its original), then the smallest path."""
     best: dict[str, fmt.PairRecord] = {}
 
     def rank(record: fmt.PairRecord) -> tuple:
-        return os.path.realpath(record.mixture_path) != os.path.abspath(record.mixture_path), record.mixture_path
+        path = record.mixture_path
+        via_link = os.path.realpath(path) != os.path.abspath(path)
+        return path not in previous, via_link, record.mixture_mtime, path
 
     for record in records:
         known = best.get(record.mixture_id)
@@ -309,6 +315,14 @@ def mark_duplicates(records: list[fmt.PairRecord]) -> None:
     for record in records:
         canonical = best[record.mixture_id]
         record.duplicate_of = None if canonical is record else canonical.id
+
+
+def _previous_canonical(manifests_dir: Path) -> set[str]:
+    """Mixture paths of the canonical pairs of the manifest being replaced (a damaged one: none)."""
+    try:
+        return {p.mixture_path for p in fmt.read_pairs(manifests_dir) if p.duplicate_of is None}
+    except (ValueError, UnicodeDecodeError):
+        return set()
 
 
 def _previous_failures(manifests_dir: Path) -> list[fmt.FailureRecord]:

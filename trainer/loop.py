@@ -117,6 +117,22 @@ def resolve_run(
     return load_config(base=read_checkpoint_config(checkpoint), overrides=overrides), checkpoint
 
 
+def check_memory(cfg: TrainConfig, dev: torch.device) -> None:
+    """ValueError before the model is built or the run folder made, when the config's sizes cannot
+    fit: the GPU's memory on CUDA, the machine's otherwise (the shuffle buffers are always in RAM)."""
+    from pipeline.cli_types import machine_memory
+
+    ram = machine_memory()
+    problems = cfg.memory_problems(ram)
+    if dev.type == "cuda":
+        gpu = torch.cuda.get_device_properties(dev).total_memory
+        problems = [p for p in problems if "micro-batch" not in p] + [
+            p for p in cfg.memory_problems(gpu, f"the memory of {dev}") if "micro-batch" in p
+        ]
+    if problems:
+        raise ValueError("; ".join(problems))
+
+
 def default_val_shards(shards: str, say_so: bool = True) -> str | None:
     """A local shard directory with a val index validates on it; other sources need --val-shards.
     Without either, the user is told (`say_so`) that this run will not validate."""
@@ -171,6 +187,7 @@ def pretrain(
         dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
     rank, world = (dist.get_rank(), dist.get_world_size()) if ddp else (0, 1)
     is_main = rank == 0
+    check_memory(cfg, dev)
 
     # --- model, optimiser, schedule, state ------------------------------------------------
     torch.manual_seed(derive_seed(cfg.run.seed, 0, 0, 0))  # identical initial weights on every rank

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import click
 
+from trainer.cli.types import DEVICE, Int
+
 SHARDS_HELP = "a shard directory (its {split}.json), an index JSON, a brace pattern, or http(s):// URLs"
 
 
@@ -35,16 +37,12 @@ def training_options(run_default: str, set_example: str):
             type=click.Path(file_okay=False),
             help=f"Run directory (default {run_default}). An existing run continues from its last checkpoint.",
         ),
-        click.option("--steps", type=click.IntRange(min=1), default=None, help="Total optimiser steps (run.steps)."),
-        click.option(
-            "--batch-size", type=click.IntRange(min=1), default=None, help="Per-rank micro-batch (data.batch_size)."
-        ),
-        click.option(
-            "--workers", type=click.IntRange(min=0), default=None, help="Loader workers per rank (data.num_workers)."
-        ),
+        click.option("--steps", type=Int(1), default=None, help="Total optimiser steps (run.steps)."),
+        click.option("--batch-size", type=Int(1), default=None, help="Per-rank micro-batch (data.batch_size)."),
+        click.option("--workers", type=Int(0), default=None, help="Loader workers per rank (data.num_workers)."),
         click.option("--resume", is_flag=True, help="Require a checkpoint in --run to continue from."),
         click.option("--compile", "use_compile", is_flag=True, help="torch.compile the model (run.compile)."),
-        click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N."),
+        click.option("--device", type=DEVICE, default="auto", show_default=True, help="auto, cpu, cuda or cuda:N."),
         click.option(
             "--set",
             "overrides",

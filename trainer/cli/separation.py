@@ -8,6 +8,7 @@ from __future__ import annotations
 import click
 
 from trainer.cli.options import SHARDS_HELP, one_line, training_options, training_settings
+from trainer.cli.types import DEVICE, MAX_COUNT, Float, Int
 
 
 @click.command()
@@ -79,23 +80,21 @@ def finetune(
     "--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Folder for the separated files."
 )
 @click.option("--format", "output_format", type=click.Choice(["flac", "wav"]), default="flac", show_default=True)
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--device", type=DEVICE, default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option(
     "--batch-size",
-    type=click.IntRange(min=1),
+    type=Int(1, 2**16),
     default=None,
     help="Windows per model call [default: 2 on CPU, 16 on GPU].",
 )
 @click.option(
     "--window",
     "window_frames",
-    type=click.IntRange(min=2),
+    type=Int(2, 2**20),
     default=None,
     help="Frames per window [default: the run's crop].",
 )
-@click.option(
-    "--overlap", type=click.FloatRange(0.0, 0.9), default=0.25, show_default=True, help="Cross-faded share of a window."
-)
+@click.option("--overlap", type=Float(0.0, 0.9), default=0.25, show_default=True, help="Cross-faded share of a window.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def separate(inputs, checkpoint, out_dir, output_format, device, batch_size, window_frames, overlap, quiet):
     """Separate songs (files or folders) into OUT/<name>_instrumental and OUT/<name>_vocals (44.1 kHz stereo).
@@ -137,10 +136,10 @@ def separate(inputs, checkpoint, out_dir, output_format, device, batch_size, win
     "--manifests", default="manifests", show_default=True, type=click.Path(file_okay=False), help="Holds pairs.jsonl."
 )
 @click.option("--split", default="val", show_default=True, help="Pairs of this split are scored.")
-@click.option("--tracks", type=click.IntRange(min=1), default=None, help="At most this many tracks (by name).")
+@click.option("--tracks", type=Int(1, 10**6), default=None, help="At most this many tracks (by name).")
 @click.option("--bsseval/--no-bsseval", default=True, show_default=True, help="Also BSSEval v4 (museval; slow).")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Windows per model call.")
+@click.option("--device", type=DEVICE, default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--batch-size", type=Int(1, 2**16), default=None, help="Windows per model call.")
 def evaluate_separation(checkpoints, manifests, split, tracks, bsseval, device, batch_size):
     """SDR (MDX and BSSEval v4) of the instrumental and the vocals per track and the median, for each
     checkpoint and for the mixture (floor) and the oracle ratio mask (ceiling), on whole tracks."""
@@ -169,7 +168,7 @@ def evaluate_separation(checkpoints, manifests, split, tracks, bsseval, device, 
     default=None,
     help="How the magnitudes are stored, as `pipeline shard --encoding` [default: log8, or what --out holds].",
 )
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--device", type=DEVICE, default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 def pseudo_label(checkpoint, shards, out_dir, split, encoding, device):
     """Label unlabelled shards with a separator: pair shards whose target is the teacher's estimate.
 
@@ -226,15 +225,15 @@ def _budgets(value: str) -> tuple[int, ...]:
 @click.option(
     "--budgets", default="2,4,8,16", show_default=True, help="Labelled songs per point (first k train songs)."
 )
-@click.option("--seeds", type=click.IntRange(min=1), default=2, show_default=True, help="Fine-tunes per point and row.")
+@click.option("--seeds", type=Int(1, 1000), default=2, show_default=True, help="Fine-tunes per point and row.")
 @click.option(
     "--seed",
     "only_seed",
-    type=click.IntRange(min=0),
+    type=Int(0, 999),
     default=None,
     help="Run only this seed's cells (one process per seed); the table shows every cell scored so far.",
 )
-@click.option("--finetune-steps", type=click.IntRange(min=1), required=True, help="Steps of every fine-tune.")
+@click.option("--finetune-steps", type=Int(1, MAX_COUNT), required=True, help="Steps of every fine-tune.")
 @click.option("--preset", default="tiny", show_default=True, help="Training preset of every fine-tune.")
 @click.option("--init", "inits", multiple=True, metavar="NAME=CHECKPOINT", help="A pretrained row; repeat for several.")
 @click.option(
@@ -252,7 +251,7 @@ def _budgets(value: str) -> tuple[int, ...]:
 )
 @click.option(
     "--pseudo-share",
-    type=click.FloatRange(0.0, 1.0),
+    type=Float(0.0, 1.0),
     default=0.5,
     show_default=True,
     help="Share of the student's crops from the pseudo-labelled pool.",
@@ -268,11 +267,11 @@ def _budgets(value: str) -> tuple[int, ...]:
 @click.option(
     "--long-scratch", is_flag=True, help="Also a scratch fine-tune of twice the steps (the control for added training)."
 )
-@click.option("--tracks", type=click.IntRange(min=1), default=None, help="Score the first N val songs [default: all].")
+@click.option("--tracks", type=Int(1, 10**6), default=None, help="Score the first N val songs [default: all].")
 @click.option("--report", "report_only", is_flag=True, help="Train nothing: the table and plot of what is scored.")
 @click.option("--bsseval/--no-bsseval", default=False, show_default=True, help="Also BSSEval v4 (slow).")
 @click.option("--out", type=click.Path(file_okay=False), default="runs/label-curve", show_default=True)
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--device", type=DEVICE, default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE", help="Applied to every fine-tune.")
 def label_curve(
     pairs, pairs_manifests, budgets, seeds, only_seed, finetune_steps, preset, inits, init_overrides, pool,

@@ -141,7 +141,8 @@ def test_a_killed_run_keeps_what_it_journaled(tmp_path):
         "fmt.write_jsonl = lambda *a, **k: sys.exit(9)  # dies before the manifests\n"
         f"build_pairs({str(tmp_path / 'm')!r}, [{str(tmp_path / 's')!r}])\n"
     )
-    assert subprocess.run([sys.executable, "-c", code]).returncode == 9
+    # from the repository root, so the child imports this checkout whatever another test did to the cwd
+    assert subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parents[1]).returncode == 9
     assert not (tmp_path / "m" / fmt.PAIRS_FILE).exists()
     summary = build_pairs(tmp_path / "m", [str(tmp_path / "s")])
     assert (summary.checked, summary.reused, summary.pairs) == (0, 1, 1)

@@ -164,13 +164,9 @@ def pretrain(
     from trainer.tasks import make_task
 
     # fail now, not after the run folder is made, the model built or at the first validation
-    for source, split in ((shards, "train"), (val_shards, "val")):
-        bins = shard_bins(source, split) if source else None
-        if bins is not None and bins != cfg.model.bins:
-            raise ValueError(
-                f"{source}: its index declares {bins} frequency bins but model.bins is {cfg.model.bins} "
-                "(for shards of another n_fft: --set model.bins=...)"
-            )
+    indexed_bins = [
+        (source, shard_bins(source, split)) for source, split in ((shards, "train"), (val_shards, "val")) if source
+    ]
     task = make_task(cfg, shards)
     run_dir = Path(run_dir)
     ckpt_dir = run_dir / "checkpoints"
@@ -188,6 +184,12 @@ def pretrain(
     rank, world = (dist.get_rank(), dist.get_world_size()) if ddp else (0, 1)
     is_main = rank == 0
     check_memory(cfg, dev)
+    for source, bins in indexed_bins:
+        if bins is not None and bins != cfg.model.bins:
+            raise ValueError(
+                f"{source}: its index declares {bins} frequency bins but model.bins is {cfg.model.bins} "
+                "(for shards of another n_fft: --set model.bins=...)"
+            )
 
     # --- model, optimiser, schedule, state ------------------------------------------------
     torch.manual_seed(derive_seed(cfg.run.seed, 0, 0, 0))  # identical initial weights on every rank

@@ -127,3 +127,14 @@ def test_every_checked_option_refuses_bad_values_by_name(cli, path, param, raw):
     line = result.output.strip().splitlines()[-1]
     assert line.startswith(f"Error: Invalid value for '{param.opts[0]}': '{raw}' is not "), line
     assert len(CHECKED) > 40
+
+
+def test_separate_refuses_a_window_batch_that_cannot_fit():
+    import torch
+
+    from trainer.separation.separate import _check_memory
+
+    cfg = load_config("tiny")
+    _check_memory(cfg, cfg.data.crop_frames, 16, torch.device("cpu"))  # the run's own window fits
+    with pytest.raises(ValueError, match=r"--window 1000000 x --batch-size 2: at least .* GB at once, more than"):
+        _check_memory(cfg, 10**6, 2, torch.device("cpu"))

@@ -278,13 +278,15 @@ class TrainConfig:
     def memory_problems(self, available: int, what: str = "this machine's memory") -> list[str]:
         """The sizes that multiply into memory, against `available` bytes: a micro-batch's input and
         the activations the model saves for backward (about a float per channel, bin and frame of
-        each level, a few times over), and every loader worker's shuffle buffer of float16 crops.
+        each level, a few times over, and one attention matrix), and every loader worker's shuffle
+        buffer of float16 crops.
         Rough on purpose (`trainer summary` measures the model): it catches the impossible, up front."""
         m, d = self.model, self.data
         arrays = 2 if self.run.task == TASK_SEPARATION else 1  # a pair sample: mixture and target
         crop = d.crop_frames * m.bins * m.audio_channels
         levels = sum(c * (m.bins >> level) for level, c in enumerate(m.channels)) * d.crop_frames
-        batch = d.batch_size * (crop * arrays * 4 + levels * 4 * 8)
+        attention = m.num_heads * d.crop_frames**2 * 4  # one block's attention weights, every frame a token
+        batch = d.batch_size * (crop * arrays * 4 + levels * 4 * 8 + attention)
         buffers = max(1, d.num_workers) * d.shuffle_buffer * crop * arrays * 2
         problems = []
         if batch > available:

@@ -239,3 +239,29 @@ def test_no_packet_past_the_end_asks_again_for_the_last_seconds(monkeypatch):
     assert asked == [("/x.wma", "8.000")]
     with pytest.raises(ProbeError, match="no audio packets can be read"):
         probe.interpret({"streams": [stream], "packets": []})
+
+
+def test_a_failure_an_older_prober_decided_is_probed_again_once(tmp_path, make_track):
+    """Upgrading must not keep a track out: a journaled 'not audio' from before junk-prefixed MP3s
+    were decoded is probed again; the new outcome is then reused like any other."""
+    import json
+
+    from pipeline import format as fmt
+    from pipeline.ingest.manifest import JOURNAL_FILE
+    from pipeline.ingest.run import ingest
+
+    mp3 = make_track(tmp_path / "clean.mp3", seconds=2.0, extra_args=["-c:a", "libmp3lame", "-f", "mp3"])
+    root = tmp_path / "root"
+    root.mkdir()
+    padded = root / "padded.mp3"
+    padded.write_bytes(random.Random(1).randbytes(2 * BLOCK_BYTES) + mp3.read_bytes())
+    mp3.unlink()
+    st = padded.stat()
+    old = {"path": str(padded), "size": st.st_size, "mtime": st.st_mtime, "kind": "failure"}
+    old["reason"] = "not audio: content is not a known audio format (starts with 00)"
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / JOURNAL_FILE).write_text(json.dumps(old) + "\n")
+    first = ingest([str(root)], tmp_path / "m")
+    assert [t.path for t in fmt.read_tracks(tmp_path / "m")] == [str(padded)]
+    again = ingest([str(root)], tmp_path / "m")
+    assert (first.probed, again.probed) == (1, 0)

@@ -258,6 +258,20 @@ def read_head_and_fingerprint(path: str) -> tuple[bytes, int, str]:
 
 SEEK_FAILED = "Could not read packets in interval"  # ffprobe, when a container cannot seek there
 
+# Failures an older prober recorded that this one decides by decoding (an MP3 after more junk than
+# the sniffed block, a file too short to seek in): a re-run probes those files again, once.
+PROBER_VERSION = 2
+RETRIED_REASONS = ("not audio: content is not a known audio format", SEEK_FAILED)
+
+
+def decided_by_older_prober(outcome: dict) -> bool:
+    """Whether a journaled failure may be a track to this prober (see RETRIED_REASONS)."""
+    return (
+        outcome.get("kind") == "failure"
+        and outcome.get("prober", 1) < PROBER_VERSION
+        and any(reason in outcome.get("reason", "") for reason in RETRIED_REASONS)
+    )
+
 
 ALL_PACKETS = ""  # run_ffprobe(read_from=ALL_PACKETS): every packet, no seek
 

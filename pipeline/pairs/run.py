@@ -34,6 +34,7 @@ from pipeline.pairs.align import (
     target_energies,
 )
 from pipeline.pairs.discover import Candidate, discover_parallel, discover_stems
+from pipeline.pairs.same import mark_duplicates, once_each, outermost_roots, previous_canonical
 
 JOURNAL_FILE = ".pairs-journal.jsonl"
 
@@ -231,7 +232,7 @@ def build_pairs(
         found, failed = discover_parallel(mixtures, targets)
         candidates += found
         failures += failed
-    candidates = _once_each(candidates)
+    candidates = once_each(candidates)
     summary = PairsSummary(candidates=len(candidates))
     manifests_dir.mkdir(parents=True, exist_ok=True)
     busy = f"{manifests_dir}: another `pipeline ingest` or `pipeline pairs` is writing here"
@@ -250,7 +251,7 @@ def build_pairs(
                 failures.append(fmt.FailureRecord(outcome["failed"], fmt.STAGE_PAIR, outcome["reason"]))
             else:
                 records.append(_record(candidate, outcome))
-        mark_duplicates(records, _previous_canonical(manifests_dir))
+        mark_duplicates(records, previous_canonical(manifests_dir))
         canonical = {r.id: r for r in records if r.duplicate_of is None}
         splits = assign_splits((r.album_key for r in canonical.values()), options.val_fraction)
         for record in records:
@@ -270,59 +271,6 @@ def build_pairs(
     summary.pairs, summary.failures = len(records) - summary.duplicates, len(failures)
     summary.seconds = time.perf_counter() - started
     return summary
-
-
-def outermost_roots(roots: list[str]) -> list[str]:
-    """The roots without repeats and without those inside another root (found under the outer one),
-    as ingest resolves nested roots: a song folder is found once, whatever the order given."""
-    real = sorted({os.path.realpath(r): r for r in roots}.items(), key=lambda item: (len(item[0]), item[0]))
-    kept: list[tuple[str, str]] = []
-    for path, root in real:
-        if not any(path == outer or path.startswith(outer.rstrip(os.sep) + os.sep) for outer, _ in kept):
-            kept.append((path, root))
-    return [root for _, root in kept]
-
-
-def _once_each(candidates: list[Candidate]) -> list[Candidate]:
-    """One candidate per (mixture, target) real-path pair: a song reached twice (a symlinked song
-    folder, overlapping roots) is checked and recorded once."""
-    seen, unique = set(), []
-    for candidate in candidates:
-        key = (os.path.realpath(candidate.mixture), os.path.realpath(candidate.target), candidate.target_kind)
-        if key not in seen:
-            seen.add(key)
-            unique.append(candidate)
-    return unique
-
-
-def mark_duplicates(records: list[fmt.PairRecord], previous: set[str] = frozenset()) -> None:
-    """Pairs whose mixtures have the same content are one song; one of them is canonical, the
-    others get `duplicate_of`. The canonical is the pair recorded canonical before (`previous`:
-    mixture paths), so a copy made later never takes the song's place or moves it to another
-    split; among new ones, the mixture not reached through a symlink, then the oldest file (a copy
-    is newer than its original), then the smallest path."""
-    best: dict[str, fmt.PairRecord] = {}
-
-    def rank(record: fmt.PairRecord) -> tuple:
-        path = record.mixture_path
-        via_link = os.path.realpath(path) != os.path.abspath(path)
-        return path not in previous, via_link, record.mixture_mtime, path
-
-    for record in records:
-        known = best.get(record.mixture_id)
-        if known is None or rank(record) < rank(known):
-            best[record.mixture_id] = record
-    for record in records:
-        canonical = best[record.mixture_id]
-        record.duplicate_of = None if canonical is record else canonical.id
-
-
-def _previous_canonical(manifests_dir: Path) -> set[str]:
-    """Mixture paths of the canonical pairs of the manifest being replaced (a damaged one: none)."""
-    try:
-        return {p.mixture_path for p in fmt.read_pairs(manifests_dir) if p.duplicate_of is None}
-    except (ValueError, UnicodeDecodeError):
-        return set()
 
 
 def _previous_failures(manifests_dir: Path) -> list[fmt.FailureRecord]:
@@ -410,8 +358,6 @@ def _record(candidate: Candidate, outcome: dict) -> fmt.PairRecord:
 __all__ = [
     "build_pairs",
     "check_candidate",
-    "mark_duplicates",
-    "outermost_roots",
     "PairOptions",
     "PairsSummary",
     "JOURNAL_FILE",

@@ -344,9 +344,12 @@ def shard(
     click.echo(message)
     if summary.empty_splits():
         # shards without a sample would only surface later, as a trainer that finds nothing to read
+        shortest = fmt.min_valid_frames(clip_frames)
         raise click.ClickException(
-            f"split {', '.join(summary.empty_splits())} of {out} holds no sample: every track failed "
-            f"(see {failures_file}); fix or restore the files and rerun"
+            f"split {', '.join(summary.empty_splits())} of {out} holds no sample: its tracks failed (see "
+            f"{failures_file}) or are shorter than a sample's {shortest} frames "
+            f"({shortest * hop / fmt.SAMPLE_RATE:.2f} s at --clip-frames {clip_frames}); fix the files or "
+            "choose a smaller --clip-frames, and rerun"
         )
     if summary.empty_shards:
         click.echo(f"warning: {summary.empty_shards} shards hold no sample (their tracks failed)", err=True)

@@ -35,7 +35,7 @@ def test_shard_pairs_with_its_audio_gone_is_an_error_not_empty_shards_and_succes
     args = ["shard", "--pairs", "--manifests", str(tmp_path / "m"), "--out", str(tmp_path / "out")]
     result = CliRunner().invoke(main, args + ["--n-fft", "128", "--hop", "64", "--clip-frames", "64", "--quiet"])
     assert result.exit_code == 1, result.output
-    assert "holds no sample: every track failed" in result.output and fmt.PAIR_FAILURES_FILE in result.output
+    assert "holds no sample: its tracks failed" in result.output and fmt.PAIR_FAILURES_FILE in result.output
 
 
 def test_a_stream_of_empty_shards_says_how_many_shards_there_are(tmp_path):

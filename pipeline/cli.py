@@ -9,6 +9,7 @@ from __future__ import annotations
 import click
 
 from pipeline import format as fmt
+from pipeline.cli_types import MAX_WORKERS, Float, Int, Size, check_memory
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -45,13 +46,13 @@ def main() -> None:
 )
 @click.option(
     "--workers",
-    type=click.IntRange(min=1),
+    type=Int(1, MAX_WORKERS),
     default=None,
     help="Parallel ffprobe runs [default: 2 per core, at most 32].",
 )
 @click.option(
     "--val-fraction",
-    type=click.FloatRange(0.0, 1.0),
+    type=Float(0.0, 1.0),
     default=0.02,
     show_default=True,
     help="Share of albums in the val split (at least one album when there are two or more).",
@@ -72,8 +73,6 @@ def ingest(roots, manifests_dir, workers, val_fraction, follow_outside_links) ->
     from pipeline.durable import FolderBusy
     from pipeline.ingest.run import ingest as run_ingest
 
-    if not 0.0 <= val_fraction <= 1.0:  # NaN passes click.FloatRange
-        raise click.BadParameter(f"{val_fraction} is not in [0, 1]", param_hint="--val-fraction")
     try:
         summary = run_ingest(
             list(roots),
@@ -108,37 +107,53 @@ def ingest(roots, manifests_dir, workers, val_fraction, follow_outside_links) ->
     type=click.Path(file_okay=False),
     help="Where pairs.jsonl and pair-failures.jsonl go.",
 )
-@click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True, help="Pairs checked in parallel.")
+@click.option("--workers", type=Int(1, MAX_WORKERS), default=2, show_default=True, help="Pairs checked in parallel.")
 @click.option(
     "--val-fraction",
-    type=click.FloatRange(0.0, 1.0),
+    type=Float(0.0, 1.0),
     default=0.1,
     show_default=True,
     help="Share of albums (songs, when untagged) in the val split.",
 )
 @click.option(
     "--max-offset",
-    type=click.FloatRange(0.0, 60.0),
+    type=Float(0.0, 60.0),
     default=3.0,
     show_default=True,
     help="Largest offset (seconds) searched between a mixture and its partner.",
 )
 @click.option(
     "--min-correlation",
-    type=click.FloatRange(0.0, 1.0),
+    type=Float(0.0, 1.0),
     default=0.2,
     show_default=True,
     help="Below this peak correlation the partner is taken for another song.",
 )
 @click.option(
     "--max-length-difference",
-    type=click.FloatRange(0.0),
+    type=Float(0.0, 3600.0),
     default=1.0,
     show_default=True,
     help="Seconds the lengths may differ by after the offset.",
 )
+@click.option(
+    "--min-peak-margin",
+    type=Float(0.0, 1.0, high_open=True),
+    default=0.1,
+    show_default=True,
+    help="How far the best lag must stand above any other lag 50 ms or more away (share of the peak).",
+)
 def pairs(
-    roots, mixtures, targets, manifests_dir, workers, val_fraction, max_offset, min_correlation, max_length_difference
+    roots,
+    mixtures,
+    targets,
+    manifests_dir,
+    workers,
+    val_fraction,
+    max_offset,
+    min_correlation,
+    max_length_difference,
+    min_peak_margin,
 ) -> None:
     """Find mixture/instrumental pairs, align them and write MANIFESTS/pairs.jsonl.
 
@@ -155,7 +170,7 @@ def pairs(
     if not roots and mixtures is None and targets is None:
         raise click.UsageError("give ROOTS (song folders) or --mixtures DIR --targets DIR")
     try:
-        options = PairOptions(max_offset, min_correlation, max_length_difference, val_fraction)
+        options = PairOptions(max_offset, min_correlation, max_length_difference, val_fraction, min_peak_margin)
         summary = build_pairs(manifests_dir, list(roots), mixtures, targets, options, workers=workers)
     except FolderBusy as exc:
         raise click.ClickException(str(exc)) from exc
@@ -210,7 +225,7 @@ def status(manifests: str, shards: str, use_pairs: bool) -> None:
     show_default=True,
     help="Folder for {split}-NNNNNN.tar and {split}.json.",
 )
-@click.option("--workers", type=click.IntRange(1), default=None, help="Local worker processes  [default: all cores].")
+@click.option("--workers", type=Int(1, MAX_WORKERS), default=None, help="Local worker processes  [default: all cores].")
 @click.option(
     "--scheduler",
     metavar="ADDR",
@@ -219,19 +234,27 @@ def status(manifests: str, shards: str, use_pairs: bool) -> None:
 )
 @click.option(
     "--clip-frames",
-    type=click.IntRange(1),
+    type=Int(1, 2**20),
     default=fmt.DEFAULT_CLIP_FRAMES,
     show_default=True,
     help="STFT frames per sample.",
 )
 @click.option(
-    "--shard-size", default=fmt.DEFAULT_SHARD_SIZE, show_default=True, help="Target shard size (1GB, 500MB, 64MiB)."
+    "--shard-size",
+    type=Size(1000, 10**13),
+    default=fmt.DEFAULT_SHARD_SIZE,
+    show_default=True,
+    help="Target shard size (1GB, 500MB, 64MiB).",
 )
 @click.option(
-    "--n-fft", type=click.IntRange(2), default=fmt.DEFAULT_N_FFT, show_default=True, help="FFT size (bins = n_fft/2)."
+    "--n-fft",
+    type=Int(2, 2**16, even=True),
+    default=fmt.DEFAULT_N_FFT,
+    show_default=True,
+    help="FFT size (bins = n_fft/2).",
 )
-@click.option("--hop", type=click.IntRange(1), default=fmt.DEFAULT_HOP, show_default=True, help="STFT hop in samples.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the track interleaving.")
+@click.option("--hop", type=Int(1, 2**16), default=fmt.DEFAULT_HOP, show_default=True, help="STFT hop in samples.")
+@click.option("--seed", type=Int(0, 2**63 - 1), default=0, show_default=True, help="Seed of the track interleaving.")
 @click.option(
     "--encoding",
     type=click.Choice(fmt.ENCODINGS),
@@ -268,14 +291,24 @@ def shard(
     With --pairs, every pair of MANIFESTS/pairs.jsonl instead: mixture and target magnitude on the
     same clip grid (give another --out than the pretraining shards).
     """
-    from pipeline.shard.plan import ShardOptions, parse_size
+    import os
+
+    from pipeline.shard.plan import ShardOptions
     from pipeline.shard.run import ShardError, run_shard
 
+    # each worker holds a clip's STFT (mixture and target for pairs) and the audio behind it
+    arrays = 2 if use_pairs else 1
+    clip_bytes = clip_frames * (n_fft // 2 + 1) * fmt.CHANNELS * 4 * 3 * arrays + clip_frames * hop * fmt.CHANNELS * 4
+    check_memory(
+        f"{workers or os.cpu_count()} workers' clips",
+        (workers or os.cpu_count() or 1) * clip_bytes,
+        "--clip-frames, --n-fft, --hop, --workers",
+    )
     try:
         options = ShardOptions(
             stft=fmt.STFTParams(n_fft=n_fft, hop=hop),
             clip_frames=clip_frames,
-            shard_bytes=parse_size(shard_size),
+            shard_bytes=shard_size,
             seed=seed,
             sample_kind=fmt.SAMPLE_KIND_PAIRS if use_pairs else fmt.SAMPLE_KIND_SPEC,
             encoding=encoding,
@@ -305,10 +338,21 @@ def shard(
         f"{summary.shards} shards ({splits}) in {out}: {summary.written} written, {summary.reused} kept; "
         f"{summary.samples} samples, {summary.seconds / 3600:.2f} h audio in {summary.wall_seconds:.0f} s"
     )
+    failures_file = f"{manifests}/{fmt.PAIR_FAILURES_FILE if use_pairs else fmt.FAILURES_FILE}"
     if summary.failures:
-        failures_file = fmt.PAIR_FAILURES_FILE if use_pairs else fmt.FAILURES_FILE
-        message += f"; {summary.failures} tracks failed (see {manifests}/{failures_file})"
+        message += f"; {summary.failures} tracks failed (see {failures_file})"
     click.echo(message)
+    if summary.empty_splits():
+        # shards without a sample would only surface later, as a trainer that finds nothing to read
+        shortest = fmt.min_valid_frames(clip_frames)
+        raise click.ClickException(
+            f"split {', '.join(summary.empty_splits())} of {out} holds no sample: its tracks failed (see "
+            f"{failures_file}) or are shorter than a sample's {shortest} frames "
+            f"({shortest * hop / fmt.SAMPLE_RATE:.2f} s at --clip-frames {clip_frames}); fix the files or "
+            "choose a smaller --clip-frames, and rerun"
+        )
+    if summary.empty_shards:
+        click.echo(f"warning: {summary.empty_shards} shards hold no sample (their tracks failed)", err=True)
 
 
 @main.command()
@@ -336,9 +380,7 @@ def verify(out) -> None:
 @click.option(
     "--out", type=click.Path(dir_okay=False), default="preview.png", show_default=True, help="PNG file to write."
 )
-@click.option(
-    "--n", "count", type=click.IntRange(1, 64), default=4, show_default=True, help="Number of samples to show."
-)
+@click.option("--n", "count", type=Int(1, 64), default=4, show_default=True, help="Number of samples to show.")
 def preview(source: str, out: str, count: int) -> None:
     """Log-magnitude spectrograms of the first samples of SOURCE (a shard .tar or a shard folder)."""
     from pipeline.shard.preview import run_preview
@@ -353,15 +395,17 @@ def preview(source: str, out: str, count: int) -> None:
 # --- make-demo: a synthetic collection ------------------------------------------------------------
 @main.command("make-demo")
 @click.argument("out_dir", type=click.Path(file_okay=False), default="demo/collection")
-@click.option("--artists", default=3, show_default=True, help="Artists (each gets its own folder).")
-@click.option("--albums", "albums_per_artist", default=2, show_default=True, help="Albums per artist.")
-@click.option("--tracks", "tracks_per_album", default=4, show_default=True, help="Tracks per album.")
-@click.option("--min-seconds", default=30.0, show_default=True, help="Shortest track.")
-@click.option("--max-seconds", default=60.0, show_default=True, help="Longest track.")
-@click.option("--seed", default=0, show_default=True, help="Seed of the synthetic music.")
+@click.option("--artists", type=Int(1, 1000), default=3, show_default=True, help="Artists (each gets a folder).")
+@click.option(
+    "--albums", "albums_per_artist", type=Int(1, 100), default=2, show_default=True, help="Albums per artist."
+)
+@click.option("--tracks", "tracks_per_album", type=Int(1, 100), default=4, show_default=True, help="Tracks per album.")
+@click.option("--min-seconds", type=Float(1.0, 3600.0), default=30.0, show_default=True, help="Shortest track.")
+@click.option("--max-seconds", type=Float(1.0, 3600.0), default=60.0, show_default=True, help="Longest track.")
+@click.option("--seed", type=Int(0, 2**31 - 1), default=0, show_default=True, help="Seed of the synthetic music.")
 @click.option(
     "--pair-songs",
-    type=click.IntRange(min=0),
+    type=Int(0, 1000),
     default=8,
     show_default=True,
     help="Separation pairs made under OUT_DIR/pairs (0: none).",
@@ -378,6 +422,11 @@ def make_demo(
     """
     from pipeline.demo.collection import make_demo_collection
     from pipeline.demo.pairs import make_demo_pairs
+
+    if min_seconds > max_seconds:
+        raise click.BadParameter(
+            f"{min_seconds:g} is more than --max-seconds {max_seconds:g}", param_hint="--min-seconds"
+        )
 
     roots = make_demo_collection(
         out_dir,

@@ -111,7 +111,7 @@ def _gb(n: float) -> str:
 def format_status(status: Status) -> str:
     per_second, basis = status.bytes_per_second()
     if status.sample_kind == fmt.SAMPLE_KIND_PAIRS:
-        lines = [f"pairs: {status.tracks} pairs, {_hours(status.seconds)} of mixtures"]
+        lines = [f"pairs: {status.tracks} pairs, {_hours(status.seconds)} of mixtures, {status.duplicates} duplicates"]
     else:
         lines = [f"ingested: {status.tracks} tracks, {_hours(status.seconds)}, {status.duplicates} duplicates"]
     for root, summary in sorted(status.per_root.items()):

@@ -22,7 +22,7 @@ def test_the_default_variants_cover_the_issue_rows():
         ("- {preset: tiny}", "row 1 needs a name"),
         ("- {name: a, preset: tiny, steps: 3}", "unknown key\\(s\\) steps"),
         ("- {name: a, preset: nope}", "row 'a': unknown training preset 'nope'"),
-        ("- {name: a, set: [corrupt.select_rate=2]}", "row 'a': .*select_rate must be in"),
+        ("- {name: a, set: [corrupt.select_rate=2]}", "row 'a': .*select_rate must be a finite number in"),
         ("- {name: a, set: corrupt.nsp=false}", "set must be a list"),
         ("- {name: a b}\n- {name: a-b}", "two rows named like"),
         ("- [unclosed", "unreadable variants file"),

@@ -47,10 +47,10 @@ def test_overrides_parse_yaml_values_including_bare_exponents():
         ("run.compile=1", "run.compile must be like"),
         ("optim.decay=step", "optim.decay must be one of"),
         ("runsteps=5", "not of the form section.key=value"),
-        ("data.batch_size=0", "data.batch_size must be >= 1"),
+        ("data.batch_size=0", r"data.batch_size must be an integer in \[1, 65536\], got 0"),
         ("model.num_heads=abc", "model.num_heads must be like"),
-        ("run.seed=-1", "run.seed must be >= 0"),
-        ("run.val_batches=0", "run.val_batches must be >= 1"),
+        ("run.seed=-1", r"run.seed must be an integer in \[0, "),
+        ("run.val_batches=0", r"run.val_batches must be an integer in \[1, "),
         ("model.channels=5", "model.channels must be like"),
         ("model.channels=[8,x,16,24,32,48]", "model.channels must be like"),
         # non-finite values train NaN weights; refused before anything is built

@@ -66,6 +66,8 @@ def test_one_writer_per_run_directory(tmp_path):
         assert holder.stdout.readline().strip() == "holding"
         with pytest.raises(RuntimeError, match="another trainer pretrain is writing this run"):
             RunLog(tmp_path, 0)
+        with pytest.raises(RuntimeError, match="another trainer finetune is writing this run"):
+            RunLog(tmp_path, 0, "trainer finetune")
         assert [r["step"] for r in read_metrics(tmp_path)] == [1]  # the refused one truncated nothing
     finally:
         holder.kill()

@@ -72,10 +72,9 @@ def test_tiny_pretrain_lowers_the_loss_and_evaluate_prints_the_table(shards, tmp
 
 def test_non_finite_steps_are_skipped_then_the_run_stops(shards, tmp_path):
     cfg = load_config(
-        "tiny",
-        overrides=SMALL
-        + ["optim.lr=1e30", "optim.warmup_steps=0", "run.steps=30", "run.ckpt_every=30", "run.max_bad_steps=3"],
+        "tiny", overrides=SMALL + ["optim.warmup_steps=0", "run.steps=30", "run.ckpt_every=30", "run.max_bad_steps=3"]
     )
+    cfg.optim.lr = 1e30  # past the config's limit (refused at the door): how a run diverges, made certain
     with pytest.raises(RuntimeError, match="3 non-finite steps in a row"):
         pretrain(cfg, str(shards), tmp_path / "run")
     rows = read_metrics(tmp_path / "run")
@@ -173,7 +172,7 @@ def test_loader_worker_and_os_errors_are_one_line(shards, tmp_path):
             *small,
         ],
     )
-    assert result.exit_code == 1 and "gave no sample" in result.output
+    assert result.exit_code == 1 and "shards gave a sample in" in result.output
     assert "Traceback" not in result.output and "worker process" not in result.output, result.output
 
     blocker = tmp_path / "a-file"
@@ -218,4 +217,5 @@ def test_shards_of_another_bin_count_name_the_source(shards, tmp_path):
         ],
     )
     assert result.exit_code == 1 and "Traceback" not in result.output
-    assert f"{shards}: samples have {BINS} frequency bins but model.bins is 1024" in result.output, result.output
+    assert f"{shards}: its index declares {BINS} frequency bins but model.bins is 1024" in result.output, result.output
+    assert not (tmp_path / "r").exists()  # refused before the run folder is made

@@ -180,6 +180,23 @@ def test_vbr_mp3_without_length_header_is_a_track_with_its_real_duration(tmp_pat
     assert probe_failure(cut_tagged).startswith("truncated: the header says 40.0 s")
 
 
+@pytest.mark.parametrize("junk", [100, BLOCK_BYTES + 7, 5 * BLOCK_BYTES])
+def test_mp3_after_any_amount_of_junk_is_a_track_with_its_decoded_duration(tmp_path, make_track, junk):
+    """The frame chain is looked for in the first block only; past it, ffmpeg decides. ffprobe would
+    count the junk as audio at the first frame's bitrate (7.4 s for 3 s after 70 KB), so the
+    duration is that of the decoded samples."""
+    mp3 = make_track(
+        tmp_path / "clean.mp3", seconds=3.0, extra_args=["-c:a", "libmp3lame", "-id3v2_version", "0", "-f", "mp3"]
+    )
+    padded = tmp_path / "padded.mp3"
+    padded.write_bytes(random.Random(junk).randbytes(junk) + mp3.read_bytes())
+    result = probe_file(str(padded))
+    # ffmpeg may lose a few frames resynchronising after random junk: the duration is what it decodes
+    assert result.codec == "mp3" and result.duration == pytest.approx(probe_file(str(mp3)).duration, abs=0.2)
+    (tmp_path / "noise.mp3").write_bytes(random.Random(1).randbytes(3 * BLOCK_BYTES))
+    assert probe_failure(tmp_path / "noise.mp3").startswith("not audio: content is not a known audio format")
+
+
 def test_hostile_non_audio_is_a_failure_with_reason(tmp_path):
     (tmp_path / "empty.mp3").write_bytes(b"")
     (tmp_path / "notes.mp3").write_text("these are not songs\n")
@@ -222,3 +239,29 @@ def test_no_packet_past_the_end_asks_again_for_the_last_seconds(monkeypatch):
     assert asked == [("/x.wma", "8.000")]
     with pytest.raises(ProbeError, match="no audio packets can be read"):
         probe.interpret({"streams": [stream], "packets": []})
+
+
+def test_a_failure_an_older_prober_decided_is_probed_again_once(tmp_path, make_track):
+    """Upgrading must not keep a track out: a journaled 'not audio' from before junk-prefixed MP3s
+    were decoded is probed again; the new outcome is then reused like any other."""
+    import json
+
+    from pipeline import format as fmt
+    from pipeline.ingest.manifest import JOURNAL_FILE
+    from pipeline.ingest.run import ingest
+
+    mp3 = make_track(tmp_path / "clean.mp3", seconds=2.0, extra_args=["-c:a", "libmp3lame", "-f", "mp3"])
+    root = tmp_path / "root"
+    root.mkdir()
+    padded = root / "padded.mp3"
+    padded.write_bytes(random.Random(1).randbytes(2 * BLOCK_BYTES) + mp3.read_bytes())
+    mp3.unlink()
+    st = padded.stat()
+    old = {"path": str(padded), "size": st.st_size, "mtime": st.st_mtime, "kind": "failure"}
+    old["reason"] = "not audio: content is not a known audio format (starts with 00)"
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / JOURNAL_FILE).write_text(json.dumps(old) + "\n")
+    first = ingest([str(root)], tmp_path / "m")
+    assert [t.path for t in fmt.read_tracks(tmp_path / "m")] == [str(padded)]
+    again = ingest([str(root)], tmp_path / "m")
+    assert (first.probed, again.probed) == (1, 0)

@@ -24,6 +24,7 @@ from typing import Any
 
 import yaml
 
+from pipeline.cli_types import Float, Int
 from trainer.model import ModelConfig, load_model_preset
 
 PRESETS_DIR = Path(__file__).parent / "configs"
@@ -157,6 +158,101 @@ class FinetuneConfig:
             raise ValueError(f"finetune.trunk_lr_factor must be in [0, 10], got {self.trunk_lr_factor}")
 
 
+# Every numeric key and what it may be: the one table TrainConfig checks (and tests walk). Upper
+# bounds are far above any real use and far below what overflows or cannot be allocated; sizes that
+# multiply into memory are also checked together (`memory_problems`). Relations between keys
+# (mask_prob + noise_prob <= 1, channels per level, ...) are checked by their sections.
+_COUNT = 10**12
+_SIZE = 2**20  # frames of a crop
+LIMITS = {
+    "model.bins": Int(1, 2**15),
+    "model.audio_channels": Int(1, 8),
+    "model.num_downsamples": Int(0, 15),
+    "model.channels": Int(1, 8192),
+    "model.frame_kernel": Int(1, 255),
+    "model.num_encoders": Int(0, 256),
+    "model.num_decoders": Int(0, 256),
+    "model.first_transformer_level": Int(0, 16),
+    "model.num_heads": Int(1, 1024),
+    "model.min_head_dim": Int(1, 2**15),
+    "model.ffn_expansion": Int(1, 64),
+    "model.conv_expansion": Int(1, 64),
+    "model.max_distance": Int(0, _SIZE),
+    "model.qkv_conv_kernel": Int(1, 255),
+    "model.dropout": Float(0.0, 1.0, high_open=True),
+    "model.attention_dropout": Float(0.0, 1.0, high_open=True),
+    "model.nsp_hidden": Int(1, 2**16),
+    "model.mask_prior": Float(0.0, 1.0, low_open=True, high_open=True),
+    "model.log_eps": Float(0.0, 1.0, low_open=True, high_open=True),
+    "model.fill_prior": Float(0.0, 1.0, low_open=True, high_open=True),
+    "corrupt.token_frames": Int(1, _SIZE),
+    "corrupt.select_rate": Float(0.0, 1.0),
+    "corrupt.mask_prob": Float(0.0, 1.0),
+    "corrupt.noise_prob": Float(0.0, 1.0),
+    "corrupt.mask_value": Float(-1e6, 1e6),
+    "corrupt.nsp_prob": Float(0.0, 1.0),
+    "corrupt.mix_prob": Float(0.0, 1.0),
+    "corrupt.mix_gain_db": Float(-200.0, 0.0),
+    "corrupt.mix_cover": Float(0.0, 1.0, low_open=True),
+    "data.crop_frames": Int(1, _SIZE),
+    "data.batch_size": Int(1, 2**16),
+    "data.num_workers": Int(0, 1024),
+    "data.shuffle_buffer": Int(1, 2**20),
+    "data.val_batch_size": Int(1, 2**16),
+    "data.read_timeout": Float(0.0, 86400.0, low_open=True),
+    "data.extra_share": Float(0.0, 1.0),
+    "loss.all_frames_weight": Float(0.0, 1e6),
+    "loss.nsp_weight": Float(0.0, 1e6),
+    "loss.log_eps": Float(0.0, 1.0, low_open=True, high_open=True),
+    "optim.lr": Float(0.0, 100.0, low_open=True),
+    "optim.betas": Float(0.0, 1.0, high_open=True),
+    "optim.weight_decay": Float(0.0, 100.0),
+    "optim.warmup_steps": Int(0, _COUNT),
+    "optim.min_lr_ratio": Float(0.0, 1.0),
+    "optim.grad_clip": Float(0.0, 1e12),
+    "optim.accumulation": Int(1, 2**16),
+    "run.steps": Int(0, _COUNT),
+    "run.log_every": Int(1, _COUNT),
+    "run.ckpt_every": Int(1, _COUNT),
+    "run.keep_last": Int(1, 10**6),
+    "run.val_every": Int(1, _COUNT),
+    "run.val_batches": Int(1, 10**9),
+    "run.image_every": Int(1, _COUNT),
+    "run.seed": Int(0, 2**63 - 1),  # numpy's SeedSequence, which derives every stream's seed, refuses < 0
+    "run.max_bad_steps": Int(1, 10**9),
+    "finetune.freeze_steps": Int(0, _COUNT),
+    "finetune.trunk_lr_factor": Float(0.0, 10.0),
+}
+
+
+def limit_problems(cfg: TrainConfig) -> list[str]:
+    """`key must be <what is allowed>, got <value>` for every value outside LIMITS."""
+    problems = []
+    for key in LIMITS:
+        section, name = key.split(".")
+        problems += _outside(key, getattr(getattr(cfg, section), name))
+    return problems
+
+
+def _outside(key: str, value: Any) -> list[str]:
+    rule = LIMITS.get(key)
+    if rule is None:
+        return []
+    several = isinstance(value, (list, tuple))
+    if all(rule.accepts(v) for v in (value if several else [value])):
+        return []
+    shown = list(value) if several else value
+    return [f"{key} must be {rule.allowed()}{' each' if several else ''}, got {shown!r}"]
+
+
+def _check_limits(section: str, values: dict) -> None:
+    """The table's check on a section's coerced values before its dataclass is built: its own checks
+    may compute with them (2 ** model.num_downsamples), which a huge value would never finish."""
+    problems = [p for key, value in values.items() for p in _outside(f"{section}.{key}", value)]
+    if problems:
+        raise ValueError("; ".join(problems))
+
+
 @dataclass
 class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -173,36 +269,39 @@ class TrainConfig:
             problems.append(f"run.task must be one of {TASKS}, got {self.run.task!r}")
         if self.optim.decay not in DECAYS:
             problems.append(f"optim.decay must be one of {DECAYS}, got {self.optim.decay!r}")
-        for name, value in [
-            ("data.crop_frames", self.data.crop_frames),
-            ("data.batch_size", self.data.batch_size),
-            ("data.val_batch_size", self.data.val_batch_size),
-            ("data.shuffle_buffer", self.data.shuffle_buffer),
-            ("optim.accumulation", self.optim.accumulation),
-            ("run.log_every", self.run.log_every),
-            ("run.ckpt_every", self.run.ckpt_every),
-            ("run.keep_last", self.run.keep_last),
-            ("run.val_every", self.run.val_every),
-            ("run.val_batches", self.run.val_batches),
-            ("run.image_every", self.run.image_every),
-            ("run.max_bad_steps", self.run.max_bad_steps),
-        ]:
-            if value < 1:
-                problems.append(f"{name} must be >= 1, got {value}")
-        if self.data.num_workers < 0 or self.run.steps < 0 or self.optim.warmup_steps < 0:
-            problems.append("data.num_workers, run.steps and optim.warmup_steps must be >= 0")
-        if self.run.seed < 0:  # numpy's SeedSequence, which derives every stream's seed, refuses it
-            problems.append(f"run.seed must be >= 0, got {self.run.seed}")
-        if not self.data.read_timeout > 0:
-            problems.append(f"data.read_timeout must be > 0 seconds, got {self.data.read_timeout}")
+        problems += limit_problems(self)
         if not isinstance(self.data.tracks, list) or not all(isinstance(t, str) and t for t in self.data.tracks):
             problems.append(f"data.tracks must be a list of track ids, got {self.data.tracks!r}")
-        if not 0.0 <= self.data.extra_share <= 1.0:
-            problems.append(f"data.extra_share must be in [0, 1], got {self.data.extra_share}")
-        if not 0.0 <= self.optim.min_lr_ratio <= 1.0:
-            problems.append(f"optim.min_lr_ratio must be in [0, 1], got {self.optim.min_lr_ratio}")
         if problems:
             raise ValueError("; ".join(problems))
+
+    def memory_problems(self, available: int, what: str = "this machine's memory") -> list[str]:
+        """The sizes that multiply into memory, against `available` bytes: a micro-batch's input and
+        the activations the model saves for backward (about a float per channel, bin and frame of
+        each level, a few times over, and one attention matrix), and every loader worker's shuffle
+        buffer of float16 crops.
+        Rough on purpose (`trainer summary` measures the model): it catches the impossible, up front."""
+        m, d = self.model, self.data
+        arrays = 2 if self.run.task == TASK_SEPARATION else 1  # a pair sample: mixture and target
+        crop = d.crop_frames * m.bins * m.audio_channels
+        levels = sum(c * (m.bins >> level) for level, c in enumerate(m.channels)) * d.crop_frames
+        attention = m.num_heads * d.crop_frames**2 * 4  # one block's attention weights, every frame a token
+        batch = d.batch_size * (crop * arrays * 4 + levels * 4 * 8 + attention)
+        buffers = max(1, d.num_workers) * d.shuffle_buffer * crop * arrays * 2
+        problems = []
+        if batch > available:
+            problems.append(
+                f"data.batch_size {d.batch_size} x data.crop_frames {d.crop_frames} x model.bins {m.bins} "
+                f"(x model.channels): at least {batch / 1e9:.3g} GB per micro-batch, more than {what} "
+                f"({available / 1e9:.3g} GB)"
+            )
+        if buffers > available:
+            problems.append(
+                f"data.shuffle_buffer {d.shuffle_buffer} x data.num_workers {d.num_workers} x data.crop_frames "
+                f"{d.crop_frames} x model.bins {m.bins}: at least {buffers / 1e9:.3g} GB of shuffle buffers, "
+                f"more than {what} ({available / 1e9:.3g} GB)"
+            )
+        return problems
 
     def to_dict(self) -> dict:
         out = {"model": self.model.to_dict(), "corrupt": dataclasses.asdict(self.corrupt)}
@@ -221,7 +320,7 @@ class TrainConfig:
             raise ValueError(f"{source}: unknown section(s) {', '.join(unknown)}")
         try:
             sections: dict[str, Any] = {"model": _resolve_model(data.get("model"), source)}
-            sections["corrupt"] = _section(CorruptConfig, data.get("corrupt"), f"{source}: corrupt")
+            sections["corrupt"] = _section(CorruptConfig, data.get("corrupt"), f"{source}: corrupt", "corrupt")
             for name, section_cls in (
                 ("data", DataConfig),
                 ("loss", LossConfig),
@@ -229,14 +328,14 @@ class TrainConfig:
                 ("run", RunConfig),
                 ("finetune", FinetuneConfig),
             ):
-                sections[name] = _section(section_cls, data.get(name), f"{source}: {name}")
+                sections[name] = _section(section_cls, data.get(name), f"{source}: {name}", name)
             return cls(**sections)
         except (TypeError, ValueError) as exc:
             message = str(exc)
             raise ValueError(message if message.startswith(source) else f"{source}: {message}") from exc
 
 
-def _section(cls, values: dict | None, where: str):
+def _section(cls, values: dict | None, where: str, section: str):
     values = values or {}
     if not isinstance(values, dict):
         raise ValueError(f"{where} must be a mapping, got {values!r}")
@@ -245,6 +344,7 @@ def _section(cls, values: dict | None, where: str):
         raise ValueError(f"{where}: unknown key(s) {', '.join(unknown)}")
     defaults = cls()
     coerced = {k: _coerce(getattr(defaults, k), v, f"{where}.{k}") for k, v in values.items()}
+    _check_limits(section, coerced)
     return cls(**coerced)
 
 
@@ -293,6 +393,7 @@ def _resolve_model(spec: str | dict | None, source: str) -> ModelConfig:
     # typed like the training sections, so that a wrong value names its key (unknown keys: from_dict)
     defaults = ModelConfig()
     spec = {k: _coerce(getattr(defaults, k), v, f"model.{k}") if hasattr(defaults, k) else v for k, v in spec.items()}
+    _check_limits("model", spec)
     return ModelConfig.from_dict({**base, **spec})
 
 

@@ -95,7 +95,7 @@ def spectrogram_grid(
 class RunLog:
     """TensorBoard + metrics.jsonl for rank 0, the run directory's one writer while it is open."""
 
-    def __init__(self, run_dir: str | os.PathLike, start_step: int = 0):
+    def __init__(self, run_dir: str | os.PathLike, start_step: int = 0, command: str = "trainer pretrain"):
         from torch.utils.tensorboard import SummaryWriter
 
         self.run_dir = Path(run_dir)
@@ -106,7 +106,7 @@ class RunLog:
             exclusive(
                 self.run_dir / LOCK_FILE,
                 per_process=True,
-                busy_message=f"{self.run_dir}: another trainer pretrain is writing this run (it holds "
+                busy_message=f"{self.run_dir}: another {command} is writing this run (it holds "
                 f"{self.run_dir / LOCK_FILE}); wait for it to finish or stop it first",
             )
         )

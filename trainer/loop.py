@@ -40,7 +40,7 @@ from trainer.checkpoint import (
     save_checkpoint,
     step_dir_name,
 )
-from trainer.config import OptimConfig, TrainConfig, load_config, save_config
+from trainer.config import TASK_SEPARATION, OptimConfig, TrainConfig, load_config, save_config
 from trainer.device import derive_seed, pick_device
 from trainer.logs import NullLog, RunLog
 
@@ -117,12 +117,37 @@ def resolve_run(
     return load_config(base=read_checkpoint_config(checkpoint), overrides=overrides), checkpoint
 
 
-def default_val_shards(shards: str) -> str | None:
-    """A local shard directory with a val index validates on it; other sources need --val-shards."""
+def check_memory(cfg: TrainConfig, dev: torch.device) -> None:
+    """ValueError before the model is built or the run folder made, when the config's sizes cannot
+    fit: the GPU's memory on CUDA, the machine's otherwise (the shuffle buffers are always in RAM)."""
+    from pipeline.cli_types import machine_memory
+
+    ram = machine_memory()
+    problems = cfg.memory_problems(ram)
+    if dev.type == "cuda":
+        gpu = torch.cuda.get_device_properties(dev).total_memory
+        problems = [p for p in problems if "micro-batch" not in p] + [
+            p for p in cfg.memory_problems(gpu, f"the memory of {dev}") if "micro-batch" in p
+        ]
+    if problems:
+        raise ValueError("; ".join(problems))
+
+
+def default_val_shards(shards: str, say_so: bool = True) -> str | None:
+    """A local shard directory with a val index validates on it; other sources need --val-shards.
+    Without either, the user is told (`say_so`) that this run will not validate."""
     from pipeline.format import index_name
 
     path = Path(shards)
-    return shards if path.is_dir() and (path / index_name("val")).is_file() else None
+    if path.is_dir() and (path / index_name("val")).is_file():
+        return shards
+    if say_so:
+        print(
+            f"note: no validation: {shards} has no val split ({index_name('val')}); give --val-shards "
+            "to validate and choose the best checkpoint",
+            file=sys.stderr,
+        )
+    return None
 
 
 def pretrain(
@@ -135,12 +160,13 @@ def pretrain(
 ) -> dict:
     """Train the task of `cfg.run.task` until cfg.run.steps; returns the final training metrics
     (rank 0) or {} (other ranks)."""
-    from trainer.data import eval_loader, resolve_shards, train_loader
+    from trainer.data import eval_loader, shard_bins, train_loader
     from trainer.tasks import make_task
 
-    resolve_shards(shards, "train")  # fail now, not after the model is built or at the first validation
-    if val_shards:
-        resolve_shards(val_shards, "val")
+    # fail now, not after the run folder is made, the model built or at the first validation
+    indexed_bins = [
+        (source, shard_bins(source, split)) for source, split in ((shards, "train"), (val_shards, "val")) if source
+    ]
     task = make_task(cfg, shards)
     run_dir = Path(run_dir)
     ckpt_dir = run_dir / "checkpoints"
@@ -157,6 +183,13 @@ def pretrain(
         dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
     rank, world = (dist.get_rank(), dist.get_world_size()) if ddp else (0, 1)
     is_main = rank == 0
+    check_memory(cfg, dev)
+    for source, bins in indexed_bins:
+        if bins is not None and bins != cfg.model.bins:
+            raise ValueError(
+                f"{source}: its index declares {bins} frequency bins but model.bins is {cfg.model.bins} "
+                "(for shards of another n_fft: --set model.bins=...)"
+            )
 
     # --- model, optimiser, schedule, state ------------------------------------------------
     torch.manual_seed(derive_seed(cfg.run.seed, 0, 0, 0))  # identical initial weights on every rank
@@ -176,7 +209,8 @@ def pretrain(
     if ddp:
         model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None)
 
-    log = RunLog(run_dir, start_step) if is_main else NullLog()
+    command = "trainer finetune" if task.name == TASK_SEPARATION else "trainer pretrain"
+    log = RunLog(run_dir, start_step, command) if is_main else NullLog()
     if is_main:
         save_config(cfg, run_dir / "config.yaml")
         n_params = sum(p.numel() for p in raw_model.parameters())

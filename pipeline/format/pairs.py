@@ -28,7 +28,8 @@ class PairRecord:
     (a positive offset: the instrumental starts later in its file). The shard stage and the
     evaluation read the partner from `offset_seconds` on (zeros before its start), cut to the
     mixture's length. `id` is derived from both contents, the target kind and the offset, so any
-    change to either file or to the alignment is a new pair.
+    change to either file or to the alignment is a new pair; a byte-identical copy of a pair has
+    the same id and is marked `duplicate_of`.
     """
 
     id: str
@@ -50,6 +51,10 @@ class PairRecord:
     correlation: float  # normalised cross-correlation at the offset (1 = identical up to scale)
     album_key: str
     split: str  # "train" or "val": a whole album (or song, when untagged) goes to one split
+    # The id of the canonical pair when this pair's mixture is content-identical to another pair's
+    # (a copied song folder): such a pair takes the canonical's split and album and is never
+    # sharded or scored, so one song can neither be counted twice nor sit in both splits.
+    duplicate_of: str | None = None
 
     # The shard planner reads records by these names (as it reads TrackRecords).
     @property
@@ -63,10 +68,6 @@ class PairRecord:
     @property
     def mtime(self) -> float:
         return self.mixture_mtime
-
-    @property
-    def duplicate_of(self) -> None:
-        return None
 
 
 def read_pairs(manifests_dir: str | os.PathLike) -> list[PairRecord]:

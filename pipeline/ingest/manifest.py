@@ -29,7 +29,7 @@ from pathlib import Path
 from pipeline import format as fmt
 from pipeline.durable import write_and_rename, write_text
 from pipeline.format import FailureRecord, TrackRecord
-from pipeline.ingest.probe import ProbeResult
+from pipeline.ingest.probe import PROBER_VERSION, ProbeResult, decided_by_older_prober
 
 JOURNAL_FILE = ".ingest-journal.jsonl"
 STATE_FILE = ".ingest-state.json"
@@ -57,6 +57,7 @@ def failure_outcome(path: str, size: int, mtime: float, reason: str, vanished: b
     """`vanished`: the file was gone when probed (an unplugged drive); never reused, so a rerun after
     it is back probes it again."""
     outcome = {"path": path, "size": size, "mtime": mtime, "kind": "failure", "reason": reason}
+    outcome["prober"] = PROBER_VERSION
     return {**outcome, "vanished": True} if vanished else outcome
 
 
@@ -86,6 +87,7 @@ class _TrackOutcome(_Outcome):
 class _FailureOutcome(_Outcome):
     reason: str
     vanished: bool = False
+    prober: int = 1  # PROBER_VERSION of the prober that decided it (1: before the field)
 
 
 PROBE_OUTCOMES = {"track": _TrackOutcome, "failure": _FailureOutcome, "ignored": _Outcome}
@@ -140,6 +142,7 @@ class ProbeJournal:
             and outcome["size"] == size
             and outcome["mtime"] == mtime
             and not outcome.get("vanished")
+            and not decided_by_older_prober(outcome)
         ):
             return outcome
         return None

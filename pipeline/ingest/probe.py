@@ -258,13 +258,31 @@ def read_head_and_fingerprint(path: str) -> tuple[bytes, int, str]:
 
 SEEK_FAILED = "Could not read packets in interval"  # ffprobe, when a container cannot seek there
 
+# Failures an older prober recorded that this one decides by decoding (an MP3 after more junk than
+# the sniffed block, a file too short to seek in): a re-run probes those files again, once.
+PROBER_VERSION = 2
+RETRIED_REASONS = ("not audio: content is not a known audio format", SEEK_FAILED)
+
+
+def decided_by_older_prober(outcome: dict) -> bool:
+    """Whether a journaled failure may be a track to this prober (see RETRIED_REASONS)."""
+    return (
+        outcome.get("kind") == "failure"
+        and outcome.get("prober", 1) < PROBER_VERSION
+        and any(reason in outcome.get("reason", "") for reason in RETRIED_REASONS)
+    )
+
+
+ALL_PACKETS = ""  # run_ffprobe(read_from=ALL_PACKETS): every packet, no seek
+
 
 def run_ffprobe(path: str, read_from: str | None = "99999999") -> dict:
     """ffprobe's JSON for the first audio stream, plus the packets found by seeking to `read_from`
     seconds (by default past the end, which lands on the last packets): where the audio data really
     ends, which exposes truncated files whose header still promises the full duration. One process
-    per file does both. `read_from=None`: no packets, only format and stream."""
-    intervals = ["-read_intervals", f"{read_from}%"] if read_from is not None else []
+    per file does both. `read_from=None`: no packets, only format and stream; ALL_PACKETS: every
+    packet without seeking (for files too short to seek in)."""
+    intervals = ["-read_intervals", f"{read_from}%"] if read_from else []
     entries = "format:stream" + (":packet=pts_time,duration_time" if read_from is not None else "")
     args = [
         "ffprobe",
@@ -356,9 +374,15 @@ def interpret(
     if not ends and codec.startswith("pcm_"):
         ends = [duration]  # PCM durations are computed from the data actually present
     if not ends and path is not None:
-        return interpret(
-            run_ffprobe(path, read_from=f"{max(0.0, duration - 2.0):.3f}"), length_declared=length_declared
-        )
+        try:
+            again = run_ffprobe(path, read_from=f"{max(0.0, duration - 2.0):.3f}")
+        except ProbeError as exc:
+            if SEEK_FAILED not in str(exc):
+                raise
+            # A file shorter than one seek point (a 0.1 s FLAC without a seek table) cannot be
+            # sought at all: its packets are few, so read them all.
+            again = run_ffprobe(path, read_from=ALL_PACKETS)
+        return interpret(again, length_declared=length_declared)
     if not ends:
         raise ProbeError("no audio packets can be read")
     start = _number(stream.get("start_time")) or 0.0
@@ -385,7 +409,7 @@ def probe_file(path: str, by_extension: bool = True) -> ProbeResult | None:
         if not by_extension:
             return None
         if find_frame_chain(head) is None:
-            raise ProbeError(f"not audio: {describe_content(head[:64])}")
+            return _probe_by_decoding(path, fingerprint, f"not audio: {describe_content(head[:64])}")
     reason = truncation(path, head, size)
     if reason is not None:
         raise ProbeError(reason)
@@ -399,3 +423,39 @@ def probe_file(path: str, by_extension: bool = True) -> ProbeResult | None:
         info = run_ffprobe(path, read_from=None)
     duration, sample_rate, channels, codec, tags = interpret(info, path, mp3_declares_length(head))
     return ProbeResult(fingerprint, duration, sample_rate, channels, codec, tags)
+
+
+def _probe_by_decoding(path: str, fingerprint: str, not_audio: str) -> ProbeResult:
+    """A file named as audio whose first block shows no known format: audio if ffmpeg decodes it.
+
+    An MP3 can start after any amount of junk (a broken tag, a copied header, zero padding longer
+    than the sniffed block); ffmpeg skips it. ffprobe's duration would count the junk as audio at the
+    first frame's bitrate, so the duration is that of the decoded samples. Text is refused without
+    running ffmpeg; anything ffprobe or ffmpeg cannot turn into samples is `not_audio`."""
+    from pipeline import format as fmt
+    from pipeline.audio.decode import DecodeError, decode_chunks
+
+    if "text" in not_audio or "empty" in not_audio:
+        raise ProbeError(not_audio)
+    try:
+        stream = interpret_stream(run_ffprobe(path, read_from=None))
+        samples = sum(len(chunk) for chunk in decode_chunks(path, allow_libsndfile=False))
+    except (ProbeError, DecodeError) as exc:
+        raise ProbeError(not_audio) from exc
+    if not samples:
+        raise ProbeError(not_audio)
+    sample_rate, channels, codec, tags = stream
+    return ProbeResult(fingerprint, round(samples / fmt.SAMPLE_RATE, 6), sample_rate, channels, codec, tags)
+
+
+def interpret_stream(info: dict) -> tuple[int, int, str, dict[str, str]]:
+    """(sample_rate, channels, codec, tags) of ffprobe's first audio stream; ProbeError when there is none."""
+    streams = info.get("streams") or []
+    if not streams:
+        raise ProbeError("no audio stream")
+    stream = streams[0]
+    sample_rate, channels = _number(stream.get("sample_rate"), int), _number(stream.get("channels"), int)
+    codec = stream.get("codec_name") or ""
+    if not sample_rate or not channels or not codec:
+        raise ProbeError(f"incomplete audio stream (codec={codec!r}, rate={sample_rate}, channels={channels})")
+    return sample_rate, channels, codec, _tags(info, stream)

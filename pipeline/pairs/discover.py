@@ -45,21 +45,34 @@ def _is_audio_name(name: str) -> bool:
     return bool(dot and stem and ext.lower() in AUDIO_EXTENSIONS and not name.startswith("."))
 
 
-def _walk(root: Path):
-    """(folder, sorted file names) for every folder under root, each real folder once (symlink loops end)."""
+def _walk(root: Path, outside: tuple[Path, ...] = ()):
+    """(folder, sorted file names) for every folder under root, each real folder once: first the
+    real tree, then what directory symlinks add (so a song is named by its real folder, not by a
+    link to it, and symlink loops end); folders whose real path is one of `outside` (the other
+    role's folder nested in this one) are not entered."""
     seen: set[tuple[int, int]] = set()
-    for folder, dirs, files in os.walk(root, followlinks=True):
-        try:
-            st = os.stat(folder)
-        except OSError:
-            dirs[:] = []
-            continue
-        if (st.st_dev, st.st_ino) in seen:
-            dirs[:] = []
-            continue
-        seen.add((st.st_dev, st.st_ino))
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        yield Path(folder), sorted(files)
+    excluded = {os.path.realpath(p) for p in outside}
+    links: list[str] = []
+
+    def visit(top, follow: bool):
+        for folder, dirs, files in os.walk(top, followlinks=follow):
+            try:
+                st = os.stat(folder)
+            except OSError:
+                dirs[:] = []
+                continue
+            if (st.st_dev, st.st_ino) in seen or os.path.realpath(folder) in excluded:
+                dirs[:] = []
+                continue
+            seen.add((st.st_dev, st.st_ino))
+            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+            if not follow:
+                links.extend(os.path.join(folder, d) for d in dirs if os.path.islink(os.path.join(folder, d)))
+            yield Path(folder), sorted(files)
+
+    yield from visit(root, False)
+    for link in links:
+        yield from visit(link, True)
 
 
 def _by_stem(files: list[str]) -> dict[str, list[str]]:
@@ -124,38 +137,48 @@ def discover_stems(root: str) -> tuple[list[Candidate], list[fmt.FailureRecord]]
     return candidates, failures
 
 
-def _relative_stems(root: Path) -> tuple[dict[str, str], list[fmt.FailureRecord]]:
-    """{relative path without extension (casefolded): absolute path} of the audio files under root."""
+def _relative_stems(root: Path, outside: Path) -> tuple[dict[str, str], set[str], list[fmt.FailureRecord]]:
+    """({relative path without extension (casefolded): absolute path} of the audio files under root,
+    the keys held by several files, their failures); `outside` (nested in root) is not entered."""
     found: dict[str, list[str]] = defaultdict(list)
-    for folder, files in _walk(root):
+    for folder, files in _walk(root, (outside,)):
         for name in files:
             if _is_audio_name(name):
                 relative = (folder / name).relative_to(root)
                 found[str(relative.with_suffix("")).casefold()].append(str(folder / name))
-    unique, failures = {}, []
+    unique, ambiguous, failures = {}, set(), []
     for key, paths in found.items():
         if len(paths) > 1:
+            ambiguous.add(key)
+            names = ", ".join(Path(p).name for p in paths)
             for path in paths:
-                failures.append(fmt.FailureRecord(path, fmt.STAGE_PAIR, f"ambiguous: {len(paths)} files named {key}.*"))
+                failures.append(fmt.FailureRecord(path, fmt.STAGE_PAIR, f"ambiguous: {len(paths)} files ({names})"))
         else:
             unique[key] = paths[0]
-    return unique, failures
+    return unique, ambiguous, failures
 
 
 def discover_parallel(mixtures: str, targets: str) -> tuple[list[Candidate], list[fmt.FailureRecord]]:
     """Files of `mixtures` matched with the files of `targets` by relative path without extension."""
     mix_root, target_root = Path(os.path.abspath(mixtures)), Path(os.path.abspath(targets))
-    mix_files, failures = _relative_stems(mix_root)
-    target_files, target_failures = _relative_stems(target_root)
+    if os.path.realpath(mix_root) == os.path.realpath(target_root):
+        raise ValueError(
+            f"--mixtures and --targets are the same folder ({mixtures}): every file would pair with itself"
+        )
+    mix_files, mix_ambiguous, failures = _relative_stems(mix_root, target_root)
+    target_files, target_ambiguous, target_failures = _relative_stems(target_root, mix_root)
     failures += target_failures
     candidates = []
     for key in sorted(mix_files):
         mixture = mix_files[key]
         target = target_files.get(key)
         if target is None:
-            failures.append(
-                fmt.FailureRecord(mixture, fmt.STAGE_PAIR, f"no partner: no file named {key}.* in {targets}")
+            reason = (
+                f"no partner: its instrumental is ambiguous (several files named {key}.* in {targets})"
+                if key in target_ambiguous
+                else f"no partner: no file named {key}.* in {targets}"
             )
+            failures.append(fmt.FailureRecord(mixture, fmt.STAGE_PAIR, reason))
             continue
         parent = str(Path(mixture).relative_to(mix_root).parent)
         candidates.append(
@@ -170,9 +193,12 @@ def discover_parallel(mixtures: str, targets: str) -> tuple[list[Candidate], lis
             )
         )
     for key in sorted(set(target_files) - set(mix_files)):
-        failures.append(
-            fmt.FailureRecord(target_files[key], fmt.STAGE_PAIR, f"no partner: no file named {key}.* in {mixtures}")
+        reason = (
+            f"no partner: its mixture is ambiguous (several files named {key}.* in {mixtures})"
+            if key in mix_ambiguous
+            else f"no partner: no file named {key}.* in {mixtures}"
         )
+        failures.append(fmt.FailureRecord(target_files[key], fmt.STAGE_PAIR, reason))
     return candidates, failures
 
 

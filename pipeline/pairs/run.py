@@ -27,10 +27,14 @@ from pipeline.pairs.align import (
     DEFAULT_MAX_LENGTH_DIFFERENCE,
     DEFAULT_MAX_OFFSET,
     DEFAULT_MIN_CORRELATION,
+    DEFAULT_MIN_PEAK_MARGIN,
     AlignmentError,
-    estimate_offset,
+    align,
+    degenerate_target,
+    target_energies,
 )
 from pipeline.pairs.discover import Candidate, discover_parallel, discover_stems
+from pipeline.pairs.same import mark_duplicates, once_each, outermost_roots, previous_canonical
 
 JOURNAL_FILE = ".pairs-journal.jsonl"
 
@@ -41,13 +45,15 @@ class PairOptions:
     min_correlation: float = DEFAULT_MIN_CORRELATION
     max_length_difference: float = DEFAULT_MAX_LENGTH_DIFFERENCE
     val_fraction: float = 0.1
+    min_peak_margin: float = DEFAULT_MIN_PEAK_MARGIN
 
     def __post_init__(self):
         checks = [
             ("max_offset", self.max_offset, 0.0, 60.0),
             ("min_correlation", self.min_correlation, 0.0, 1.0),
-            ("max_length_difference", self.max_length_difference, 0.0, float("inf")),
+            ("max_length_difference", self.max_length_difference, 0.0, 3600.0),
             ("val_fraction", self.val_fraction, 0.0, 1.0),
+            ("min_peak_margin", self.min_peak_margin, 0.0, 1.0),
         ]
         for name, value, low, high in checks:
             if not low <= value <= high:  # NaN fails too
@@ -59,6 +65,7 @@ class PairsSummary:
     candidates: int = 0
     pairs: int = 0
     failures: int = 0
+    duplicates: int = 0  # pairs whose mixture is another pair's (marked duplicate_of)
     checked: int = 0  # candidates probed and aligned this time
     reused: int = 0  # outcomes taken from the journal
     seconds: float = 0.0
@@ -68,7 +75,8 @@ class PairsSummary:
         splits = ", ".join(f"{split} {count}" for split, count in sorted(self.splits.items()))
         return (
             f"pairs: {self.candidates} candidates: {self.pairs} pairs ({splits or 'none'}), "
-            f"{self.failures} failures; checked {self.checked}, reused {self.reused}; {self.seconds:.1f} s"
+            f"{self.duplicates} duplicates, {self.failures} failures; "
+            f"checked {self.checked}, reused {self.reused}; {self.seconds:.1f} s"
         )
 
 
@@ -102,7 +110,7 @@ PAIR_OUTCOMES = {"pair": _PairOutcome, "failure": _FailureOutcome}  # what a jou
 
 
 def _journal_key(candidate: Candidate, options: PairOptions) -> str:
-    alignment = [options.max_offset, options.min_correlation, options.max_length_difference]
+    alignment = [options.max_offset, options.min_correlation, options.max_length_difference, options.min_peak_margin]
     return json.dumps([candidate.mixture, candidate.target, candidate.target_kind, alignment], ensure_ascii=False)
 
 
@@ -145,25 +153,35 @@ def _check(candidate: Candidate, options: PairOptions) -> dict:
             raise _Failed(path, f"{role} {path}: not audio")
         probes[role] = result
     mixture, target = probes["mixture"], probes["target"]
+    if mixture.fingerprint == target.fingerprint:
+        raise _Failed(
+            candidate.target, f"{candidate.target}: is the mixture itself ({candidate.mixture}, same content)"
+        )
+    partner = "instrumental" if candidate.target_kind == fmt.TARGET_INSTRUMENTAL else "vocals stem"
     try:
-        offset, correlation = estimate_offset(candidate.mixture, candidate.target, options.max_offset)
+        found = align(candidate.mixture, candidate.target, options.max_offset)
+        problem = found.problem(options.min_correlation, options.min_peak_margin, options.max_offset)
+        if problem is not None:
+            hint = "" if problem.startswith("polarity") else f": the wrong {partner}?"
+            raise _Failed(candidate.target, f"{candidate.target}: {problem} against {candidate.mixture}{hint}")
+        offset, correlation = found.offset, found.correlation
+        difference = target.duration - offset - mixture.duration
+        if abs(difference) > options.max_length_difference:
+            raise _Failed(
+                candidate.target,
+                f"{candidate.target}: {target.duration:.2f} s against the mixture's {mixture.duration:.2f} s "
+                f"(offset {offset * 1000:+.1f} ms): lengths differ by {difference:+.2f} s, more than "
+                f"{options.max_length_difference:g} s",
+            )
+        offset = round(offset * fmt.SAMPLE_RATE) / fmt.SAMPLE_RATE
+        degenerate = degenerate_target(
+            *target_energies(candidate.mixture, candidate.target, offset, candidate.target_kind),
+            candidate.target_kind,
+        )
     except DecodeError as exc:
         raise _Failed(exc.path, str(exc)) from exc
-    partner = "instrumental" if candidate.target_kind == fmt.TARGET_INSTRUMENTAL else "vocals stem"
-    if correlation < options.min_correlation:
-        raise _Failed(
-            candidate.target,
-            f"{candidate.target}: does not match {candidate.mixture} (correlation {correlation:.3f} < "
-            f"{options.min_correlation:g} within +-{options.max_offset:g} s): the wrong {partner}?",
-        )
-    difference = target.duration - offset - mixture.duration
-    if abs(difference) > options.max_length_difference:
-        raise _Failed(
-            candidate.target,
-            f"{candidate.target}: {target.duration:.2f} s against the mixture's {mixture.duration:.2f} s "
-            f"(offset {offset * 1000:+.1f} ms): lengths differ by {difference:+.2f} s, more than "
-            f"{options.max_length_difference:g} s",
-        )
+    if degenerate is not None:
+        raise _Failed(candidate.target, f"{candidate.target}: {degenerate} ({candidate.mixture})")
     tags = mixture.tags
     if tags.get("album"):
         album_key = album_key_of(tags.get("album_artist") or tags.get("artist", ""), tags["album"])
@@ -201,6 +219,7 @@ def build_pairs(
     for root in roots:
         if not os.path.isdir(root):
             raise ValueError(f"{root}: no such directory")
+    for root in outermost_roots(roots):
         found, failed = discover_stems(root)
         candidates += found
         failures += failed
@@ -213,6 +232,7 @@ def build_pairs(
         found, failed = discover_parallel(mixtures, targets)
         candidates += found
         failures += failed
+    candidates = once_each(candidates)
     summary = PairsSummary(candidates=len(candidates))
     manifests_dir.mkdir(parents=True, exist_ok=True)
     busy = f"{manifests_dir}: another `pipeline ingest` or `pipeline pairs` is writing here"
@@ -231,10 +251,16 @@ def build_pairs(
                 failures.append(fmt.FailureRecord(outcome["failed"], fmt.STAGE_PAIR, outcome["reason"]))
             else:
                 records.append(_record(candidate, outcome))
-        splits = assign_splits((r.album_key for r in records), options.val_fraction)
+        mark_duplicates(records, previous_canonical(manifests_dir))
+        canonical = {r.id: r for r in records if r.duplicate_of is None}
+        splits = assign_splits((r.album_key for r in canonical.values()), options.val_fraction)
         for record in records:
-            record.split = splits[record.album_key]
-            summary.splits[record.split] = summary.splits.get(record.split, 0) + 1
+            record.split = splits[canonical[record.duplicate_of or record.id].album_key]
+            if record.duplicate_of is not None:
+                record.album_key = canonical[record.duplicate_of].album_key
+                summary.duplicates += 1
+            else:
+                summary.splits[record.split] = summary.splits.get(record.split, 0) + 1
         records.sort(key=lambda r: (r.mixture_path, r.target_path))
         failures.sort(key=lambda f: (f.path, f.reason))
         fmt.write_jsonl(manifests_dir / fmt.PAIRS_FILE, records)
@@ -242,7 +268,7 @@ def build_pairs(
         recorded = {r.mixture_path for r in records} | {r.target_path for r in records}
         later = [f for f in _previous_failures(manifests_dir) if f.stage != fmt.STAGE_PAIR and f.path in recorded]
         fmt.write_jsonl(manifests_dir / fmt.PAIR_FAILURES_FILE, failures + later)
-    summary.pairs, summary.failures = len(records), len(failures)
+    summary.pairs, summary.failures = len(records) - summary.duplicates, len(failures)
     summary.seconds = time.perf_counter() - started
     return summary
 
@@ -329,4 +355,10 @@ def _record(candidate: Candidate, outcome: dict) -> fmt.PairRecord:
     )
 
 
-__all__ = ["build_pairs", "check_candidate", "PairOptions", "PairsSummary", "JOURNAL_FILE"]
+__all__ = [
+    "build_pairs",
+    "check_candidate",
+    "PairOptions",
+    "PairsSummary",
+    "JOURNAL_FILE",
+]

@@ -54,6 +54,12 @@ class ShardSummary:
     seconds: float = 0.0
     wall_seconds: float = 0.0
     splits: dict[str, int] = field(default_factory=dict)  # split -> shard count
+    split_samples: dict[str, int] = field(default_factory=dict)  # split -> samples in its shards
+    empty_shards: int = 0  # shards that hold no sample (every track of theirs failed)
+
+    def empty_splits(self) -> list[str]:
+        """Splits whose shards hold no sample at all: nothing to train or validate on."""
+        return [split for split, samples in self.split_samples.items() if samples == 0]
 
 
 def run_shard(
@@ -119,6 +125,8 @@ def run_shard(
         summary.failures += len(result.failures)
         summary.seconds += result.seconds
         summary.splits[unit.split] = summary.splits.get(unit.split, 0) + 1
+        summary.split_samples[unit.split] = summary.split_samples.get(unit.split, 0) + result.nsamples
+        summary.empty_shards += result.nsamples == 0
     return summary
 
 

@@ -247,6 +247,16 @@ def file_changed(path: str, size: int, mtime: float) -> str | None:
     return None
 
 
+def pair_changed(pair: fmt.PairRecord) -> str | None:
+    """`PATH: changed since it was paired: ... (how)` for the first of the pair's files that no
+    longer matches its record, or None: what every reader of a pair says before using it."""
+    for path, size, mtime in recorded_files(pair):
+        difference = file_changed(path, size, mtime)
+        if difference is not None:
+            return f"{path}: {CHANGED_PAIR_REASON} ({difference})"
+    return None
+
+
 def _check_unchanged(track: fmt.TrackRecord | fmt.PairRecord) -> None:
     reason = CHANGED_PAIR_REASON if isinstance(track, fmt.PairRecord) else CHANGED_REASON
     for path, size, mtime in recorded_files(track):
@@ -314,6 +324,7 @@ __all__ = [
     "state_path",
     "file_changed",
     "recorded_files",
+    "pair_changed",
     "CHANGED_REASON",
     "CHANGED_PAIR_REASON",
     "STATE_DIR",

@@ -102,7 +102,7 @@ def run_ablation(
     out = Path(out)
     if downstream is not None:
         check_downstream(downstream, shards, [v.slug for v in variants])
-    val = val_shards or default_val_shards(shards) or shards
+    val = val_shards or default_val_shards(shards, say_so=False) or shards
     rows, finetunes = [], []
     for variant in variants:
         run_dir = out / variant.slug

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from trainer.cli.options import one_line
+from trainer.cli.types import Int
 
 
 @click.command("export")
@@ -27,7 +28,7 @@ from trainer.cli.options import one_line
     type=click.Path(exists=True, file_okay=False),
     help="A pairs manifests folder: put evaluate-separation's table (val split, with floor and oracle) in the card.",
 )
-@click.option("--tracks", type=click.IntRange(min=1), default=None, help="With --evaluate: the first N val songs.")
+@click.option("--tracks", type=Int(1, 10**6), default=None, help="With --evaluate: the first N val songs.")
 @click.option("--bsseval/--no-bsseval", default=False, show_default=True, help="With --evaluate: also BSSEval v4.")
 def export(source, out_dir, half, name, data_dirs, eval_manifests, tracks, bsseval):
     """Write a run, checkpoint or exported folder as a folder to share (the Hugging Face Hub layout).

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import click
 
+from trainer.cli.types import DEVICE, MAX_WORKERS, Float, Int
+
 SHARDS_HELP = "a shard directory (its {split}.json), an index JSON, a brace pattern, or http(s):// URLs"
 
 
@@ -36,16 +38,12 @@ def training_options(run_default: str, set_example: str):
             type=click.Path(file_okay=False),
             help=f"Run directory (default {run_default}). An existing run continues from its last checkpoint.",
         ),
-        click.option("--steps", type=click.IntRange(min=1), default=None, help="Total optimiser steps (run.steps)."),
-        click.option(
-            "--batch-size", type=click.IntRange(min=1), default=None, help="Per-rank micro-batch (data.batch_size)."
-        ),
-        click.option(
-            "--workers", type=click.IntRange(min=0), default=None, help="Loader workers per rank (data.num_workers)."
-        ),
+        click.option("--steps", type=Int(1), default=None, help="Total optimiser steps (run.steps)."),
+        click.option("--batch-size", type=Int(1), default=None, help="Per-rank micro-batch (data.batch_size)."),
+        click.option("--workers", type=Int(0), default=None, help="Loader workers per rank (data.num_workers)."),
         click.option("--resume", is_flag=True, help="Require a checkpoint in --run to continue from."),
         click.option("--compile", "use_compile", is_flag=True, help="torch.compile the model (run.compile)."),
-        click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N."),
+        click.option("--device", type=DEVICE, default="auto", show_default=True, help="auto, cpu, cuda or cuda:N."),
         click.option(
             "--set",
             "overrides",
@@ -84,26 +82,28 @@ def training_settings(preset, config_file, run_dir, steps, batch_size, workers, 
 def inference_options(command):
     """The knobs `separate` and `evaluate-separation` share: where and how the model runs."""
     options = [
-        click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps."),
+        click.option(
+            "--device", type=DEVICE, default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps."
+        ),
         click.option(
             "--batch-size",
-            type=click.IntRange(min=1),
+            type=Int(1, 2**16),
             default=None,
             help="Windows per model call [default: 2 on CPU, 16 on GPU].",
         ),
         click.option(
-            "--threads", type=click.IntRange(min=1), default=None, help="CPU threads for the model [default: torch's]."
+            "--threads", type=Int(1, MAX_WORKERS), default=None, help="CPU threads for the model [default: torch's]."
         ),
         click.option(
             "--window",
             "window_frames",
-            type=click.IntRange(min=2),
+            type=Int(2, 2**20),
             default=None,
             help="STFT frames per window [default: the run's crop].",
         ),
         click.option(
             "--overlap",
-            type=click.FloatRange(0.0, 1.0, max_open=True),
+            type=Float(0.0, 1.0, high_open=True),
             default=None,
             help="Cross-faded share of a window [default: 0.25].",
         ),

@@ -8,6 +8,7 @@ from __future__ import annotations
 import click
 
 from trainer.cli.options import SHARDS_HELP, one_line, training_options, training_settings
+from trainer.cli.types import DEVICE, MAX_COUNT, Int
 
 
 @click.command()
@@ -56,10 +57,10 @@ def pretrain(
     help="A step-NNNNNNN directory, a last/best file, or a run directory (its last checkpoint).",
 )
 @click.option("--shards", required=True, help=f"Evaluation shards: {SHARDS_HELP}.")
-@click.option("--batches", type=click.IntRange(min=1), default=16, show_default=True, help="Batches to score.")
+@click.option("--batches", type=Int(1, 10**6), default=16, show_default=True, help="Batches to score.")
 @click.option("--split", default="val", show_default=True, help="Index used when --shards is a directory.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Default: the run's data.val_batch_size.")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--batch-size", type=Int(1, 2**16), default=None, help="Default: the run's data.val_batch_size.")
+@click.option("--device", type=DEVICE, default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 def evaluate(checkpoint, shards, batches, split, batch_size, device):
     """Score a checkpoint on the yardstick (16-frame tokens, 15%): L1, LSD and per-band L1 vs copy-nearest
     and interpolation, and the pair task's accuracy vs chance."""
@@ -82,9 +83,9 @@ def evaluate(checkpoint, shards, batches, split, batch_size, device):
     help="YAML list of {name, preset, set: [...]} rows. Default: trainer/ablations/objectives.yaml.",
 )
 @click.option("--out", type=click.Path(file_okay=False), default="runs/ablate", show_default=True)
-@click.option("--steps", type=click.IntRange(min=1), required=True, help="Training steps of every row.")
-@click.option("--batches", type=click.IntRange(min=1), default=16, show_default=True, help="Val batches to score.")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--steps", type=Int(1, MAX_COUNT), required=True, help="Training steps of every row.")
+@click.option("--batches", type=Int(1, 10**6), default=16, show_default=True, help="Val batches to score.")
+@click.option("--device", type=DEVICE, default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option(
     "--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE", help="Applied to every row and fine-tune."
 )
@@ -98,11 +99,11 @@ def evaluate(checkpoint, shards, batches, split, batch_size, device):
     "--pairs-manifests", default=None, help="With --pairs: the folder holding pairs.jsonl (whole val tracks)."
 )
 @click.option(
-    "--finetune-steps", type=click.IntRange(min=1), default=None, help="With --pairs: fine-tune steps of every row."
+    "--finetune-steps", type=Int(1, MAX_COUNT), default=None, help="With --pairs: fine-tune steps of every row."
 )
 @click.option(
     "--tracks",
-    type=click.IntRange(min=1),
+    type=Int(1, 10**6),
     default=None,
     help="With --pairs: score the first N val tracks [default: all].",
 )
@@ -154,7 +155,7 @@ def ablate(
 @click.option("--preset", default="tiny", show_default=True, help="Model preset (trainer/model/presets/NAME.yaml).")
 @click.option(
     "--frames",
-    type=click.IntRange(min=1),
+    type=Int(1, 2**20),
     default=1024,
     show_default=True,
     help="Crop length T (frames) the FLOPs and activations are measured for.",
@@ -192,7 +193,7 @@ def summary(preset, frames, position):
 )
 @click.option("--split", default="val", show_default=True, help="Split to read when --shards is a directory.")
 @click.option("--out", type=click.Path(dir_okay=False), default="preview-corruptions.png", show_default=True)
-@click.option("--n", "count", type=click.IntRange(1, 16), default=2, show_default=True, help="Samples to show.")
+@click.option("--n", "count", type=Int(1, 16), default=2, show_default=True, help="Samples to show.")
 def preview(shards: str, checkpoint: str | None, preset: str, split: str, out: str, count: int) -> None:
     """Clean / corrupted (masked tokens, NSP join, separator) / reconstruction spectrograms as a PNG."""
     from trainer.pretrain.preview import load_preview_batch, render

@@ -15,6 +15,7 @@ from trainer.cli.options import (
     training_options,
     training_settings,
 )
+from trainer.cli.types import DEVICE, MAX_COUNT, Float, Int
 
 
 @click.command()
@@ -167,7 +168,7 @@ def separate(
     "--manifests", default="manifests", show_default=True, type=click.Path(file_okay=False), help="Holds pairs.jsonl."
 )
 @click.option("--split", default="val", show_default=True, help="Pairs of this split are scored.")
-@click.option("--tracks", type=click.IntRange(min=1), default=None, help="At most this many tracks (by name).")
+@click.option("--tracks", type=Int(1, 10**6), default=None, help="At most this many tracks (by name).")
 @click.option("--bsseval/--no-bsseval", default=True, show_default=True, help="Also BSSEval v4 (museval; slow).")
 @click.option(
     "--ensemble",
@@ -223,7 +224,7 @@ def evaluate_separation(
     default=None,
     help="How the magnitudes are stored, as `pipeline shard --encoding` [default: log8, or what --out holds].",
 )
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--device", type=DEVICE, default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 def pseudo_label(checkpoint, shards, out_dir, split, encoding, device):
     """Label unlabelled shards with a separator: pair shards whose target is the teacher's estimate.
 
@@ -280,15 +281,15 @@ def _budgets(value: str) -> tuple[int, ...]:
 @click.option(
     "--budgets", default="2,4,8,16", show_default=True, help="Labelled songs per point (first k train songs)."
 )
-@click.option("--seeds", type=click.IntRange(min=1), default=2, show_default=True, help="Fine-tunes per point and row.")
+@click.option("--seeds", type=Int(1, 1000), default=2, show_default=True, help="Fine-tunes per point and row.")
 @click.option(
     "--seed",
     "only_seed",
-    type=click.IntRange(min=0),
+    type=Int(0, 999),
     default=None,
     help="Run only this seed's cells (one process per seed); the table shows every cell scored so far.",
 )
-@click.option("--finetune-steps", type=click.IntRange(min=1), required=True, help="Steps of every fine-tune.")
+@click.option("--finetune-steps", type=Int(1, MAX_COUNT), required=True, help="Steps of every fine-tune.")
 @click.option("--preset", default="tiny", show_default=True, help="Training preset of every fine-tune.")
 @click.option("--init", "inits", multiple=True, metavar="NAME=CHECKPOINT", help="A pretrained row; repeat for several.")
 @click.option(
@@ -306,7 +307,7 @@ def _budgets(value: str) -> tuple[int, ...]:
 )
 @click.option(
     "--pseudo-share",
-    type=click.FloatRange(0.0, 1.0),
+    type=Float(0.0, 1.0),
     default=0.5,
     show_default=True,
     help="Share of the student's crops from the pseudo-labelled pool.",
@@ -321,7 +322,7 @@ def _budgets(value: str) -> tuple[int, ...]:
 )
 @click.option(
     "--student-steps",
-    type=click.IntRange(min=1),
+    type=Int(1, MAX_COUNT),
     default=None,
     help="Steps of the pretrain mode's student on the pseudo-labels [default: --finetune-steps].",
 )
@@ -330,11 +331,11 @@ def _budgets(value: str) -> tuple[int, ...]:
     is_flag=True,
     help="Also a scratch fine-tune of the pretrain route's total steps (the control for added training).",
 )
-@click.option("--tracks", type=click.IntRange(min=1), default=None, help="Score the first N val songs [default: all].")
+@click.option("--tracks", type=Int(1, 10**6), default=None, help="Score the first N val songs [default: all].")
 @click.option("--report", "report_only", is_flag=True, help="Train nothing: the table and plot of what is scored.")
 @click.option("--bsseval/--no-bsseval", default=False, show_default=True, help="Also BSSEval v4 (slow).")
 @click.option("--out", type=click.Path(file_okay=False), default="runs/label-curve", show_default=True)
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--device", type=DEVICE, default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE", help="Applied to every fine-tune.")
 def label_curve(
     pairs, pairs_manifests, budgets, seeds, only_seed, finetune_steps, preset, inits, init_overrides, pool,

@@ -5,7 +5,7 @@
 
 from trainer.data.crops import Crop, collate, crop_sample, track_group
 from trainer.data.loader import check_bins, eval_loader, train_loader
-from trainer.data.shards import resolve_shards, shard_stft
+from trainer.data.shards import resolve_shards, shard_bins, shard_stft
 
 __all__ = [
     "Crop",
@@ -14,6 +14,7 @@ __all__ = [
     "crop_sample",
     "eval_loader",
     "resolve_shards",
+    "shard_bins",
     "shard_stft",
     "track_group",
     "train_loader",

@@ -35,6 +35,7 @@ class ShardReader:
         # an infinite stream over shards that are all unreadable would otherwise spin forever
         self.max_empty_in_a_row = max_empty_in_a_row
         self.empty_in_a_row = 0
+        self.empty_urls: set[str] = set()  # the different shards among them (a stream repeats its shards)
         self.read_timeout = read_timeout
 
     def samples(self, urls: Iterator[str]) -> Iterator[dict]:
@@ -50,9 +51,16 @@ class ShardReader:
             for exc in failure:
                 reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
                 log.warning("skipping corrupt shard %s after %d samples: %s: %s", url, read, type(exc).__name__, reason)
-            self.empty_in_a_row = self.empty_in_a_row + 1 if read == 0 else 0
+            if read:
+                self.empty_in_a_row, self.empty_urls = 0, set()
+            else:
+                self.empty_in_a_row += 1
+                self.empty_urls.add(url)
             if self.max_empty_in_a_row is not None and self.empty_in_a_row >= self.max_empty_in_a_row:
-                raise RuntimeError(f"{self.empty_in_a_row} shards in a row gave no sample (last: {url}); giving up")
+                raise RuntimeError(
+                    f"none of {len(self.empty_urls)} shards gave a sample in {self.empty_in_a_row} reads in a row "
+                    f"(last: {url}): they are empty or unreadable; giving up"
+                )
 
 
 def _tar_members(url: str, failure: list[Exception], read_timeout: float = DEFAULT_READ_TIMEOUT) -> Iterator[dict]:

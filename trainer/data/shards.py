@@ -71,6 +71,11 @@ def _nonempty(src: str, shards: list[str]) -> list[str]:
     return shards
 
 
+def shard_bins(src: str, split: str = "train") -> int | None:
+    """The frequency bins the shards' index declares (None for a pattern or tar without an index)."""
+    return _resolve(src, split)[1]
+
+
 def shard_stft(src: str, split: str = "train") -> dict:
     """The STFT parameters the shards were made with (from their index, else from the first sample):
     `trainer separate` must analyse audio exactly as the training data was."""
@@ -83,4 +88,4 @@ def shard_stft(src: str, split: str = "train") -> dict:
     raise ValueError(f"{src}: cannot read the STFT parameters of the shards (no readable sample)")
 
 
-__all__ = ["resolve_shards", "shard_stft"]
+__all__ = ["resolve_shards", "shard_bins", "shard_stft"]

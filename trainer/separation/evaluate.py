@@ -105,16 +105,25 @@ def _median(values: list[float]) -> float:
     return float(np.median(finite)) if finite else math.nan
 
 
+def printable(name: str) -> str:
+    """A name as one table cell: control characters (a newline in a folder name) escaped."""
+    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in name)
+
+
 def _fmt(value: float) -> str:
     return f"{value:8.2f}" if math.isfinite(value) else f"{'n/a':>8}"
 
 
 def select_pairs(manifests: str | os.PathLike, split: str = "val", tracks: int | None = None) -> list[fmt.PairRecord]:
-    """The first `tracks` pairs of the split, by name: the tracks every row is scored on."""
+    """The first `tracks` pairs of the split, by name: the tracks every row is scored on (a pair
+    marked `duplicate_of` is its canonical pair's song, scored once)."""
     path = os.path.join(manifests, fmt.PAIRS_FILE)
     if not os.path.isfile(path):
         raise ValueError(f"{path}: no pairs manifest (run `pipeline pairs` first)")
-    pairs = sorted((p for p in fmt.read_pairs(manifests) if p.split == split), key=lambda p: (p.name, p.id))
+    pairs = sorted(
+        (p for p in fmt.read_pairs(manifests) if p.split == split and p.duplicate_of is None),
+        key=lambda p: (p.name, p.id),
+    )
     if not pairs:
         raise ValueError(f"{path}: no pairs in split {split!r}")
     return pairs[:tracks] if tracks else pairs
@@ -144,6 +153,7 @@ def evaluate_separation(
 
     from pipeline.audio.decode import DecodeError
     from pipeline.pairs.align import paired_chunks
+    from pipeline.shard.write import pair_changed
     from trainer.separation.ensemble import Ensemble
     from trainer.separation.separate import load_separator
 
@@ -165,6 +175,10 @@ def evaluate_separation(
     lines, skipped = [], []
     show = sys.stderr.isatty() if progress is None else progress
     for pair in tqdm(pairs, desc="evaluate-separation", unit="track", disable=not show):
+        changed = pair_changed(pair)
+        if changed is not None:
+            skipped.append(changed)
+            continue
         try:
             chunks = list(paired_chunks(pair, sample_rate=stft.sample_rate))
         except DecodeError as exc:
@@ -181,7 +195,9 @@ def evaluate_separation(
         estimates += [mixture, oracle_instrumental(mixture, instrumental, stft)]
         for name, estimate in zip(names, estimates):
             values = scores[name].add(mixture, instrumental, estimate, bsseval)
-            lines.append(f"  {pair.name[:28]:<28} {name[:44]:<44}" + "".join(_fmt(v) for v in values))
+            lines.append(
+                f"  {printable(pair.name)[:28]:<28} {printable(name)[:44]:<44}" + "".join(_fmt(v) for v in values)
+            )
     done = len(pairs) - len(skipped)
     if not done:
         raise ValueError(f"no pair of split {split!r} could be read: {skipped[0]}")
@@ -197,7 +213,7 @@ def evaluate_separation(
         speed = scores[name].time_per_audio_second
         speed = f"{speed:14.3f}" if math.isfinite(speed) else ""
         table.append(
-            f"{name:<{width}}{_fmt(inst_mdx)}{_fmt(inst_bss):>10}{_fmt(voc_mdx):>10}{_fmt(voc_bss):>10}{speed}"
+            f"{printable(name):<{width}}{_fmt(inst_mdx)}{_fmt(inst_bss):>10}{_fmt(voc_mdx):>10}{_fmt(voc_bss):>10}{speed}"
         )
     if not bsseval:
         table.append("(BSSEval v4 not computed: --no-bsseval)")

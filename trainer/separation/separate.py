@@ -173,15 +173,31 @@ def load_separator(
     if stft.bins != cfg.model.bins:
         raise ValueError(f"{path}: STFT of {stft.bins} bins recorded for a model of {cfg.model.bins}")
     default_batch = 16 if dev.type == "cuda" else 2
+    window, batch = window_frames or cfg.data.crop_frames, batch_size or default_batch
+    _check_memory(cfg, window, batch, dev)
     return Separator(
         model,
         stft,
-        window_frames or cfg.data.crop_frames,
+        window,
         DEFAULT_OVERLAP if overlap is None else overlap,
-        batch_size or default_batch,
+        batch,
         dev,
         name=f"{path.parent.parent.name}/{path.name}",
     )
+
+
+def _check_memory(cfg, window: int, batch: int, dev: torch.device) -> None:
+    """ValueError when a batch of windows cannot fit the device: the windows' spectra and one
+    attention matrix per window (a lower bound: every frame is a token, so it grows as window**2)."""
+    from pipeline.cli_types import machine_memory
+
+    needed = batch * (window * cfg.model.bins * cfg.model.audio_channels * 4 * 4 + cfg.model.num_heads * window**2 * 4)
+    available = torch.cuda.get_device_properties(dev).total_memory if dev.type == "cuda" else machine_memory()
+    if needed > available:
+        raise ValueError(
+            f"--window {window} x --batch-size {batch}: at least {needed / 1e9:.3g} GB at once, more than the "
+            f"{available / 1e9:.3g} GB of {dev}; use a smaller --window or --batch-size"
+        )
 
 
 # (format, bit depth) -> soundfile subtype; FLAC stores integers only

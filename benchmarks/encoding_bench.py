@@ -202,7 +202,10 @@ def stage_times(tracks: list[fmt.TrackRecord], specs: list[np.ndarray]) -> list[
     for track in tracks[:3]:
         clips += sum(1 for _ in track_clips(track.path))
     rows.append(
-        ("shard worker: decode (ffmpeg) + STFT + float16 clip, per clip", (time.perf_counter() - started) / clips * 1e3)
+        (
+            "shard worker: decode (ffmpeg) + STFT + float16 clip, per clip (wall ms, ffmpeg in its own process)",
+            (time.perf_counter() - started) / clips * 1e3,
+        )
     )
     for encoding in fmt.ENCODINGS:
         rows.append((f"shard worker: encode {encoding}", best_ms(lambda s, e=encoding: codec.encode(s, e), specs)))

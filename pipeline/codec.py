@@ -106,6 +106,8 @@ def _chunk_bounds(frames: int, chunk: int) -> list[tuple[int, int]]:
 
 
 def _encode_log8_zstd(spec: np.ndarray) -> tuple[bytes, dict]:
+    if spec.shape[2] < 1 or spec.shape[1] < 1:  # a stored sample has frames; its reader refuses none
+        raise ValueError(f"spec must have bins and frames, got {spec.shape}")
     reference = _reference(spec)
     table = _code_table(reference)
     bits = spec.view(np.uint16)

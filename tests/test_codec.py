@@ -241,3 +241,21 @@ def test_member_and_json_must_agree():
         fmt.read_sample({**good, "json": json.dumps(meta).encode()})
     with pytest.raises(ValueError, match="magic string"):  # a version-1 json (float16) whose member is no .npy
         fmt.read_sample({"spec.npy": zlib.compress(b"x"), "json": fmt.encode_meta(fmt.SampleMeta("t", 0, 0, 1, "a"))})
+
+
+@pytest.mark.parametrize("encoding", LOG8S)
+def test_non_finite_magnitudes_are_refused_and_negative_ones_are_silence(encoding):
+    for bad in (np.nan, np.inf):
+        spec = music_like()
+        spec[1, 3, 7] = bad
+        with pytest.raises(ValueError, match="finite and non-negative"):
+            codec.encode(spec, encoding)
+    spec = music_like()
+    spec[0, 0, :] = -0.0  # the integer max sees these bit patterns as the largest; the float path takes over
+    spec[0, 0, 5] = -1.0
+    (stored,), _ = fmt.read_sample(log8_sample(spec, encoding))
+    back = stored.read()
+    assert not back[0, 0].any() and float(back.max()) == float(spec.max())
+    if encoding == codec.LOG8_ZSTD:  # no chunk to hold anything: its reader would refuse it
+        with pytest.raises(ValueError, match="bins and frames"):
+            codec.encode(np.zeros((2, BINS, 0), dtype=np.float16), encoding)

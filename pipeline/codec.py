@@ -87,18 +87,22 @@ def _reference(spec: np.ndarray) -> float:
 
 def _code_table(reference: float) -> np.ndarray:
     """The code of every float16 bit pattern for this reference: a sample's codes are then one
-    lookup per value, ~10x cheaper than a logarithm each. NaN, inf, negatives and -0.0 are silence."""
+    lookup per value, ~10x cheaper than a logarithm each. NaN, inf, negatives and -0.0 are silence.
+    Only the 31,743 positive finite patterns are computed, in float32 and in the order of operations
+    the codes were always computed in, so that every log8 shard written before stays reproducible
+    byte for byte (a float64 table moved codes at rounding boundaries on real music)."""
     table = np.zeros(1 << 16, dtype=np.uint8)
     if reference > 0:
-        relative_db = _POSITIVE_DB - 20.0 * np.log10(reference)
-        audible = relative_db >= -LOG8_RANGE_DB
-        steps = np.rint((relative_db[audible] + LOG8_RANGE_DB) * ((_CODES - 1) / LOG8_RANGE_DB))
+        values, floor = _POSITIVE_VALUES, reference * 10.0 ** (-LOG8_RANGE_DB / 20.0)
+        audible = values >= floor
+        db = 20.0 * np.log10(values[audible] / np.float32(reference))
+        steps = np.rint((db + LOG8_RANGE_DB) * ((_CODES - 1) / LOG8_RANGE_DB))
         table[1:_FLOAT16_INF_BITS][audible] = 1 + np.clip(steps, 0, _CODES - 1).astype(np.uint8)
     return table
 
 
-with np.errstate(divide="ignore"):  # computed once: the level in dB of every positive finite float16
-    _POSITIVE_DB = 20.0 * np.log10(np.arange(1, _FLOAT16_INF_BITS, dtype=np.uint16).view(SPEC_DTYPE).astype(np.float64))
+# every positive finite float16 (bit patterns 1 .. 0x7BFF), as float32
+_POSITIVE_VALUES = np.arange(1, _FLOAT16_INF_BITS, dtype=np.uint16).view(SPEC_DTYPE).astype(np.float32)
 
 
 def _chunk_bounds(frames: int, chunk: int) -> list[tuple[int, int]]:

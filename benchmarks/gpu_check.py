@@ -45,16 +45,17 @@ REPO = Path(__file__).resolve().parents[1]
 TRAINER = [sys.executable, "-c", "from trainer.cli import main; main()"]  # this checkout's, run from REPO
 GIB = 1 << 30
 
-# Dense bf16 tensor-core peaks (TFLOP/s, no sparsity) from the vendors' data sheets, by a substring
-# of torch.cuda.get_device_name(); the first match wins, so the specific names come first.
+# Dense bf16 tensor-core peaks (TFLOP/s, no sparsity; GeForce cards with FP32 accumulation, as
+# autocast uses) from the vendors' data sheets, by a substring of torch.cuda.get_device_name(); the
+# first match wins, so the specific names come first. Any other card: --peak-tflops.
 PEAK_BF16_TFLOPS = (
     ("H200", 989.0),
     ("H100 PCIe", 756.0),
+    ("H100 NVL", 835.0),
     ("H100", 989.0),  # SXM
     ("A100", 312.0),
     ("L40S", 362.0),
     ("L4", 121.0),
-    ("A10G", 70.0),
     ("RTX 4090", 165.0),
     ("RTX 4080", 97.0),
     ("RTX 4070", 58.0),

@@ -18,11 +18,12 @@ nothing else (the json holds `bins` and `frames`). Member `*.log8.zst`.
 next one. Concatenated gzip members are one valid gzip file, so plain webdataset (whose default
 decoders gunzip `.gz` and load `.npy`) still yields its codes. Member `*.npy.gz`.
 
-Numbers behind the choices (real music, benchmarks/README.md "Sample encodings"): zstd level 1 is
-7x faster than zlib level 1 to compress and 5x to inflate for 2% less bytes; bin-major chunks are 2%
-larger than frame-major ones under zstd but save the transposition, which cost as much as zstd
-itself; zlib level 6 or zstd levels 3-5 save under 2% for 2-5x the time, delta filters along time or
-frequency at most 5% (docs/terabyte.md), and lz4 is as fast as zstd at -5 but 11% larger.
+Numbers behind the choices (real music, benchmarks/README.md "Sample encodings"): zstd level 1
+compresses the codes ~12x faster than zlib level 1 and inflates them 5x faster, for ~1% fewer bytes
+than gzip log8; bin-major chunks are 0.6-1.6% larger than frame-major ones under zstd but save the
+transposition, which cost more than zstd itself; zstd level 3 saves nothing, zlib level 6 4% for 18x
+the compression time, delta filters along time or frequency at most 5% (docs/terabyte.md), and
+zstd -5 or lz4 inflate 3x faster still but are 13-14% larger (over 1.4x a 320 kbps MP3).
 """
 
 from __future__ import annotations

@@ -146,10 +146,11 @@ def test_a_float16_sample_is_read_as_a_view_of_its_payload():
     assert np.shares_memory(view, np.frombuffer(raw["spec.npy"], dtype=np.uint8))
 
 
-def test_a_log8_sample_crops_like_its_float16_original_within_the_quantisation():
+@pytest.mark.parametrize("encoding", ["log8", "log8-zstd"])
+def test_a_log8_sample_crops_like_its_float16_original_within_the_quantisation(encoding):
     float16 = sample("t", 0, valid=50)
     meta = SampleMeta("t", 0, 0, 50, "a", stft=STFTParams(n_fft=2 * BINS).to_dict())
-    log8 = {"__key__": float16["__key__"], **encode_sample({"spec": clip_spec(50)}, meta, "log8")}
+    log8 = {"__key__": float16["__key__"], **encode_sample({"spec": clip_spec(50)}, meta, encoding)}
     for seed in range(5):
         exact, coded = crop_sample(float16, CROP, random.Random(seed)), crop_sample(log8, CROP, random.Random(seed))
         assert (exact.swap, exact.frames.shape) == (coded.swap, coded.frames.shape)

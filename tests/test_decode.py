@@ -154,12 +154,14 @@ def test_first_audio_stream_of_a_file_with_video(tmp_path):
 
 
 @pytest.mark.parametrize("allow_libsndfile", [True, False])
-def test_odd_file_names_are_not_read_as_protocols_or_options(tmp_path, allow_libsndfile):
+def test_odd_file_names_are_not_read_as_protocols_or_options(tmp_path, allow_libsndfile, monkeypatch):
     signal = synth.synth_music(0.2, seed=3)
     path = synth.encode(signal, 44100, tmp_path / "x.wav", extra_args=FLOAT_WAV)
     odd = tmp_path / "-i concat:a|b é.wav"
     path.rename(odd)
-    os.chdir(tmp_path)
+    # restored afterwards: later tests start `python -c "from pipeline.cli import main"` children,
+    # which import the package from their working directory first
+    monkeypatch.chdir(tmp_path)
     np.testing.assert_array_equal(decode_all(odd.name, allow_libsndfile=allow_libsndfile), signal)
 
 

@@ -147,7 +147,7 @@ def _teacher(data):
 def test_pseudo_labels_are_verified_pair_shards_a_rerun_keeps_and_another_teacher_is_refused(data, tmp_path):
     out = tmp_path / "pseudo"
     args = ["pseudo-label", "--checkpoint", str(_teacher(data)), "--shards", str(data / "pool"), "--out", str(out)]
-    args += ["--encoding", "float16"]  # exact values, for the mask check below (the default is log8)
+    args += ["--encoding", "float16"]  # exact values, for the mask check below (the default is log8-zstd)
     result = CliRunner().invoke(trainer_cli, args + ["--device", "cpu"])
     assert result.exit_code == 0, result.output
     index = fmt.read_index(out / "train.json")
@@ -171,13 +171,13 @@ def test_pseudo_labels_are_verified_pair_shards_a_rerun_keeps_and_another_teache
     args[2] = str(other)
     result = CliRunner().invoke(trainer_cli, args + ["--device", "cpu"])
     assert result.exit_code != 0 and "another teacher" in result.output
-    # the default encoding is the pipeline's log8, and a stale half-written shard is cleared
+    # the default encoding is the pipeline's (log8-zstd), and a stale half-written shard is cleared
     log8 = tmp_path / "log8"
     (log8).mkdir()
     (log8 / ".train-000000.tar.tmp-999999").write_bytes(b"half")
     result = CliRunner().invoke(trainer_cli, args[:5] + ["--out", str(log8), "--device", "cpu"])
     assert result.exit_code == 0, result.output
-    assert fmt.read_index(log8 / "train.json").encoding == "log8" and not list(log8.glob(".*.tmp-*"))
+    assert fmt.read_index(log8 / "train.json").encoding == fmt.DEFAULT_ENCODING and not list(log8.glob(".*.tmp-*"))
     assert run_cli("verify", "--out", str(log8)).returncode == 0
 
 

@@ -11,10 +11,11 @@ import tarfile
 
 import numpy as np
 import pytest
+import soundfile
 import webdataset as wds
 
 from pipeline import format as fmt
-from pipeline.shard.plan import expected_clips
+from pipeline.shard.plan import ShardOptions, expected_clips
 from pipeline.shard.run import ShardError, run_shard
 
 from support import (
@@ -24,6 +25,7 @@ from support import (
     SHARD_BYTES,
     run_cli,
     shard_bytes,
+    track_record,
 )
 
 
@@ -302,3 +304,16 @@ def test_malformed_scheduler_address_is_one_clear_line(collection, tmp_path):
     _, manifests, _ = collection
     with pytest.raises(ShardError, match="cannot reach the Dask scheduler at notanaddress"):
         run_shard(manifests, tmp_path / "out", OPTIONS, scheduler="notanaddress", progress=False)
+
+
+def test_a_set_begun_in_another_encoding_is_refused_with_the_way_to_go_on(tmp_path):
+    """A set begun as gzip log8 (the default before log8-zstd) and rerun with today's default."""
+    path = tmp_path / "drive" / "a.wav"
+    path.parent.mkdir()
+    soundfile.write(path, np.zeros((fmt.SAMPLE_RATE * 2, 2), dtype=np.float32), fmt.SAMPLE_RATE)
+    manifests = tmp_path / "m"
+    fmt.write_jsonl(manifests / fmt.TRACKS_FILE, [track_record(path, "a", tmp_path / "drive", "x/y", "train", 2.0)])
+    out = tmp_path / "shards"
+    run_shard(manifests, out, ShardOptions(clip_frames=16, encoding="log8"), workers=1, progress=False)
+    with pytest.raises(ShardError, match="encoding 'log8' -> 'log8-zstd'.*or with --encoding log8 to go on"):
+        run_shard(manifests, out, ShardOptions(clip_frames=16), workers=1, progress=False)

@@ -94,8 +94,8 @@ def test_status_on_empty_folders_says_nothing_yet(tmp_path):
     result = CliRunner().invoke(main, ["status", "--manifests", str(tmp_path / "m"), "--out", str(tmp_path / "s")])
     assert result.exit_code == 0, result.output
     assert "ingested: 0 tracks" in result.output and "train: nothing yet" in result.output
-    per_hour = fmt.estimated_shard_bytes(3600, fmt.STFTParams(), fmt.DEFAULT_CLIP_FRAMES, encoding="log8") / 1e9
-    assert f"({per_hour:.2f} GB per hour of audio, log8, estimated at these STFT settings)" in result.output
+    per_hour = fmt.estimated_shard_bytes(3600, fmt.STFTParams(), fmt.DEFAULT_CLIP_FRAMES, encoding="log8-zstd") / 1e9
+    assert f"({per_hour:.2f} GB per hour of audio, log8-zstd, estimated at these STFT settings)" in result.output
 
 
 def test_preview_writes_a_png_from_a_dir_or_a_tar(tmp_path):

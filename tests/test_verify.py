@@ -115,7 +115,10 @@ def test_bad_samples_are_reported(shards, damage):
         problems = [p for p in problems if "train-000050.tar" in p]
     expected = {
         "float32": "float32",
-        "float16 in log8": "members missing ['spec.npy.gz'] extra ['spec.npy'] (the index says log8)",
+        "float16 in log8": (
+            f"members missing {list(fmt.sample_arrays(fmt.SAMPLE_KIND_SPEC, fmt.DEFAULT_ENCODING))} extra ['spec.npy'] "
+            f"(the index says {fmt.DEFAULT_ENCODING})"
+        ),
         "shape": "spec is (2, 512, 16), expected (2, 1024, 16)",
         "padding": "non-zero frames after valid_frames",
         "stft": "differs from the index",

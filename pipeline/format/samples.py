@@ -16,7 +16,9 @@ from pipeline.format.pairs import TARGET_INSTRUMENTAL
 from pipeline.format.stft import STFTParams
 from pipeline.records import record_from_dict
 
-# 2: samples carry `encoding` and `codec` (log8 members `*.npy.gz`); indexes carry `encoding`.
+# 2: samples carry `encoding` and `codec` (log8 members `*.npy.gz`, log8-zstd `*.log8.zst`); indexes
+# carry `encoding`. log8-zstd (issue 22) is a new value of that field, not a new version: older samples
+# and their shard plans are unchanged, and an older reader names the encoding it does not know.
 # Version-1 shards (float16, no such fields) are still read.
 FORMAT_VERSION = 2
 
@@ -52,7 +54,7 @@ class SampleMeta:
     format_version: int = FORMAT_VERSION
     encoding: str = codec.FLOAT16  # how the magnitude members are stored (a version-1 json has no field)
     # per array name ("spec", or "mix" and "target"): what decoding needs (log8: reference, range_db,
-    # chunk_frames, members); {} for float16
+    # chunk_frames, members; log8-zstd also bins and frames); {} for float16
     codec: dict[str, dict] = field(default_factory=dict)
 
 
@@ -125,7 +127,7 @@ def decode_meta(data: bytes | str | dict, cls=SampleMeta) -> SampleMeta:
 
 
 def sample_arrays(sample_kind: str, encoding: str = codec.FLOAT16) -> tuple[str, ...]:
-    """The magnitude members of a sample of this kind and encoding (e.g. `spec.npy.gz` for log8)."""
+    """The magnitude members of a sample of this kind and encoding (e.g. `spec.log8.zst` for log8-zstd)."""
     if sample_kind not in SAMPLE_KINDS:
         raise ValueError(f"unknown sample kind {sample_kind!r} (known: {', '.join(SAMPLE_KINDS)})")
     if encoding not in ENCODINGS:
@@ -159,7 +161,7 @@ def estimated_shard_bytes(
     sample_kind: str = SAMPLE_KIND_SPEC,
     encoding: str = DEFAULT_ENCODING,
 ) -> int:
-    """Shard bytes for `seconds` of audio (float16 is ~4.4x a 320 kbps MP3, log8 ~1.1x; pairs twice that)."""
+    """Shard bytes for `seconds` of audio (float16 is ~4.4x a 320 kbps MP3, either log8 ~1.3x; pairs twice that)."""
     clips = seconds * stft.sample_rate / stft.hop / clip_frames
     return int(clips * sample_bytes(stft, clip_frames, sample_kind, encoding))
 

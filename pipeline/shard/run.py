@@ -21,6 +21,7 @@ from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pipeline import codec
 from pipeline import format as fmt
 from pipeline.durable import FolderBusy, check_writable, exclusive, fsync_dir, write_text
 from pipeline.shard.append import extend_plan
@@ -208,6 +209,9 @@ def _check_plan(out: Path, plan: Plan, old: dict | None, force: bool, extends: b
             if added_only
             else "rerun with --force to rebuild (shards that still match are kept)"
         )
+        stored_encoding = old["options"].get("encoding", codec.FLOAT16)
+        if stored_encoding != plan.options.encoding:  # e.g. a set begun before the default became log8-zstd
+            hint += f", or with --encoding {stored_encoding} to go on in the encoding the set has"
         raise ShardError(f"{out} was built from a different plan ({describe_changes(old, plan)}); {hint}")
 
 

@@ -220,9 +220,9 @@ def evaluate_separation(
 @click.option("--split", default="train", show_default=True, help="The split of --shards to label.")
 @click.option(
     "--encoding",
-    type=click.Choice(["log8", "float16"]),
+    type=click.Choice(["log8-zstd", "log8", "float16"]),  # pipeline.format.ENCODINGS, not imported at start-up
     default=None,
-    help="How the magnitudes are stored, as `pipeline shard --encoding` [default: log8, or what --out holds].",
+    help="How the magnitudes are stored, as `pipeline shard --encoding` [default: log8-zstd, or what --out holds].",
 )
 @click.option("--device", type=DEVICE, default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 def pseudo_label(checkpoint, shards, out_dir, split, encoding, device):

@@ -56,7 +56,7 @@ def crop_sample(sample: dict, crop_frames: int, rng: random.Random | None) -> Cr
 
     With `rng` the start is uniform and the channels are swapped with p = 0.5; without it the crop
     is centred on the valid frames and the channels stay (the deterministic evaluation crop).
-    Only the crop's frames are decoded (log8: the gzip chunks that hold them; float16: a view). A
+    Only the crop's frames are decoded (log8: the compressed chunks that hold them; float16: a view). A
     float16 payload in `bytes` (read from a stream) is copied out, so that a crop waiting in the
     shuffle buffer holds 2 MiB rather than the whole 4 MiB sample; a view of a mapped shard is kept.
     """

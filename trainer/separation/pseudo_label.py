@@ -10,7 +10,7 @@ student sees the collection's music with the teacher's targets next to the few t
 Work happens in magnitudes, on the shards' own STFT grid: no audio is decoded, no phase is needed.
 Each clip is cut into windows of the teacher's training crop, each seen divided by its peak, as in
 `trainer separate`. Output shard N holds the clips of input shard N under the same keys, in the
-project's default encoding (log8) or float16.
+project's default encoding (log8-zstd), or another `pipeline shard --encoding`.
 
 Resumable and safe like the other writers: a shard appears under its final name only when complete
 (pipeline.durable), a rerun skips the shards already written, and a folder labelled by another
@@ -114,7 +114,7 @@ def pseudo_label(
     encoding: str | None = None,
 ) -> fmt.ShardIndex:
     """Label every `split` shard of `shards` with the separation `checkpoint` into pair shards in `out`,
-    stored in `encoding` (None: what `out` already holds, else log8 as `pipeline shard`; float16 is
+    stored in `encoding` (None: what `out` already holds, else log8-zstd as `pipeline shard`; float16 is
     ~4x the bytes)."""
     from trainer.checkpoint import resolve_checkpoint
     from trainer.data import resolve_shards, shard_stft

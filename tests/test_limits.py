@@ -15,7 +15,8 @@ from pipeline.cli import main as pipeline_cli
 from pipeline.cli_types import Number, Size
 from trainer.cli import main as trainer_cli
 from trainer.cli.types import Device
-from trainer.config import LIMITS, TrainConfig, load_config
+from trainer.config import TrainConfig, load_config
+from trainer.limits import LIMITS
 
 BAD = ["0", "-1", "1e30", "123456789012345678901234567890", "lots", ".nan", ".inf", "-.inf"]
 ALWAYS_REFUSED = {"1e30", "123456789012345678901234567890", "lots", ".nan", ".inf", "-.inf"}

@@ -2,7 +2,7 @@
 one vocabulary for both CLIs and the config table) plus the device.
 
 Training options that set a config key (--steps, --batch-size, --workers) are only parsed here;
-their bounds are the key's, in trainer/config.py's LIMITS, so one value has one rule.
+their bounds are the key's, in trainer/limits.py's LIMITS, so one value has one rule.
 """
 
 from __future__ import annotations

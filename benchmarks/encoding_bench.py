@@ -35,6 +35,7 @@ Shard sets and MP3s are kept under --work (reruns reuse the MP3s; shard sets are
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import subprocess
@@ -268,12 +269,10 @@ def coder_table(specs: list[np.ndarray], mp3_bytes_per_frame: float) -> list[tup
             zstandard.ZstdCompressor(level=level).compress,
             zstandard.ZstdDecompressor().decompress,
         )
-    try:
+    with contextlib.suppress(ImportError):  # lz4 is not a dependency: its row appears when it is installed
         import lz4.block
 
         coders["lz4"] = (lz4.block.compress, lz4.block.decompress)
-    except ImportError:
-        pass
     tables = [codec._code_table(codec._reference(s)) for s in specs]
     chunk = codec.LOG8_CHUNK_FRAMES
     layouts = {

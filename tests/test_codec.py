@@ -138,9 +138,15 @@ def test_encoding_is_reproducible_and_plain_webdataset_decodes_the_codes(tmp_pat
     np.testing.assert_array_equal(levels[codes].transpose(1, 2, 0), fmt.read_sample(sample)[0][0].read())
 
 
+def _spec_key(sample: dict) -> str:
+    """The sample's stored-magnitude member: spec.npy.gz (gzip log8) or spec.log8.zst (log8-zstd)."""
+    (key,) = [k for k in sample if k.startswith("spec.")]
+    return key
+
+
 def _members(sample: dict) -> list[bytes]:
     meta = json.loads(sample["json"])
-    data, out, at = sample["spec.npy.gz"], [], 0
+    data, out, at = sample[_spec_key(sample)], [], 0
     for n in meta["codec"]["spec"]["members"]:
         out.append(data[at : at + n])
         at += n
@@ -154,8 +160,9 @@ def _with(sample: dict, parts: list[bytes] | None = None, **codec_fields) -> dic
     if parts is not None:
         meta["codec"]["spec"]["members"] = [len(m) for m in parts]
     meta["codec"]["spec"].update(codec_fields)
-    payload = b"".join(parts) if parts is not None else sample["spec.npy.gz"]
-    return {**sample, "spec.npy.gz": payload, "json": json.dumps(meta).encode()}
+    key = _spec_key(sample)
+    payload = b"".join(parts) if parts is not None else sample[key]
+    return {**sample, key: payload, "json": json.dumps(meta).encode()}
 
 
 def _gz(data: bytes) -> bytes:
@@ -189,41 +196,23 @@ def test_damaged_and_hostile_log8_payloads_are_value_errors():
             fmt.read_sample(sample)[0][0].read()
 
 
-def _zstd_members(sample: dict) -> list[bytes]:
-    meta = json.loads(sample["json"])
-    data, out, at = sample["spec.log8.zst"], [], 0
-    for n in meta["codec"]["spec"]["members"]:
-        out.append(data[at : at + n])
-        at += n
-    return out
-
-
-def _zstd_with(sample: dict, parts: list[bytes] | None = None, **codec_fields) -> dict:
-    meta = json.loads(sample["json"])
-    if parts is not None:
-        meta["codec"]["spec"]["members"] = [len(m) for m in parts]
-    meta["codec"]["spec"].update(codec_fields)
-    payload = b"".join(parts) if parts is not None else sample["spec.log8.zst"]
-    return {**sample, "spec.log8.zst": payload, "json": json.dumps(meta).encode()}
-
-
 def test_damaged_and_hostile_zstd_log8_payloads_are_value_errors():
     good = log8_sample(music_like(), codec.LOG8_ZSTD)
-    members = _zstd_members(good)
+    members = _members(good)
     chunk_bytes = 64 * 2 * BINS
     bomb = zstandard.ZstdCompressor(level=1).compress(bytes(1000 * chunk_bytes))  # declares far more than a chunk
     no_size = zstandard.ZstdCompressor(level=1, write_content_size=False).compress(bytes(chunk_bytes))
     cases = {
-        "members add up": _zstd_with(good, members=[1, 2]),
-        "chunk 1 unreadable": _zstd_with(good, members[:1] + [members[1][:-5]] + members[2:]),
-        "chunk 2 does not declare its size": _zstd_with(good, members[:2] + [b"\x28\xb5\x2f\xfd" + bytes(30)]),
-        "chunk 0 declares 2048000 bytes, expected 2048": _zstd_with(good, [bomb] + members[1:]),
-        "chunk 1 does not declare its size": _zstd_with(good, members[:1] + [no_size] + members[2:]),
-        "chunk 0 unreadable": _zstd_with(good, [b"\x00" * 8] + members[1:]),
-        "chunk 2 unreadable": _zstd_with(good, members[:2] + [members[2] + b"junk"]),
-        "3 chunks for 300 frames": _zstd_with(good, frames=300),
-        "lacks a valid codec description": _zstd_with(good, bins=None),
-        "out of range": _zstd_with(good, bins=0),
+        "members add up": _with(good, members=[1, 2]),
+        "chunk 1 unreadable": _with(good, members[:1] + [members[1][:-5]] + members[2:]),
+        "chunk 2 does not declare its size": _with(good, members[:2] + [b"\x28\xb5\x2f\xfd" + bytes(30)]),
+        "chunk 0 declares 2048000 bytes, expected 2048": _with(good, [bomb] + members[1:]),
+        "chunk 1 does not declare its size": _with(good, members[:1] + [no_size] + members[2:]),
+        "chunk 0 unreadable": _with(good, [b"\x00" * 8] + members[1:]),
+        "chunk 2 unreadable": _with(good, members[:2] + [members[2] + b"junk"]),
+        "3 chunks for 300 frames": _with(good, frames=300),
+        "lacks a valid codec description": _with(good, bins=None),
+        "out of range": _with(good, bins=0),
     }
     for message, sample in cases.items():
         with pytest.raises(ValueError, match=message):

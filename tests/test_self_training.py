@@ -289,3 +289,31 @@ def test_an_init_row_gets_its_own_protocol_overrides(data, tmp_path):
     bad = CurveSettings(**{**settings.__dict__, "init_overrides": (("nobody", "finetune.head=keep"),)})
     with pytest.raises(ValueError, match="no --init row named 'nobody'"):
         run_curve(bad, tmp_path / "c2", COMMON, device="cpu")
+
+
+def test_shrink_and_perturb_blends_the_pretrain_with_the_seeds_fresh_init(data):
+    from trainer.separation.finetune import resolve_finetune
+    from trainer.separation.task import SeparationTask
+
+    def start(shrink: float, perturb: float) -> tuple[str, dict, dict]:
+        overrides = SMALL + [f"finetune.shrink={shrink}", f"finetune.perturb={perturb}"]
+        cfg, _ = resolve_finetune(data / "unused-run", "tiny", None, overrides, init=str(data / "pre-mix"))
+        task = SeparationTask(cfg, str(data / "pairs" / "shards"))
+        torch.manual_seed(7)
+        model = task.build_model()
+        scratch = {k: v.detach().clone() for k, v in model.named_parameters()}
+        origin = task.initialise(model, torch.device("cpu"))
+        return origin, {k: v.detach().clone() for k, v in model.named_parameters()}, scratch
+
+    origin, as_is, scratch = start(1.0, 0.0)
+    assert "shrunk" not in origin
+    pretrained = _weights(data / "pre-mix")
+    assert all(torch.equal(as_is[k], pretrained[k]) for k in as_is)  # the mixture pretext's head is kept too
+    assert not all(torch.equal(as_is[k], scratch[k]) for k in as_is)
+    origin, blank, _ = start(0.0, 1.0)
+    assert "shrunk x0 plus x1 a fresh init" in origin
+    assert all(torch.equal(blank[k], scratch[k]) for k in blank)  # (0, 1) is the scratch model of the seed
+    _, blend, _ = start(0.5, 0.25)
+    assert all(torch.allclose(blend[k], 0.5 * pretrained[k] + 0.25 * scratch[k], atol=1e-6) for k in blend)
+    with pytest.raises(ValueError, match="finetune.shrink must be"):
+        start(1.5, 0.0)

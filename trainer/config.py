@@ -148,6 +148,10 @@ class FinetuneConfig:
     head: str = "auto"
     freeze_steps: int = 0  # the first steps train the mask head only (linear probe, then fine-tune)
     trunk_lr_factor: float = 1.0  # every weight but the mask head learns at lr x this
+    # shrink-and-perturb (Ash & Adams, 2020): each loaded weight becomes shrink x pretrained + perturb x
+    # the seed's fresh initialisation, so (1, 0) is the pretrain as is and (0, 1) is scratch
+    shrink: float = 1.0
+    perturb: float = 0.0
 
     def __post_init__(self) -> None:
         if self.head not in FINETUNE_HEADS:
@@ -156,6 +160,9 @@ class FinetuneConfig:
             raise ValueError(f"finetune.freeze_steps must be >= 0, got {self.freeze_steps}")
         if not 0.0 <= self.trunk_lr_factor <= 10.0:
             raise ValueError(f"finetune.trunk_lr_factor must be in [0, 10], got {self.trunk_lr_factor}")
+        for name in ("shrink", "perturb"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"finetune.{name} must be in [0, 1], got {getattr(self, name)}")
 
 
 @dataclass

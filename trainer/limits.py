@@ -75,6 +75,8 @@ LIMITS = {
     "run.max_bad_steps": Int(1, 10**9),
     "finetune.freeze_steps": Int(0, _COUNT),
     "finetune.trunk_lr_factor": Float(0.0, 10.0),
+    "finetune.shrink": Float(0.0, 1.0),
+    "finetune.perturb": Float(0.0, 1.0),
 }
 
 

@@ -130,9 +130,18 @@ class SeparationTask:
     def initialise(self, model: nn.Module, device: torch.device) -> str:
         if not self.cfg.run.init:
             return "from scratch"
-        keep = self.cfg.finetune.head == "keep"
+        protocol = self.cfg.finetune
+        keep = protocol.head == "keep"
+        fresh = {name: p.detach().clone() for name, p in model.named_parameters()}  # the seed's scratch init
         path = load_pretrained(model, self.cfg.run.init, device, keep_head=keep, model_config=self.cfg.model.to_dict())
-        return f"from the pretrained weights of {path} ({'its' if keep else 'a new'} mask head)"
+        origin = f"from the pretrained weights of {path} ({'its' if keep else 'a new'} mask head)"
+        if (protocol.shrink, protocol.perturb) == (1.0, 0.0):
+            return origin
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if keep or not name.startswith(SEPARATION_HEAD):  # a new head already is the fresh init
+                    p.mul_(protocol.shrink).add_(fresh[name], alpha=protocol.perturb)
+        return f"{origin}, shrunk x{protocol.shrink:g} plus x{protocol.perturb:g} a fresh init"
 
     def finetune_protocol(self) -> FinetuneConfig:
         return self.cfg.finetune if self.cfg.run.init else FinetuneConfig()

@@ -20,8 +20,10 @@ Takes the first `--hours` of audio of a manifest (tracks sorted by id, duplicate
             scale;
   stages    CPU ms per 1024-frame sample, on `--stage-samples` float16 samples of the set: the shard worker's
             decode + STFT (`track_clips` of the subset's first tracks, per clip) and each encoding's
-            encode; the loader's 512-frame crop read; and inside log8-zstd the quantisation, zstd,
-            inflating the crop's chunks and the dequantisation, timed apart;
+            encode; the loader's 512-frame crop read (log8: the codes) and its way into a float16 batch
+            row (decode + collate, log8-zstd also the old way: dequantise first); and inside
+            log8-zstd the quantisation, zstd, inflating the crop's chunks and the dequantisation,
+            timed apart;
   coders    the same log8 codes of those samples compressed per 64-frame chunk by each candidate
             (zlib 1/6, zstd -5/1/3, lz4 when the `lz4` package is installed) in both layouts
             (frame-major, as gzip log8 stores them, and bin-major, as log8-zstd does): bytes as a
@@ -52,7 +54,7 @@ from pipeline import codec
 from pipeline import format as fmt
 from pipeline.shard.plan import ShardOptions
 from pipeline.shard.run import run_shard
-from trainer.data import train_loader
+from trainer.data import Crop, collate, train_loader
 
 CROP_FRAMES = 512
 BATCH = 8
@@ -122,10 +124,24 @@ def decode_ms(shards: Path, samples: int = 24) -> tuple[float, float]:
         if len(stored) >= samples:
             break
     whole = best_ms(lambda s: np.ascontiguousarray(s.read()), stored)
-    crop = best_ms(
-        lambda s: np.ascontiguousarray(s.read((s.frames - CROP_FRAMES) // 2, (s.frames + CROP_FRAMES) // 2)), stored
-    )
+    crop = best_ms(lambda s: loader_crop(s, (s.frames - CROP_FRAMES) // 2, (s.frames + CROP_FRAMES) // 2), stored)
     return whole, crop
+
+
+def loader_crop(stored: codec.StoredSpec, start: int, stop: int):
+    """What trainer.data.crop_sample decodes: a log8 crop's codes (collate dequantises them into the
+    batch), a float16 crop's copy."""
+    return stored.read_codes(start, stop) or np.ascontiguousarray(stored.read(start, stop))
+
+
+def crop_to_batch(stored: codec.StoredSpec, span: tuple[int, int], codes: bool) -> torch.Tensor:
+    """A loader worker's whole work on one crop: decode it, collate it into a float16 batch row."""
+    if codes:
+        data, levels = stored.read_codes(*span)
+        crop = Crop(data, CROP_FRAMES, False, 0, "k", levels=np.stack([levels] * fmt.CHANNELS))
+    else:
+        crop = Crop(np.ascontiguousarray(stored.read(*span)), CROP_FRAMES, False, 0, "k")
+    return collate([crop], torch.float16)["spec"]
 
 
 def fidelity(shards: Path, encoding: str) -> dict:
@@ -218,9 +234,19 @@ def stage_times(tracks: list[fmt.TrackRecord], specs: list[np.ndarray]) -> list[
     for encoding in fmt.ENCODINGS:
         opened = [encoded(s, encoding) for s in specs]
         rows.append(
+            (f"loader: {CROP_FRAMES}-frame crop of {encoding}", best_ms(lambda o: loader_crop(o, *crop), opened))
+        )
+    # a crop's whole way into a float16 batch row, per encoding and (log8-zstd) both ways of collating it
+    for encoding, codes, how in (
+        (codec.FLOAT16, False, "copy, min/max, divide into the batch"),
+        (codec.LOG8_ZSTD, False, "dequantise, then as float16 (before)"),
+        (codec.LOG8_ZSTD, True, "codes, peak code, one lookup into the batch (now)"),
+    ):
+        opened = [encoded(s, encoding) for s in specs]
+        rows.append(
             (
-                f"loader: {CROP_FRAMES}-frame crop of {encoding}",
-                best_ms(lambda o: np.ascontiguousarray(o.read(*crop)), opened),
+                f"loader: crop -> float16 batch row, {encoding}: {how}",
+                best_ms(lambda o, c=codes: crop_to_batch(o, crop, c), opened),
             )
         )
     # inside log8-zstd
@@ -251,7 +277,7 @@ def stage_times(tracks: list[fmt.TrackRecord], specs: list[np.ndarray]) -> list[
     crop_codes = [o._zstd_codes(*crop) for o in opened]
     levels = codec.log8_levels(1.0, codec.LOG8_RANGE_DB)
     rows.append(
-        ("  log8-zstd crop: dequantise (code-pair table)", best_ms(lambda c: codec._dequantise(c, levels), crop_codes))
+        ("  log8-zstd crop: dequantise (code-pair table)", best_ms(lambda c: codec.dequantise(c, levels), crop_codes))
     )
     rows.append(("  (before: levels[codes], one gather per value)", best_ms(lambda c: levels[c], crop_codes)))
     return rows

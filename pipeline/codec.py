@@ -164,20 +164,27 @@ def log8_levels(reference: float, range_db: float) -> np.ndarray:
     steps = np.arange(_CODES + 1, dtype=np.float64) - 1
     levels = reference * 10.0 ** ((steps * range_db / (_CODES - 1) - range_db) / 20.0)
     levels[0] = 0.0
-    return levels.astype(SPEC_DTYPE)
+    with np.errstate(over="ignore"):  # a reference above float16's range gives inf levels, which readers refuse
+        return levels.astype(SPEC_DTYPE)
 
 
-def _dequantise(codes: np.ndarray, levels: np.ndarray) -> np.ndarray:
-    """float16 levels of C-contiguous uint8 `codes` with an even number of values, two at a time:
-    a table of all 65,536 code pairs (two float16 as one uint32, built in ~25 us) halves the gathers,
-    and `mode="clip"` spares numpy its bounds checks, ~4x faster than `levels[codes]` in all."""
-    bits = levels.view(np.uint16).astype(np.uint32)
+def dequantise(codes: np.ndarray, table: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """`table[codes]` (table: 256 float16 or float32 values) into `out` (new if None) of the table's dtype.
+    For C-contiguous codes with an even number of values and a C-contiguous `out`: two at a time, from a
+    table of all 65,536 code pairs (two values as one uint32 or uint64, built in ~25-60 us), which halves
+    the gathers, and `mode="clip"` spares numpy its bounds checks: ~4x faster than `levels[codes]`."""
+    out = np.empty(codes.shape, dtype=table.dtype) if out is None else out
+    width = {2: (np.uint16, np.uint32, 16), 4: (np.uint32, np.uint64, 32)}.get(table.dtype.itemsize)
+    paired = codes.size % 2 == 0 and codes.flags.c_contiguous and out.flags.c_contiguous
+    if width is None or not paired or out.shape != codes.shape or len(table) != _CODES + 1:
+        return np.take(table, codes, out=out, mode="clip")
+    single, pair, shift = width
+    bits = table.view(single).astype(pair)
     # the pair (c0, c1) as stored is the uint16 c0 | c1 << 8 (little-endian) or c0 << 8 | c1 (big),
-    # and the uint32 holding (v0, v1) in memory order is v1 << 16 | v0 or v0 << 16 | v1: this one
+    # and the word holding (v0, v1) in memory order is v1 << shift | v0 or v0 << shift | v1: this one
     # table is right for both byte orders
-    pairs = (bits[:, None] << 16 | bits[None, :]).ravel()
-    out = np.empty(codes.shape, dtype=SPEC_DTYPE)
-    np.take(pairs, codes.reshape(-1).view(np.uint16), out=out.reshape(-1).view(np.uint32), mode="clip")
+    pairs = (bits[:, None] << shift | bits[None, :]).ravel()
+    np.take(pairs, codes.reshape(-1).view(np.uint16), out=out.reshape(-1).view(pair), mode="clip")
     return out
 
 
@@ -208,8 +215,23 @@ class StoredSpec:
             return self._view[:, :, start:stop]
         levels = log8_levels(float(self._codec["reference"]), float(self._codec["range_db"]))
         if self.encoding == LOG8_ZSTD:
-            return _dequantise(self._zstd_codes(start, stop), levels)
+            return dequantise(self._zstd_codes(start, stop), levels)
         return self._gzip_read(start, stop, levels)
+
+    def read_codes(self, start: int = 0, stop: int | None = None) -> tuple[np.ndarray, np.ndarray] | None:
+        """For a log8 sample, frames [start, stop) still quantised: ([2, bins, stop - start] uint8 codes,
+        the 256 float16 levels they stand for), so `dequantise(codes, levels)` equals `read(start, stop)`
+        and a reader can fold a scale into the levels rather than pass over the values again; None for
+        float16. ValueError as `read`."""
+        stop = self.frames if stop is None else stop
+        if not 0 <= start <= stop <= self.frames:
+            raise ValueError(f"frames [{start}, {stop}) outside the stored {self.frames}")
+        if self._view is not None:
+            return None
+        levels = log8_levels(float(self._codec["reference"]), float(self._codec["range_db"]))
+        if self.encoding == LOG8_ZSTD:
+            return self._zstd_codes(start, stop), levels
+        return np.ascontiguousarray(self._gzip_codes(start, stop).transpose(1, 2, 0)), levels
 
     def _chunk(self, i: int, inflate) -> bytes:
         chunk = int(self._codec["chunk_frames"])
@@ -232,12 +254,16 @@ class StoredSpec:
             codes[:, :, lo - start : hi - start] = part[:, :, lo - first : hi - first]
         return codes
 
-    def _gzip_read(self, start: int, stop: int, levels: np.ndarray) -> np.ndarray:
+    def _gzip_codes(self, start: int, stop: int) -> np.ndarray:
+        """[stop - start, 2, bins] uint8, the stored frame-major layout."""
         chunk = int(self._codec["chunk_frames"])
         first, last = start // chunk, -(-stop // chunk)
         parts = [self._chunk(i, _inflate) for i in range(first, last)]
         codes = np.frombuffer(b"".join(parts), dtype=np.uint8).reshape(-1, CHANNELS, self.bins)
-        codes = codes[start - first * chunk : stop - first * chunk]
+        return codes[start - first * chunk : stop - first * chunk]
+
+    def _gzip_read(self, start: int, stop: int, levels: np.ndarray) -> np.ndarray:
+        codes = self._gzip_codes(start, stop)
         out = np.empty((CHANNELS, self.bins, len(codes)), dtype=SPEC_DTYPE)
         return np.take(levels, codes.transpose(1, 2, 0), out=out)  # gathered straight into [2, bins, frames]
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import json
 import logging
 import random
 import socket
@@ -34,7 +35,7 @@ from pipeline.format import (
     shard_name,
     write_index,
 )
-from trainer.data import collate, crop_sample, eval_loader, resolve_shards, track_group, train_loader
+from trainer.data import Crop, collate, crop_sample, eval_loader, resolve_shards, track_group, train_loader
 
 BINS = 32
 CLIP = 64
@@ -221,6 +222,52 @@ def test_collate_float16_matches_float32_to_half_precision():
     wide, narrow = collate(crops)["spec"], collate(crops, dtype=torch.float16)["spec"]
     assert narrow.dtype == torch.float16 and torch.equal(narrow.amax(dim=(1, 2, 3)), torch.ones(2, dtype=torch.float16))
     assert torch.allclose(narrow.float(), wide, rtol=1e-3, atol=0)
+
+
+def _music_like(seed: int, valid: int, channels: int = 2) -> np.ndarray:
+    """[channels, BINS, CLIP] magnitudes over ~100 dB (some below log8's 80 dB range), zero past `valid`."""
+    values = 10.0 ** np.random.default_rng(seed).uniform(-5, 0, (channels, BINS, CLIP))
+    values[:, :, valid:] = 0
+    return values.astype(SPEC_DTYPE)
+
+
+@pytest.mark.parametrize("encoding", ["log8", "log8-zstd"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_a_log8_crop_stays_quantised_until_collate_which_writes_what_decoding_first_would(encoding, dtype):
+    """Collate looks codes up in levels divided by the crop's peak: the batch must equal, to the bit,
+    the one made from the decoded float16 crop (plain and pair samples, swapped, padded, silent)."""
+    from pipeline.format import PairSampleMeta
+
+    stft = STFTParams(n_fft=2 * BINS).to_dict()
+    samples = []
+    for seed, valid in enumerate((CLIP, 20, 45)):
+        meta = SampleMeta(f"t{seed}", 0, 0, valid, "a", stft=stft)
+        samples.append(
+            {"__key__": f"t{seed}_00000", **encode_sample({"spec": _music_like(seed, valid)}, meta, encoding)}
+        )
+    silent = SampleMeta("quiet", 0, 0, CLIP, "a", stft=stft)
+    samples.append({"__key__": "quiet_00000", **encode_sample({"spec": _music_like(9, 0)}, silent, encoding)})
+    pair_meta = PairSampleMeta(track_id="p", clip=0, start_frame=0, valid_frames=50, album_key="a", stft=stft)
+    pair = encode_sample({"mix": _music_like(5, 50), "target": _music_like(6, 50) / 4}, pair_meta, encoding)
+    for group in (samples, [{"__key__": "p_00000", **pair}] * 3):
+        for seed in range(4):
+            rng = random.Random(seed)
+            crops = [crop_sample(raw, CROP, rng) for raw in group]
+            assert all(c.levels is not None and c.data.dtype == np.uint8 for c in crops)
+            assert len({c.swap for c in crops}) == 2 or seed  # both orientations seen
+            decoded = [Crop(c.frames, c.crop_frames, c.swap, c.group, c.key) for c in crops]
+            coded_batch, plain_batch = collate(crops, dtype)["spec"], collate(decoded, dtype)["spec"]
+            assert coded_batch.dtype == dtype and torch.equal(coded_batch, plain_batch)
+
+
+def test_a_log8_crop_whose_levels_overflow_float16_is_refused_like_an_infinite_value():
+    meta = SampleMeta("loud", 0, 0, CLIP, "a", stft=STFTParams(n_fft=2 * BINS).to_dict())
+    raw = {"__key__": "loud_00000", **encode_sample({"spec": _music_like(1, CLIP)}, meta, "log8-zstd")}
+    description = json.loads(raw["json"])
+    description["codec"]["spec"]["reference"] = 1e6  # a float16 level above 65504 is inf
+    raw["json"] = json.dumps(description).encode()
+    with pytest.raises(ValueError, match="not finite"):
+        collate([crop_sample(raw, CROP, None)])
 
 
 def test_track_group_is_stable_and_distinguishes_tracks():

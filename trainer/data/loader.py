@@ -79,7 +79,7 @@ class _SampleFilter:
             except (ValueError, KeyError, TypeError) as exc:
                 self.skip(sample.get("__key__"), sample.get("__url__"), exc)
                 continue
-            shape = crop.frames.shape[:2]
+            shape = crop.shape[:2]
             if self.shape is None and (self.bins is None or shape[1] == self.bins):
                 self.shape = shape
             if shape != self.shape:

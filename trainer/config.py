@@ -199,7 +199,8 @@ class TrainConfig:
         levels = sum(c * (m.bins >> level) for level, c in enumerate(m.channels)) * d.crop_frames
         attention = m.num_heads * d.crop_frames**2 * 4  # one block's attention weights, every frame a token
         batch = d.batch_size * (crop * arrays * 4 + levels * 4 * 8 + attention)
-        buffers = max(1, d.num_workers) * d.shuffle_buffer * crop * arrays * 2
+        # a waiting crop holds 1 byte per value (log8 codes; a float16 crop 2): the least it can be
+        buffers = max(1, d.num_workers) * d.shuffle_buffer * crop * arrays
         problems = []
         if batch > available:
             problems.append(

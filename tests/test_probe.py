@@ -6,16 +6,8 @@ import re
 
 import pytest
 
-from pipeline.ingest.probe import (
-    BLOCK_BYTES,
-    ProbeError,
-    describe_content,
-    find_frame_chain,
-    mp3_declares_length,
-    probe_file,
-    read_head_and_fingerprint,
-    sniff,
-)
+from pipeline.ingest.probe import BLOCK_BYTES, ProbeError, mp3_declares_length, probe_file, read_head_and_fingerprint
+from pipeline.ingest.sniff import describe_content, find_frame_chain, sniff
 
 
 def probe_failure(path) -> str:

@@ -348,7 +348,7 @@ def _code_files() -> list[Path]:
     """The modules whose code decides the manifests' content."""
     here = Path(__file__).parent
     return sorted(Path(fmt.__file__).parent.glob("*.py")) + [
-        here / name for name in ("scan.py", "probe.py", "containers.py", "manifest.py", "run.py")
+        here / name for name in ("scan.py", "probe.py", "sniff.py", "containers.py", "manifest.py", "run.py")
     ]
 
 

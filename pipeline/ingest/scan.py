@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 from pipeline import format as fmt
 from pipeline.format import FailureRecord
-from pipeline.ingest.probe import AUDIO_EXTENSIONS, OTHER_EXTENSIONS
+from pipeline.ingest.sniff import AUDIO_EXTENSIONS, OTHER_EXTENSIONS
 
 
 @dataclass(slots=True)

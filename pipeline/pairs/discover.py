@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline import format as fmt
-from pipeline.ingest.probe import AUDIO_EXTENSIONS
+from pipeline.ingest.sniff import AUDIO_EXTENSIONS
 
 MIXTURE_NAMES = ("mixture", "mix")
 INSTRUMENTAL_NAMES = ("instrumental", "accompaniment")

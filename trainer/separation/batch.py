@@ -61,7 +61,7 @@ class Job:
 def walk(inputs: Iterable[str]) -> Iterator[tuple[str, Path]]:
     """(audio file, its output folder relative to --out) for every input: a file as given goes to
     --out itself, a folder's files to `<folder name>/<sub folders>`. Hidden entries are skipped."""
-    from pipeline.ingest.probe import AUDIO_EXTENSIONS
+    from pipeline.ingest.sniff import AUDIO_EXTENSIONS
 
     for item in inputs:
         if not os.path.isdir(item):

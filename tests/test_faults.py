@@ -21,7 +21,7 @@ import pytest
 
 from pipeline import format as fmt
 from pipeline.demo import synth
-from pipeline.ingest.manifest import JOURNAL_FILE
+from pipeline.ingest.journal import JOURNAL_FILE
 from pipeline.shard.run import run_shard
 
 from support import CLI_OPTIONS, OPTIONS, make_collection, shard_bytes, track_record

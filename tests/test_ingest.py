@@ -16,7 +16,8 @@ from click.testing import CliRunner
 import pipeline.ingest.run as ingest_module
 from pipeline import format as fmt
 from pipeline.cli import main
-from pipeline.ingest.manifest import JOURNAL_FILE, assign_splits
+from pipeline.ingest.journal import JOURNAL_FILE
+from pipeline.ingest.manifest import assign_splits
 from pipeline.ingest.run import ingest
 
 SPEC_FIELDS = [

@@ -239,7 +239,7 @@ def test_a_failure_an_older_prober_decided_is_probed_again_once(tmp_path, make_t
     import json
 
     from pipeline import format as fmt
-    from pipeline.ingest.manifest import JOURNAL_FILE
+    from pipeline.ingest.journal import JOURNAL_FILE
     from pipeline.ingest.run import ingest
 
     mp3 = make_track(tmp_path / "clean.mp3", seconds=2.0, extra_args=["-c:a", "libmp3lame", "-f", "mp3"])

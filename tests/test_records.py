@@ -17,7 +17,8 @@ from click.testing import CliRunner
 
 from pipeline import format as fmt
 from pipeline.cli import main as pipeline_cli
-from pipeline.ingest.manifest import JOURNAL_FILE, STATE_FILE
+from pipeline.ingest.journal import JOURNAL_FILE
+from pipeline.ingest.manifest import STATE_FILE
 from pipeline.ingest.run import ingest
 from pipeline.records import RecordError, record_from_dict
 from pipeline.shard.write import STATE_DIR, read_state

@@ -20,16 +20,18 @@ from pathlib import Path
 
 from pipeline import format as fmt
 from pipeline.durable import exclusive, remove_stale_temporaries
-from pipeline.ingest.manifest import (
+from pipeline.ingest.journal import (
     ProbeJournal,
-    build_records,
     failure_outcome,
-    forget_state,
     ignored_outcome,
-    inputs_digest,
     outcomes_from_manifest,
-    save_state,
     track_outcome,
+)
+from pipeline.ingest.manifest import (
+    build_records,
+    forget_state,
+    inputs_digest,
+    save_state,
     unchanged_counts,
     write_manifest,
 )

@@ -21,7 +21,8 @@ from pathlib import Path
 
 from pipeline import format as fmt
 from pipeline.durable import exclusive, remove_stale_temporaries
-from pipeline.ingest.manifest import ProbeJournal, album_key_of, assign_splits, normalise_name
+from pipeline.ingest.journal import ProbeJournal
+from pipeline.ingest.manifest import album_key_of, assign_splits, normalise_name
 from pipeline.ingest.probe import ProbeError, probe_file
 from pipeline.pairs.align import (
     DEFAULT_MAX_LENGTH_DIFFERENCE,

@@ -230,15 +230,23 @@ def exclusive(
     forked children share an flock and would keep it after their parent is killed, refusing the
     resume that follows; a record lock belongs to the process alone and dies with it.
     A file system without locks (ENOLCK, some FUSE mounts) gets a warning, and the block runs unguarded.
+    An existing folder as `lock_file` is flocked itself, which leaves no file in it (a folder of the
+    user's, such as `trainer separate --out`); a record lock needs a file.
     """
     lock_file = Path(lock_file)
-    lock_file.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock_file, "a") as handle:
+    if lock_file.is_dir():
+        if per_process:
+            raise ValueError(f"{lock_file}: a record lock needs a lock file, not a folder")
+        fd = os.open(lock_file, os.O_RDONLY | os.O_DIRECTORY)
+    else:
+        lock_file.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(lock_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+    try:
         try:
             if per_process:
-                fcntl.lockf(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+                fcntl.lockf(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
             else:
-                fcntl.flock(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+                fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
         except OSError as exc:
             if exc.errno in _NO_LOCKS:
                 print(
@@ -249,4 +257,6 @@ def exclusive(
                 raise FolderBusy(busy_message) from None
             else:
                 raise
-        yield  # closing the handle releases either kind of lock
+        yield
+    finally:
+        os.close(fd)  # releases either kind of lock

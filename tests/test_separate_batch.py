@@ -332,3 +332,18 @@ def test_devices_that_are_not_here_are_one_line_errors(checkpoint, tmp_path):
         assert len(result.stderr.strip().splitlines()) == 1
     result = CliRunner().invoke(trainer_cli, command + ["--device", "tpu", "--quiet"])  # no such device anywhere
     assert result.exit_code == 2 and "'--device': 'tpu' is not a device" in result.stderr
+
+
+def test_a_second_run_into_the_same_out_is_refused_while_the_first_writes(checkpoint, tmp_path):
+    from pipeline.durable import exclusive
+
+    write_song(tmp_path / "in" / "song.wav")
+    out = tmp_path / "out"
+    out.mkdir()
+    with exclusive(out, "held by the test"):  # what a running `trainer separate` holds
+        code, _, err = run_separate(tmp_path / "in", "--checkpoint", checkpoint, "--out", out)
+        assert code == 1 and "another trainer separate is writing there" in err and len(err.strip().splitlines()) == 1
+    assert listing(out) == []  # nothing written
+    code, _, err = run_separate(tmp_path / "in", "--checkpoint", checkpoint, "--out", out)
+    assert code == 0, err
+    assert listing(out) == ["in/song_instrumental.flac", "in/song_vocals.flac"]  # and no lock file

@@ -9,7 +9,8 @@ skipped (a rerun after a kill does only what is left; `--overwrite` redoes it), 
 them is a failure (never overwrite a file we did not just decide to write). Outputs are written under
 temporary names and renamed when complete; temporaries of our own output names left by a killed run
 are deleted before a folder is written to. `--out` inside an input folder is refused: the next run
-would separate its own outputs.
+would separate its own outputs. One run at a time writes into an `--out` (it holds a lock on the
+folder itself for the run, leaving no file; a second run is refused at once with a one-line message).
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ import string
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from pipeline.durable import exclusive
 
 DEFAULT_FILENAME = "{name}_{stem}.{ext}"
 FILENAME_FIELDS = {
@@ -229,14 +232,16 @@ def separate_inputs(
     check_filename(template, chosen)
     subtype = output_subtype(output_format, bit_depth)
     check_out_dir(out_dir, inputs)
-    ensemble = load_ensemble(checkpoints, device, batch_size, window_frames, overlap, tta)
-    jobs, failed = plan(inputs, out_dir, template, chosen, output_format)
-    if not jobs and not failed:
-        failed.append((", ".join(inputs), "no audio files"))
-    show = sys.stderr.isatty() if progress is None else progress
-    return run_jobs(
-        jobs, failed, lambda job, label: write_stems(ensemble, job.source, job.targets, subtype, show, label), overwrite
-    )
+    busy = f"--out {out_dir}: another trainer separate is writing there; wait for it to end or choose another --out"
+    # a second run would delete the first's temporaries as a killed run's and race it for the same names
+    with exclusive(out_dir, busy):  # the folder itself: no lock file among the user's outputs
+        ensemble = load_ensemble(checkpoints, device, batch_size, window_frames, overlap, tta)
+        jobs, failed = plan(inputs, out_dir, template, chosen, output_format)
+        if not jobs and not failed:
+            failed.append((", ".join(inputs), "no audio files"))
+        show = sys.stderr.isatty() if progress is None else progress
+        write = lambda job, label: write_stems(ensemble, job.source, job.targets, subtype, show, label)  # noqa: E731
+        return run_jobs(jobs, failed, write, overwrite)
 
 
 __all__ = [

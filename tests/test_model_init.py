@@ -59,12 +59,16 @@ def test_prior_outside_the_open_unit_interval_is_refused(prior):
 
 
 def test_every_preset_output_starts_where_its_head_means_no_change():
-    # a plain mask multiplies the input, so it starts near the magnitude (the original objective); a
+    # a plain mask multiplies the input, so it starts near the magnitude (the original objective) or,
+    # for the mixture pretext of the presets, near passing the mixture on (the fine-tune's prior); a
     # gate-and-fill output starts its fill there instead; a gate-and-refine output starts at factor 1
     # on the interpolation (odds of 0.5)
-    for name in ("original", "tiny", "small", "base"):
-        model = load_config(name).model
-        if model.output == "mask":
+    for name in ("original", "recipe", "mixture", "tiny", "small", "base"):
+        cfg = load_config(name)
+        model = cfg.model
+        if model.output == "mask" and cfg.corrupt.mix_prob > 0:
+            assert model.mask_prior == 0.9
+        elif model.output == "mask":
             assert model.mask_prior <= 0.01
         elif model.output == "mask_fill":
             assert model.fill_prior <= 0.01

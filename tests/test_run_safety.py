@@ -64,7 +64,10 @@ def test_a_non_finite_validation_loss_stops_the_run_and_never_becomes_best(shard
 
     monkeypatch.setattr(trainer.pretrain.evaluate, "evaluate", nan_on_the_second_validation)
     run = tmp_path / "run"
-    cfg = small_config("run.steps=6", "run.ckpt_every=2", "run.val_every=2")
+    # the masked-token recipe: its validation is `evaluate` (the mixture pretext's, evaluate_mixture)
+    cfg = load_config(
+        "recipe", overrides=SMALL + ["data.num_workers=0", "run.steps=6", "run.ckpt_every=2", "run.val_every=2"]
+    )
     with pytest.raises(RuntimeError, match=r"validation loss at step 4 is nan: .*step-0000002 is intact"):
         loop.pretrain(cfg, str(shards), run, val_shards=str(shards))
     assert pointer(run, "last") == "step-0000002" and pointer(run, "best") == "step-0000002"

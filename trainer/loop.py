@@ -207,7 +207,11 @@ def pretrain(
         origin = task.initialise(raw_model, dev)
     model = torch.compile(raw_model) if cfg.run.compile else raw_model
     if ddp:
-        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None)
+        # a pretext without the pair task (the mixture pretext of the presets) leaves the NSP head out of
+        # the loss, and DDP refuses parameters without a gradient unless told to look for them
+        unused = task.name != TASK_SEPARATION and not cfg.corrupt.nsp
+        device_ids = [dev.index] if dev.type == "cuda" else None
+        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids, find_unused_parameters=unused)
 
     command = "trainer finetune" if task.name == TASK_SEPARATION else "trainer pretrain"
     log = RunLog(run_dir, start_step, command) if is_main else NullLog()

@@ -3,7 +3,9 @@
 The corruptions are the validation ones (the evaluation yardstick, freshly seeded generator, fixed
 crops), so the picture matches the numbers `trainer evaluate` prints for the same shards. The
 reconstruction row is what the model proposes for the selected tokens, pasted into the input: a good
-model's row looks like the clean row.
+model's row looks like the clean row. For the mixture pretext (corrupt.mix_prob > 0) the rows are the
+primary, the primary with an interferer (the model's input, the mixture yardstick of `trainer
+evaluate`) and the model's estimate of the primary where the interferer is.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import numpy as np
 import torch
 
 from trainer.pretrain.corrupt import Corrupted, corrupt_batch
-from trainer.pretrain.evaluate import EVAL_SEED, yardstick
+from trainer.pretrain.evaluate import EVAL_SEED, mixture_yardstick, yardstick
 from trainer.pretrain.objective import reconstruct
 
 
@@ -52,7 +54,8 @@ def load_preview_batch(
         raise ValueError(f"{shards}: no {split} samples to preview")
     clean = batch["spec"].to(device)
     generator = torch.Generator(device=device).manual_seed(EVAL_SEED)
-    corrupted = corrupt_batch(clean, batch["group"].to(device), yardstick(cfg.corrupt), generator)
+    fixed = mixture_yardstick(cfg.corrupt) if cfg.corrupt.mix_prob > 0 else yardstick(cfg.corrupt)
+    corrupted = corrupt_batch(clean, batch["group"].to(device), fixed, generator)
     reconstruction = None
     if model is not None:
         with torch.no_grad():
@@ -80,9 +83,20 @@ def render(preview: PreviewBatch, out: str | os.PathLike) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [("clean", preview.clean), ("corrupted (model input)", preview.corrupted.input)]
+    mixture = preview.corrupted.mixed is not None
+    if mixture:
+        rows = [
+            ("primary (the target)", preview.clean),
+            ("primary + an interferer (model input)", preview.corrupted.input),
+        ]
+    else:
+        rows = [("clean", preview.clean), ("corrupted (model input)", preview.corrupted.input)]
     if preview.reconstruction is not None:
-        rows.append(("reconstruction (model on selected tokens, input elsewhere)", preview.reconstruction))
+        if mixture:
+            last = "estimate of the primary (mask x input) where the interferer is, input elsewhere"
+        else:
+            last = "reconstruction (model on selected tokens, input elsewhere)"
+        rows.append((last, preview.reconstruction))
     n = len(preview.keys)
     fig, axes = plt.subplots(n * len(rows), 1, figsize=(11, 2.1 * n * len(rows)), squeeze=False)
     frames = preview.clean.shape[-1]
@@ -106,13 +120,15 @@ def render(preview: PreviewBatch, out: str | os.PathLike) -> Path:
                     ax.axvspan(start, end, ymin=0, ymax=0.04, color="cyan")
                 for start, end in _spans(separator):
                     ax.axvspan(start, end, ymin=0.96, ymax=1.0, color="lime")
-            ax.axvline(frames // 2, color="white", linewidth=0.6, linestyle=":")
+            if not mixture:
+                ax.axvline(frames // 2, color="white", linewidth=0.6, linestyle=":")
             ax.set_ylabel("bin")
             title = f"{key}: {name}"
-            if r == 0:
+            if r == 0 and not mixture:
                 title += f"  |  NSP: {label}"
             ax.set_title(title, fontsize=8, loc="left")
-    axes[-1, 0].set_xlabel("frame  (cyan: selected tokens, lime: separator, dotted: NSP join)")
+    legend = "cyan: the interferer" if mixture else "cyan: selected tokens, lime: separator, dotted: NSP join"
+    axes[-1, 0].set_xlabel(f"frame  ({legend})")
     fig.tight_layout()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -12,6 +12,8 @@ from support import SMALL, write_shards
 def test_the_default_variants_cover_the_issue_rows():
     names = [v.name for v in read_variants(DEFAULT_VARIANTS)]
     assert names[:2] == ["original", "recipe"] and len(names) == len(set(names)) == 10
+    presets = {v.name: v.preset for v in read_variants(DEFAULT_VARIANTS)}
+    assert presets["original"] == "original" and set(presets.values()) == {"original", "recipe"}
 
 
 @pytest.mark.parametrize(

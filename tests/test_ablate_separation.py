@@ -29,7 +29,7 @@ def data(tmp_path_factory):
     make_pair_shards(base / "pairs", STFT, songs=4, seconds=2.0)
     write_shards(base / "shards", {f"t{i}": 5 + i for i in range(6)}, clips_per_track=2, shards_per_split=1)
     (base / "v.yaml").write_text(
-        "- {name: recipe, preset: tiny}\n- {name: no pair, preset: tiny, set: [corrupt.nsp=false]}\n"
+        "- {name: recipe, preset: recipe}\n- {name: no pair, preset: recipe, set: [corrupt.nsp=false]}\n"
     )
     return base
 

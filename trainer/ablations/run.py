@@ -4,8 +4,8 @@ budget, score each on the evaluation yardstick, and write one table.
 A variants file (YAML) is a list of rows; each names a starting point and overrides:
 
     - {name: original, preset: original}
-    - {name: recipe, preset: tiny}
-    - {name: "select 75%", preset: tiny, set: [corrupt.select_rate=0.75]}
+    - {name: recipe, preset: recipe}
+    - {name: "select 75%", preset: recipe, set: [corrupt.select_rate=0.75]}
 
 Every row trains into OUT/<slug of name>/ with `--steps` (and any `--set` given to the command, e.g.
 a common crop or batch size) from seed `run.seed`, so rows differ only in their own overrides. A row

@@ -78,6 +78,7 @@ def test_the_mixture_pretext_reports_itself_against_passing_the_mixture_on(data)
         ["evaluate", "--checkpoint", str(data / "pre-mix"), "--shards", str(data / "pool"), "--device", "cpu"],
     )
     assert result.exit_code == 0 and "mixture pretext: L1 to the primary" in result.output, result.output
+    assert "masked-token L1" not in result.output  # never trained on masked tokens: only its own score
 
 
 def test_a_mixture_pretext_keeps_its_mask_head_and_a_masked_token_pretext_gets_a_new_one(data, tmp_path):

@@ -34,12 +34,15 @@ def test_preview_without_checkpoint_shows_validation_corruptions(shards, tmp_pat
     assert out.read_bytes()[:8] == PNG
 
 
-def test_preview_batches_are_the_fixed_validation_corruptions(shards, tmp_path):
+@pytest.mark.parametrize("preset", ["tiny", "recipe"])
+def test_preview_batches_are_the_fixed_validation_corruptions(shards, tmp_path, preset):
     run = tmp_path / "run"
-    cfg = load_config("tiny", overrides=SMALL + ["run.steps=2", "run.ckpt_every=2", "run.val_every=1000"])
+    cfg = load_config(preset, overrides=SMALL + ["run.steps=2", "run.ckpt_every=2", "run.val_every=1000"])
     pretrain(cfg, str(shards), run)
-    first = load_preview_batch(str(shards), 3, str(run), "tiny", "val")
-    again = load_preview_batch(str(shards), 3, str(run), "tiny", "val")
+    first = load_preview_batch(str(shards), 3, str(run), preset, "val")
+    again = load_preview_batch(str(shards), 3, str(run), preset, "val")
+    # the mixture pretext (tiny) is shown on its own task: an interferer mixed in, no masked tokens
+    assert (first.corrupted.mixed is not None) == (preset == "tiny")
     assert first.reconstruction is not None and first.reconstruction.shape == first.clean.shape
     assert (first.corrupted.input == again.corrupted.input).all()
     assert (first.corrupted.selected == again.corrupted.selected).all()

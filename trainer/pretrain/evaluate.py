@@ -256,9 +256,21 @@ def describe_corruption(cfg: CorruptConfig) -> str:
     return f"{cfg.token_frames}-frame tokens, {cfg.select_rate:.0%} selected, {pair}"
 
 
-def format_table(result: EvalResult, title: str = "") -> str:
-    """The printed comparison: model / baseline < 1 means the model reconstructs better than that baseline."""
+def format_table(result: EvalResult, title: str = "", masked_tokens: bool = True) -> str:
+    """The printed comparison: model / baseline < 1 means the model reconstructs better than that baseline.
+    A model never trained on masked tokens (`masked_tokens` False: the mixture pretext alone) gets only
+    its own score, the mixture line: a sigmoid mask cannot fill a [MASK] frame, so the masked-token
+    table would only say that."""
     lines = [title] if title else []
+    if result.pretext and not masked_tokens:
+        p = result.pretext
+        lines += [
+            f"{result.batches} batches, {result.samples} samples (fixed mixtures: each crop with another's interferer)",
+            f"mixture pretext: L1 to the primary where an interferer is {p['model_l1']:.5f}, the mixture itself "
+            f"{p['pass_through_l1']:.5f}: model / doing nothing {p['ratio']:.3f} (below 1: it learned); "
+            f"val loss {result.loss:.5f}",
+        ]
+        return "\n".join(lines)
     corruption = describe_corruption(CorruptConfig(**result.corruption)) if result.corruption else "fixed"
     lines += [
         f"{result.batches} batches, {result.samples} samples, {result.selected_frames} selected frames "
@@ -316,7 +328,10 @@ def evaluate_checkpoint(
         )
 
     result = validate_pretraining(model, loader, cfg, dev)
-    table = format_table(result, title=f"{path} (step {meta.get('step')}) on {shards} [{split}]: yardstick")
+    masked = cfg.corrupt.select_rate > 0
+    table = format_table(
+        result, title=f"{path} (step {meta.get('step')}) on {shards} [{split}]: yardstick", masked_tokens=masked
+    )
     if yardstick(cfg.corrupt) != cfg.corrupt and cfg.corrupt.mix_prob == 0:
         trained = evaluate(model, loader(), cfg.corrupt, dev, cfg.loss, output=cfg.model.output)
         table += "\n\n" + format_table(trained, title="the training corruption (not comparable across runs)")

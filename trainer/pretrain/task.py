@@ -63,7 +63,7 @@ class PretrainTask:
     def format_validation(self, result, title: str) -> str:
         from trainer.pretrain.evaluate import format_table
 
-        return format_table(result, title=title)
+        return format_table(result, title=title, masked_tokens=self.cfg.corrupt.select_rate > 0)
 
     def checkpoint_meta(self) -> dict:
         return {"task": self.name}

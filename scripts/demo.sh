@@ -36,7 +36,7 @@ DEMO_STEPS=${DEMO_STEPS:-60}
 trainer pretrain --shards demo/shards --preset tiny --run demo/runs/tiny --steps "$DEMO_STEPS" \
   --set run.ckpt_every=30 --set run.val_every=30 --set run.image_every=30
 
-step "6. evaluate the last checkpoint on the val shards: model vs copy-nearest and interpolation"
+step "6. evaluate the last checkpoint on the val shards: the mixture pretext, model vs doing nothing"
 trainer evaluate --checkpoint demo/runs/tiny --shards demo/shards/val.json
 trainer preview --shards demo/shards --checkpoint demo/runs/tiny --out demo/preview-corruptions.png --n 4
 

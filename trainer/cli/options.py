@@ -23,7 +23,11 @@ def one_line(exc: Exception) -> click.ClickException:
 def training_options(run_default: str, set_example: str):
     """The options `pretrain` and `finetune` share (preset or config, run folder, budget, device, --set)."""
     options = [
-        click.option("--preset", default=None, help="Training preset: trainer/configs/NAME.yaml (tiny, small, base)."),
+        click.option(
+            "--preset",
+            default=None,
+            help="Training preset: trainer/configs/NAME.yaml (tiny, small, base: mixture pretext; recipe, original).",
+        ),
         click.option(
             "--config",
             "config_file",

@@ -234,7 +234,8 @@ def exclusive(
     user's, such as `trainer separate --out`); a record lock needs a file.
     """
     lock_file = Path(lock_file)
-    if lock_file.is_dir():
+    folder = lock_file.is_dir()
+    if folder:
         if per_process:
             raise ValueError(f"{lock_file}: a record lock needs a lock file, not a folder")
         fd = os.open(lock_file, os.O_RDONLY | os.O_DIRECTORY)
@@ -248,7 +249,8 @@ def exclusive(
             else:
                 fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
         except OSError as exc:
-            if exc.errno in _NO_LOCKS:
+            # some network and FUSE file systems lock files but not folders (EINVAL, EBADF)
+            if exc.errno in _NO_LOCKS or (folder and exc.errno in (errno.EINVAL, errno.EBADF)):
                 print(
                     f"warning: {lock_file}: cannot lock ({exc.strerror}); nothing stops a second writer here",
                     file=sys.stderr,

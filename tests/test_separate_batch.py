@@ -347,3 +347,22 @@ def test_a_second_run_into_the_same_out_is_refused_while_the_first_writes(checkp
     code, _, err = run_separate(tmp_path / "in", "--checkpoint", checkpoint, "--out", out)
     assert code == 0, err
     assert listing(out) == ["in/song_instrumental.flac", "in/song_vocals.flac"]  # and no lock file
+
+
+def test_a_folder_lock_that_the_file_system_cannot_take_warns_and_runs(tmp_path, monkeypatch, capsys):
+    import errno
+    import fcntl
+
+    from pipeline import durable
+
+    def no_folder_locks(fd, operation):
+        raise OSError(errno.EINVAL, "Invalid argument")
+
+    monkeypatch.setattr(fcntl, "flock", no_folder_locks)
+    ran = []
+    with durable.exclusive(tmp_path, "busy"):
+        ran.append(True)
+    assert ran and "cannot lock" in capsys.readouterr().err
+    # a lock file on such a file system is still an error, as before
+    with pytest.raises(OSError), durable.exclusive(tmp_path / "lock", "busy"):
+        pass

@@ -88,6 +88,7 @@ class DataConfig:
     tracks: list[str] = field(default_factory=list)  # train only on these track / pair ids ([]: all)
     extra_shards: str = ""  # a second training source (e.g. `trainer pseudo-label` pairs) ...
     extra_share: float = 0.5  # ... giving this share of the crops
+    remix: float = 0.0  # separation: share of training crops rebuilt as target + another crop's residual
 
 
 LOSS_DOMAINS = ("linear", "log")

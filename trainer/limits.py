@@ -54,6 +54,7 @@ LIMITS = {
     "data.val_batch_size": Int(1, 2**16),
     "data.read_timeout": Float(0.0, 86400.0, low_open=True),
     "data.extra_share": Float(0.0, 1.0),
+    "data.remix": Float(0.0, 1.0),
     "loss.all_frames_weight": Float(0.0, 1e6),
     "loss.nsp_weight": Float(0.0, 1e6),
     "loss.log_eps": Float(0.0, 1.0, low_open=True, high_open=True),

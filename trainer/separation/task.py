@@ -156,7 +156,12 @@ class SeparationTask:
         check_bins(spec, self.cfg.model.bins, self.shards)
         return {"mixture": spec[:, :2], "target": spec[:, 2:]}
 
-    def loss(self, model: nn.Module, batch: dict, generator: torch.Generator, device: torch.device):
+    def loss(self, model: nn.Module, batch: dict, generator: torch.Generator | None, device: torch.device):
+        if generator is not None and self.cfg.data.remix > 0:  # training batches only: validation passes None
+            from trainer.separation.remix import remix
+
+            mixture, target, _ = remix(batch["mixture"], batch["target"], self.cfg.data.remix, generator)
+            batch = {**batch, "mixture": mixture, "target": target}
         with autocast_for(device):
             mask, _ = model(batch["mixture"])
         loss, parts, estimate = separation_loss(mask, batch["mixture"], batch["target"])

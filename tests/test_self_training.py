@@ -272,6 +272,48 @@ def test_the_pseudo_label_pretrain_route_and_the_long_scratch_control(data, tmp_
     assert "pseudo-labels (3 steps), then fine-tune" in rows
 
 
+def test_a_second_round_learns_from_the_first_rounds_student_and_students_can_be_remixed(data, tmp_path):
+    settings = CurveSettings(
+        pairs=str(data / "pairs" / "shards"),
+        manifests=str(data / "pairs" / "m"),
+        budgets=(1,),
+        seeds=1,
+        steps=1,
+        pool=str(data / "pool"),
+        modes=("joint", "pretrain"),
+        rounds=2,
+        student_remix=0.5,
+        tracks=1,
+    )
+    table = run_curve(settings, tmp_path / "c", COMMON, device="cpu")
+    cell = tmp_path / "c" / "k001" / "seed0"
+    config = lambda folder: read_checkpoint_config(resolve_checkpoint(cell / folder))  # noqa: E731
+    first, second = "pseudo-labels-remixed-x0.5-then-fine-tune", "pseudo-labels-remixed-x0.5-then-fine-tune-round-2"
+    # round 1 learns the scratch teacher's labels, round 2 the labels of round 1's fine-tuned student
+    state = lambda folder: json.loads((cell / folder / ".state" / "pseudo-label.json").read_text())  # noqa: E731
+    assert state("pseudo")["teacher"] != state("pseudo-remix0.5-round2")["teacher"]
+    assert config("pseudo-student-remix0.5-round2")["run"]["init"] == ""
+    assert config(second)["run"]["init"] == str(resolve_checkpoint(cell / "pseudo-student-remix0.5-round2"))
+    assert config(first)["run"]["init"] == str(resolve_checkpoint(cell / "pseudo-student-remix0.5"))
+    # the students' training on pseudo-labels is remixed; the fine-tunes on the labelled songs are not
+    for student in ("pseudo-student-remix0.5", "pseudo-student-remix0.5-round2", "self-training-remixed-x0.5"):
+        assert config(student)["data"]["remix"] == 0.5
+    for tuned in ("from-scratch", first, second):
+        assert config(tuned)["data"]["remix"] == 0.0
+    rows = [line.split("|")[1].strip() for line in table.splitlines() if line.startswith("| ")]
+    for row in ("self-training, remixed x0.5", "pseudo-labels remixed x0.5, then fine-tune"):
+        assert row in rows
+    assert "pseudo-labels remixed x0.5, then fine-tune, round 2" in rows
+    for wrong, message in (
+        ({"modes": ("joint",)}, "--rounds > 1 needs --self-train-mode pretrain"),
+        ({"rounds": 0}, "--rounds must be >= 1"),
+        ({"student_remix": 2.0}, "--student-remix must be in"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            run_curve(CurveSettings(**{**settings.__dict__, **wrong}), tmp_path / "bad", COMMON, device="cpu")
+    assert not (tmp_path / "bad" / "k001").exists()
+
+
 def test_an_init_row_gets_its_own_protocol_overrides(data, tmp_path):
     settings = CurveSettings(
         pairs=str(data / "pairs" / "shards"),

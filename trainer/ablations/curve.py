@@ -59,6 +59,8 @@ class CurveSettings:
     tracks: int | None = None  # val songs scored (None: all)
     bsseval: bool = False
     student_steps: int | None = None  # the pretrain route's steps on the pseudo-labelled pool (None: steps)
+    rounds: int = 1  # pretrain route: round r's teacher is round r - 1's fine-tuned student
+    student_remix: float = 0.0  # data.remix of every student's training (noisy student / RemixIT)
 
     @property
     def pool_steps(self) -> int:
@@ -67,9 +69,26 @@ class CurveSettings:
     @property
     def self_pretrain(self) -> str:
         """The route that pretrains a student on the pseudo-labelled pool alone, then fine-tunes it."""
-        if self.pool_steps == self.steps:
-            return "pseudo-labels, then fine-tune"
-        return f"pseudo-labels ({self.pool_steps} steps), then fine-tune"
+        return self.self_pretrain_round(1)
+
+    def self_pretrain_round(self, round_: int) -> str:
+        """Round `round_` of that route: its teacher is the previous round's fine-tuned student."""
+        steps = "" if self.pool_steps == self.steps else f" ({self.pool_steps} steps)"
+        remixed = f" remixed x{self.student_remix:g}" if self.student_remix else ""
+        return f"pseudo-labels{remixed}{steps}, then fine-tune" + (f", round {round_}" if round_ > 1 else "")
+
+    @property
+    def self_training(self) -> str:
+        """The joint student's route: the k songs and the pseudo-labelled pool in every batch."""
+        return SELF_TRAINING + (f", remixed x{self.student_remix:g}" if self.student_remix else "")
+
+    def pseudo_folder(self, round_: int) -> str:
+        """Round 1's teacher is the scratch model; a later round's, that round's own student chain."""
+        return "pseudo" if round_ == 1 else "pseudo" + self.student_folder_round(round_).removeprefix("pseudo-student")
+
+    def student_folder_round(self, round_: int) -> str:
+        folder = self.student_folder + (f"-remix{self.student_remix:g}" if self.student_remix else "")
+        return folder + (f"-round{round_}" if round_ > 1 else "")
 
     @property
     def scratch_long(self) -> str:
@@ -96,8 +115,10 @@ def routes(settings: CurveSettings) -> list[str]:
     names = [SCRATCH] + ([settings.scratch_long] if settings.long_scratch else [])
     names += [name for name, _ in settings.inits]
     if settings.pool:
-        self_routes = (SELF_TRAINING, settings.self_pretrain)
+        self_routes = (settings.self_training, settings.self_pretrain)
         names += [route for mode, route in zip(SELF_TRAINING_MODES, self_routes) if mode in settings.modes]
+        if "pretrain" in settings.modes:
+            names += [settings.self_pretrain_round(r) for r in range(2, settings.rounds + 1)]
     return names
 
 
@@ -114,10 +135,15 @@ def check_settings(settings: CurveSettings) -> None:
         raise ValueError(f"--seeds must be >= 1, got {settings.seeds}")
     if settings.student_steps is not None and settings.student_steps < 1:
         raise ValueError(f"--student-steps must be >= 1, got {settings.student_steps}")
+    if settings.rounds < 1:
+        raise ValueError(f"--rounds must be >= 1, got {settings.rounds}")
+    if settings.rounds > 1 and "pretrain" not in settings.modes:
+        raise ValueError("--rounds > 1 needs --self-train-mode pretrain (the route whose student teaches the next)")
+    if not 0.0 <= settings.student_remix <= 1.0:
+        raise ValueError(f"--student-remix must be in [0, 1], got {settings.student_remix}")
     names = routes(settings)
-    if len({slug(n) for n in names}) != len(names) or any(
-        slug(n) in ("pseudo", settings.student_folder) for n in names
-    ):
+    folders = {folder for r in range(1, settings.rounds + 1) for folder in _self_training_folders(settings, r)}
+    if len({slug(n) for n in names}) != len(names) or any(slug(n) in folders for n in names):
         raise ValueError(f"row names must differ from each other and from {SCRATCH!r}/{SELF_TRAINING!r}: {names}")
     resolve_shards(settings.pairs, "train")
     labelled_ids(settings.manifests, max(settings.budgets))
@@ -136,6 +162,10 @@ def check_settings(settings: CurveSettings) -> None:
     unknown = sorted(set(settings.modes) - set(SELF_TRAINING_MODES))
     if unknown or not settings.modes:
         raise ValueError(f"self-training modes must be some of {SELF_TRAINING_MODES}, got {list(settings.modes)}")
+
+
+def _self_training_folders(settings: CurveSettings, round_: int) -> tuple[str, str]:
+    return settings.pseudo_folder(round_), settings.student_folder_round(round_)
 
 
 def _load_results(path: Path) -> dict:
@@ -200,25 +230,35 @@ def run_curve(
                     cell / slug(settings.scratch_long), settings.preset, None, longer, overrides, device
                 )
             if settings.pool:
-                pseudo = cell / "pseudo"
+                pseudo = cell / settings.pseudo_folder(1)
                 pseudo_label(runs[SCRATCH], settings.pool, pseudo, device=device)
+                noise = [f"data.remix={settings.student_remix}"] if settings.student_remix else []
                 if "joint" in settings.modes:
-                    student = [*overrides, f"data.extra_shards={pseudo}", f"data.extra_share={settings.extra_share}"]
-                    runs[SELF_TRAINING] = finetune_row(
-                        cell / slug(SELF_TRAINING), settings.preset, None, budget, student, device
+                    student = [
+                        *overrides,
+                        *noise,
+                        f"data.extra_shards={pseudo}",
+                        f"data.extra_share={settings.extra_share}",
+                    ]
+                    runs[settings.self_training] = finetune_row(
+                        cell / slug(settings.self_training), settings.preset, None, budget, student, device
                     )
-                if "pretrain" in settings.modes:  # the student learns the pool alone, then the k songs
+                teacher = runs[SCRATCH]
+                for round_ in range(1, settings.rounds + 1) if "pretrain" in settings.modes else []:
+                    # the student learns the pool alone (remixed if asked), then the k songs as they are
+                    if round_ > 1:
+                        pseudo = cell / settings.pseudo_folder(round_)
+                        pseudo_label(teacher, settings.pool, pseudo, device=device)
                     on_pool = dataclasses.replace(budget, pairs=str(pseudo), steps=settings.pool_steps)
-                    stage = [*common, f"run.seed={seed}"]
-                    first = finetune_row(cell / settings.student_folder, settings.preset, None, on_pool, stage, device)
-                    runs[settings.self_pretrain] = finetune_row(
-                        cell / slug(settings.self_pretrain),
-                        settings.preset,
-                        resolve_checkpoint(first),
-                        budget,
-                        overrides,
-                        device,
+                    stage = [*common, *noise, f"run.seed={seed}"]
+                    first = finetune_row(
+                        cell / settings.student_folder_round(round_), settings.preset, None, on_pool, stage, device
                     )
+                    route = settings.self_pretrain_round(round_)
+                    runs[route] = finetune_row(
+                        cell / slug(route), settings.preset, resolve_checkpoint(first), budget, overrides, device
+                    )
+                    teacher = runs[route]
             scored = {r: str(resolve_checkpoint(runs[r])) for r in runs}  # a run trained further is scored again
             todo = [r for r in runs if results.get(_key(r, k, seed), {}).get("checkpoint") != scored[r]]
             if todo:

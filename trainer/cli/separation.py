@@ -327,6 +327,21 @@ def _budgets(value: str) -> tuple[int, ...]:
     help="Steps of the pretrain mode's student on the pseudo-labels [default: --finetune-steps].",
 )
 @click.option(
+    "--rounds",
+    type=Int(1, 100),
+    default=1,
+    show_default=True,
+    help="Self-training rounds of the pretrain mode: round r's teacher is round r-1's fine-tuned student.",
+)
+@click.option(
+    "--student-remix",
+    type=Float(0.0, 1.0),
+    default=0.0,
+    show_default=True,
+    help="data.remix of every student's training on pseudo-labels (noisy student): share of crops rebuilt "
+    "as their instrumental plus another crop's voice.",
+)
+@click.option(
     "--long-scratch",
     is_flag=True,
     help="Also a scratch fine-tune of the pretrain route's total steps (the control for added training).",
@@ -339,7 +354,8 @@ def _budgets(value: str) -> tuple[int, ...]:
 @click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE", help="Applied to every fine-tune.")
 def label_curve(
     pairs, pairs_manifests, budgets, seeds, only_seed, finetune_steps, preset, inits, init_overrides, pool,
-    pseudo_share, modes, student_steps, long_scratch, tracks, report_only, bsseval, out, device, overrides,
+    pseudo_share, modes, student_steps, rounds, student_remix, long_scratch, tracks, report_only, bsseval, out,
+    device, overrides,
 ):  # fmt: skip
     """Separation SDR against the number of labelled songs: from scratch, from each pretrain, self-trained.
 
@@ -367,6 +383,8 @@ def label_curve(
         tracks,
         bsseval,
         student_steps,
+        rounds,
+        student_remix,
     )
     try:
         if only_seed is not None and only_seed >= seeds:

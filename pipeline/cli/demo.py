@@ -28,7 +28,8 @@ from pipeline.cli_types import Float, Int
 def make_demo(
     out_dir, artists, albums_per_artist, tracks_per_album, min_seconds, max_seconds, seed, pair_songs
 ) -> None:
-    """Make a synthetic demo collection (two "drives" of albums in six formats) under OUT_DIR, and
+    """Make a synthetic demo collection (two "drives" of albums in six formats; songs with a voice, each
+    album's last track an instrumental) under OUT_DIR, and
     separation pairs (a synthetic voice over accompaniment, mixture = sum) under OUT_DIR/pairs:
     song folders in pairs/stems, and pairs/mixtures + pairs/instrumentals (instrumentals 120 ms late).
 

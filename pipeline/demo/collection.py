@@ -5,6 +5,10 @@ that are tagged and albums known only by their folder names, a symlinked duplica
 byte-identical copy on the other drive (both become `duplicate_of` sightings), and a text file
 named `.mp3` (a failure with its reason). Total audio is kept near 20 minutes so the whole demo
 chain (ingest, shard, pretrain, evaluate) runs in minutes on two cores.
+
+Like the albums a vocal remover is for, the songs are sung (a synthetic voice over the band, as in
+the demo's separation pairs, with other voices and other bands), except each album's last track, an
+instrumental: a collection without voices has nothing to teach a separator that removes them.
 """
 
 from __future__ import annotations
@@ -61,7 +65,8 @@ def make_demo_collection(out_dir: str | os.PathLike, artists: int = 3, albums_pe
                 tags = {"artist": artist, "album": album, "title": title, "track": str(t + 1)} if tagged else None
                 # staged: an interrupted run never leaves a truncated file a re-run would take as finished
                 with staged_path(path) as tmp:
-                    write_track(tmp, seconds=seconds, seed=track_seed, tags=tags)
+                    sung = t < tracks_per_album - 1 or tracks_per_album == 1
+                    write_track(tmp, seconds=seconds, seed=track_seed, tags=tags, sung=sung)
     if first_track is not None:
         _add_duplicates(first_track, roots)
     notes = roots[0] / NOT_AUDIO_NAME

@@ -97,6 +97,12 @@ def synth_voice(seconds: float, sample_rate: int = 44100, channels: int = 2, see
     return (voice[:, None] * gains[None, :]).astype(np.float32)
 
 
+def synth_song(seconds: float, sample_rate: int = 44100, channels: int = 2, seed: int = 0) -> np.ndarray:
+    """`synth_music` with `synth_voice` sung over it, at the levels of the demo's separation pairs: a
+    song as an album holds it, a mix with a voice in it."""
+    return 0.55 * synth_music(seconds, sample_rate, channels, seed) + synth_voice(seconds, sample_rate, channels, seed)
+
+
 def encode(signal: np.ndarray, sample_rate: int, path: str | Path, extra_args: list[str] | None = None,
            tags: dict[str, str] | None = None) -> Path:
     """Encode float32 `[samples, channels]` to `path` with ffmpeg; the codec follows the extension
@@ -121,6 +127,8 @@ def encode(signal: np.ndarray, sample_rate: int, path: str | Path, extra_args: l
 
 
 def write_track(path: str | Path, seconds: float = 2.0, sample_rate: int = 44100, channels: int = 2,
-                seed: int = 0, extra_args: list[str] | None = None, tags: dict[str, str] | None = None) -> Path:
-    """Synthesize and encode one track in one call."""
-    return encode(synth_music(seconds, sample_rate, channels, seed), sample_rate, path, extra_args, tags)
+                seed: int = 0, extra_args: list[str] | None = None, tags: dict[str, str] | None = None,
+                sung: bool = False) -> Path:
+    """Synthesize and encode one track in one call (`sung`: with a voice, `synth_song`)."""
+    signal = (synth_song if sung else synth_music)(seconds, sample_rate, channels, seed)
+    return encode(signal, sample_rate, path, extra_args, tags)

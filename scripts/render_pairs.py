@@ -11,7 +11,7 @@ placed on the bars. The result is the stems layout `pipeline pairs` reads:
 Never commit what this writes. Needs: fluidsynth, espeak-ng, the soundfont; numpy and scipy
 (scipy comes with museval). Usage:
 
-    python scripts/render_pairs.py OUT [--songs 24] [--seconds 40] [--seed 0]
+    python scripts/render_pairs.py OUT [--songs 24] [--seconds 40] [--seed 0] [--voices en+m3] [--prefix Song]
 """
 
 from __future__ import annotations
@@ -122,12 +122,12 @@ def render_midi(events: list, tempo_us: int, path: Path, work: Path) -> np.ndarr
     return audio
 
 
-def voice(rng: np.random.Generator, bar_seconds: float, frames: int, work: Path) -> np.ndarray:
-    """espeak-ng phrases on the even bars, centred, at 44.1 kHz stereo."""
+def voice(rng: np.random.Generator, bar_seconds: float, frames: int, work: Path, voices: list[str]) -> np.ndarray:
+    """espeak-ng phrases on the even bars, centred, at 44.1 kHz stereo, in one of `voices`."""
     from scipy.signal import resample_poly
 
     out = np.zeros((frames, 2), dtype=np.float32)
-    name, pitch = str(rng.choice(VOICES)), int(rng.integers(25, 75))
+    name, pitch = str(rng.choice(voices)), int(rng.integers(25, 75))
     bar, index = 0, 0
     while (start := int(bar * bar_seconds * RATE)) < frames:
         text = " ".join(rng.choice(WORDS, size=int(rng.integers(4, 9))))
@@ -156,7 +156,7 @@ def voice(rng: np.random.Generator, bar_seconds: float, frames: int, work: Path)
     return out
 
 
-def render_song(folder: Path, seed: int, seconds: float, with_instrumental: bool) -> None:
+def render_song(folder: Path, seed: int, seconds: float, with_instrumental: bool, voices: list[str] = VOICES) -> None:
     rng = np.random.default_rng(seed)
     stems, tempo_us, bar_seconds = compose(rng, seconds)
     frames = int(seconds * RATE)
@@ -166,7 +166,7 @@ def render_song(folder: Path, seed: int, seconds: float, with_instrumental: bool
         for name, events in stems.items():
             rendered = render_midi(events, tempo_us, work / f"{name}.wav", work)
             audio[name] = np.pad(rendered, ((0, max(0, frames - len(rendered))), (0, 0)))[:frames]
-        vocals = voice(rng, bar_seconds, frames, work)
+        vocals = voice(rng, bar_seconds, frames, work, voices)
     instrumental = sum(audio.values())
     # the voice about as loud as the band (RMS), then one gain for everything: no clipping
     vocals *= np.sqrt(np.mean(instrumental**2) / max(np.mean(vocals**2), 1e-12)) * float(rng.uniform(0.6, 1.2))
@@ -186,12 +186,21 @@ def main() -> None:
     parser.add_argument("--songs", type=int, default=24)
     parser.add_argument("--seconds", type=float, default=40.0)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--voices",
+        default=",".join(VOICES),
+        help="espeak-ng voices the singers are drawn from, comma-separated (one: a labelled set with one singer)",
+    )
+    parser.add_argument("--prefix", default="Song", help="folder names: PREFIX NN")
     args = parser.parse_args()
+    voices = [v for v in args.voices.split(",") if v]
+    if not voices:
+        parser.error("--voices: give at least one espeak-ng voice")
     for index in range(args.songs):
-        folder = args.out / f"Song {index:02d}"
+        folder = args.out / f"{args.prefix} {index:02d}"
         if (folder / "mixture.wav").exists():
             continue
-        render_song(folder, args.seed * 1000 + index, args.seconds, with_instrumental=index % 2 == 0)
+        render_song(folder, args.seed * 1000 + index, args.seconds, index % 2 == 0, voices)
         print(folder, flush=True)
 
 

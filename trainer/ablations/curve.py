@@ -12,7 +12,11 @@ songs (instrumental SDR, MDX; BSSEval v4 optional), next to the mixture (floor) 
 With `modes` containing "pretrain", a second student learns the pseudo-labelled pool alone (as a
 pretrain on the collection; `student_steps`, default the fine-tune's steps) and is then fine-tuned on
 the k songs with the same budget; with `long_scratch`, a scratch fine-tune of as many steps as that
-route's two stages together is the control for routes that add training.
+route's two stages together is the control for routes that add training. With `rounds` > 1 that route
+iterates: round r's fine-tuned student labels the pool again for round r + 1's student. With
+`student_remix`, every student trains with `data.remix` (trainer/separation/remix.py), the noise of
+a noisy student: the pretrain route's student on its pseudo-labels (its fine-tune on the k songs is
+not remixed), the joint student on its whole batches.
 
 Layout: OUT/k{k}/seed{s}/{from-scratch, <name>, pseudo, self-training, ...} and the cell's scores
 (curve.json there: per route, the per-song SDRs); all cells merged in OUT/curve.json, the table in
@@ -83,7 +87,8 @@ class CurveSettings:
         return SELF_TRAINING + (f", remixed x{self.student_remix:g}" if self.student_remix else "")
 
     def pseudo_folder(self, round_: int) -> str:
-        """Round 1's teacher is the scratch model; a later round's, that round's own student chain."""
+        """Where round r's pseudo-labels go: round 1's come from the scratch model, a later round's from
+        the previous round's fine-tuned student."""
         return "pseudo" if round_ == 1 else "pseudo" + self.student_folder_round(round_).removeprefix("pseudo-student")
 
     def student_folder_round(self, round_: int) -> str:

@@ -338,8 +338,8 @@ def _budgets(value: str) -> tuple[int, ...]:
     type=Float(0.0, 1.0),
     default=0.0,
     show_default=True,
-    help="data.remix of every student's training on pseudo-labels (noisy student): share of crops rebuilt "
-    "as their instrumental plus another crop's voice.",
+    help="data.remix of every student's training (noisy student): share of crops rebuilt as their "
+    "instrumental plus another crop's voice; the pretrain route's fine-tune on the k songs is not remixed.",
 )
 @click.option(
     "--long-scratch",

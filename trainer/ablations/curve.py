@@ -147,7 +147,8 @@ def check_settings(settings: CurveSettings) -> None:
     if not 0.0 <= settings.student_remix <= 1.0:
         raise ValueError(f"--student-remix must be in [0, 1], got {settings.student_remix}")
     names = routes(settings)
-    folders = {folder for r in range(1, settings.rounds + 1) for folder in _self_training_folders(settings, r)}
+    rounds = range(1, settings.rounds + 1)
+    folders = {settings.pseudo_folder(r) for r in rounds} | {settings.student_folder_round(r) for r in rounds}
     if len({slug(n) for n in names}) != len(names) or any(slug(n) in folders for n in names):
         raise ValueError(f"row names must differ from each other and from {SCRATCH!r}/{SELF_TRAINING!r}: {names}")
     resolve_shards(settings.pairs, "train")
@@ -167,10 +168,6 @@ def check_settings(settings: CurveSettings) -> None:
     unknown = sorted(set(settings.modes) - set(SELF_TRAINING_MODES))
     if unknown or not settings.modes:
         raise ValueError(f"self-training modes must be some of {SELF_TRAINING_MODES}, got {list(settings.modes)}")
-
-
-def _self_training_folders(settings: CurveSettings, round_: int) -> tuple[str, str]:
-    return settings.pseudo_folder(round_), settings.student_folder_round(round_)
 
 
 def _load_results(path: Path) -> dict:

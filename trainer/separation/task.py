@@ -23,6 +23,7 @@ from trainer.config import TASK_SEPARATION, FinetuneConfig, TrainConfig
 from trainer.data import check_bins
 from trainer.device import autocast_for
 from trainer.logs import spectrogram_grid
+from trainer.separation.remix import remix
 
 # Heads that belong to one task: not carried from a pretraining checkpoint into a separation model.
 PRETRAIN_ONLY = ("nsp_head.",)
@@ -158,8 +159,6 @@ class SeparationTask:
 
     def loss(self, model: nn.Module, batch: dict, generator: torch.Generator | None, device: torch.device):
         if generator is not None and self.cfg.data.remix > 0:  # training batches only: validation passes None
-            from trainer.separation.remix import remix
-
             mixture, target, _ = remix(batch["mixture"], batch["target"], self.cfg.data.remix, generator)
             batch = {**batch, "mixture": mixture, "target": target}
         with autocast_for(device):

@@ -5,6 +5,7 @@ budget/seed bookkeeping of `trainer label-curve`. Test-size model (support.SMALL
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -182,17 +183,21 @@ def test_pseudo_labels_are_verified_pair_shards_a_rerun_keeps_and_another_teache
     assert run_cli("verify", "--out", str(log8)).returncode == 0
 
 
+def _curve(data, **changes) -> CurveSettings:
+    """The test curve: the labelled pairs, one budget of 1 song, one seed, 1-step fine-tunes, 1 val song."""
+    base = dict(pairs=str(data / "pairs" / "shards"), manifests=str(data / "pairs" / "m"), budgets=(1,), seeds=1)
+    return CurveSettings(**{**base, "steps": 1, "tracks": 1, **changes})
+
+
 def test_the_curve_trains_every_budget_seed_and_route_once_and_a_rerun_only_reads(data, tmp_path):
-    settings = CurveSettings(
-        pairs=str(data / "pairs" / "shards"),
-        manifests=str(data / "pairs" / "m"),
+    settings = _curve(
+        data,
         budgets=(1, 2),
         seeds=2,
         steps=2,
         preset="tiny",
         inits=(("mixture pretext", str(data / "pre-mix")),),
         pool=str(data / "pool"),
-        tracks=1,
     )
     out = tmp_path / "curve"
     table = run_curve(settings, out, COMMON, device="cpu")
@@ -213,7 +218,7 @@ def test_the_curve_trains_every_budget_seed_and_route_once_and_a_rerun_only_read
     assert (out / "curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*.safetensors")}
     assert run_curve(settings, out, COMMON, device="cpu") == table
-    more = CurveSettings(**{**settings.__dict__, "long_scratch": True})  # a route nobody trained
+    more = dataclasses.replace(settings, long_scratch=True)  # a route nobody trained
     report = run_curve(more, out, COMMON, device="cpu", report_only=True)
     assert "| from scratch, 2x steps | — | — |" in report and not list(out.rglob("from-scratch-2x-steps"))
     assert stamps == {p: p.stat().st_mtime_ns for p in out.rglob("*.safetensors")}
@@ -227,6 +232,9 @@ def test_curve_options_are_checked_before_anything_trains(data, tmp_path):
         (["--budgets", "0"], "--budgets"),
         (["--init", "nameless"], "NAME=CHECKPOINT"),
         (["--seeds", "2", "--seed", "2"], "--seed 2 is outside"),
+        (["--rounds", "0"], "--rounds"),
+        (["--rounds", "2"], "--rounds > 1 needs --self-train-mode pretrain"),
+        (["--student-remix", "1.5"], "--student-remix"),
     ):
         result = CliRunner().invoke(trainer_cli, base + extra)
         assert result.exit_code != 0 and message in result.output, result.output
@@ -234,17 +242,7 @@ def test_curve_options_are_checked_before_anything_trains(data, tmp_path):
 
 
 def test_the_pseudo_label_pretrain_route_and_the_long_scratch_control(data, tmp_path):
-    settings = CurveSettings(
-        pairs=str(data / "pairs" / "shards"),
-        manifests=str(data / "pairs" / "m"),
-        budgets=(1,),
-        seeds=1,
-        steps=2,
-        pool=str(data / "pool"),
-        modes=("pretrain",),
-        long_scratch=True,
-        tracks=1,
-    )
+    settings = _curve(data, steps=2, pool=str(data / "pool"), modes=("pretrain",), long_scratch=True)
     out = tmp_path / "curve"
     table = run_curve(settings, out, COMMON, device="cpu")
     cell = out / "k001" / "seed0"
@@ -260,7 +258,7 @@ def test_the_pseudo_label_pretrain_route_and_the_long_scratch_control(data, tmp_
 
     # a longer student on the same pseudo-labels, and the scratch control with the same total steps
     scratch_stamp = resolve_checkpoint(cell / "from-scratch").stat().st_mtime_ns
-    longer = CurveSettings(**{**settings.__dict__, "student_steps": 3})
+    longer = dataclasses.replace(settings, student_steps=3)
     table = run_curve(longer, out, COMMON, device="cpu")
     assert read_checkpoint_config(resolve_checkpoint(cell / "pseudo-student-3"))["run"]["steps"] == 3
     tuned = read_checkpoint_config(resolve_checkpoint(cell / "pseudo-labels-3-steps-then-fine-tune"))
@@ -273,18 +271,7 @@ def test_the_pseudo_label_pretrain_route_and_the_long_scratch_control(data, tmp_
 
 
 def test_a_second_round_learns_from_the_first_rounds_student_and_students_can_be_remixed(data, tmp_path):
-    settings = CurveSettings(
-        pairs=str(data / "pairs" / "shards"),
-        manifests=str(data / "pairs" / "m"),
-        budgets=(1,),
-        seeds=1,
-        steps=1,
-        pool=str(data / "pool"),
-        modes=("joint", "pretrain"),
-        rounds=2,
-        student_remix=0.5,
-        tracks=1,
-    )
+    settings = _curve(data, pool=str(data / "pool"), modes=("joint", "pretrain"), rounds=2, student_remix=0.5)
     table = run_curve(settings, tmp_path / "c", COMMON, device="cpu")
     cell = tmp_path / "c" / "k001" / "seed0"
     config = lambda folder: read_checkpoint_config(resolve_checkpoint(cell / folder))  # noqa: E731
@@ -310,26 +297,21 @@ def test_a_second_round_learns_from_the_first_rounds_student_and_students_can_be
         ({"student_remix": 2.0}, "--student-remix must be in"),
     ):
         with pytest.raises(ValueError, match=message):
-            run_curve(CurveSettings(**{**settings.__dict__, **wrong}), tmp_path / "bad", COMMON, device="cpu")
+            run_curve(dataclasses.replace(settings, **wrong), tmp_path / "bad", COMMON, device="cpu")
     assert not (tmp_path / "bad" / "k001").exists()
 
 
 def test_an_init_row_gets_its_own_protocol_overrides(data, tmp_path):
-    settings = CurveSettings(
-        pairs=str(data / "pairs" / "shards"),
-        manifests=str(data / "pairs" / "m"),
-        budgets=(1,),
-        seeds=1,
-        steps=1,
+    settings = _curve(
+        data,
         inits=(("plain", str(data / "pre-mix")), ("slow trunk", str(data / "pre-mix"))),
         init_overrides=(("slow trunk", "finetune.trunk_lr_factor=0.1"),),
-        tracks=1,
     )
     run_curve(settings, tmp_path / "c", COMMON, device="cpu")
     cell = tmp_path / "c" / "k001" / "seed0"
     factor = lambda slug: read_checkpoint_config(resolve_checkpoint(cell / slug))["finetune"]["trunk_lr_factor"]  # noqa: E731
     assert factor("plain") == 1.0 and factor("slow-trunk") == 0.1 and factor("from-scratch") == 1.0
-    bad = CurveSettings(**{**settings.__dict__, "init_overrides": (("nobody", "finetune.head=keep"),)})
+    bad = dataclasses.replace(settings, init_overrides=(("nobody", "finetune.head=keep"),))
     with pytest.raises(ValueError, match="no --init row named 'nobody'"):
         run_curve(bad, tmp_path / "c2", COMMON, device="cpu")
 

@@ -58,6 +58,7 @@ def test_overrides_parse_yaml_values_including_bare_exponents():
         ("optim.lr=.inf", "optim.lr must be a finite number"),
         ("corrupt.mask_value=nan", "corrupt.mask_value must be a finite number"),
         ("optim.betas=[0.9, .nan]", "optim.betas must be a finite number"),
+        ("optim.eps=0", r"optim.eps must be a finite number in \(0"),
         ("run.steps=1e400", "run.steps must be a finite number"),
         ("run.steps=100000000000000000000000", "run.steps must be a finite number"),
         ("model.mask_prior=-.inf", "model.mask_prior must be a finite number"),
@@ -101,3 +102,15 @@ def test_saved_config_reproduces_the_run_without_presets(tmp_path):
     # A saved run config plus overrides: how `trainer pretrain --resume --steps N` extends a run.
     longer = load_config(base=saved, overrides=["run.steps=99999"])
     assert longer.run.steps == 99999 and longer.model == cfg.model
+
+
+def test_optim_eps_reaches_adamw_and_the_default_is_pytorchs():
+    import torch
+
+    from trainer.loop import make_optimizer
+
+    model = torch.nn.Linear(3, 2)
+    default = make_optimizer(model, load_config("tiny").optim, torch.device("cpu"))
+    assert {group["eps"] for group in default.param_groups} == {1e-8}
+    small = make_optimizer(model, load_config("tiny", overrides=["optim.eps=1e-12"]).optim, torch.device("cpu"))
+    assert {group["eps"] for group in small.param_groups} == {1e-12}

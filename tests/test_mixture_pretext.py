@@ -58,6 +58,18 @@ def test_the_interferer_is_quieter_than_the_primary_by_the_configured_gain():
     assert change(quiet) < change(loud) / 10
 
 
+def test_a_louder_interferer_is_allowed_over_a_span_and_the_target_stays_the_primary():
+    clean, group = _batch(batch=32)
+    out = _corrupt(clean, group, mix_prob=1.0, mix_gain_db=(6.0, 6.0), mix_cover=(0.5, 0.5), **MIX_ONLY)
+    span = out.mixed[:, None, None, :]
+    inside = lambda x: torch.where(span, x, 0).square().sum().item()  # noqa: E731
+    # 6 dB louder: the interferer's energy in the span is ~4x the primary's, so the mixture's ~5x
+    assert 3.5 < inside(out.input) / inside(out.target) < 6.5
+    ratio = clean / out.target.clamp(min=1e-12)
+    assert torch.allclose(ratio, ratio.amax(dim=(1, 2, 3), keepdim=True).expand_as(ratio), rtol=1e-4)
+    assert (~out.mixed).any(dim=1).all()  # the primary alone somewhere in every crop
+
+
 def test_the_same_generator_seed_gives_the_same_mixture_and_another_seed_another():
     clean, group = _batch()
     a = _corrupt(clean, group, seed=3, mix_prob=0.7)
@@ -92,7 +104,8 @@ def test_random_phase_sum_stays_between_the_difference_and_the_sum_of_the_magnit
     "values, message",
     [
         (dict(mix_prob=1.5), "mix_prob"),
-        (dict(mix_gain_db=(-3.0, 2.0)), "mix_gain_db"),
+        (dict(mix_gain_db=(-3.0, 2.0), mix_cover=(0.5, 1.0)), "needs mix_cover below 1"),
+        (dict(mix_gain_db=(-3.0, 13.0)), "mix_gain_db"),
         (dict(mix_gain_db=(-1.0, -6.0)), "mix_gain_db"),
         (dict(mix_cover=(0.0, 0.5)), "mix_cover"),
         (dict(mix_cover=(0.6, 0.5)), "mix_cover"),

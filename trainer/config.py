@@ -24,7 +24,7 @@ from typing import Any
 
 import yaml
 
-from trainer.limits import check_section_limits, limit_problems
+from trainer.limits import MIX_GAIN_MAX_DB, check_section_limits, limit_problems
 from trainer.model import ModelConfig, load_model_preset
 
 PRESETS_DIR = Path(__file__).parent / "configs"
@@ -51,7 +51,7 @@ class CorruptConfig:
     # the mixture pretext (trainer/pretrain/mixture.py): share of crops with an interferer from another
     # track of the batch, its level below the primary in dB, and the share of the crop's frames it covers
     mix_prob: float = 0.0
-    mix_gain_db: tuple[float, float] = (-9.0, -1.0)
+    mix_gain_db: tuple[float, float] = (-9.0, -1.0)  # above 0: louder than the primary (needs mix_cover < 1)
     mix_cover: tuple[float, float] = (0.25, 0.75)
 
     def __post_init__(self) -> None:
@@ -70,11 +70,20 @@ class CorruptConfig:
         if not 0.0 <= self.mix_prob <= 1.0:
             raise ValueError(f"mix_prob must be in [0, 1], got {self.mix_prob}")
         low, high = self.mix_gain_db
-        if not low <= high <= 0.0:
-            raise ValueError(f"mix_gain_db must be [low, high] dB with low <= high <= 0, got {list(self.mix_gain_db)}")
+        if not low <= high <= MIX_GAIN_MAX_DB:
+            raise ValueError(
+                f"mix_gain_db must be [low, high] dB with low <= high <= {MIX_GAIN_MAX_DB:g}, "
+                f"got {list(self.mix_gain_db)}"
+            )
         low, high = self.mix_cover
         if not 0.0 < low <= high <= 1.0:
             raise ValueError(f"mix_cover must be [low, high] with 0 < low <= high <= 1, got {list(self.mix_cover)}")
+        if self.mix_gain_db[1] > 0.0 and high >= 1.0:
+            # a louder interferer over the whole crop would make it the primary: only the span tells them apart
+            raise ValueError(
+                f"mix_gain_db above 0 dB ({list(self.mix_gain_db)}) needs mix_cover below 1 "
+                f"(got {list(self.mix_cover)}): the primary is the source present throughout"
+            )
 
 
 @dataclass
@@ -112,6 +121,9 @@ class LossConfig:
 class OptimConfig:
     lr: float = 3e-4
     betas: tuple[float, float] = (0.9, 0.95)
+    # AdamW's eps, PyTorch's default: a weight whose gradients are far below it barely moves (the L1 of
+    # max-normalised magnitudes is ~1e-3, so deep layers' gradients can be; benchmarks/warm_start.py)
+    eps: float = 1e-8
     weight_decay: float = 0.1
     warmup_steps: int = 100
     decay: str = "cosine"  # after warmup, from lr down to lr * min_lr_ratio at the last step

@@ -16,6 +16,8 @@ if TYPE_CHECKING:
 # multiply into memory are also checked together (`memory_problems`). Relations between keys
 # (mask_prob + noise_prob <= 1, channels per level, ...) are checked by their sections.
 _COUNT = 10**12
+# the loudest interferer the mixture pretext allows over its primary (a vocal over its band often is louder)
+MIX_GAIN_MAX_DB = 12.0
 _SIZE = 2**20  # frames of a crop
 LIMITS = {
     "model.bins": Int(1, 2**15),
@@ -45,7 +47,7 @@ LIMITS = {
     "corrupt.mask_value": Float(-1e6, 1e6),
     "corrupt.nsp_prob": Float(0.0, 1.0),
     "corrupt.mix_prob": Float(0.0, 1.0),
-    "corrupt.mix_gain_db": Float(-200.0, 0.0),
+    "corrupt.mix_gain_db": Float(-200.0, MIX_GAIN_MAX_DB),
     "corrupt.mix_cover": Float(0.0, 1.0, low_open=True),
     "data.crop_frames": Int(1, _SIZE),
     "data.batch_size": Int(1, 2**16),
@@ -60,6 +62,7 @@ LIMITS = {
     "loss.log_eps": Float(0.0, 1.0, low_open=True, high_open=True),
     "optim.lr": Float(0.0, 100.0, low_open=True),
     "optim.betas": Float(0.0, 1.0, high_open=True),
+    "optim.eps": Float(0.0, 1.0, low_open=True),
     "optim.weight_decay": Float(0.0, 100.0),
     "optim.warmup_steps": Int(0, _COUNT),
     "optim.min_lr_ratio": Float(0.0, 1.0),

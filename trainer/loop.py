@@ -82,7 +82,7 @@ def make_optimizer(
             {"params": [p for _, p in members if p.dim() >= 2], "weight_decay": optim.weight_decay, "lr": lr},
             {"params": [p for _, p in members if p.dim() < 2], "weight_decay": 0.0, "lr": lr},
         ]
-    return torch.optim.AdamW(groups, lr=optim.lr, betas=optim.betas, fused=device.type == "cuda")
+    return torch.optim.AdamW(groups, lr=optim.lr, betas=optim.betas, eps=optim.eps, fused=device.type == "cuda")
 
 
 def trunk_parameters(model: torch.nn.Module, head: tuple[str, ...]) -> list[torch.nn.Parameter]:

@@ -9,7 +9,9 @@ the primary, crops normalised to their max), so nothing of the pretext has to be
 
 How the primary is identifiable (as in WavLM, the interferer is the shorter and quieter one): it fills
 the whole crop, the interferer one contiguous span of `mix_cover` of its frames (never the NSP
-separator's), `mix_gain_db` below the primary (both crops normalised to their own max first). The two
+separator's), `mix_gain_db` relative to the primary (both crops normalised to their own max first):
+below it by default; above it only over a span (the config refuses a louder interferer that may cover
+the whole crop), where what enters and leaves is what to remove, as a voice over its band. The two
 magnitudes add with an independent random phase per bin, `|a + g b e^(i phi)|`, which is what summing
 two unrelated recordings does to their STFT magnitudes; the mixture and the target are then divided by
 the mixture's max, the scale a fine-tune's pair crops have.

@@ -18,6 +18,7 @@ from trainer.checkpoint import read_checkpoint_config, resolve_checkpoint
 from trainer.cli import main as trainer_cli
 from trainer.data import train_loader
 from trainer.data.loader import track_of
+from trainer.separation.pseudo_label import _teacher_id
 
 from support import SMALL, make_pair_shards, run_cli
 
@@ -314,6 +315,32 @@ def test_an_init_row_gets_its_own_protocol_overrides(data, tmp_path):
     bad = dataclasses.replace(settings, init_overrides=(("nobody", "finetune.head=keep"),))
     with pytest.raises(ValueError, match="no --init row named 'nobody'"):
         run_curve(bad, tmp_path / "c2", COMMON, device="cpu")
+
+
+def test_self_training_on_top_of_a_pretrain_learns_from_its_fine_tune_and_starts_from_it(data, tmp_path):
+    pretrain = str(data / "pre-mix")
+    settings = _curve(
+        data, inits=(("mix", pretrain),), pool=str(data / "pool"), modes=("joint", "pretrain"), self_train_from="mix"
+    )
+    table = run_curve(settings, tmp_path / "c", COMMON, device="cpu")
+    cell = tmp_path / "c" / "k001" / "seed0"
+    config = lambda folder: read_checkpoint_config(resolve_checkpoint(cell / folder))  # noqa: E731
+    state = json.loads((cell / "pseudo-from-mix" / ".state" / "pseudo-label.json").read_text())
+    assert state["teacher"] == _teacher_id(resolve_checkpoint(cell / "mix"))  # the pretrain's fine-tune labels
+    # every student starts from the pretrain: the one on the pool alone and the joint one
+    for student in ("pseudo-student-from-mix", "self-training-from-mix"):
+        assert config(student)["run"]["init"] == str(resolve_checkpoint(pretrain))
+    tuned = config("pseudo-labels-then-fine-tune-from-mix")
+    assert tuned["run"]["init"] == str(resolve_checkpoint(cell / "pseudo-student-from-mix"))
+    assert not (cell / "pseudo").exists()  # the scratch model taught nothing
+    rows = [line.split("|")[1].strip() for line in table.splitlines() if line.startswith("| ")]
+    assert "pseudo-labels, then fine-tune, from mix" in rows and "self-training, from mix" in rows
+    for wrong, message in (
+        ({"self_train_from": "nobody"}, "--self-train-from nobody: no --init row"),
+        ({"pool": None}, "--self-train-from needs --self-train"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            run_curve(dataclasses.replace(settings, **wrong), tmp_path / "bad", COMMON, device="cpu")
 
 
 def test_shrink_and_perturb_blends_the_pretrain_with_the_seeds_fresh_init(data):

@@ -65,6 +65,13 @@ class CurveSettings:
     student_steps: int | None = None  # the pretrain route's steps on the pseudo-labelled pool (None: steps)
     rounds: int = 1  # pretrain route: round r's teacher is round r - 1's fine-tuned student
     student_remix: float = 0.0  # data.remix of every student's training (noisy student / RemixIT)
+    # an --init row: its fine-tune is the first teacher and its pretrain the start of every student,
+    # instead of the scratch model and a random init (self-training on top of a pretrain)
+    self_train_from: str | None = None
+
+    @property
+    def _from(self) -> str:
+        return f", from {self.self_train_from}" if self.self_train_from else ""
 
     @property
     def pool_steps(self) -> int:
@@ -79,17 +86,20 @@ class CurveSettings:
         """Round `round_` of that route: its teacher is the previous round's fine-tuned student."""
         steps = "" if self.pool_steps == self.steps else f" ({self.pool_steps} steps)"
         remixed = f" remixed x{self.student_remix:g}" if self.student_remix else ""
-        return f"pseudo-labels{remixed}{steps}, then fine-tune" + (f", round {round_}" if round_ > 1 else "")
+        route = f"pseudo-labels{remixed}{steps}, then fine-tune{self._from}"
+        return route + (f", round {round_}" if round_ > 1 else "")
 
     @property
     def self_training(self) -> str:
         """The joint student's route: the k songs and the pseudo-labelled pool in every batch."""
-        return SELF_TRAINING + (f", remixed x{self.student_remix:g}" if self.student_remix else "")
+        return SELF_TRAINING + (f", remixed x{self.student_remix:g}" if self.student_remix else "") + self._from
 
     def pseudo_folder(self, round_: int) -> str:
-        """Where round r's pseudo-labels go: round 1's come from the scratch model, a later round's from
-        the previous round's fine-tuned student."""
-        return "pseudo" if round_ == 1 else "pseudo" + self.student_folder_round(round_).removeprefix("pseudo-student")
+        """Where round r's pseudo-labels go: round 1's come from the scratch model (or the
+        `self_train_from` row's fine-tune), a later round's from the previous round's fine-tuned student."""
+        if round_ == 1:
+            return "pseudo" + (f"-from-{slug(self.self_train_from)}" if self.self_train_from else "")
+        return "pseudo" + self.student_folder_round(round_).removeprefix("pseudo-student")
 
     def student_folder_round(self, round_: int) -> str:
         folder = self.student_folder + (f"-remix{self.student_remix:g}" if self.student_remix else "")
@@ -103,7 +113,8 @@ class CurveSettings:
 
     @property
     def student_folder(self) -> str:
-        return "pseudo-student" if self.pool_steps == self.steps else f"pseudo-student-{self.pool_steps}"
+        folder = "pseudo-student" if self.pool_steps == self.steps else f"pseudo-student-{self.pool_steps}"
+        return folder + (f"-from-{slug(self.self_train_from)}" if self.self_train_from else "")
 
 
 def labelled_ids(manifests: str | os.PathLike, k: int) -> list[str]:
@@ -146,6 +157,11 @@ def check_settings(settings: CurveSettings) -> None:
         raise ValueError("--rounds > 1 needs --self-train-mode pretrain (the route whose student teaches the next)")
     if not 0.0 <= settings.student_remix <= 1.0:
         raise ValueError(f"--student-remix must be in [0, 1], got {settings.student_remix}")
+    if settings.self_train_from is not None:
+        if not settings.pool:
+            raise ValueError("--self-train-from needs --self-train (the unlabelled shards the teacher labels)")
+        if settings.self_train_from not in dict(settings.inits):
+            raise ValueError(f"--self-train-from {settings.self_train_from}: no --init row of that name")
     names = routes(settings)
     rounds = range(1, settings.rounds + 1)
     folders = {settings.pseudo_folder(r) for r in rounds} | {settings.student_folder_round(r) for r in rounds}
@@ -232,8 +248,11 @@ def run_curve(
                     cell / slug(settings.scratch_long), settings.preset, None, longer, overrides, device
                 )
             if settings.pool:
+                origin = settings.self_train_from
+                teacher = runs[origin or SCRATCH]
+                start = resolve_checkpoint(dict(settings.inits)[origin]) if origin else None  # of every student
                 pseudo = cell / settings.pseudo_folder(1)
-                pseudo_label(runs[SCRATCH], settings.pool, pseudo, device=device)
+                pseudo_label(teacher, settings.pool, pseudo, device=device)
                 noise = [f"data.remix={settings.student_remix}"] if settings.student_remix else []
                 if "joint" in settings.modes:
                     student = [
@@ -243,9 +262,8 @@ def run_curve(
                         f"data.extra_share={settings.extra_share}",
                     ]
                     runs[settings.self_training] = finetune_row(
-                        cell / slug(settings.self_training), settings.preset, None, budget, student, device
+                        cell / slug(settings.self_training), settings.preset, start, budget, student, device
                     )
-                teacher = runs[SCRATCH]
                 for round_ in range(1, settings.rounds + 1) if "pretrain" in settings.modes else []:
                     # the student learns the pool alone (remixed if asked), then the k songs as they are
                     if round_ > 1:
@@ -254,7 +272,7 @@ def run_curve(
                     on_pool = dataclasses.replace(budget, pairs=str(pseudo), steps=settings.pool_steps)
                     stage = [*common, *noise, f"run.seed={seed}"]
                     first = finetune_row(
-                        cell / settings.student_folder_round(round_), settings.preset, None, on_pool, stage, device
+                        cell / settings.student_folder_round(round_), settings.preset, start, on_pool, stage, device
                     )
                     route = settings.self_pretrain_round(round_)
                     runs[route] = finetune_row(

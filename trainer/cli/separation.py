@@ -342,6 +342,13 @@ def _budgets(value: str) -> tuple[int, ...]:
     "instrumental plus another crop's voice; the pretrain route's fine-tune on the k songs is not remixed.",
 )
 @click.option(
+    "--self-train-from",
+    metavar="NAME",
+    default=None,
+    help="An --init row: its fine-tune is the first teacher and its pretrain starts every student "
+    "(self-training on top of a pretrain) [default: the scratch model teaches, students start at random].",
+)
+@click.option(
     "--long-scratch",
     is_flag=True,
     help="Also a scratch fine-tune of the pretrain route's total steps (the control for added training).",
@@ -354,8 +361,8 @@ def _budgets(value: str) -> tuple[int, ...]:
 @click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE", help="Applied to every fine-tune.")
 def label_curve(
     pairs, pairs_manifests, budgets, seeds, only_seed, finetune_steps, preset, inits, init_overrides, pool,
-    pseudo_share, modes, student_steps, rounds, student_remix, long_scratch, tracks, report_only, bsseval, out,
-    device, overrides,
+    pseudo_share, modes, student_steps, rounds, student_remix, self_train_from, long_scratch, tracks, report_only,
+    bsseval, out, device, overrides,
 ):  # fmt: skip
     """Separation SDR against the number of labelled songs: from scratch, from each pretrain, self-trained.
 
@@ -385,6 +392,7 @@ def label_curve(
         student_steps,
         rounds,
         student_remix,
+        self_train_from,
     )
     try:
         if only_seed is not None and only_seed >= seeds:

@@ -49,7 +49,7 @@ class CorruptConfig:
     nsp: bool = True  # the pair task on/off (separator and label); which task: pair_task
     pair_task: str = "nsp"  # "nsp": second half from another track; "sop": the two halves swapped
     # the mixture pretext (trainer/pretrain/mixture.py): share of crops with an interferer from another
-    # track of the batch, its level below the primary in dB, and the share of the crop's frames it covers
+    # track of the batch, its level relative to the primary in dB, and the share of the crop's frames it covers
     mix_prob: float = 0.0
     mix_gain_db: tuple[float, float] = (-9.0, -1.0)  # above 0: louder than the primary (needs mix_cover < 1)
     mix_cover: tuple[float, float] = (0.25, 0.75)

@@ -1,6 +1,6 @@
 """What does a pretrained start hand the fine-tune? The first separation step from scratch and from a
-checkpoint, on the same pair crops (docs/experiments.md, "Why a mixture-pretext start fine-tunes
-slowly").
+checkpoint, on the same pair crops (docs/experiments.md, "Why a pretrained start fine-tunes slowly,
+and a louder interferer").
 
     .venv/bin/python benchmarks/warm_start.py --pairs PAIR_SHARDS --init CHECKPOINT [--init ...]
         [--batches 4] [--seed 0]
@@ -22,17 +22,12 @@ import argparse
 from collections import defaultdict
 
 import torch
+from diagnose import part_of  # the sibling script's naming of model parts (benchmarks/ is on sys.path)
 
 from trainer.checkpoint import read_checkpoint_config, resolve_checkpoint
 from trainer.config import TrainConfig
 from trainer.data import train_loader
 from trainer.separation.task import build_separation_model, load_pretrained, separation_loss
-
-
-def part_of(name: str) -> str:
-    """'encoder_stacks.3.blocks.0.ffn.weight' -> 'encoder_stacks.3' (as benchmarks/diagnose.py)."""
-    first, _, rest = name.partition(".")
-    return first if first in ("mask_head", "nsp_head") else f"{first}.{rest.split('.')[0]}"
 
 
 def start(cfg: TrainConfig, seed: int, init: str | None, keep_head: bool) -> torch.nn.Module:
@@ -49,6 +44,8 @@ def first_step(model: torch.nn.Module, batches: list[torch.Tensor]) -> dict:
     hook = model.mask_head.register_forward_hook(lambda _m, _i, out: logits.append(out.detach()))
     squares: dict[str, float] = defaultdict(float)
     sizes: dict[str, int] = defaultdict(int)
+    for name, p in model.named_parameters():
+        sizes[part_of(name)] += p.numel()
     ratio = 0.0
     try:
         for spec in batches:
@@ -61,7 +58,6 @@ def first_step(model: torch.nn.Module, batches: list[torch.Tensor]) -> dict:
             for name, p in model.named_parameters():
                 if p.grad is not None:
                     squares[part_of(name)] += float(p.grad.square().sum())
-                    sizes[part_of(name)] += p.numel()
     finally:
         hook.remove()
     n = len(batches)
@@ -69,7 +65,7 @@ def first_step(model: torch.nn.Module, batches: list[torch.Tensor]) -> dict:
     sample = flat[torch.randperm(flat.numel(), generator=torch.Generator().manual_seed(0))[:200_000]]
     q05, q50, q95 = torch.quantile(sample, torch.tensor([0.05, 0.5, 0.95])).tolist()
     slope = float((torch.sigmoid(flat) * (1 - torch.sigmoid(flat))).mean())
-    rms = {part: (squares[part] / (sizes[part] // n) / n) ** 0.5 for part in squares}
+    rms = {part: (squares[part] / sizes[part] / n) ** 0.5 for part in squares}
     return {"ratio": ratio / n, "q05": q05, "q50": q50, "q95": q95, "slope": slope, "rms": rms}
 
 

@@ -14,11 +14,10 @@ from click.testing import CliRunner
 
 from pipeline import format as fmt
 from trainer.ablations.curve import CurveSettings, labelled_ids, run_curve
-from trainer.checkpoint import read_checkpoint_config, resolve_checkpoint
+from trainer.checkpoint import WEIGHTS_FILE, read_checkpoint_config, resolve_checkpoint
 from trainer.cli import main as trainer_cli
 from trainer.data import train_loader
 from trainer.data.loader import track_of
-from trainer.separation.pseudo_label import _teacher_id
 
 from support import SMALL, make_pair_shards, run_cli
 
@@ -326,7 +325,8 @@ def test_self_training_on_top_of_a_pretrain_learns_from_its_fine_tune_and_starts
     cell = tmp_path / "c" / "k001" / "seed0"
     config = lambda folder: read_checkpoint_config(resolve_checkpoint(cell / folder))  # noqa: E731
     state = json.loads((cell / "pseudo-from-mix" / ".state" / "pseudo-label.json").read_text())
-    assert state["teacher"] == _teacher_id(resolve_checkpoint(cell / "mix"))  # the pretrain's fine-tune labels
+    teacher = fmt.file_sha256(resolve_checkpoint(cell / "mix") / WEIGHTS_FILE)
+    assert state["teacher"] == teacher  # the pretrain's fine-tune labels the pool
     # every student starts from the pretrain: the one on the pool alone and the joint one
     for student in ("pseudo-student-from-mix", "self-training-from-mix"):
         assert config(student)["run"]["init"] == str(resolve_checkpoint(pretrain))

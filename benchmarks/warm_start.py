@@ -12,7 +12,11 @@ new one — on `--batches` training batches of the pair shards (batch 4 x 128 fr
   into the sigmoid's flat end passes little gradient back;
 - per model part, the RMS per weight of the loss's gradient. AdamW divides by sqrt(v) + eps
   (eps 1e-8): a part whose gradients are near eps barely moves, and one far below the others learns
-  from a signal the rest of the network has already shaped.
+  from a signal the rest of the network has already shaped;
+- per model part, how much its output varies over a crop's frames: the std over frames of each
+  (channel, bin) feature, averaged, over the std of all its values. A trunk whose deep outputs barely
+  change from frame to frame has stopped looking at its input (a pretext whose early optimum is one
+  mask for every frame pushes it there) and passes the fine-tune little gradient.
 Prints markdown tables; no timings.
 """
 
@@ -29,6 +33,8 @@ from trainer.config import TrainConfig
 from trainer.data import train_loader
 from trainer.separation.task import build_separation_model, load_pretrained, separation_loss
 
+BATCH = 4  # crops per batch, 128 frames each
+
 
 def start(cfg: TrainConfig, seed: int, init: str | None, keep_head: bool) -> torch.nn.Module:
     torch.manual_seed(seed)
@@ -41,7 +47,11 @@ def start(cfg: TrainConfig, seed: int, init: str | None, keep_head: bool) -> tor
 def first_step(model: torch.nn.Module, batches: list[torch.Tensor]) -> dict:
     """Loss ratio, logit statistics and per-part gradient RMS, averaged over the batches."""
     logits: list[torch.Tensor] = []
-    hook = model.mask_head.register_forward_hook(lambda _m, _i, out: logits.append(out.detach()))
+    hooks = [model.mask_head.register_forward_hook(lambda _m, _i, out: logits.append(out.detach()))]
+    variation: dict[str, float] = defaultdict(float)
+    for part in ("frame_encoders", "encoder_stacks", "decoder_stacks", "frame_decoders"):
+        for index, module in enumerate(getattr(model, part)):
+            hooks.append(module.register_forward_hook(frame_variation_hook(variation, f"{part}.{index}")))
     squares: dict[str, float] = defaultdict(float)
     sizes: dict[str, int] = defaultdict(int)
     for name, p in model.named_parameters():
@@ -54,19 +64,31 @@ def first_step(model: torch.nn.Module, batches: list[torch.Tensor]) -> dict:
             loss, parts, _ = separation_loss(mask, mixture, target)
             model.zero_grad()
             loss.backward()
-            ratio += float(loss / parts["mixture_l1"])
+            ratio += float(loss.detach() / parts["mixture_l1"])
             for name, p in model.named_parameters():
                 if p.grad is not None:
                     squares[part_of(name)] += float(p.grad.square().sum())
     finally:
-        hook.remove()
+        for hook in hooks:
+            hook.remove()
     n = len(batches)
     flat = torch.cat([lg[:, :2].flatten() for lg in logits])
     sample = flat[torch.randperm(flat.numel(), generator=torch.Generator().manual_seed(0))[:200_000]]
     q05, q50, q95 = torch.quantile(sample, torch.tensor([0.05, 0.5, 0.95])).tolist()
     slope = float((torch.sigmoid(flat) * (1 - torch.sigmoid(flat))).mean())
     rms = {part: (squares[part] / sizes[part] / n) ** 0.5 for part in squares}
-    return {"ratio": ratio / n, "q05": q05, "q50": q50, "q95": q95, "slope": slope, "rms": rms}
+    frames = {part: value / n for part, value in variation.items()}
+    return {"ratio": ratio / n, "q05": q05, "q50": q50, "q95": q95, "slope": slope, "rms": rms, "frames": frames}
+
+
+def frame_variation_hook(into: dict[str, float], part: str):
+    """Adds the part's std over frames / overall std for this batch (its output is [B * T, C, F])."""
+
+    def hook(_module, _inputs, output):
+        values = output.detach().reshape(BATCH, output.shape[0] // BATCH, -1)
+        into[part] += float(values.std(dim=1).mean() / values.std().clamp(min=1e-12))
+
+    return hook
 
 
 def main() -> None:
@@ -79,7 +101,7 @@ def main() -> None:
 
     model_cfg = read_checkpoint_config(resolve_checkpoint(args.init[0])).get("model")
     cfg = TrainConfig.from_dict({"model": model_cfg}, args.init[0])
-    loader = train_loader(args.pairs, batch_size=4, crop_frames=128, num_workers=0, seed=args.seed)
+    loader = train_loader(args.pairs, batch_size=BATCH, crop_frames=128, num_workers=0, seed=args.seed)
     batches = []
     for batch in loader:
         batches.append(batch["spec"].float())
@@ -96,6 +118,11 @@ def main() -> None:
     for name, row in rows.items():
         quantiles = f"{row['q05']:.2f} / {row['q50']:.2f} / {row['q95']:.2f}"
         print(f"| {name} | {row['ratio']:.3f} | {quantiles} | {row['slope']:.4f} |")
+    print("\nOutput variation over frames (std over a crop's frames / std of all values), per part:\n")
+    print("| part | " + " | ".join(rows) + " |")
+    print("|---" * (len(rows) + 1) + "|")
+    for part in rows["scratch"]["frames"]:
+        print(f"| {part} | " + " | ".join(f"{row['frames'][part]:.3f}" for row in rows.values()) + " |")
     parts = list(rows["scratch"]["rms"])
     print("\nGradient RMS per weight, first step:\n")
     print("| part | " + " | ".join(rows) + " |")

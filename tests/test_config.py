@@ -114,3 +114,18 @@ def test_optim_eps_reaches_adamw_and_the_default_is_pytorchs():
     assert {group["eps"] for group in default.param_groups} == {1e-8}
     small = make_optimizer(model, load_config("tiny", overrides=["optim.eps=1e-12"]).optim, torch.device("cpu"))
     assert {group["eps"] for group in small.param_groups} == {1e-12}
+
+
+def test_a_preset_pretrains_and_fine_tunes_with_its_own_budgets(tmp_path):
+    from trainer.separation.finetune import resolve_finetune
+
+    tiny = load_config("tiny")
+    assert tiny.run.steps == 900 and tiny.finetune.steps == 300  # the CPU recipe's pretrain, then its fine-tune
+    fresh = tmp_path / "no-run-yet"
+    assert resolve_finetune(fresh, "tiny", None)[0].run.steps == 300
+    assert resolve_finetune(fresh, "tiny", None, ["run.steps=40"])[0].run.steps == 40  # what --steps sets
+    assert resolve_finetune(fresh, "tiny", None, ["finetune.steps=70"])[0].run.steps == 70
+    # finetune.steps 0 (small, base): the fine-tune shares the pretraining budget, as before
+    assert resolve_finetune(fresh, "small", None)[0].run.steps == load_config("small").run.steps
+    with pytest.raises(ValueError, match="finetune.steps must be"):
+        load_config("tiny", overrides=["finetune.steps=-1"])

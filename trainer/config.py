@@ -165,12 +165,17 @@ class FinetuneConfig:
     # the seed's fresh initialisation, so (1, 0) is the pretrain as is and (0, 1) is scratch
     shrink: float = 1.0
     perturb: float = 0.0
+    # the fine-tune's budget when a new `trainer finetune` run gets no --steps (nor --set run.steps):
+    # a preset's pretrain and its fine-tune need different step counts; 0 = run.steps, as pretraining
+    steps: int = 0
 
     def __post_init__(self) -> None:
         if self.head not in FINETUNE_HEADS:
             raise ValueError(f"finetune.head must be one of {FINETUNE_HEADS}, got {self.head!r}")
         if self.freeze_steps < 0:
             raise ValueError(f"finetune.freeze_steps must be >= 0, got {self.freeze_steps}")
+        if self.steps < 0:
+            raise ValueError(f"finetune.steps must be >= 0, got {self.steps}")
         if not 0.0 <= self.trunk_lr_factor <= 10.0:
             raise ValueError(f"finetune.trunk_lr_factor must be in [0, 10], got {self.trunk_lr_factor}")
         for name in ("shrink", "perturb"):

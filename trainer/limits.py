@@ -81,6 +81,7 @@ LIMITS = {
     "finetune.trunk_lr_factor": Float(0.0, 10.0),
     "finetune.shrink": Float(0.0, 1.0),
     "finetune.perturb": Float(0.0, 1.0),
+    "finetune.steps": Int(0, _COUNT),
 }
 
 

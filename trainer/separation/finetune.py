@@ -1,8 +1,9 @@
 """`trainer finetune`: the config of a separation run, from scratch or from a pretraining checkpoint.
 
-The training sections (data, optim, run) come from `--preset`/`--config` as for pretraining; the
-model comes from the `--init` checkpoint when there is one (its architecture must match the weights),
-else from the preset, so a scratch run with the same preset is the comparison the fine-tune needs.
+The training sections (data, optim, run) come from `--preset`/`--config` as for pretraining, except
+the budget: a preset's `finetune.steps` (when > 0) replaces its pretraining `run.steps`. The model
+comes from the `--init` checkpoint when there is one (its architecture must match the weights), else
+from the preset, so a scratch run with the same preset is the comparison the fine-tune needs.
 The separation mask prior (`model.mask_prior`, default SEPARATION_MASK_PRIOR) and `run.task` are set
 here; `--set` still overrides anything. Resuming a run uses its saved config, as pretraining does.
 """
@@ -58,7 +59,10 @@ def resolve_finetune(
     base["model"]["mask_prior"] = SEPARATION_MASK_PRIOR
     base["model"]["output"] = "mask"  # separation predicts a mask of the mixture, whatever pretraining's head was
     base["run"]["task"] = TASK_SEPARATION
-    data = merge(base, parse_overrides(overrides)) if overrides else base
+    given = parse_overrides(overrides) if overrides else {}
+    data = merge(base, given) if given else base
+    if data.get("finetune", {}).get("steps") and "steps" not in given.get("run", {}):
+        data["run"]["steps"] = data["finetune"]["steps"]  # --steps (run.steps) still decides when given
     cfg = TrainConfig.from_dict(data, "finetune config" + (" + overrides" if overrides else ""))
     if cfg.run.task != TASK_SEPARATION:
         raise ValueError("trainer finetune trains run.task=separation; use trainer pretrain to pretrain")

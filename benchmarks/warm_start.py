@@ -14,9 +14,10 @@ new one — on `--batches` training batches of the pair shards (batch 4 x 128 fr
   (eps 1e-8): a part whose gradients are near eps barely moves, and one far below the others learns
   from a signal the rest of the network has already shaped;
 - per model part, how much its output varies over a crop's frames: the std over frames of each
-  (channel, bin) feature, averaged, over the std of all its values. A trunk whose deep outputs barely
-  change from frame to frame has stopped looking at its input (a pretext whose early optimum is one
-  mask for every frame pushes it there) and passes the fine-tune little gradient.
+  (channel, bin) feature, averaged, over the std of all its values. Short pretrains leave deep
+  outputs that barely change from frame to frame (one mask for every frame is a pretext's early
+  optimum); a description only: one such checkpoint was still the best start measured
+  (docs/experiments.md, "The pretraining budget").
 Prints markdown tables; no timings.
 """
 
@@ -118,17 +119,17 @@ def main() -> None:
     for name, row in rows.items():
         quantiles = f"{row['q05']:.2f} / {row['q50']:.2f} / {row['q95']:.2f}"
         print(f"| {name} | {row['ratio']:.3f} | {quantiles} | {row['slope']:.4f} |")
-    print("\nOutput variation over frames (std over a crop's frames / std of all values), per part:\n")
+    print_parts("Output variation over frames (std over a crop's frames / std of all values)", rows, "frames", ".3f")
+    print_parts("Gradient RMS per weight, first step", rows, "rms", ".1e")
+
+
+def print_parts(title: str, rows: dict[str, dict], key: str, spec: str) -> None:
+    """One markdown table: a line per model part, a column per start."""
+    print(f"\n{title}, per part:\n")
     print("| part | " + " | ".join(rows) + " |")
     print("|---" * (len(rows) + 1) + "|")
-    for part in rows["scratch"]["frames"]:
-        print(f"| {part} | " + " | ".join(f"{row['frames'][part]:.3f}" for row in rows.values()) + " |")
-    parts = list(rows["scratch"]["rms"])
-    print("\nGradient RMS per weight, first step:\n")
-    print("| part | " + " | ".join(rows) + " |")
-    print("|---" * (len(rows) + 1) + "|")
-    for part in parts:
-        print(f"| {part} | " + " | ".join(f"{row['rms'].get(part, 0.0):.1e}" for row in rows.values()) + " |")
+    for part in rows["scratch"][key]:
+        print(f"| {part} | " + " | ".join(format(row[key].get(part, 0.0), spec) for row in rows.values()) + " |")
 
 
 if __name__ == "__main__":

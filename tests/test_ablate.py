@@ -5,6 +5,7 @@ from click.testing import CliRunner
 
 from trainer.ablations.run import DEFAULT_VARIANTS, read_variants
 from trainer.cli import main as trainer_cli
+from trainer.config import load_config
 
 from support import SMALL, write_shards
 
@@ -14,6 +15,15 @@ def test_the_default_variants_cover_the_issue_rows():
     assert names[:2] == ["original", "recipe"] and len(names) == len(set(names)) == 10
     presets = {v.name: v.preset for v in read_variants(DEFAULT_VARIANTS)}
     assert presets["original"] == "original" and set(presets.values()) == {"original", "recipe"}
+
+
+def test_the_pretext_variants_differ_from_the_preset_in_one_value_each():
+    rows = {v.name: v for v in read_variants(DEFAULT_VARIANTS.with_name("pretexts.yaml"))}
+    assert rows["tiny preset"].overrides == [] and rows["quiet interferer"].preset == "mixture"
+    span = load_config(rows["span-only loss"].preset, overrides=rows["span-only loss"].overrides)
+    louder = load_config(rows["interferer 0 to +12 dB"].preset, overrides=rows["interferer 0 to +12 dB"].overrides)
+    assert span.loss.all_frames_weight == 0.0 and span.corrupt.mix_gain_db == load_config("tiny").corrupt.mix_gain_db
+    assert tuple(louder.corrupt.mix_gain_db) == (0.0, 12.0) and louder.loss.all_frames_weight == 1.0
 
 
 @pytest.mark.parametrize(

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -18,10 +20,16 @@ from trainer.checkpoint import WEIGHTS_FILE, read_checkpoint_config, resolve_che
 from trainer.cli import main as trainer_cli
 from trainer.data import train_loader
 from trainer.data.loader import track_of
+from trainer.logs import LOCK_FILE
 
 from support import SMALL, make_pair_shards, run_cli
 
 STFT = fmt.STFTParams(n_fft=128, hop=64)
+# another process holding a run's lock, as a second `label-curve` training that row would
+HOLD_LOCK = (
+    "import sys, time\nfrom pipeline.durable import exclusive\n"
+    "with exclusive(sys.argv[1], 'busy', per_process=True):\n    print('held', flush=True)\n    time.sleep(600)\n"
+)
 COMMON = SMALL + ["run.ckpt_every=2", "data.crop_frames=64", "data.batch_size=2", "data.val_batch_size=2"]
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -217,7 +225,15 @@ def test_the_curve_trains_every_budget_seed_and_route_once_and_a_rerun_only_read
     assert {"from scratch", "mixture pretext", "self-training", "mixture (floor)"} <= set(rows)
     assert (out / "curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*.safetensors")}
-    assert run_curve(settings, out, COMMON, device="cpu") == table
+    # a finished run is only read: the rerun works while another process holds a run's lock
+    lock = out / "k001" / "seed0" / "from-scratch" / LOCK_FILE
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(lock)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        assert run_curve(settings, out, COMMON, device="cpu") == table
+    finally:
+        holder.kill()
+        holder.wait()
     more = dataclasses.replace(settings, long_scratch=True)  # a route nobody trained
     report = run_curve(more, out, COMMON, device="cpu", report_only=True)
     assert "| from scratch, 2x steps | — | — |" in report and not list(out.rglob("from-scratch-2x-steps"))

@@ -116,7 +116,7 @@ def finetune_row(
 ) -> Path:
     """Fine-tune from `init` (a pretraining checkpoint) or from scratch into run_dir; returns run_dir.
     The training sections are the preset's plus `common`, as for `trainer finetune --preset --set`."""
-    from trainer.checkpoint import latest_checkpoint
+    from trainer.checkpoint import latest_checkpoint, read_meta
     from trainer.loop import pretrain as train
     from trainer.separation.finetune import resolve_finetune
 
@@ -130,6 +130,8 @@ def finetune_row(
             f"{run_dir} was fine-tuned from {cfg.run.init}, its pretrain is now at {init.name}: "
             f"delete {run_dir} to fine-tune the new checkpoint"
         )
+    if checkpoint is not None and int(read_meta(checkpoint)["step"]) >= cfg.run.steps:
+        return run_dir  # finished: only read, without its lock, so processes of other rows can share it
     train(cfg, downstream.pairs, run_dir, val_shards=None, checkpoint=checkpoint, device=device)
     return run_dir
 

@@ -359,6 +359,43 @@ def test_self_training_on_top_of_a_pretrain_learns_from_its_fine_tune_and_starts
             run_curve(dataclasses.replace(settings, **wrong), tmp_path / "bad", COMMON, device="cpu")
 
 
+def test_a_longer_teacher_is_a_row_of_its_own_and_labels_the_pool_for_students_of_its_own(data, tmp_path):
+    pretrain = str(data / "pre-mix")
+    settings = _curve(
+        data,
+        inits=(("mix", pretrain),),
+        init_overrides=(("mix", "optim.lr=0.002"),),
+        pool=str(data / "pool"),
+        modes=("pretrain",),
+        self_train_from="mix",
+        teacher_steps=3,
+    )
+    table = run_curve(settings, tmp_path / "c", COMMON, device="cpu")
+    cell = tmp_path / "c" / "k001" / "seed0"
+    config = lambda folder: read_checkpoint_config(resolve_checkpoint(cell / folder))  # noqa: E731
+    teacher = config("mix-3-steps")  # the mix row's fine-tune, its overrides included, trained 3 steps
+    assert teacher["run"]["steps"] == 3 and teacher["run"]["init"] == str(resolve_checkpoint(pretrain))
+    assert teacher["optim"]["lr"] == 0.002 and config("mix")["run"]["steps"] == 1
+    state = json.loads((cell / "pseudo-from-mix-teacher3" / ".state" / "pseudo-label.json").read_text())
+    assert state["teacher"] == fmt.file_sha256(resolve_checkpoint(cell / "mix-3-steps") / WEIGHTS_FILE)
+    assert config("pseudo-student-from-mix-teacher3")["run"]["init"] == str(resolve_checkpoint(pretrain))
+    tuned = config("pseudo-labels-then-fine-tune-from-mix-teacher-3-steps")
+    assert tuned["run"]["steps"] == 1  # the student's fine-tune has the curve's budget, not the teacher's
+    assert not (cell / "pseudo-from-mix").exists()  # the 1-step mix row taught nothing
+    rows = [line.split("|")[1].strip() for line in table.splitlines() if line.startswith("| ")]
+    assert "mix, 3 steps" in rows and "pseudo-labels, then fine-tune, from mix, teacher 3 steps" in rows
+    # a scratch teacher of 2 steps is the 2x-steps scratch control: one run, one row (in each of the two tables)
+    scratch = dataclasses.replace(settings, self_train_from=None, teacher_steps=2, long_scratch=True)
+    table = run_curve(scratch, tmp_path / "c", COMMON, device="cpu")
+    rows = [line.split("|")[1].strip() for line in table.splitlines() if line.startswith("| ")]
+    assert rows.count("from scratch, 2x steps") == 2 and "pseudo-labels, then fine-tune, teacher 2 steps" in rows
+    assert config("from-scratch-2x-steps")["run"]["steps"] == 2 and not (cell / "from-scratch-2-steps").exists()
+    state = json.loads((cell / "pseudo-teacher2" / ".state" / "pseudo-label.json").read_text())
+    assert state["teacher"] == fmt.file_sha256(resolve_checkpoint(cell / "from-scratch-2x-steps") / WEIGHTS_FILE)
+    with pytest.raises(ValueError, match="--teacher-steps 2: needs --self-train"):
+        run_curve(dataclasses.replace(scratch, pool=None), tmp_path / "bad", COMMON, device="cpu")
+
+
 def test_shrink_and_perturb_blends_the_pretrain_with_the_seeds_fresh_init(data):
     from trainer.separation.finetune import resolve_finetune
     from trainer.separation.task import SeparationTask

@@ -16,7 +16,10 @@ route's two stages together is the control for routes that add training. With `r
 iterates: round r's fine-tuned student labels the pool again for round r + 1's student. With
 `student_remix`, every student trains with `data.remix` (trainer/separation/remix.py), the noise of
 a noisy student: the pretrain route's student on its pseudo-labels (its fine-tune on the k songs is
-not remixed), the joint student on its whole batches.
+not remixed), the joint student on its whole batches. With `teacher_steps`, the first teacher is a
+fine-tune of its own with that many steps (a teacher trained longer than the fine-tunes it is compared
+with, as self-training papers train theirs to convergence), scored as a row of its own: the route's
+students must beat it, not only the shorter scratch fine-tune, for the pool to have added anything.
 
 Layout: OUT/k{k}/seed{s}/{from-scratch, <name>, pseudo, self-training, ...} and the cell's scores
 (curve.json there: per route, the per-song SDRs); all cells merged in OUT/curve.json, the table in
@@ -68,10 +71,25 @@ class CurveSettings:
     # an --init row: its fine-tune is the first teacher and its pretrain the start of every student,
     # instead of the scratch model and a random init (self-training on top of a pretrain)
     self_train_from: str | None = None
+    teacher_steps: int | None = None  # the first teacher's fine-tune steps (None: steps, the row itself)
 
     @property
     def _from(self) -> str:
-        return f", from {self.self_train_from}" if self.self_train_from else ""
+        taught = f", teacher {self.teacher_steps} steps" if self.teacher_row else ""
+        return (f", from {self.self_train_from}" if self.self_train_from else "") + taught
+
+    @property
+    def teacher_row(self) -> str | None:
+        """The first teacher as a row of its own when it trains longer (or shorter) than the fine-tunes."""
+        if self.teacher_steps is None or self.teacher_steps == self.steps:
+            return None
+        if self.self_train_from:
+            return f"{self.self_train_from}, {self.teacher_steps} steps"
+        return self._scratch_of(self.teacher_steps)
+
+    @property
+    def _taught(self) -> str:
+        return f"-teacher{self.teacher_steps}" if self.teacher_row else ""
 
     @property
     def pool_steps(self) -> int:
@@ -98,7 +116,7 @@ class CurveSettings:
         """Where round r's pseudo-labels go: round 1's come from the scratch model (or the
         `self_train_from` row's fine-tune), a later round's from the previous round's fine-tuned student."""
         if round_ == 1:
-            return "pseudo" + (f"-from-{slug(self.self_train_from)}" if self.self_train_from else "")
+            return "pseudo" + (f"-from-{slug(self.self_train_from)}" if self.self_train_from else "") + self._taught
         return "pseudo" + self.student_folder_round(round_).removeprefix("pseudo-student")
 
     def student_folder_round(self, round_: int) -> str:
@@ -108,13 +126,15 @@ class CurveSettings:
     @property
     def scratch_long(self) -> str:
         """The scratch control for routes that add training steps: as many steps as self_pretrain."""
-        total = self.steps + self.pool_steps
+        return self._scratch_of(self.steps + self.pool_steps)
+
+    def _scratch_of(self, total: int) -> str:
         return "from scratch, 2x steps" if total == 2 * self.steps else f"from scratch, {total} steps"
 
     @property
     def student_folder(self) -> str:
         folder = "pseudo-student" if self.pool_steps == self.steps else f"pseudo-student-{self.pool_steps}"
-        return folder + (f"-from-{slug(self.self_train_from)}" if self.self_train_from else "")
+        return folder + (f"-from-{slug(self.self_train_from)}" if self.self_train_from else "") + self._taught
 
 
 def labelled_ids(manifests: str | os.PathLike, k: int) -> list[str]:
@@ -130,12 +150,14 @@ def labelled_ids(manifests: str | os.PathLike, k: int) -> list[str]:
 def routes(settings: CurveSettings) -> list[str]:
     names = [SCRATCH] + ([settings.scratch_long] if settings.long_scratch else [])
     names += [name for name, _ in settings.inits]
+    if settings.pool and settings.teacher_row:
+        names.append(settings.teacher_row)
     if settings.pool:
         self_routes = (settings.self_training, settings.self_pretrain)
         names += [route for mode, route in zip(SELF_TRAINING_MODES, self_routes) if mode in settings.modes]
         if "pretrain" in settings.modes:
             names += [settings.self_pretrain_round(r) for r in range(2, settings.rounds + 1)]
-    return names
+    return list(dict.fromkeys(names))  # a scratch teacher of N steps is the N-step scratch control
 
 
 def check_settings(settings: CurveSettings) -> None:
@@ -153,6 +175,8 @@ def check_settings(settings: CurveSettings) -> None:
         raise ValueError(f"--student-steps must be >= 1, got {settings.student_steps}")
     if settings.rounds < 1:
         raise ValueError(f"--rounds must be >= 1, got {settings.rounds}")
+    if settings.teacher_steps is not None and (settings.teacher_steps < 1 or not settings.pool):
+        raise ValueError(f"--teacher-steps {settings.teacher_steps}: needs --self-train and a count >= 1")
     if settings.rounds > 1 and "pretrain" not in settings.modes:
         raise ValueError("--rounds > 1 needs --self-train-mode pretrain (the route whose student teaches the next)")
     if not 0.0 <= settings.student_remix <= 1.0:
@@ -251,6 +275,13 @@ def run_curve(
                 origin = settings.self_train_from
                 teacher = runs[origin or SCRATCH]
                 start = resolve_checkpoint(dict(settings.inits)[origin]) if origin else None  # of every student
+                if settings.teacher_row:  # the same fine-tune as the origin's row, trained longer
+                    own = [*overrides, *(value for row, value in settings.init_overrides if origin and row == origin)]
+                    longer = dataclasses.replace(budget, steps=settings.teacher_steps)
+                    teacher = finetune_row(
+                        cell / slug(settings.teacher_row), settings.preset, start, longer, own, device
+                    )
+                    runs[settings.teacher_row] = teacher
                 pseudo = cell / settings.pseudo_folder(1)
                 pseudo_label(teacher, settings.pool, pseudo, device=device)
                 noise = [f"data.remix={settings.student_remix}"] if settings.student_remix else []

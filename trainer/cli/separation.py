@@ -349,6 +349,13 @@ def _budgets(value: str) -> tuple[int, ...]:
     "(self-training on top of a pretrain) [default: the scratch model teaches, students start at random].",
 )
 @click.option(
+    "--teacher-steps",
+    type=Int(1, MAX_COUNT),
+    default=None,
+    help="Steps of the first teacher's fine-tune, a row of its own "
+    "[default: --finetune-steps: the scratch or --self-train-from row teaches].",
+)
+@click.option(
     "--long-scratch",
     is_flag=True,
     help="Also a scratch fine-tune of the pretrain route's total steps (the control for added training).",
@@ -361,8 +368,8 @@ def _budgets(value: str) -> tuple[int, ...]:
 @click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE", help="Applied to every fine-tune.")
 def label_curve(
     pairs, pairs_manifests, budgets, seeds, only_seed, finetune_steps, preset, inits, init_overrides, pool,
-    pseudo_share, modes, student_steps, rounds, student_remix, self_train_from, long_scratch, tracks, report_only,
-    bsseval, out, device, overrides,
+    pseudo_share, modes, student_steps, rounds, student_remix, self_train_from, teacher_steps, long_scratch, tracks,
+    report_only, bsseval, out, device, overrides,
 ):  # fmt: skip
     """Separation SDR against the number of labelled songs: from scratch, from each pretrain, self-trained.
 
@@ -393,6 +400,7 @@ def label_curve(
         rounds,
         student_remix,
         self_train_from,
+        teacher_steps,
     )
     try:
         if only_seed is not None and only_seed >= seeds:

@@ -251,6 +251,7 @@ def test_curve_options_are_checked_before_anything_trains(data, tmp_path):
         (["--rounds", "0"], "--rounds"),
         (["--rounds", "2"], "--rounds > 1 needs --self-train-mode pretrain"),
         (["--student-remix", "1.5"], "--student-remix"),
+        (["--teacher-steps", "5"], "--teacher-steps 5: needs --self-train"),
     ):
         result = CliRunner().invoke(trainer_cli, base + extra)
         assert result.exit_code != 0 and message in result.output, result.output

@@ -395,6 +395,11 @@ def test_a_longer_teacher_is_a_row_of_its_own_and_labels_the_pool_for_students_o
     assert state["teacher"] == fmt.file_sha256(resolve_checkpoint(cell / "from-scratch-2x-steps") / WEIGHTS_FILE)
     with pytest.raises(ValueError, match="--teacher-steps 2: needs --self-train"):
         run_curve(dataclasses.replace(scratch, pool=None), tmp_path / "bad", COMMON, device="cpu")
+    # a teacher row named like an --init row would share its folder: refused before anything trains
+    clash = dataclasses.replace(settings, inits=(("mix", pretrain), ("mix, 3 steps", pretrain)))
+    with pytest.raises(ValueError, match="row names must differ"):
+        run_curve(clash, tmp_path / "bad", COMMON, device="cpu")
+    assert not (tmp_path / "bad" / "k001").exists()
 
 
 def test_shrink_and_perturb_blends_the_pretrain_with_the_seeds_fresh_init(data):

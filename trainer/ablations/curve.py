@@ -150,14 +150,15 @@ def labelled_ids(manifests: str | os.PathLike, k: int) -> list[str]:
 def routes(settings: CurveSettings) -> list[str]:
     names = [SCRATCH] + ([settings.scratch_long] if settings.long_scratch else [])
     names += [name for name, _ in settings.inits]
-    if settings.pool and settings.teacher_row:
+    shared = settings.long_scratch and settings.teacher_row == settings.scratch_long  # one run, one row
+    if settings.pool and settings.teacher_row and not shared:
         names.append(settings.teacher_row)
     if settings.pool:
         self_routes = (settings.self_training, settings.self_pretrain)
         names += [route for mode, route in zip(SELF_TRAINING_MODES, self_routes) if mode in settings.modes]
         if "pretrain" in settings.modes:
             names += [settings.self_pretrain_round(r) for r in range(2, settings.rounds + 1)]
-    return list(dict.fromkeys(names))  # a scratch teacher of N steps is the N-step scratch control
+    return names
 
 
 def check_settings(settings: CurveSettings) -> None:

@@ -265,7 +265,7 @@ def run_curve(
             runs = {SCRATCH: finetune_row(cell / slug(SCRATCH), settings.preset, None, budget, overrides, device)}
             for name, init in settings.inits:
                 path = resolve_checkpoint(init)
-                own = [*overrides, *(value for row, value in settings.init_overrides if row == name)]
+                own = _row_overrides(settings, name, overrides)
                 runs[name] = finetune_row(cell / slug(name), settings.preset, path, budget, own, device)
             if settings.long_scratch:
                 longer = dataclasses.replace(budget, steps=settings.steps + settings.pool_steps)
@@ -274,15 +274,13 @@ def run_curve(
                 )
             if settings.pool:
                 origin = settings.self_train_from
-                teacher = runs[origin or SCRATCH]
                 start = resolve_checkpoint(dict(settings.inits)[origin]) if origin else None  # of every student
-                if settings.teacher_row:  # the same fine-tune as the origin's row, trained longer
-                    own = [*overrides, *(value for row, value in settings.init_overrides if origin and row == origin)]
+                row = settings.teacher_row
+                if row and row not in runs:  # the origin row's fine-tune, trained longer (else: the long scratch)
+                    own = _row_overrides(settings, origin, overrides)
                     longer = dataclasses.replace(budget, steps=settings.teacher_steps)
-                    teacher = finetune_row(
-                        cell / slug(settings.teacher_row), settings.preset, start, longer, own, device
-                    )
-                    runs[settings.teacher_row] = teacher
+                    runs[row] = finetune_row(cell / slug(row), settings.preset, start, longer, own, device)
+                teacher = runs[row or origin or SCRATCH]
                 pseudo = cell / settings.pseudo_folder(1)
                 pseudo_label(teacher, settings.pool, pseudo, device=device)
                 noise = [f"data.remix={settings.student_remix}"] if settings.student_remix else []
@@ -337,6 +335,11 @@ def run_curve(
     write_text(out / TABLE_FILE, table + "\n")
     plot_curve(results, settings, out / PLOT_FILE)
     return table
+
+
+def _row_overrides(settings: CurveSettings, name: str | None, common: list[str]) -> list[str]:
+    """The fine-tune overrides of the --init row `name`: every row's, then its own --init-set values."""
+    return [*common, *(value for row, value in settings.init_overrides if row == name)]
 
 
 def _per_song(scores) -> dict:

@@ -24,6 +24,15 @@ fi
 # torch first, pinned, so pip does not pull a multi-GB CUDA build on CPU machines.
 # On a GPU machine set TORCH_SPEC (e.g. TORCH_SPEC="torch>=2.4") to get your CUDA build.
 if ! .venv/bin/python -c "import torch" >/dev/null 2>&1; then
+  # The CPU environment takes ~1.5 GB (torch alone ~750 MB, unpacked through the temporary folder):
+  # say so in one line instead of pip's OSError halfway through.
+  for folder in "$PWD" "${TMPDIR:-/tmp}"; do
+    free_mb=$(df -Pm "$folder" | awk 'NR == 2 {print $4}')
+    if [ "${free_mb:-0}" -lt "${SETUP_MIN_FREE_MB:-2000}" ]; then
+      echo "setup: only ${free_mb} MB free on $folder; the environment needs about 2000 MB (torch, the project's dependencies)" >&2
+      exit 1
+    fi
+  done
   echo "setup: installing ${TORCH_SPEC:-torch==2.13.0}" >&2
   quiet_pip install -q "${TORCH_SPEC:-torch==2.13.0}"
 fi

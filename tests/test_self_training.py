@@ -16,7 +16,7 @@ from click.testing import CliRunner
 
 from pipeline import format as fmt
 from trainer.ablations.curve import CurveSettings, labelled_ids, run_curve
-from trainer.checkpoint import WEIGHTS_FILE, read_checkpoint_config, resolve_checkpoint
+from trainer.checkpoint import WEIGHTS_FILE, read_checkpoint_config, read_meta, resolve_checkpoint
 from trainer.cli import main as trainer_cli
 from trainer.data import train_loader
 from trainer.data.loader import track_of
@@ -318,19 +318,30 @@ def test_a_second_round_learns_from_the_first_rounds_student_and_students_can_be
     assert not (tmp_path / "bad" / "k001").exists()
 
 
-def test_an_init_row_gets_its_own_protocol_overrides(data, tmp_path):
+def test_an_init_row_gets_its_own_protocol_overrides_and_steps(data, tmp_path):
+    pretrain = str(data / "pre-mix")
     settings = _curve(
         data,
-        inits=(("plain", str(data / "pre-mix")), ("slow trunk", str(data / "pre-mix"))),
-        init_overrides=(("slow trunk", "finetune.trunk_lr_factor=0.1"),),
+        inits=(("plain", pretrain), ("slow trunk", pretrain), ("long", pretrain)),
+        init_overrides=(("slow trunk", "finetune.trunk_lr_factor=0.1"), ("long", "run.steps = 3")),
     )
     run_curve(settings, tmp_path / "c", COMMON, device="cpu")
     cell = tmp_path / "c" / "k001" / "seed0"
-    factor = lambda slug: read_checkpoint_config(resolve_checkpoint(cell / slug))["finetune"]["trunk_lr_factor"]  # noqa: E731
+    config = lambda slug: read_checkpoint_config(resolve_checkpoint(cell / slug))  # noqa: E731
+    factor = lambda slug: config(slug)["finetune"]["trunk_lr_factor"]  # noqa: E731
     assert factor("plain") == 1.0 and factor("slow-trunk") == 0.1 and factor("from-scratch") == 1.0
-    bad = dataclasses.replace(settings, init_overrides=(("nobody", "finetune.head=keep"),))
-    with pytest.raises(ValueError, match="no --init row named 'nobody'"):
-        run_curve(bad, tmp_path / "c2", COMMON, device="cpu")
+    # a row's own run.steps is its budget (a step-matched control of one pretrain); the others keep the curve's
+    steps = {slug: config(slug)["run"]["steps"] for slug in ("long", "plain", "from-scratch")}
+    assert steps == {"long": 3, "plain": 1, "from-scratch": 1}
+    assert int(read_meta(resolve_checkpoint(cell / "long"))["step"]) == 3
+    for wrong, message in (
+        (("nobody", "finetune.head=keep"), "no --init row named 'nobody'"),
+        (("long", "run.steps=0"), "--init-set long:run.steps=0: the row's steps must be a whole number >= 1"),
+    ):
+        bad = dataclasses.replace(settings, init_overrides=(wrong,))
+        with pytest.raises(ValueError, match=message):
+            run_curve(bad, tmp_path / "c2", COMMON, device="cpu")
+    assert not (tmp_path / "c2" / "k001").exists()
 
 
 def test_self_training_on_top_of_a_pretrain_learns_from_its_fine_tune_and_starts_from_it(data, tmp_path):

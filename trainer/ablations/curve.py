@@ -45,6 +45,7 @@ from trainer.ablations.downstream import SCRATCH, slug
 
 SELF_TRAINING = "self-training"  # a student on the k songs + the pseudo-labelled pool, from scratch
 SELF_TRAINING_MODES = ("joint", "pretrain")
+STEPS_KEY = "run.steps"  # an --init row's own fine-tune steps (`--init-set NAME:run.steps=N`)
 FLOOR_KEY, ORACLE_KEY = "floor", "oracle"
 RESULTS_FILE, TABLE_FILE, PLOT_FILE = "curve.json", "curve.md", "curve.png"
 
@@ -204,6 +205,9 @@ def check_settings(settings: CurveSettings) -> None:
         if row not in dict(settings.inits):
             raise ValueError(f"--init-set {row}:{value}: no --init row named {row!r}")
         load_config(settings.preset, overrides=[value])  # a bad key or value names itself
+        steps = _steps_of(value) or "1"
+        if not steps.isdigit() or int(steps) < 1:
+            raise ValueError(f"--init-set {row}:{value}: the row's steps must be a whole number >= 1")
     if settings.pool:
         resolve_shards(settings.pool, "train")
     unknown = sorted(set(settings.modes) - set(SELF_TRAINING_MODES))
@@ -266,7 +270,8 @@ def run_curve(
             for name, init in settings.inits:
                 path = resolve_checkpoint(init)
                 own = _row_overrides(settings, name, overrides)
-                runs[name] = finetune_row(cell / slug(name), settings.preset, path, budget, own, device)
+                steps = dataclasses.replace(budget, steps=_row_steps(settings, name))
+                runs[name] = finetune_row(cell / slug(name), settings.preset, path, steps, own, device)
             if settings.long_scratch:
                 longer = dataclasses.replace(budget, steps=settings.steps + settings.pool_steps)
                 runs[settings.scratch_long] = finetune_row(
@@ -340,6 +345,19 @@ def run_curve(
 def _row_overrides(settings: CurveSettings, name: str | None, common: list[str]) -> list[str]:
     """The fine-tune overrides of the --init row `name`: every row's, then its own --init-set values."""
     return [*common, *(value for row, value in settings.init_overrides if row == name)]
+
+
+def _row_steps(settings: CurveSettings, name: str) -> int:
+    """The --init row's fine-tune steps: its own `--init-set NAME:run.steps=N` (a longer fine-tune of one
+    pretrain, e.g. the step-matched control of a route that trains more), else `--finetune-steps`."""
+    own = [_steps_of(value) for row, value in settings.init_overrides if row == name and _steps_of(value)]
+    return int(own[-1]) if own else settings.steps
+
+
+def _steps_of(value: str) -> str | None:
+    """N of a `run.steps=N` override, as written; None for any other key."""
+    key, _, number = value.partition("=")
+    return number.strip() if key.strip() == STEPS_KEY else None
 
 
 def _per_song(scores) -> dict:

@@ -385,7 +385,8 @@ def format_curve(results: dict, settings: CurveSettings) -> str:
     lines = [
         f"Label-efficiency curve: instrumental SDR (MDX, dB), median over the val songs of {settings.manifests}; "
         f"per cell the mean over seeds and each seed's value; {settings.steps} fine-tune steps of the "
-        f"`{settings.preset}` preset for every model; k = the first k train songs of {settings.pairs}.",
+        f"`{settings.preset}` preset for every model but the rows that name their steps; k = the first k "
+        f"train songs of {settings.pairs}.",
         "",
         head,
         rule,
@@ -399,7 +400,14 @@ def format_curve(results: dict, settings: CurveSettings) -> str:
     for key, label in ((FLOOR_KEY, "mixture (floor)"), (ORACLE_KEY, "oracle mask (ceiling)")):
         if key in results:
             lines.append(f"| {label} | " + " | ".join(f"{_median(results[key]['mdx']):.2f}" for _ in budgets) + " |")
-    lines += ["", "Difference to the scratch fine-tune of the same budget and seed (dB, per seed):", "", head, rule]
+    lines += [
+        "",
+        f"Difference to the {settings.steps}-step scratch fine-tune of the same budget and seed (dB, per seed; "
+        "a row that names more steps is compared with it too, its control is the scratch row of as many):",
+        "",
+        head,
+        rule,
+    ]
     for name in names[1:]:
         cells = []
         for k in budgets:

@@ -205,8 +205,8 @@ def check_settings(settings: CurveSettings) -> None:
         if row not in dict(settings.inits):
             raise ValueError(f"--init-set {row}:{value}: no --init row named {row!r}")
         load_config(settings.preset, overrides=[value])  # a bad key or value names itself
-        steps = _steps_of(value) or "1"
-        if not steps.isdigit() or int(steps) < 1:
+        steps = _steps_of(value)
+        if steps is not None and (not steps.isdigit() or int(steps) < 1):
             raise ValueError(f"--init-set {row}:{value}: the row's steps must be a whole number >= 1")
     if settings.pool:
         resolve_shards(settings.pool, "train")
@@ -350,7 +350,8 @@ def _row_overrides(settings: CurveSettings, name: str | None, common: list[str])
 def _row_steps(settings: CurveSettings, name: str) -> int:
     """The --init row's fine-tune steps: its own `--init-set NAME:run.steps=N` (a longer fine-tune of one
     pretrain, e.g. the step-matched control of a route that trains more), else `--finetune-steps`."""
-    own = [_steps_of(value) for row, value in settings.init_overrides if row == name and _steps_of(value)]
+    own = [_steps_of(value) for row, value in settings.init_overrides if row == name]
+    own = [steps for steps in own if steps is not None]
     return int(own[-1]) if own else settings.steps
 
 

@@ -45,7 +45,6 @@ from trainer.ablations.downstream import SCRATCH, slug
 
 SELF_TRAINING = "self-training"  # a student on the k songs + the pseudo-labelled pool, from scratch
 SELF_TRAINING_MODES = ("joint", "pretrain")
-STEPS_KEY = "run.steps"  # an --init row's own fine-tune steps (`--init-set NAME:run.steps=N`)
 FLOOR_KEY, ORACLE_KEY = "floor", "oracle"
 RESULTS_FILE, TABLE_FILE, PLOT_FILE = "curve.json", "curve.md", "curve.png"
 
@@ -205,8 +204,7 @@ def check_settings(settings: CurveSettings) -> None:
         if row not in dict(settings.inits):
             raise ValueError(f"--init-set {row}:{value}: no --init row named {row!r}")
         load_config(settings.preset, overrides=[value])  # a bad key or value names itself
-        steps = _steps_of(value)
-        if steps is not None and (not steps.isdigit() or int(steps) < 1):
+        if _row_steps(settings, row) < 1:  # the config allows 0 steps; a fine-tune row does not
             raise ValueError(f"--init-set {row}:{value}: the row's steps must be a whole number >= 1")
     if settings.pool:
         resolve_shards(settings.pool, "train")
@@ -350,15 +348,10 @@ def _row_overrides(settings: CurveSettings, name: str | None, common: list[str])
 def _row_steps(settings: CurveSettings, name: str) -> int:
     """The --init row's fine-tune steps: its own `--init-set NAME:run.steps=N` (a longer fine-tune of one
     pretrain, e.g. the step-matched control of a route that trains more), else `--finetune-steps`."""
-    own = [_steps_of(value) for row, value in settings.init_overrides if row == name]
-    own = [steps for steps in own if steps is not None]
-    return int(own[-1]) if own else settings.steps
+    from trainer.config import parse_overrides
 
-
-def _steps_of(value: str) -> str | None:
-    """N of a `run.steps=N` override, as written; None for any other key."""
-    key, _, number = value.partition("=")
-    return number.strip() if key.strip() == STEPS_KEY else None
+    own = parse_overrides([value for row, value in settings.init_overrides if row == name])
+    return own.get("run", {}).get("steps", settings.steps)
 
 
 def _per_song(scores) -> dict:

@@ -120,9 +120,9 @@ def test_a_preset_pretrains_and_fine_tunes_with_its_own_budgets(tmp_path):
     from trainer.separation.finetune import resolve_finetune
 
     tiny = load_config("tiny")
-    assert tiny.run.steps == 900 and tiny.finetune.steps == 300  # the CPU recipe's pretrain, then its fine-tune
+    assert tiny.run.steps == 900 and tiny.finetune.steps == 1350  # the CPU recipe's pretrain, then its fine-tune
     fresh = tmp_path / "no-run-yet"
-    assert resolve_finetune(fresh, "tiny", None)[0].run.steps == 300
+    assert resolve_finetune(fresh, "tiny", None)[0].run.steps == 1350
     assert resolve_finetune(fresh, "tiny", None, ["run.steps=40"])[0].run.steps == 40  # what --steps sets
     assert resolve_finetune(fresh, "tiny", None, ["finetune.steps=70"])[0].run.steps == 70
     # finetune.steps 0 (small, base): the fine-tune shares the pretraining budget, as before

@@ -17,13 +17,16 @@ def test_the_default_variants_cover_the_issue_rows():
     assert presets["original"] == "original" and set(presets.values()) == {"original", "recipe"}
 
 
-def test_the_pretext_variants_differ_from_the_preset_in_one_value_each():
+def test_the_pretext_variants_change_only_what_their_names_say():
     rows = {v.name: v for v in read_variants(DEFAULT_VARIANTS.with_name("pretexts.yaml"))}
     assert rows["tiny preset"].overrides == [] and rows["quiet interferer"].preset == "mixture"
     span = load_config(rows["span-only loss"].preset, overrides=rows["span-only loss"].overrides)
     louder = load_config(rows["interferer 0 to +12 dB"].preset, overrides=rows["interferer 0 to +12 dB"].overrides)
     assert span.loss.all_frames_weight == 0.0 and span.corrupt.mix_gain_db == load_config("tiny").corrupt.mix_gain_db
     assert tuple(louder.corrupt.mix_gain_db) == (0.0, 12.0) and louder.loss.all_frames_weight == 1.0
+    mixit = load_config(rows["MixIT two outputs"].preset, overrides=rows["MixIT two outputs"].overrides)
+    assert mixit.model.output == "mask_pair" and tuple(mixit.corrupt.mix_cover) == (1.0, 1.0)
+    assert mixit.corrupt.mix_gain_db == load_config("tiny").corrupt.mix_gain_db
 
 
 @pytest.mark.parametrize(

@@ -51,7 +51,7 @@ class CorruptConfig:
     # the mixture pretext (trainer/pretrain/mixture.py): share of crops with an interferer from another
     # track of the batch, its level relative to the primary in dB, and the share of the crop's frames it covers
     mix_prob: float = 0.0
-    mix_gain_db: tuple[float, float] = (-9.0, -1.0)  # above 0: louder than the primary (needs mix_cover < 1)
+    mix_gain_db: tuple[float, float] = (-9.0, -1.0)  # above 0: louder than the primary (identity_problems)
     mix_cover: tuple[float, float] = (0.25, 0.75)
 
     def __post_init__(self) -> None:
@@ -78,12 +78,20 @@ class CorruptConfig:
         low, high = self.mix_cover
         if not 0.0 < low <= high <= 1.0:
             raise ValueError(f"mix_cover must be [low, high] with 0 < low <= high <= 1, got {list(self.mix_cover)}")
-        if self.mix_gain_db[1] > 0.0 and high >= 1.0:
-            # a louder interferer over the whole crop would make it the primary: only the span tells them apart
-            raise ValueError(
-                f"mix_gain_db above 0 dB ({list(self.mix_gain_db)}) needs mix_cover below 1 "
-                f"(got {list(self.mix_cover)}): the primary is the source present throughout"
-            )
+
+    def identity_problems(self, output: str) -> list[str]:
+        """What keeps the primary identifiable: a louder interferer over the whole crop would make it
+        the primary, so only the span tells them apart; `mask_pair` gives back both sources and needs
+        no primary (MixIT's best assignment)."""
+        if output == "mask_pair":
+            return []
+        if self.mix_gain_db[1] > 0.0 and self.mix_cover[1] >= 1.0:
+            return [
+                f"corrupt.mix_gain_db above 0 dB ({list(self.mix_gain_db)}) needs mix_cover below 1 "
+                f"(got {list(self.mix_cover)}): the primary is the source present throughout "
+                "(or model.output mask_pair, which gives back both)"
+            ]
+        return []
 
 
 @dataclass
@@ -200,6 +208,8 @@ class TrainConfig:
         if self.optim.decay not in DECAYS:
             problems.append(f"optim.decay must be one of {DECAYS}, got {self.optim.decay!r}")
         problems += limit_problems(self)
+        if self.run.task == TASK_PRETRAIN:
+            problems += self.corrupt.identity_problems(self.model.output)
         if not isinstance(self.data.tracks, list) or not all(isinstance(t, str) and t for t in self.data.tracks):
             problems.append(f"data.tracks must be a list of track ids, got {self.data.tracks!r}")
         if problems:

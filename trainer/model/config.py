@@ -11,8 +11,8 @@ import yaml
 PRESETS_DIR = Path(__file__).with_name("presets")
 POSITIONS = ("relative", "rope")
 INPUT_SCALES = ("linear", "log")
-OUTPUTS = ("mask", "mask_fill", "mask_refine", "mask_detect")
-HEAD_GROUPS = {"mask": 1, "mask_fill": 2, "mask_refine": 2, "mask_detect": 3}
+OUTPUTS = ("mask", "mask_fill", "mask_refine", "mask_detect", "mask_pair")
+HEAD_GROUPS = {"mask": 1, "mask_fill": 2, "mask_refine": 2, "mask_detect": 3, "mask_pair": 2}
 
 
 @dataclass
@@ -50,7 +50,9 @@ class ModelConfig:
     # (the original design); "mask_fill", that mask as a gate g plus a fill value f (sigmoid, starting at
     # fill_prior): g * input + (1 - g) * f, with g = 0 on [MASK] frames, where the input holds no music;
     # "mask_refine", f is the interpolation across the [MASK] frames times the fill's odds f / (1 - f);
-    # "mask_detect", mask_refine plus a per-frame noise weight (trainer.objective.reconstruct).
+    # "mask_detect", mask_refine plus a per-frame noise weight (trainer.objective.reconstruct);
+    # "mask_pair", two masks of the input, one per source of the mixture pretext, scored with the
+    # cheaper of the two assignments (MixIT's two-output form; trainer.pretrain.objective.pair_estimates).
     output: str = "mask"
     fill_prior: float = 1e-3
     # A learned per-head bias for each clipped frame distance, added to the attention logits (zero at

@@ -122,7 +122,8 @@ def _logit(p: float) -> float:
 
 def mask_head(channels: int, cfg: ModelConfig) -> nn.Conv1d:
     """1x1 conv to one mask logit per audio channel, its bias at logit(mask_prior); with
-    `output: mask_fill` also one fill logit per channel (after the mask logits), at logit(fill_prior).
+    `output: mask_fill` also one fill logit per channel (after the mask logits), at logit(fill_prior);
+    with `mask_pair` two mask logits per channel, both at logit(mask_prior).
 
     A prior, like the bias init of focal-loss detectors: where the loss counts, the ideal mask is the
     clean magnitude over the corrupted input, which for the 80% of selected tokens set to 1.0 is the
@@ -133,6 +134,10 @@ def mask_head(channels: int, cfg: ModelConfig) -> nn.Conv1d:
     """
     outputs = cfg.audio_channels * HEAD_GROUPS[cfg.output]
     head = nn.Conv1d(channels, outputs, 1)
+    if cfg.output == "mask_pair":  # two masks alike: each starts at the prior, told apart by its random weights
+        with torch.no_grad():
+            head.bias.fill_(_logit(cfg.mask_prior))
+        return head
     with torch.no_grad():
         head.bias[: cfg.audio_channels] = _logit(cfg.mask_prior)
         head.bias[cfg.audio_channels : 2 * cfg.audio_channels] = _logit(cfg.fill_prior)
@@ -170,7 +175,8 @@ class FrameTransformerUNet(nn.Module):
 
     With `output: mask` the head is the mask; with `mask_fill` or `mask_refine` it is [B, 4, bins, T]
     (mask_detect: [B, 6, bins, T], then the noise weight per channel): the gate for
-    each audio channel, then the fill value for each (trainer.objective.reconstruct combines them).
+    each audio channel, then the fill value for each (trainer.objective.reconstruct combines them);
+    with `mask_pair` it is [B, 4, bins, T], the masks of the two sources.
     """
 
     def __init__(self, cfg: ModelConfig):

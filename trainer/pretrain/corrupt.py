@@ -44,6 +44,7 @@ class Corrupted:
     masked: Tensor | None = None  # [B, T] bool: selected frames set to mask_value (a subset of selected)
     noised: Tensor | None = None  # [B, T] bool: selected frames overlaid with noise; the rest of selected is intact
     mixed: Tensor | None = None  # [B, T] bool: frames holding an interferer (mix_prob > 0), also in selected
+    interferer: Tensor | None = None  # [B, 2, F, T] the interferer as mixed, on the target's scale (mix_prob > 0)
 
     def changed(self) -> Tensor:
         """[B, T] bool: frames whose content differs from the clean crop's (masked or noised); the
@@ -178,9 +179,9 @@ def corrupt_batch(clean: Tensor, group: Tensor, cfg: CorruptConfig, generator: t
     noised = _tokens_to_frames(noised_tokens, tf, frames)[:, None, None, :]
 
     noise = torch.rand(target.shape, generator=generator, device=device, dtype=target.dtype)
-    source, mixed = target, None
+    source, mixed, interferer = target, None, None
     if cfg.mix_prob > 0:  # drawn last, so that without mixing every other draw is what it always was
-        source, target, mixed = mix_interferers(
+        source, target, interferer, mixed = mix_interferers(
             target, group.to(device), sep_frames, cfg.mix_prob, cfg.mix_gain_db, cfg.mix_cover, generator
         )
     corrupted = torch.where(noised, torch.maximum(noise, source), source)
@@ -196,6 +197,7 @@ def corrupt_batch(clean: Tensor, group: Tensor, cfg: CorruptConfig, generator: t
         masked=masked[:, 0, 0, :].clone(),
         noised=noised[:, 0, 0, :].clone(),
         mixed=mixed,
+        interferer=interferer,
     )
 
 

@@ -15,6 +15,11 @@ the whole crop), where what enters and leaves is what to remove, as a voice over
 magnitudes add with an independent random phase per bin, `|a + g b e^(i phi)|`, which is what summing
 two unrelated recordings does to their STFT magnitudes; the mixture and the target are then divided by
 the mixture's max, the scale a fine-tune's pair crops have.
+
+MixIT's two-output form (Wisdom et al., 2020, with as many outputs as mixtures) needs no identifiable
+primary: with `model.output: mask_pair` the model gives back both sources through two masks and the
+loss takes whichever assignment of outputs to sources is cheaper (trainer/pretrain/objective.py), so
+the interferer may then be as loud as the primary over the whole crop.
 """
 
 from __future__ import annotations
@@ -48,9 +53,10 @@ def mix_interferers(
     gain_db: tuple[float, float],
     cover: tuple[float, float],
     generator: torch.Generator,
-) -> tuple[Tensor, Tensor, Tensor]:
-    """(mixture, primary, mixed): the batch `[B, 2, F, T]` with an interferer in a span of some
-    samples, the primary on the same scale, and `[B, T]` bool: the frames holding an interferer.
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(mixture, primary, interferer, mixed): the batch `[B, 2, F, T]` with an interferer in a span of
+    some samples, the primary and the interferer as mixed (0 outside its span) on the mixture's scale,
+    and `[B, T]` bool: the frames holding an interferer.
 
     A sample is mixed with probability `prob` when the batch holds another group; `protected` `[T]`
     frames (the separator) never are. Draws come only from `generator`, in a fixed order.
@@ -70,7 +76,7 @@ def mix_interferers(
     interferer = primary[partner] * scale[:, None, None, None] * mixed[:, None, None, :].to(primary.dtype)
     mixture = random_phase_sum(primary, interferer, generator)
     peak = mixture.amax(dim=(1, 2, 3), keepdim=True).clamp(min=1e-8)
-    return mixture / peak, primary / peak, mixed
+    return mixture / peak, primary / peak, interferer / peak, mixed
 
 
 __all__ = ["partners", "random_phase_sum", "mix_interferers"]

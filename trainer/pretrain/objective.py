@@ -12,7 +12,9 @@ Two choices of pretraining are config values (docs/experiments.md says why each 
   learns corrections from context instead of the whole spectrum; "mask_detect", mask_refine plus
   a per-frame noise weight: a frame judged to be the noised tenth of 80/10/10 (a rule on the share of
   loud bins, which noise at ~0.5 of the crop's max everywhere cannot hide, plus a learned logit) is
-  left out of the interpolation's sources and filled like a [MASK] frame;
+  left out of the interpolation's sources and filled like a [MASK] frame; "mask_pair", MixIT's
+  two-output form for the mixture pretext: two masks of the input, one estimate per source, and per
+  sample the cheaper of the two assignments of estimates to (primary, interferer) is scored;
 - where the L1 is taken (`loss.domain`): "linear" magnitudes (normalised to the crop's max), or
   "log": log(x + loss.log_eps), where a quiet bin counts as much as a loud one.
 """
@@ -29,7 +31,7 @@ from trainer.config import LOSS_DOMAINS, LossConfig
 from trainer.pretrain.baselines import interpolate
 from trainer.pretrain.corrupt import Corrupted
 
-__all__ = ["compute_loss", "masked_l1", "reconstruct", "to_loss_domain", "LOSS_DOMAINS"]
+__all__ = ["compute_loss", "masked_l1", "pair_estimates", "reconstruct", "to_loss_domain", "LOSS_DOMAINS"]
 
 
 def masked_l1(pred: Tensor, target: Tensor, selected: Tensor) -> Tensor:
@@ -53,12 +55,43 @@ def noise_logit(inp: Tensor) -> Tensor:
     return DETECT_SLOPE * (loud_share - DETECT_MIDPOINT)
 
 
-def reconstruct(head: Tensor, corrupted: Corrupted, output: str = "mask") -> Tensor:
-    """The model's estimate of the clean target from its head output (see the module docstring)."""
+def pair_estimates(
+    head: Tensor, corrupted: Corrupted, loss_cfg: LossConfig | None = None
+) -> tuple[Tensor, Tensor, Tensor]:
+    """`mask_pair`: (primary estimate, interferer estimate, [B] cost of that assignment).
+
+    Each mask times the input estimates one source; per sample the assignment with the lower summed
+    L1 (mean over the crop, in the loss domain) is taken, as MixIT and permutation-invariant training
+    do, so the order of the two outputs means nothing. A sample without an interferer has silence as
+    its second source.
+    """
+    inp = corrupted.input
+    channels = inp.shape[1]
+    head = head.float()
+    first, second = head[:, :channels] * inp, head[:, channels : 2 * channels] * inp
+    other = corrupted.interferer if corrupted.interferer is not None else torch.zeros_like(corrupted.target)
+
+    def cost(estimate: Tensor, reference: Tensor) -> Tensor:
+        if loss_cfg is not None:
+            estimate, reference = to_loss_domain(estimate, loss_cfg), to_loss_domain(reference, loss_cfg)
+        return (estimate - reference).abs().mean(dim=(1, 2, 3))
+
+    kept = cost(first, corrupted.target) + cost(second, other)
+    swapped = cost(second, corrupted.target) + cost(first, other)
+    swap = (swapped < kept)[:, None, None, None]
+    primary, interferer = torch.where(swap, second, first), torch.where(swap, first, second)
+    return primary, interferer, torch.minimum(kept, swapped)
+
+
+def reconstruct(head: Tensor, corrupted: Corrupted, output: str = "mask", loss_cfg: LossConfig | None = None) -> Tensor:
+    """The model's estimate of the clean target from its head output (see the module docstring);
+    `mask_pair` assigns its outputs in `loss_cfg`'s domain (linear without one)."""
     inp = corrupted.input
     head = head.float()
     if output == "mask":
         return head * inp
+    if output == "mask_pair":
+        return pair_estimates(head, corrupted, loss_cfg)[0]
     if output not in ("mask_fill", "mask_refine", "mask_detect"):
         raise ValueError(f"unknown model output {output!r}")
     channels = inp.shape[1]
@@ -98,15 +131,25 @@ def compute_loss(
 ) -> tuple[Tensor, dict[str, Tensor], Tensor]:
     """Masked-token L1 of the reconstruction vs target (+ all-frames L1) + pair-task BCE, in float32.
 
-    Both L1s are in `loss_cfg.domain`. Returns (total, parts, reconstruction); `parts` holds the total
+    Both L1s are in `loss_cfg.domain`; with `mask_pair` each is the sum of both sources' under the
+    cheaper assignment (pair_estimates). Returns (total, parts, reconstruction); `parts` holds the total
     and each term as 0-d tensors (`loss`, `masked_l1`, `all_frames_l1`, `nsp_bce`, `nsp_accuracy`, and
     with the mixture pretext `mix_l1` and `mix_pass_through_l1` on the frames holding an interferer),
     batch means; the L1s are in the loss domain (evaluation always adds linear L1).
     """
-    reconstruction = reconstruct(head, corrupted, output)
+    if output == "mask_pair":
+        reconstruction, second, pair_cost = pair_estimates(head, corrupted, loss_cfg)
+    else:
+        reconstruction = reconstruct(head, corrupted, output)
     pred, target = to_loss_domain(reconstruction, loss_cfg), to_loss_domain(corrupted.target, loss_cfg)
     masked = masked_l1(pred, target, corrupted.selected)
     all_frames = (pred - target).abs().mean()
+    if output == "mask_pair":  # both sources count, under the cheaper assignment, in both terms
+        other = corrupted.interferer if corrupted.interferer is not None else torch.zeros_like(corrupted.target)
+        masked = masked + masked_l1(
+            to_loss_domain(second, loss_cfg), to_loss_domain(other, loss_cfg), corrupted.selected
+        )
+        all_frames = pair_cost.mean()
     logit = nsp_logit.float()
     bce = F.binary_cross_entropy_with_logits(logit, corrupted.nsp_label)
     total = masked + loss_cfg.all_frames_weight * all_frames + (loss_cfg.nsp_weight * bce if nsp else 0.0)

@@ -60,7 +60,7 @@ def load_preview_batch(
     if model is not None:
         with torch.no_grad():
             head, _ = model(corrupted.input)
-        predicted = reconstruct(head, corrupted, cfg.model.output)
+        predicted = reconstruct(head, corrupted, cfg.model.output, cfg.loss)
         reconstruction = torch.where(corrupted.selected[:, None, None, :], predicted, corrupted.input)
     return PreviewBatch(list(batch["key"]), corrupted, clean, reconstruction)
 

@@ -26,6 +26,7 @@ def test_the_pretext_variants_change_only_what_their_names_say():
     assert tuple(louder.corrupt.mix_gain_db) == (0.0, 12.0) and louder.loss.all_frames_weight == 1.0
     mixit = load_config(rows["MixIT two outputs"].preset, overrides=rows["MixIT two outputs"].overrides)
     assert mixit.model.output == "mask_pair" and tuple(mixit.corrupt.mix_cover) == (1.0, 1.0)
+    assert mixit.model.mask_prior == 0.5
     assert mixit.corrupt.mix_gain_db == load_config("tiny").corrupt.mix_gain_db
 
 

@@ -6,14 +6,16 @@ from __future__ import annotations
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
+from trainer.checkpoint import WEIGHTS_FILE, resolve_checkpoint
 from trainer.config import CorruptConfig, LossConfig, TrainConfig, load_config
 from trainer.loop import pretrain
 from trainer.model import build_model
 from trainer.pretrain.corrupt import corrupt_batch
-from trainer.pretrain.objective import compute_loss, pair_estimates, reconstruct
-from trainer.pretrain.task import PretrainTask
+from trainer.pretrain.objective import compute_loss, masked_l1, pair_estimates, reconstruct, to_loss_domain
 from trainer.separation.finetune import head_is_a_separation_mask, resolve_finetune
+from trainer.separation.task import SeparationTask, build_separation_model, load_pretrained
 
 from support import SMALL, write_shards
 
@@ -51,17 +53,43 @@ def test_the_interferer_is_another_crop_scaled_within_its_span_and_zero_outside(
 def test_the_cheaper_assignment_is_taken_so_the_order_of_the_outputs_means_nothing():
     _, out = _mixed()
     swap = torch.tensor([False, True, False, True, True, False])
-    primary, interferer, cost = pair_estimates(_ideal_head(out, swap), out)
+    primary, interferer, masked, all_frames = pair_estimates(_ideal_head(out, swap), out)
     assert torch.allclose(primary, out.target, atol=1e-5) and torch.allclose(interferer, out.interferer, atol=1e-5)
-    assert float(cost.max()) < 1e-5
+    assert float(masked) < 1e-5 and float(all_frames) < 1e-5
     # any head: swapping its two outputs changes neither the loss nor the primary's estimate
     head = torch.rand(6, 4, 16, 32, generator=torch.Generator().manual_seed(1))
     flipped = torch.cat((head[:, 2:], head[:, :2]), dim=1)
     loss, parts, estimate = compute_loss(head, torch.zeros(6), out, LossConfig(), False, "mask_pair")
     loss_f, _, estimate_f = compute_loss(flipped, torch.zeros(6), out, LossConfig(), False, "mask_pair")
     assert torch.allclose(loss, loss_f) and torch.allclose(estimate, estimate_f)
-    assert torch.allclose(parts["all_frames_l1"], pair_estimates(head, out)[2].mean())
     assert torch.allclose(reconstruct(head, out, "mask_pair"), estimate)
+
+
+@pytest.mark.parametrize("domain, all_frames_weight", [("linear", 0.0), ("linear", 1.0), ("log", 0.5)])
+def test_the_loss_is_the_least_over_every_assignment_of_the_batch_even_where_only_a_span_counts(
+    domain, all_frames_weight
+):
+    """Brute force over the 2**B ways to assign the outputs, each scored as a fixed assignment: the
+    trained loss is their minimum, also when the masked term covers only the interferer's span."""
+    _, out = _mixed(batch=4, cover=(0.25, 0.5))
+    loss_cfg = LossConfig(domain=domain, all_frames_weight=all_frames_weight)
+    head = torch.rand(4, 4, 16, 32, generator=torch.Generator().manual_seed(2))
+    first, second = head[:, :2] * out.input, head[:, 2:] * out.input
+
+    def fixed(swap: torch.Tensor) -> float:
+        s = swap[:, None, None, None]
+        pairs = ((torch.where(s, second, first), out.target), (torch.where(s, first, second), out.interferer))
+        total = 0.0
+        for estimate, reference in pairs:
+            e, r = to_loss_domain(estimate, loss_cfg), to_loss_domain(reference, loss_cfg)
+            total += float(masked_l1(e, r, out.selected)) + all_frames_weight * float((e - r).abs().mean())
+        return total
+
+    patterns = [torch.tensor([bool(n >> b & 1) for b in range(4)]) for n in range(16)]
+    best = min(fixed(p) for p in patterns)
+    loss, _, _ = compute_loss(head, torch.zeros(4), out, loss_cfg, False, "mask_pair")
+    assert float(loss) == pytest.approx(best, rel=1e-5)
+    assert float(loss) < max(fixed(p) for p in patterns)  # the choice mattered
 
 
 def test_both_outputs_learn_and_a_crop_without_interferer_has_silence_as_its_second_source():
@@ -72,7 +100,7 @@ def test_both_outputs_learn_and_a_crop_without_interferer_has_silence_as_its_sec
     assert head.grad[:, :2].abs().sum() > 0 and head.grad[:, 2:].abs().sum() > 0
     out.interferer = None
     silent = torch.cat((out.target / out.input, torch.zeros(6, 2, 16, 32)), dim=1)
-    assert float(pair_estimates(silent, out)[2].max()) < 1e-5
+    assert float(pair_estimates(silent, out, LossConfig(all_frames_weight=1.0))[3]) < 1e-5
 
 
 def test_the_model_has_two_masks_starting_at_the_prior_and_differing():
@@ -86,17 +114,30 @@ def test_the_model_has_two_masks_starting_at_the_prior_and_differing():
 
 def test_the_config_asks_for_an_interferer_and_a_fine_tune_gets_a_fresh_head():
     with pytest.raises(ValueError, match="mask_pair needs corrupt.mix_prob > 0"):
-        PretrainTask(TrainConfig.from_dict({"model": {"output": "mask_pair"}}), "shards")
+        TrainConfig.from_dict({"model": {"output": "mask_pair"}})
+    with pytest.raises(ValueError, match="run.task separation trains one mask .* got 'mask_pair'"):
+        TrainConfig.from_dict({"model": {"output": "mask_pair"}, "run": {"task": "separation"}})
     pair = {"model": {"output": "mask_pair"}, "corrupt": {"mix_prob": 1.0}}
     assert not head_is_a_separation_mask(pair)
     assert head_is_a_separation_mask({"model": {"output": "mask"}, "corrupt": {"mix_prob": 1.0}})
 
 
 @pytest.mark.usefixtures("one_thread")
-def test_a_mask_pair_pretrain_runs_and_fine_tunes_from_its_trunk(tmp_path):
+def test_a_mask_pair_pretrain_runs_and_a_fine_tune_takes_its_trunk_with_a_new_head(tmp_path):
     tracks = {f"track{i:02d}": f for i, f in enumerate([5, 7, 6, 9])}
     shards = write_shards(tmp_path / "shards", tracks, clips_per_track=2, shards_per_split=1)
     overrides = SMALL + ["model.output=mask_pair", "corrupt.mix_cover=[1,1]", "run.steps=2", "run.val_every=2"]
     pretrain(load_config("tiny", overrides=overrides), str(shards), tmp_path / "pre")
     cfg, _ = resolve_finetune(tmp_path / "ft", "tiny", None, SMALL, init=str(tmp_path / "pre"))
     assert cfg.model.output == "mask" and cfg.finetune.head == "reinit"
+    model = build_separation_model(cfg)
+    origin = SeparationTask(cfg, "pairs").initialise(model, torch.device("cpu"))
+    assert "a new mask head" in origin
+    source = load_file(str(resolve_checkpoint(tmp_path / "pre") / WEIGHTS_FILE))
+    for name, value in model.state_dict().items():
+        if name.startswith(("mask_head.", "nsp_head.")):
+            continue
+        assert torch.equal(value, source[name]), name
+    assert model.mask_head.weight.shape[0] == 2 and source["mask_head.weight"].shape[0] == 4
+    with pytest.raises(ValueError, match=r"model.output mask_pair\) is not one mask of the input"):
+        load_pretrained(build_separation_model(cfg), str(tmp_path / "pre"), torch.device("cpu"), keep_head=True)

@@ -210,6 +210,15 @@ class TrainConfig:
         problems += limit_problems(self)
         if self.run.task == TASK_PRETRAIN:
             problems += self.corrupt.identity_problems(self.model.output)
+            if self.model.output == "mask_pair" and self.corrupt.mix_prob <= 0:
+                problems.append(
+                    "model.output mask_pair needs corrupt.mix_prob > 0: its second mask gives back the interferer"
+                )
+        elif self.run.task == TASK_SEPARATION and self.model.output != "mask":
+            problems.append(
+                f"run.task {self.run.task} trains one mask of the mixture: "
+                f"model.output must be mask, got {self.model.output!r}"
+            )
         if not isinstance(self.data.tracks, list) or not all(isinstance(t, str) and t for t in self.data.tracks):
             problems.append(f"data.tracks must be a list of track ids, got {self.data.tracks!r}")
         if problems:

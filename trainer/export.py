@@ -182,6 +182,8 @@ def export_checkpoint(
             "output": cfg.model.output,
             "kind": "instrumental mask in [0, 1] (vocals = mixture - instrumental)"
             if separation
+            else "pretraining head (two source masks: the mixture pretext's MixIT form) and next-sentence logit"
+            if cfg.model.output == "mask_pair"
             else "pretraining head (masked tokens) and next-sentence logit",
         },
         "inference": {

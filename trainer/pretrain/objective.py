@@ -57,35 +57,46 @@ def noise_logit(inp: Tensor) -> Tensor:
 
 def pair_estimates(
     head: Tensor, corrupted: Corrupted, loss_cfg: LossConfig | None = None
-) -> tuple[Tensor, Tensor, Tensor]:
-    """`mask_pair`: (primary estimate, interferer estimate, [B] cost of that assignment).
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """`mask_pair`: (primary estimate, interferer estimate, masked L1, all-frames L1), the two L1s
+    (0-d, in the loss domain) summed over both sources under the assignment taken.
 
-    Each mask times the input estimates one source; per sample the assignment with the lower summed
-    L1 (mean over the crop, in the loss domain) is taken, as MixIT and permutation-invariant training
-    do, so the order of the two outputs means nothing. A sample without an interferer has silence as
-    its second source.
+    Each mask times the input estimates one source; per sample the assignment of estimates to
+    (primary, interferer) that costs less in the loss as trained (the masked term plus
+    `all_frames_weight` times the all-frames term) is taken, as MixIT and permutation-invariant
+    training do, so the order of the two outputs means nothing. A sample without an interferer has
+    silence as its second source. Without `loss_cfg`: LossConfig's defaults.
     """
+    loss_cfg = loss_cfg or LossConfig()
     inp = corrupted.input
     channels = inp.shape[1]
     head = head.float()
     first, second = head[:, :channels] * inp, head[:, channels : 2 * channels] * inp
     other = corrupted.interferer if corrupted.interferer is not None else torch.zeros_like(corrupted.target)
+    weight = corrupted.selected[:, None, None, :].to(first.dtype)
+    selected_elements = (weight.sum() * channels * inp.shape[2]).clamp(min=1)
 
-    def cost(estimate: Tensor, reference: Tensor) -> Tensor:
-        if loss_cfg is not None:
-            estimate, reference = to_loss_domain(estimate, loss_cfg), to_loss_domain(reference, loss_cfg)
-        return (estimate - reference).abs().mean(dim=(1, 2, 3))
+    def error(estimate: Tensor, reference: Tensor) -> Tensor:
+        return (to_loss_domain(estimate, loss_cfg) - to_loss_domain(reference, loss_cfg)).abs()
 
-    kept = cost(first, corrupted.target) + cost(second, other)
-    swapped = cost(second, corrupted.target) + cost(first, other)
-    swap = (swapped < kept)[:, None, None, None]
-    primary, interferer = torch.where(swap, second, first), torch.where(swap, first, second)
-    return primary, interferer, torch.minimum(kept, swapped)
+    def per_sample(primary_estimate: Tensor, other_estimate: Tensor) -> tuple[Tensor, Tensor]:
+        """[B] each sample's share of the masked term and its all-frames L1, both sources summed."""
+        errors = error(primary_estimate, corrupted.target) + error(other_estimate, other)
+        return (errors * weight).sum(dim=(1, 2, 3)) / selected_elements, errors.mean(dim=(1, 2, 3))
+
+    masked_kept, all_kept = per_sample(first, second)
+    masked_swapped, all_swapped = per_sample(second, first)
+    weight_all = loss_cfg.all_frames_weight / inp.shape[0]
+    swap = masked_swapped + weight_all * all_swapped < masked_kept + weight_all * all_kept
+    masked = torch.where(swap, masked_swapped, masked_kept).sum()
+    all_frames = torch.where(swap, all_swapped, all_kept).mean()
+    swap = swap[:, None, None, None]
+    return torch.where(swap, second, first), torch.where(swap, first, second), masked, all_frames
 
 
 def reconstruct(head: Tensor, corrupted: Corrupted, output: str = "mask", loss_cfg: LossConfig | None = None) -> Tensor:
     """The model's estimate of the clean target from its head output (see the module docstring);
-    `mask_pair` assigns its outputs in `loss_cfg`'s domain (linear without one)."""
+    `mask_pair` assigns its outputs by `loss_cfg`'s loss (LossConfig's defaults without one)."""
     inp = corrupted.input
     head = head.float()
     if output == "mask":
@@ -132,24 +143,20 @@ def compute_loss(
     """Masked-token L1 of the reconstruction vs target (+ all-frames L1) + pair-task BCE, in float32.
 
     Both L1s are in `loss_cfg.domain`; with `mask_pair` each is the sum of both sources' under the
-    cheaper assignment (pair_estimates). Returns (total, parts, reconstruction); `parts` holds the total
+    cheaper assignment (pair_estimates), and the mixture parts score the estimate assigned to the
+    primary, an assignment made knowing the targets. Returns (total, parts, reconstruction); `parts` holds the total
     and each term as 0-d tensors (`loss`, `masked_l1`, `all_frames_l1`, `nsp_bce`, `nsp_accuracy`, and
     with the mixture pretext `mix_l1` and `mix_pass_through_l1` on the frames holding an interferer),
     batch means; the L1s are in the loss domain (evaluation always adds linear L1).
     """
-    if output == "mask_pair":
-        reconstruction, second, pair_cost = pair_estimates(head, corrupted, loss_cfg)
+    if output == "mask_pair":  # both sources count, under the cheaper assignment, in both terms
+        reconstruction, _, masked, all_frames = pair_estimates(head, corrupted, loss_cfg)
+        pred, target = to_loss_domain(reconstruction, loss_cfg), to_loss_domain(corrupted.target, loss_cfg)
     else:
         reconstruction = reconstruct(head, corrupted, output)
-    pred, target = to_loss_domain(reconstruction, loss_cfg), to_loss_domain(corrupted.target, loss_cfg)
-    masked = masked_l1(pred, target, corrupted.selected)
-    all_frames = (pred - target).abs().mean()
-    if output == "mask_pair":  # both sources count, under the cheaper assignment, in both terms
-        other = corrupted.interferer if corrupted.interferer is not None else torch.zeros_like(corrupted.target)
-        masked = masked + masked_l1(
-            to_loss_domain(second, loss_cfg), to_loss_domain(other, loss_cfg), corrupted.selected
-        )
-        all_frames = pair_cost.mean()
+        pred, target = to_loss_domain(reconstruction, loss_cfg), to_loss_domain(corrupted.target, loss_cfg)
+        masked = masked_l1(pred, target, corrupted.selected)
+        all_frames = (pred - target).abs().mean()
     logit = nsp_logit.float()
     bce = F.binary_cross_entropy_with_logits(logit, corrupted.nsp_label)
     total = masked + loss_cfg.all_frames_weight * all_frames + (loss_cfg.nsp_weight * bce if nsp else 0.0)

@@ -51,8 +51,12 @@ def resolve_finetune(
     if init:
         source = resolve_checkpoint(init)
         init_config = read_checkpoint_config(source)
+        init_model = init_config.get("model")
+        if isinstance(init_model, dict):  # its architecture, checked as the separation model it becomes
+            init_model = {**init_model, "output": "mask"}
         try:
-            base["model"] = TrainConfig.from_dict({"model": init_config.get("model")}, str(source)).model.to_dict()
+            checked = TrainConfig.from_dict({"model": init_model, "run": {"task": TASK_SEPARATION}}, str(source))
+            base["model"] = checked.model.to_dict()
         except ValueError as exc:
             raise ValueError(f"{source}: unusable model config ({exc})") from exc
         base["run"]["init"] = str(source)

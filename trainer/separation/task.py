@@ -85,6 +85,15 @@ def load_pretrained(
     from trainer.checkpoint import WEIGHTS_FILE, resolve_checkpoint
 
     path = resolve_checkpoint(init)
+    if keep_head:
+        from trainer.checkpoint import read_checkpoint_config
+
+        output = (read_checkpoint_config(path).get("model") or {}).get("output", "mask")
+        if output != "mask":
+            raise ValueError(
+                f"{path}: its head (model.output {output}) is not one mask of the input, so it cannot be kept; "
+                "use finetune.head=reinit (or auto)"
+            )
     try:
         weights = load_file(str(path / WEIGHTS_FILE), device=str(device))
     except Exception as exc:  # safetensors raises several types for a damaged file
